@@ -1,0 +1,109 @@
+"""Value types that cross the boundary between channels and the conversation core.
+
+Stdlib only: channels, the core, the handoff service and the CLI all import this,
+and it imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+Language = Literal["ja", "en"]
+Priority = Literal["urgent", "normal"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where replies for one conversation go back to.
+
+    `channel` is the registry key ("cli", "web", "telegram", "line", "slack").
+    `conversation_id` is globally unique and prefixed by the channel, e.g. "telegram:12345".
+    `route` holds what the channel needs to reach the user later (Telegram chat_id,
+    LINE userId, Slack channel/response_url...). It must be JSON-serialisable and hold no secret.
+    """
+
+    channel: str
+    conversation_id: str
+    user_id: str = ""
+    route: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Address":
+        return cls(d["channel"], d["conversation_id"], d.get("user_id", ""), dict(d.get("route") or {}))
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One user message (or button action) as the core sees it, whatever the platform."""
+
+    address: Address
+    text: str
+    # Platform message/update id, for de-duplicating retried webhooks. None: never a duplicate.
+    message_id: str | None = None
+    # "request_human" when the user pressed a "talk to a person" button or sent /human.
+    action: str | None = None
+    received_at: datetime = field(default_factory=utcnow)
+    # Caller-supplied id echoed in the reply (batch mode of `pbxbot ask --jsonl`).
+    request_id: str | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return self.address.conversation_id
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    doc_id: str
+    title: str
+    publisher: str
+    url: str
+    published: str | None  # YYYY-MM-DD or None when the source shows no date
+
+
+@dataclass(frozen=True)
+class Escalation:
+    reason: str  # short code: user_request | incident | billing_dispute | repeated_failure | low_confidence
+    priority: Priority
+    ticket_id: str
+
+
+ReplyKind = Literal["answer", "incident", "handoff", "operator", "notice", "scope", "greeting", "error"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A neutral reply; each channel renders it its own way (text is always enough)."""
+
+    conversation_id: str
+    language: Language
+    answer: str
+    citations: tuple[Citation, ...] = ()
+    escalation: Escalation | None = None
+    confidence: float = 0.0
+    kind: ReplyKind = "answer"
+    id: str | None = None  # echoed request id
+    # Offer a "talk to a person" button where the channel supports buttons.
+    offer_human: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The reply JSON of ../shared/contract.md (extra keys are allowed by the contract)."""
+        return {
+            "id": self.id,
+            "conversation_id": self.conversation_id,
+            "language": self.language,
+            "answer": self.answer,
+            "citations": [asdict(c) for c in self.citations],
+            "escalation": asdict(self.escalation) if self.escalation else None,
+            "confidence": round(float(self.confidence), 4),
+            "kind": self.kind,
+        }

@@ -1,0 +1,201 @@
+"""The small interfaces (roles) the conversation core depends on, and their value types.
+
+Implementations: retrieval.HybridRetriever (Retriever); handoff.SqlHandoffStore
+(ConversationStore + HandoffService); channels.ChannelRegistry (ReplySender).
+In-memory fakes live next to the real things for unit tests and `pbxbot chat`.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from bot.messages import Address, Reply
+
+# ---------------------------------------------------------------- retrieval
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk_id: str
+    doc_id: str
+    text: str
+    score: float  # fused score, higher is better (not comparable across queries)
+    title: str
+    publisher: str
+    url: str
+    published: str | None
+    language: str  # "ja" | "en"
+    kind: str  # "source" (one official/news source) | "guide" (topic guide citing sources)
+    carriers: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    heading: str = ""  # section heading path inside the document
+    counterpart: str | None = None  # id of the other-language document
+    facts: tuple[str, ...] = ()  # fact-sheet ids P... the document rests on
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    passages: tuple[Passage, ...]
+    # Calibrated 0..1: how likely the top passage answers the query (see retrieval/confidence.py).
+    confidence: float
+    expanded_terms: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        language: str | None = None,
+        carrier: str | None = None,
+    ) -> SearchResult: ...
+
+    def get_document(self, doc_id: str) -> dict[str, Any] | None:
+        """Front matter + body of one document (for counterpart lookup), or None."""
+        ...
+
+
+# ---------------------------------------------------------------- conversation state
+
+Role = Literal["user", "bot", "operator", "system"]
+
+
+@dataclass
+class StoredMessage:
+    id: int
+    conversation_id: str
+    role: Role
+    text: str
+    created_at: datetime
+    ticket_id: str | None = None
+    handled: bool = True  # False: a user message whose reply was never produced (crash) -> reprocess
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConversationState:
+    conversation_id: str
+    address: Address
+    language: str | None = None  # "ja" | "en", last detected
+    carrier: str | None = None  # last carrier mentioned (ntt-east-west, ntt-com, kddi, softbank, ...)
+    topics: list[str] = field(default_factory=list)  # recent topics, newest last
+    failures: int = 0  # consecutive "that did not help"
+    last_query: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # triage facts gathered: still_happening, noticed_at, vendor, ...
+    updated_at: datetime | None = None
+
+
+class ConversationStore(Protocol):
+    def get_state(self, conversation_id: str) -> ConversationState | None: ...
+    def save_state(self, state: ConversationState) -> None: ...
+
+    def record_message(
+        self,
+        address: Address,
+        role: Role,
+        text: str,
+        *,
+        handled: bool = True,
+        dedupe_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> StoredMessage | None:
+        """Persist (commit) one message before anything else happens with it.
+
+        Returns None when dedupe_key (channel message id) was already recorded: a retried webhook.
+        If the conversation has an open ticket, the message is linked to it.
+        """
+        ...
+
+    def mark_handled(self, message_id: int) -> None: ...
+    def unhandled_messages(self) -> list[StoredMessage]: ...
+    def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]: ...
+    def messages_after(self, conversation_id: str, after_id: int) -> list[StoredMessage]: ...
+
+
+# ---------------------------------------------------------------- handoff
+
+TicketStatus = Literal["open", "claimed", "resolved"]
+
+
+@dataclass
+class Ticket:
+    id: str
+    conversation_id: str
+    address: Address
+    status: TicketStatus
+    priority: str  # "urgent" | "normal"
+    reason: str
+    summary: dict[str, Any]  # carrier, noticed_at, still_happening, amounts, destinations, vendor, language
+    created_at: datetime
+    updated_at: datetime
+    operator: str | None = None
+    reannounced_at: datetime | None = None
+
+
+@dataclass
+class AuditEntry:
+    ticket_id: str
+    actor: str  # "bot", "user", "operator:<name>", "system"
+    action: str  # opened | user_message | claimed | replied | resolved | reannounced | delivered | delivery_failed
+    detail: str
+    at: datetime
+
+
+@dataclass
+class TicketDetail:
+    ticket: Ticket
+    transcript: list[StoredMessage]
+    audit: list[AuditEntry]
+
+
+@dataclass
+class OutboxItem:
+    id: int
+    address: Address
+    reply: dict[str, Any]  # Reply.to_json() plus "kind"
+    attempts: int
+    created_at: datetime
+
+
+class HandoffService(Protocol):
+    def open_ticket(
+        self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]
+    ) -> Ticket:
+        """Open (or return the already open) ticket for the conversation; links its transcript."""
+        ...
+
+    def active_ticket(self, conversation_id: str) -> Ticket | None: ...
+    def claim(self, ticket_id: str, operator: str) -> Ticket: ...
+    def reply(self, ticket_id: str, operator: str, text: str) -> Ticket:
+        """Record the operator message and enqueue it in the outbox, in one transaction."""
+        ...
+
+    def resolve(self, ticket_id: str, operator: str) -> Ticket: ...
+    def list_queue(self, statuses: tuple[str, ...] = ("open", "claimed")) -> list[Ticket]:
+        """Sorted by priority (urgent first), then age (oldest first)."""
+        ...
+
+    def get_detail(self, ticket_id: str) -> TicketDetail | None: ...
+    def overdue_urgent(self, now: datetime, older_than_minutes: float) -> list[Ticket]:
+        """Urgent tickets still 'open' (unclaimed) whose last announcement is older than the limit."""
+        ...
+
+    def mark_reannounced(self, ticket_id: str, at: datetime) -> None: ...
+
+    # transactional outbox: every message to a user that the bot does not send inline
+    def enqueue(self, address: Address, reply: Reply) -> int: ...
+    def pending_outbox(self, limit: int = 50) -> list[OutboxItem]: ...
+    def mark_sent(self, item_id: int) -> None: ...
+    def mark_failed(self, item_id: int, error: str) -> None: ...
+
+
+class ReplySender(Protocol):
+    """Delivers a reply to a user through the channel of `address.channel`."""
+
+    async def send(self, address: Address, reply: Reply) -> None: ...

@@ -1,0 +1,39 @@
+"""Builds the core objects from Settings: shared by the CLI and web.create_app.
+
+The only place (with web.create_app) that chooses implementations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.config import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bot.conversation.service import ConversationService
+    from bot.handoff.sql_store import SqlHandoffStore
+    from bot.ports import Retriever
+
+
+def build_retriever(settings: Settings, *, progress: bool = False) -> "Retriever":
+    """Open the index (embedded or Chroma server); build it first when there is none."""
+    from bot.retrieval.service import open_retriever
+
+    return open_retriever(settings, progress=progress)
+
+
+def build_store(settings: Settings) -> "SqlHandoffStore":
+    """SQLite in the data dir, or PostgreSQL when PBXBOT_DATABASE_URL is set; migrated to head."""
+    from bot.handoff.sql_store import SqlHandoffStore
+
+    return SqlHandoffStore.from_settings(settings)
+
+
+def build_conversation_service(
+    settings: Settings, *, retriever: "Retriever | None" = None, store: "SqlHandoffStore | None" = None
+) -> "ConversationService":
+    from bot.conversation.service import ConversationService
+
+    store = store if store is not None else build_store(settings)
+    retriever = retriever if retriever is not None else build_retriever(settings)
+    return ConversationService(retriever=retriever, store=store, handoff=store, settings=settings)
