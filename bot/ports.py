@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
-from bot.messages import Address, Reply
+from bot.messages import Address, InboundMessage, Reply
 
 # ---------------------------------------------------------------- retrieval
 
@@ -199,3 +199,33 @@ class ReplySender(Protocol):
     """Delivers a reply to a user through the channel of `address.channel`."""
 
     async def send(self, address: Address, reply: Reply) -> None: ...
+
+
+# ---------------------------------------------------------------- the conversation core, as channels see it
+
+TicketListener = Callable[[str, Ticket], None]  # (event: "opened" | "reannounced" | "claimed" | "resolved", ticket)
+
+
+class ConversationCore(Protocol):
+    """What channels, the web app and the CLI call. Implemented by conversation.ConversationService."""
+
+    handoff: HandoffService
+
+    def handle(self, message: InboundMessage) -> list[Reply]:
+        """Persist the message, then answer, escalate or route it to the open ticket.
+
+        Returns the replies to send now (possibly empty: a duplicate webhook, or a message that only
+        joined an open ticket and is acknowledged silently). Never raises on user input.
+        """
+        ...
+
+    def recover_pending(self) -> int:
+        """At start-up: re-handle user messages recorded but never answered (crash); replies go to the outbox."""
+        ...
+
+    def reannounce_overdue(self, now: datetime) -> int:
+        """Urgent tickets unclaimed past the limit: notify listeners again and enqueue the user's self-help
+        steps and their carrier's stop line again. Returns how many tickets were re-announced."""
+        ...
+
+    def add_ticket_listener(self, listener: TicketListener) -> None: ...
