@@ -163,6 +163,18 @@ class OutboxItem:
     created_at: datetime
 
 
+class HandoffError(Exception):
+    """Base of the errors a HandoffService raises for operator mistakes (never for user input)."""
+
+
+class TicketNotFound(HandoffError, LookupError):
+    """No ticket with that id."""
+
+
+class TicketStateError(HandoffError):
+    """The lifecycle open -> claimed -> resolved forbids this action in the ticket's current state."""
+
+
 class HandoffService(Protocol):
     def open_ticket(
         self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]

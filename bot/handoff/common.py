@@ -1,0 +1,148 @@
+"""Rules shared by every HandoffService implementation (in-memory and SQL): ticket ids,
+lifecycle transitions, audit actors, the outbox payload. Stdlib only."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from bot.messages import Address, Reply
+from bot.ports import ConversationState, TicketNotFound, TicketStateError
+
+ACTIVE_STATUSES = ("open", "claimed")
+PRIORITIES = ("urgent", "normal")
+DEFAULT_MAX_ATTEMPTS = 5  # an outbox item becomes 'failed' after this many failed deliveries
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """Aware UTC datetime (naive values are taken to be UTC, as SQLite returns them)."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def new_ticket_id(now: datetime) -> str:
+    """Short, human-friendly, sortable by day: T-20261128-ab12."""
+    return f"T-{as_utc(now):%Y%m%d}-{secrets.token_hex(2)}"
+
+
+def normalize_ticket_id(ticket_id: str) -> str:
+    """Operators type ids by hand: accept surrounding blanks and any case ("t-20261128-AB12")."""
+    tid = (ticket_id or "").strip()
+    if tid[:2].upper() == "T-":
+        return "T-" + tid[2:].lower()
+    return tid
+
+
+def check_priority(priority: str) -> str:
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
+    return priority
+
+
+def actor_for_role(role: str, meta: dict[str, Any] | None = None) -> str:
+    if role == "operator":
+        name = (meta or {}).get("operator")
+        return f"operator:{name}" if name else "operator"
+    return role  # user | bot | system
+
+
+def operator_actor(operator: str) -> str:
+    return f"operator:{operator}"
+
+
+def check_claim(ticket_id: str, status: str, current_operator: str | None, operator: str) -> bool:
+    """True when the claim changes the ticket; False when it is a repeat by the same operator."""
+    if status == "resolved":
+        raise TicketStateError(f"ticket {ticket_id} is resolved and cannot be claimed")
+    if status == "claimed":
+        if current_operator == operator:
+            return False
+        raise TicketStateError(f"ticket {ticket_id} is already claimed by {current_operator}")
+    return True
+
+
+def check_reply(ticket_id: str, status: str) -> None:
+    if status == "resolved":
+        raise TicketStateError(f"ticket {ticket_id} is resolved; the conversation is back with the bot")
+
+
+def check_resolve(ticket_id: str, status: str) -> None:
+    if status == "resolved":
+        raise TicketStateError(f"ticket {ticket_id} is already resolved")
+
+
+def not_found(ticket_id: str) -> TicketNotFound:
+    return TicketNotFound(f"no ticket {ticket_id!r}")
+
+
+def merge_summary(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A repeated escalation adds facts the first one lacked; it never erases one."""
+    merged = dict(old)
+    for key, value in (new or {}).items():
+        if value not in (None, "", [], {}) and merged.get(key) in (None, "", [], {}):
+            merged[key] = value
+    return merged
+
+
+def reply_payload(reply: Reply) -> dict[str, Any]:
+    """What the outbox stores: the contract's reply JSON plus "kind" and "offer_human"."""
+    data = reply.to_json()
+    data["kind"] = reply.kind
+    data["offer_human"] = reply.offer_human
+    return data
+
+
+def reply_from_payload(payload: dict[str, Any]) -> Reply:
+    """Rebuild the Reply a ReplySender needs from an outbox payload."""
+    from bot.messages import Citation, Escalation
+
+    esc = payload.get("escalation")
+    return Reply(
+        conversation_id=payload["conversation_id"],
+        language=payload.get("language") or "ja",
+        answer=payload.get("answer", ""),
+        citations=tuple(Citation(**c) for c in payload.get("citations") or ()),
+        escalation=Escalation(**esc) if esc else None,
+        confidence=float(payload.get("confidence") or 0.0),
+        kind=payload.get("kind") or "answer",
+        id=payload.get("id"),
+        offer_human=bool(payload.get("offer_human", False)),
+    )
+
+
+def operator_reply(address: Address, language: str | None, text: str) -> Reply:
+    lang = language if language in ("ja", "en") else "ja"
+    return Reply(conversation_id=address.conversation_id, language=lang, answer=text, kind="operator")
+
+
+def ticket_id_of_reply(reply: Reply) -> str | None:
+    return reply.escalation.ticket_id if reply.escalation else None
+
+
+# ---------------------------------------------------------------- state <-> JSON
+
+
+def state_to_json(state: ConversationState) -> dict[str, Any]:
+    data = asdict(state)
+    data["address"] = state.address.to_dict()
+    data.pop("updated_at", None)
+    return data
+
+
+def state_from_json(data: dict[str, Any], updated_at: datetime | None) -> ConversationState:
+    return ConversationState(
+        conversation_id=data["conversation_id"],
+        address=Address.from_dict(data["address"]),
+        language=data.get("language"),
+        carrier=data.get("carrier"),
+        topics=list(data.get("topics") or []),
+        failures=int(data.get("failures") or 0),
+        last_query=data.get("last_query"),
+        facts=dict(data.get("facts") or {}),
+        updated_at=as_utc(updated_at),
+    )
