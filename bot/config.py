@@ -61,12 +61,16 @@ class Settings(BaseSettings):
 
     operator_token: SecretStr | None = None
     session_secret: SecretStr | None = None  # console cookie signing; random per process if unset
+    # Operator accounts for the console: "name:bcrypt-hash,name2:bcrypt-hash" (see bot/web/auth.py).
+    operators: SecretStr | None = None
 
     # --- web ---
     max_body_bytes: int = 256 * 1024
     max_text_chars: int = 4000
     rate_limit_per_minute: int = 20
     public_base_url: str | None = None
+    # Other origins allowed to call /api/chat from a page embedding widget.js ("https://a,https://b" or "*").
+    widget_origins: str = ""
 
     log_level: str = "INFO"
 
