@@ -60,7 +60,7 @@ class InMemoryHandoffStore:
         self._lock = threading.RLock()
         self._conversations: dict[str, _Conversation] = {}
         self._messages: dict[int, StoredMessage] = {}
-        self._dedupe: dict[str, int] = {}
+        self._dedupe: dict[tuple[str, str], int] = {}  # (conversation_id, dedupe_key) -> message id
         self._tickets: dict[str, Ticket] = {}
         self._audit: list[AuditEntry] = []
         self._outbox: dict[int, _Outbox] = {}
@@ -85,7 +85,6 @@ class InMemoryHandoffStore:
             stored = copy.deepcopy(state)
             stored.updated_at = self._now()
             conv = self._conversation(state.address)
-            conv.address = state.address
             conv.state = stored
             state.updated_at = stored.updated_at
 
@@ -100,13 +99,15 @@ class InMemoryHandoffStore:
         meta: dict[str, Any] | None = None,
     ) -> StoredMessage | None:
         with self._lock:
-            if dedupe_key is not None and dedupe_key in self._dedupe:
+            key = (address.conversation_id, dedupe_key) if dedupe_key is not None else None
+            if key is not None and key in self._dedupe:
                 return None
+            self._conversation(address, refresh=True)
             ticket = self._active(address.conversation_id)
             msg = self._add_message(address, role, text, handled=handled, meta=meta,
                                     ticket_id=ticket.id if ticket else None)
-            if dedupe_key is not None:
-                self._dedupe[dedupe_key] = msg.id
+            if key is not None:
+                self._dedupe[key] = msg.id
             if ticket is not None:
                 self._audit_add(ticket.id, common.actor_for_role(role, meta), f"{role}_message",
                                 f"message #{msg.id}")
@@ -145,7 +146,7 @@ class InMemoryHandoffStore:
         common.check_priority(priority)
         with self._lock:
             now = self._now()
-            self._conversation(address)
+            self._conversation(address, refresh=True)
             ticket = self._active(address.conversation_id)
             if ticket is not None:
                 changed = []
@@ -201,10 +202,11 @@ class InMemoryHandoffStore:
             if t.status == "open":  # replying is taking the ticket
                 t.status, t.operator = "claimed", operator
                 self._audit_add(t.id, common.operator_actor(operator), "claimed", "by replying")
-            msg = self._add_message(t.address, "operator", text, handled=True,
+            address = self._conversation(t.address).address  # the conversation's newest route
+            msg = self._add_message(address, "operator", text, handled=True,
                                     meta={"operator": operator}, ticket_id=t.id)
-            reply = common.operator_reply(t.address, self._language(t), text)
-            self._enqueue(t.address, reply, ticket_id=t.id)
+            reply = common.operator_reply(address, self._language(t), text)
+            self._enqueue(address, reply, ticket_id=t.id)
             t.updated_at = now
             self._audit_add(t.id, common.operator_actor(operator), "replied", f"message #{msg.id}")
             return copy.deepcopy(t)
@@ -300,10 +302,12 @@ class InMemoryHandoffStore:
 
     # ------------------------------------------------------------ internals (lock held)
 
-    def _conversation(self, address: Address) -> _Conversation:
+    def _conversation(self, address: Address, *, refresh: bool = False) -> _Conversation:
         conv = self._conversations.get(address.conversation_id)
         if conv is None:
             conv = self._conversations[address.conversation_id] = _Conversation(address=address)
+        elif refresh:  # the newest address wins (a Slack response_url, a LINE reply route...)
+            conv.address = address
         return conv
 
     def _add_message(self, address: Address, role: str, text: str, *, handled: bool,

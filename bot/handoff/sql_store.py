@@ -1,0 +1,495 @@
+"""SqlHandoffStore: ConversationStore + HandoffService on SQLAlchemy 2 (SQLite or PostgreSQL).
+
+- Every public method is one transaction, committed before it returns: a user message recorded
+  by `record_message` survives a crash one instruction later.
+- SQLite (the default, a file in the data dir): WAL journal, busy_timeout, and every transaction
+  begins with BEGIN IMMEDIATE, so the CLI and a running server can share the file without
+  "database is locked" upgrades failing half way.
+- PostgreSQL (`postgresql+psycopg://...`): row locks (SELECT ... FOR UPDATE) on the conversation
+  or ticket a method changes, so concurrent workers cannot open two tickets for one conversation
+  or claim one ticket twice; a partial unique index backs the first rule in both databases.
+- The schema is migrated to the newest Alembic revision on open.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import case, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from bot.handoff import common
+from bot.handoff.migrate import current_revision, upgrade_to_head
+from bot.handoff.models import AuditRow, ConversationRow, MessageRow, OutboxRow, TicketRow
+from bot.messages import Address, Reply, utcnow
+from bot.ports import (
+    AuditEntry,
+    ConversationState,
+    OutboxItem,
+    Role,
+    StoredMessage,
+    Ticket,
+    TicketDetail,
+)
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+def normalize_url(url: str) -> str:
+    """Accept postgres:// and postgresql:// (psycopg 3 is the installed driver)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class SqlHandoffStore:
+    """Both roles of bot.ports on a SQL database.
+
+    `SqlHandoffStore(url)`: any SQLAlchemy URL (sqlite:///path, postgresql+psycopg://...).
+    `clock()` returns an aware UTC datetime (tests pass a fake clock).
+    `max_attempts`: failed deliveries before an outbox item is given up ('failed').
+    `migrate=False` skips the Alembic upgrade (the schema must already be at head).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        max_attempts: int = common.DEFAULT_MAX_ATTEMPTS,
+        migrate: bool = True,
+        echo: bool = False,
+    ) -> None:
+        self.url: URL = make_url(normalize_url(url))
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self.engine: Engine = _create_engine(self.url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self.revision = upgrade_to_head(self.engine) if migrate else None
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kwargs: Any) -> "SqlHandoffStore":
+        """SQLite in settings.data_dir (created), or settings.database_url when set."""
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        return cls(settings.resolved_database_url, **kwargs)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name  # "sqlite" | "postgresql"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "SqlHandoffStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never the password
+        return f"SqlHandoffStore({self.url.render_as_string(hide_password=True)!r})"
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: {"ok", "backend", "revision"}; never raises, never shows the URL."""
+        try:
+            with self.engine.connect() as conn:
+                rev = current_revision(conn)
+            return {"ok": rev is not None, "backend": self.backend, "revision": rev}
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return {"ok": False, "backend": self.backend, "error": type(exc).__name__}
+
+    # ------------------------------------------------------------ plumbing
+
+    def _now(self) -> datetime:
+        return common.as_utc(self._clock())
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def _conversation(self, s: Session, address: Address, now: datetime, *, refresh: bool) -> ConversationRow:
+        """The conversation row, created if missing, locked for this transaction (PostgreSQL)."""
+        stmt = select(ConversationRow).where(ConversationRow.id == address.conversation_id).with_for_update()
+        row = s.execute(stmt).scalar_one_or_none()
+        if row is None:
+            values = dict(id=address.conversation_id, channel=address.channel, address=address.to_dict(),
+                          state=None, created_at=now, updated_at=now)
+            if self.backend in ("postgresql", "sqlite"):
+                if self.backend == "postgresql":
+                    from sqlalchemy.dialects.postgresql import insert
+                else:
+                    from sqlalchemy.dialects.sqlite import insert
+                s.execute(insert(ConversationRow).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+            else:  # pragma: no cover - other databases
+                s.add(ConversationRow(**values))
+                s.flush()
+            row = s.execute(stmt).scalar_one()
+        elif refresh and row.address != address.to_dict():
+            row.address = address.to_dict()  # the newest route wins (Slack response_url...)
+        return row
+
+    def _ticket(self, s: Session, ticket_id: str, *, lock: bool = True) -> TicketRow:
+        stmt = select(TicketRow).where(TicketRow.id == common.normalize_ticket_id(ticket_id))
+        if lock:
+            stmt = stmt.with_for_update()
+        row = s.execute(stmt).scalar_one_or_none()
+        if row is None:
+            raise common.not_found(ticket_id)
+        return row
+
+    @staticmethod
+    def _active(s: Session, conversation_id: str) -> TicketRow | None:
+        stmt = select(TicketRow).where(
+            TicketRow.conversation_id == conversation_id, TicketRow.status.in_(common.ACTIVE_STATUSES)
+        )
+        return s.execute(stmt).scalars().first()
+
+    def _audit(self, s: Session, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
+        s.add(AuditRow(ticket_id=ticket_id, actor=actor, action=action, detail=detail, at=self._now()))
+
+    def _add_message(self, s: Session, conversation_id: str, role: str, text: str, *, handled: bool,
+                     meta: dict[str, Any] | None, ticket_id: str | None,
+                     dedupe_key: str | None = None) -> MessageRow:
+        row = MessageRow(conversation_id=conversation_id, role=role, text=text, created_at=self._now(),
+                         ticket_id=ticket_id, handled=handled, dedupe_key=dedupe_key, meta=dict(meta or {}))
+        s.add(row)
+        s.flush()  # assigns the id
+        return row
+
+    def _enqueue(self, s: Session, address: Address, reply: Reply, ticket_id: str | None) -> int:
+        row = OutboxRow(address=address.to_dict(), reply=common.reply_payload(reply), ticket_id=ticket_id,
+                        status="pending", attempts=0, created_at=self._now())
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+    # ------------------------------------------------------------ ConversationStore
+
+    def get_state(self, conversation_id: str) -> ConversationState | None:
+        with self._tx() as s:
+            row = s.get(ConversationRow, conversation_id)
+            if row is None or row.state is None:
+                return None
+            return common.state_from_json(row.state, row.updated_at)
+
+    def save_state(self, state: ConversationState) -> None:
+        with self._tx() as s:
+            now = self._now()
+            row = self._conversation(s, state.address, now, refresh=False)
+            row.state = common.state_to_json(state)
+            row.updated_at = now
+        state.updated_at = now
+
+    def record_message(
+        self,
+        address: Address,
+        role: Role,
+        text: str,
+        *,
+        handled: bool = True,
+        dedupe_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> StoredMessage | None:
+        try:
+            with self._tx() as s:
+                now = self._now()
+                self._conversation(s, address, now, refresh=True)
+                if dedupe_key is not None:
+                    seen = s.execute(
+                        select(MessageRow.id).where(MessageRow.conversation_id == address.conversation_id,
+                                                    MessageRow.dedupe_key == dedupe_key)
+                    ).first()
+                    if seen is not None:
+                        return None
+                ticket = self._active(s, address.conversation_id)
+                row = self._add_message(s, address.conversation_id, role, text, handled=handled, meta=meta,
+                                        ticket_id=ticket.id if ticket else None, dedupe_key=dedupe_key)
+                if ticket is not None:
+                    self._audit(s, ticket.id, common.actor_for_role(role, meta), f"{role}_message",
+                                f"message #{row.id}")
+                return _message(row)
+        except IntegrityError:
+            if dedupe_key is not None and self._has_dedupe(address.conversation_id, dedupe_key):
+                return None  # a concurrent retry of the same webhook won the race
+            raise
+
+    def _has_dedupe(self, conversation_id: str, dedupe_key: str) -> bool:
+        with self._tx() as s:
+            return s.execute(
+                select(MessageRow.id).where(MessageRow.conversation_id == conversation_id,
+                                            MessageRow.dedupe_key == dedupe_key)
+            ).first() is not None
+
+    def mark_handled(self, message_id: int) -> None:
+        with self._tx() as s:
+            s.execute(update(MessageRow).where(MessageRow.id == message_id).values(handled=True))
+
+    def unhandled_messages(self) -> list[StoredMessage]:
+        with self._tx() as s:
+            rows = s.execute(select(MessageRow).where(MessageRow.handled.is_(False)).order_by(MessageRow.id))
+            return [_message(r) for r in rows.scalars()]
+
+    def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]:
+        with self._tx() as s:
+            stmt = select(MessageRow).where(MessageRow.conversation_id == conversation_id)
+            if limit is None:
+                rows = list(s.execute(stmt.order_by(MessageRow.id)).scalars())
+            else:
+                rows = list(s.execute(stmt.order_by(MessageRow.id.desc()).limit(max(limit, 0))).scalars())
+                rows.reverse()
+            return [_message(r) for r in rows]
+
+    def messages_after(self, conversation_id: str, after_id: int) -> list[StoredMessage]:
+        with self._tx() as s:
+            rows = s.execute(
+                select(MessageRow)
+                .where(MessageRow.conversation_id == conversation_id, MessageRow.id > after_id)
+                .order_by(MessageRow.id)
+            )
+            return [_message(r) for r in rows.scalars()]
+
+    # ------------------------------------------------------------ HandoffService
+
+    def open_ticket(
+        self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]
+    ) -> Ticket:
+        common.check_priority(priority)
+        with self._tx() as s:
+            now = self._now()
+            self._conversation(s, address, now, refresh=True)  # locks: one opener at a time
+            row = self._active(s, address.conversation_id)
+            if row is not None:
+                changed = []
+                if priority == "urgent" and row.priority != "urgent":
+                    row.priority = "urgent"
+                    changed.append("priority urgent")
+                merged = common.merge_summary(row.summary or {}, summary)
+                if merged != (row.summary or {}):
+                    row.summary = merged
+                    changed.append("summary")
+                if changed:
+                    row.updated_at = now
+                    self._audit(s, row.id, "bot", "updated", f"escalated again ({reason}): {', '.join(changed)}")
+                return _ticket(row)
+            tid = common.new_ticket_id(now)
+            while s.get(TicketRow, tid) is not None:
+                tid = common.new_ticket_id(now)
+            row = TicketRow(id=tid, conversation_id=address.conversation_id, address=address.to_dict(),
+                            status="open", priority=priority, reason=reason, summary=dict(summary or {}),
+                            operator=None, created_at=now, updated_at=now, reannounced_at=None)
+            s.add(row)
+            s.flush()
+            linked = s.execute(
+                update(MessageRow)
+                .where(MessageRow.conversation_id == address.conversation_id, MessageRow.ticket_id.is_(None))
+                .values(ticket_id=tid)
+            ).rowcount
+            self._audit(s, tid, "bot", "opened", f"reason={reason} priority={priority}; {linked} messages linked")
+            return _ticket(row)
+
+    def active_ticket(self, conversation_id: str) -> Ticket | None:
+        with self._tx() as s:
+            row = self._active(s, conversation_id)
+            return _ticket(row) if row else None
+
+    def claim(self, ticket_id: str, operator: str) -> Ticket:
+        with self._tx() as s:
+            row = self._ticket(s, ticket_id)
+            if common.check_claim(row.id, row.status, row.operator, operator):
+                row.status, row.operator, row.updated_at = "claimed", operator, self._now()
+                self._audit(s, row.id, common.operator_actor(operator), "claimed")
+            return _ticket(row)
+
+    def reply(self, ticket_id: str, operator: str, text: str) -> Ticket:
+        with self._tx() as s:
+            row = self._ticket(s, ticket_id)
+            common.check_reply(row.id, row.status)
+            now = self._now()
+            actor = common.operator_actor(operator)
+            if row.status == "open":  # replying is taking the ticket
+                row.status, row.operator = "claimed", operator
+                self._audit(s, row.id, actor, "claimed", "by replying")
+            conv = s.get(ConversationRow, row.conversation_id)
+            address = Address.from_dict(conv.address if conv is not None else row.address)
+            msg = self._add_message(s, row.conversation_id, "operator", text, handled=True,
+                                    meta={"operator": operator}, ticket_id=row.id)
+            language = (row.summary or {}).get("language")
+            if language not in ("ja", "en") and conv is not None and conv.state:
+                language = conv.state.get("language")
+            self._enqueue(s, address, common.operator_reply(address, language, text), row.id)
+            row.updated_at = now
+            self._audit(s, row.id, actor, "replied", f"message #{msg.id}")
+            return _ticket(row)
+
+    def resolve(self, ticket_id: str, operator: str) -> Ticket:
+        with self._tx() as s:
+            row = self._ticket(s, ticket_id)
+            common.check_resolve(row.id, row.status)
+            row.status, row.updated_at = "resolved", self._now()
+            if not row.operator:
+                row.operator = operator
+            self._audit(s, row.id, common.operator_actor(operator), "resolved")
+            return _ticket(row)
+
+    def list_queue(self, statuses: tuple[str, ...] = ("open", "claimed")) -> list[Ticket]:
+        with self._tx() as s:
+            urgent_first = case((TicketRow.priority == "urgent", 0), else_=1)
+            rows = s.execute(
+                select(TicketRow)
+                .where(TicketRow.status.in_(tuple(statuses)))
+                .order_by(urgent_first, TicketRow.created_at, TicketRow.id)
+            )
+            return [_ticket(r) for r in rows.scalars()]
+
+    def get_detail(self, ticket_id: str) -> TicketDetail | None:
+        with self._tx() as s:
+            row = s.get(TicketRow, common.normalize_ticket_id(ticket_id))
+            if row is None:
+                return None
+            msgs = s.execute(select(MessageRow).where(MessageRow.ticket_id == row.id).order_by(MessageRow.id))
+            audit = s.execute(select(AuditRow).where(AuditRow.ticket_id == row.id).order_by(AuditRow.id))
+            return TicketDetail(ticket=_ticket(row), transcript=[_message(m) for m in msgs.scalars()],
+                                audit=[_audit(a) for a in audit.scalars()])
+
+    def overdue_urgent(self, now: datetime, older_than_minutes: float) -> list[Ticket]:
+        cutoff = common.as_utc(now) - timedelta(minutes=older_than_minutes)
+        with self._tx() as s:
+            rows = s.execute(
+                select(TicketRow)
+                .where(
+                    TicketRow.priority == "urgent",
+                    TicketRow.status == "open",
+                    or_(
+                        TicketRow.reannounced_at <= cutoff,
+                        (TicketRow.reannounced_at.is_(None)) & (TicketRow.created_at <= cutoff),
+                    ),
+                )
+                .order_by(TicketRow.created_at, TicketRow.id)
+            )
+            return [_ticket(r) for r in rows.scalars()]
+
+    def mark_reannounced(self, ticket_id: str, at: datetime) -> None:
+        with self._tx() as s:
+            row = self._ticket(s, ticket_id)
+            row.reannounced_at = common.as_utc(at)
+            self._audit(s, row.id, "system", "reannounced", "unclaimed urgent ticket announced again")
+
+    # ------------------------------------------------------------ outbox
+
+    def enqueue(self, address: Address, reply: Reply) -> int:
+        with self._tx() as s:
+            return self._enqueue(s, address, reply, common.ticket_id_of_reply(reply))
+
+    def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
+        with self._tx() as s:
+            rows = s.execute(
+                select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id).limit(limit)
+            )
+            return [
+                OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
+                           attempts=r.attempts, created_at=r.created_at)
+                for r in rows.scalars()
+            ]
+
+    def mark_sent(self, item_id: int) -> None:
+        with self._tx() as s:
+            row = s.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
+            if row is None or row.status == "sent":
+                return
+            row.status, row.sent_at, row.attempts = "sent", self._now(), row.attempts + 1
+            if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
+                self._audit(s, row.ticket_id, "system", "delivered", f"outbox #{row.id}")
+
+    def mark_failed(self, item_id: int, error: str) -> None:
+        with self._tx() as s:
+            row = s.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
+            if row is None or row.status != "pending":
+                return
+            row.attempts += 1
+            row.last_error = (error or "")[:1000]
+            if row.attempts >= self._max_attempts:
+                row.status = "failed"
+            if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
+                self._audit(s, row.ticket_id, "system", "delivery_failed",
+                            f"outbox #{row.id} attempt {row.attempts}: {row.last_error[:200]}")
+
+    def outbox_status(self, item_id: int) -> dict[str, Any] | None:
+        """status, attempts, last_error, sent_at of one outbox item (for tests and the console)."""
+        with self._tx() as s:
+            r = s.get(OutboxRow, item_id)
+            if r is None:
+                return None
+            return {"status": r.status, "attempts": r.attempts, "last_error": r.last_error,
+                    "sent_at": r.sent_at, "ticket_id": r.ticket_id}
+
+    def count_messages(self) -> int:
+        with self._tx() as s:
+            return int(s.execute(select(func.count()).select_from(MessageRow)).scalar_one())
+
+
+# ---------------------------------------------------------------- engine
+
+
+def _create_engine(url: URL, *, echo: bool) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+
+    database = url.database or ""
+    memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if memory:
+        engine = create_engine(url, echo=echo, poolclass=StaticPool,
+                               connect_args={"check_same_thread": False})
+    else:
+        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False,
+                                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a committed message survives power loss too
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        # Take the write lock up front: a read-then-write transaction can then never fail
+        # with SQLITE_BUSY half way when the CLI and the server write at the same time.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+# ---------------------------------------------------------------- rows -> values
+
+
+def _message(r: MessageRow) -> StoredMessage:
+    return StoredMessage(id=int(r.id), conversation_id=r.conversation_id, role=r.role, text=r.text,  # type: ignore[arg-type]
+                         created_at=r.created_at, ticket_id=r.ticket_id, handled=bool(r.handled),
+                         meta=dict(r.meta or {}))
+
+
+def _ticket(r: TicketRow) -> Ticket:
+    return Ticket(id=r.id, conversation_id=r.conversation_id, address=Address.from_dict(r.address),
+                  status=r.status, priority=r.priority, reason=r.reason, summary=dict(r.summary or {}),  # type: ignore[arg-type]
+                  created_at=r.created_at, updated_at=r.updated_at, operator=r.operator,
+                  reannounced_at=r.reannounced_at)
+
+
+def _audit(r: AuditRow) -> AuditEntry:
+    return AuditEntry(ticket_id=r.ticket_id, actor=r.actor, action=r.action, detail=r.detail, at=r.at)
