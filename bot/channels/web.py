@@ -1,0 +1,308 @@
+"""The helpdesk widget's channel ("web"): POST /api/chat, live events over SSE, and history.
+
+Routes (mounted under /api):
+* ``POST /api/chat`` body ``{"text", "conversation_id"?, "conversation_token"?, "action"?, "client_id"?}``
+  → the contract's reply JSON (the first reply) plus ``replies`` (all of them, each with
+  ``seq`` and ``role``), ``conversation_token`` and ``user_seq``. A new conversation id
+  ``web:<uuid>`` is issued when none is given. ``action: "request_human"`` is the
+  "talk to a person" button.
+* ``GET /api/chat/events?conversation_id=..&token=..&after=N`` → Server-Sent Events: every
+  reply and operator message for the conversation after sequence number N (``Last-Event-ID``
+  on reconnect), then live ones. Keep-alive comments every 15 s.
+* ``GET /api/chat/history?conversation_id=..&token=..&after=N`` → the same events as JSON, so
+  a widget that was disconnected (or reloaded) loses nothing.
+
+The conversation token is an HMAC of the conversation id: only the browser that started the
+conversation can read its events. It is issued with a new id, or echoed when a valid one is
+presented (API clients that choose their own ids can talk but get no token).
+
+Outbound (`send`): operator replies, re-announcements and recovered answers from the outbox are
+appended to the conversation's event log (bounded, in memory) and pushed to connected widgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from bot.channels.base import BaseChannel, guess_language, rate_limited_reply
+from bot.messages import Address, InboundMessage, Reply
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bot.channels.registry import ChannelRegistry
+    from bot.config import Settings
+    from bot.ports import ConversationCore
+
+log = logging.getLogger("bot.channels.web")
+
+_CONV_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+MAX_EVENTS_PER_CONVERSATION = 200
+MAX_CONVERSATIONS = 20_000
+IDLE_FORGET_SECONDS = 24 * 3600
+KEEPALIVE_SECONDS = 15.0
+# Many users may share one address (an office NAT): this only stops one client from minting
+# a fresh conversation id for every message to escape the per-user limit.
+PER_ADDRESS_FACTOR = 15
+
+
+class ChatRequest(BaseModel):
+    text: str = Field(default="", max_length=1_000_000)
+    conversation_id: str | None = Field(default=None, max_length=128)
+    conversation_token: str | None = Field(default=None, max_length=128)
+    action: Literal["request_human"] | None = None
+    client_id: str | None = Field(default=None, max_length=64)
+
+
+class _Conversation:
+    __slots__ = ("events", "subscribers", "touched")
+
+    def __init__(self) -> None:
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS_PER_CONVERSATION)
+        self.subscribers: set[asyncio.Queue] = set()
+        self.touched = time.monotonic()
+
+
+def api_error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, **extra}, status_code=status)
+
+
+class WebChannel(BaseChannel):
+    name = "web"
+    prefix = "/api"
+
+    def __init__(self, settings: "Settings", registry: "ChannelRegistry", *, signing_key: bytes) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._key = hashlib.sha256(b"pbxbot-web-conversation\0" + signing_key).digest()
+        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self._seq = 0
+        self._address_limiter = type(registry.rate_limiter)(settings.rate_limit_per_minute * PER_ADDRESS_FACTOR)
+        self.router = self._build_router()
+
+    # ------------------------------------------------------------ conversation tokens
+
+    def token_for(self, conversation_id: str) -> str:
+        return hmac.new(self._key, conversation_id.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def token_ok(self, conversation_id: str, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(self.token_for(conversation_id), token or "")
+
+    # ------------------------------------------------------------ the event log
+
+    def _conv(self, conversation_id: str) -> _Conversation:
+        conv = self._conversations.get(conversation_id)
+        if conv is None:
+            conv = self._conversations[conversation_id] = _Conversation()
+            self._forget_idle()
+        else:
+            self._conversations.move_to_end(conversation_id)
+        conv.touched = time.monotonic()
+        return conv
+
+    def _forget_idle(self) -> None:
+        cutoff = time.monotonic() - IDLE_FORGET_SECONDS
+        while self._conversations:
+            cid, conv = next(iter(self._conversations.items()))
+            if conv.subscribers or (conv.touched > cutoff and len(self._conversations) <= MAX_CONVERSATIONS):
+                break
+            self._conversations.popitem(last=False)
+
+    def publish(self, conversation_id: str, role: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Append one event (role: user | bot | operator) and push it to connected widgets."""
+        self._seq += 1
+        event = {"seq": self._seq, "role": role, "at": time.time(), **payload}
+        conv = self._conv(conversation_id)
+        conv.events.append(event)
+        for q in list(conv.subscribers):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:  # a stuck client: it will catch up from history
+                pass
+        return event
+
+    def history(self, conversation_id: str, after: int = 0) -> list[dict[str, Any]]:
+        conv = self._conversations.get(conversation_id)
+        if conv is None:
+            return []
+        return [e for e in conv.events if e["seq"] > after]
+
+    def subscribe(self, conversation_id: str) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=500)
+        self._conv(conversation_id).subscribers.add(q)
+        return q
+
+    def unsubscribe(self, conversation_id: str, q: asyncio.Queue) -> None:
+        conv = self._conversations.get(conversation_id)
+        if conv is not None:
+            conv.subscribers.discard(q)
+
+    def subscriber_count(self, conversation_id: str) -> int:
+        conv = self._conversations.get(conversation_id)
+        return len(conv.subscribers) if conv else 0
+
+    # ------------------------------------------------------------ outbound (ReplySender side)
+
+    async def send(self, address: Address, reply: Reply) -> None:
+        self.publish(address.conversation_id, _role_of(reply), reply_event_payload(reply))
+
+    async def stop(self) -> None:
+        for conv in self._conversations.values():
+            for q in list(conv.subscribers):
+                try:
+                    q.put_nowait(None)
+                except asyncio.QueueFull:
+                    pass
+
+    # ------------------------------------------------------------ inbound routes
+
+    def _build_router(self) -> APIRouter:
+        router = APIRouter(tags=["widget"])
+        router.add_api_route("/chat", self.post_chat, methods=["POST"])
+        router.add_api_route("/chat/events", self.get_events, methods=["GET"])
+        router.add_api_route("/chat/history", self.get_history, methods=["GET"])
+        return router
+
+    async def post_chat(self, body: ChatRequest, request: Request) -> JSONResponse:
+        text = body.text.strip()
+        if not text and body.action is None:
+            return api_error(422, "empty_text", "text is empty / メッセージが空です")
+        if len(text) > self.settings.max_text_chars:
+            return api_error(413, "text_too_long",
+                             f"text is longer than {self.settings.max_text_chars} characters",
+                             max_chars=self.settings.max_text_chars)
+        issued = False
+        if body.conversation_id:
+            cid = body.conversation_id.strip()
+            if not _CONV_ID.match(cid):
+                return api_error(422, "invalid_conversation_id", "conversation_id has invalid characters")
+            if not cid.startswith("web:"):
+                cid = "web:" + cid
+        else:
+            cid, issued = f"web:{uuid.uuid4()}", True
+        token = self.token_for(cid) if issued or self.token_ok(cid, body.conversation_token) else None
+        language = guess_language(text, default=_accept_language(request))
+
+        wait = self.registry.rate_limiter.check(cid)
+        if not wait:
+            client = request.client.host if request.client else "-"
+            wait = self._address_limiter.check(f"addr:{client}")
+        if wait:
+            reply = rate_limited_reply(cid, language, wait)
+            data = {**reply.to_json(), "error": "rate_limited", "message": reply.answer,
+                    "retry_after": round(wait, 1), "replies": [], "conversation_token": token}
+            return JSONResponse(data, status_code=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+        client_id = body.client_id if body.client_id and _CLIENT_ID.match(body.client_id) else None
+        message = InboundMessage(
+            address=Address("web", cid, user_id=cid),
+            text=text,
+            message_id=f"{cid}:{client_id}" if client_id else None,
+            action=body.action,
+        )
+        user_event = self.publish(cid, "user", {"text": text, "action": body.action, "client_id": client_id})
+        replies = await self.registry.handle(message)
+        events = [self.publish(cid, _role_of(r), reply_event_payload(r)) for r in replies]
+        if events:
+            first = dict(events[0])
+        else:  # joined an open ticket silently, or a retried duplicate
+            first = {**Reply(conversation_id=cid, language=language, answer="", kind="notice").to_json(),  # type: ignore[arg-type]
+                     "seq": None, "role": "bot"}
+        first.update(conversation_id=cid, replies=events, conversation_token=token, user_seq=user_event["seq"])
+        return JSONResponse(first)
+
+    def _check_access(self, conversation_id: str, token: str | None) -> JSONResponse | None:
+        if not _CONV_ID.match(conversation_id) or not conversation_id.startswith("web:"):
+            return api_error(422, "invalid_conversation_id", "conversation_id must be a web conversation")
+        if not self.token_ok(conversation_id, token):
+            return api_error(403, "invalid_token", "conversation token missing or invalid")
+        return None
+
+    async def get_history(
+        self, conversation_id: str = Query(max_length=128), token: str = Query("", max_length=128),
+        after: int = Query(0, ge=0),
+    ) -> JSONResponse:
+        denied = self._check_access(conversation_id, token)
+        if denied is not None:
+            return denied
+        events = self.history(conversation_id, after)
+        return JSONResponse({"conversation_id": conversation_id, "events": events,
+                             "last_seq": events[-1]["seq"] if events else after})
+
+    async def get_events(
+        self, request: Request, conversation_id: str = Query(max_length=128),
+        token: str = Query("", max_length=128), after: int = Query(0, ge=0),
+        last_event_id: str | None = Header(None, max_length=32),
+    ):
+        denied = self._check_access(conversation_id, token)
+        if denied is not None:
+            return denied
+        if last_event_id and last_event_id.isdigit():
+            after = max(after, int(last_event_id))
+        return StreamingResponse(
+            self._stream(conversation_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, conversation_id: str, after: int) -> AsyncIterator[str]:
+        queue = self.subscribe(conversation_id)  # before reading history: nothing falls between
+        last = after
+        try:
+            yield "retry: 2000\n\n"
+            for event in self.history(conversation_id, after):
+                last = event["seq"]
+                yield _sse(event)
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if event is None:  # shutting down
+                    return
+                if event["seq"] > last:
+                    last = event["seq"]
+                    yield _sse(event)
+        finally:
+            self.unsubscribe(conversation_id, queue)
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return f"id: {event['seq']}\nevent: message\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+
+def _role_of(reply: Reply) -> str:
+    return "operator" if reply.kind == "operator" else "bot"
+
+
+def reply_event_payload(reply: Reply) -> dict[str, Any]:
+    """The widget's JSON for one reply: the contract's reply JSON plus offer_human."""
+    data = reply.to_json()
+    data["offer_human"] = reply.offer_human
+    return data
+
+
+def _accept_language(request: Request) -> str:
+    al = (request.headers.get("accept-language") or "").lower()
+    return "en" if al.startswith("en") else "ja"
+
+
+def register(registry: "ChannelRegistry", settings: "Settings", core: "ConversationCore",
+             *, signing_key: bytes) -> WebChannel:
+    """Always enabled: the widget and POST /api/chat."""
+    channel = WebChannel(settings, registry, signing_key=signing_key)
+    registry.add(channel)
+    return channel

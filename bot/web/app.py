@@ -1,0 +1,203 @@
+"""create_app(settings): the composition root of the server (see ../shared/design.md).
+
+It chooses the implementations from settings (the conversation core from bot.wiring unless one
+is given), validates the enabled channels (a half-configured one is a clear ConfigError at
+start-up), registers the channels (the widget's "web" channel always; each platform module
+`bot.channels.<name>` whose settings are present, through its `register(registry, settings, core)`),
+mounts their routes, the widget, the operator console and /healthz, and runs three things in the
+background while the app lives: recovery of messages left unanswered by a crash, the outbox
+dispatcher (every 0.5 s) and the urgent-ticket re-announcer (every 30 s). The synchronous core is
+always called in worker threads so the event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bot.channels import web as web_channel
+from bot.channels.registry import ChannelRegistry
+from bot.config import ConfigError, Settings
+from bot.ports import ConversationCore
+from bot.web.auth import OperatorAuth
+from bot.web.background import OutboxDispatcher, Reannouncer
+from bot.web.console import build_console_router
+from bot.web.health import HealthCheck
+from bot.web.middleware import RequestContextMiddleware, current_request_id
+
+log = logging.getLogger("bot.web")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+PLATFORM_MODULES = ("telegram", "line", "slack")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    core: ConversationCore | None = None,
+    outbox_interval: float = 0.5,
+    reannounce_interval: float = 30.0,
+) -> FastAPI:
+    enabled = settings.validate_enabled_channels()
+    secret_key = (settings.session_secret.get_secret_value().encode()
+                  if settings.session_secret and settings.session_secret.get_secret_value()
+                  else secrets.token_bytes(32))
+    auth = OperatorAuth(settings, secret_key=secret_key)  # validates PBXBOT_OPERATORS
+    if core is None:
+        from bot.wiring import build_conversation_service
+
+        core = build_conversation_service(settings)
+
+    registry = ChannelRegistry(settings, core)
+    web = web_channel.register(registry, settings, core, signing_key=secret_key)
+    for name in enabled:
+        register_platform(name, registry, settings, core)
+    core.add_ticket_listener(registry.ticket_listener)
+
+    async def run_background(func, *args):  # store calls of the loops: not behind the chat traffic
+        return await anyio.to_thread.run_sync(func, *args)
+
+    dispatcher = OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval)
+    reannouncer = Reannouncer(core, run_background, interval=reannounce_interval, on_reannounced=dispatcher.wake)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await registry.start()
+        tasks = [
+            asyncio.create_task(dispatcher.run(), name="outbox-dispatcher"),
+            asyncio.create_task(reannouncer.run(), name="reannouncer"),
+        ]
+        registry.spawn(_recover(core, dispatcher), name="recover-pending")
+        log.info("pbxbot web ready; channels: %s", ", ".join(registry.names))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await registry.stop()
+            close = getattr(core, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(close)
+
+    app = FastAPI(title="pbxbot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.core = core
+    app.state.registry = registry
+    app.state.web_channel = web
+    app.state.dispatcher = dispatcher
+    app.state.auth = auth
+
+    def dispatcher_state() -> dict[str, Any]:
+        return {"outbox": {"ok": dispatcher.last_error is None, "delivered": dispatcher.delivered,
+                           "failed_attempts": dispatcher.failed},
+                "channels": registry.names,
+                "ok": dispatcher.last_error is None}
+
+    health = HealthCheck(core, registry.run_sync, extra=dispatcher_state)
+
+    # ------------------------------------------------------------ errors as JSON, never 500 for bad input
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200], "type": e.get("type")}
+                  for e in exc.errors()[:10]]
+        json_broken = any(e["type"] == "json_invalid" for e in errors)
+        log.info("rid=%s %s %s invalid request: %s", current_request_id(), request.method, request.url.path,
+                 "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        return JSONResponse({"error": "invalid_json" if json_broken else "invalid_request",
+                             "message": "The request body is not valid JSON of the expected shape.",
+                             "detail": errors, "request_id": current_request_id()}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        if exc.status_code >= 500:
+            log.error("rid=%s %s %s -> %d", current_request_id(), request.method, request.url.path, exc.status_code)
+        return JSONResponse({"error": code, "message": str(exc.detail), "request_id": current_request_id()},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    # ------------------------------------------------------------ routes
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok, info = await health.check()
+        return JSONResponse({"status": "ok" if ok else "unhealthy", **info}, status_code=200 if ok else 503,
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/", response_class=HTMLResponse)
+    async def demo_page() -> Response:
+        return HTMLResponse(_static("demo.html"), headers={"Content-Security-Policy": DEMO_CSP})
+
+    @app.get("/widget.js")
+    async def widget_js() -> Response:
+        return Response(_static("widget.js"), media_type="application/javascript; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+    @app.get("/console/static/{name}")
+    async def console_static(name: str) -> Response:
+        types = {"console.js": "application/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
+        if name not in types:
+            return JSONResponse({"error": "not_found", "message": "no such file"}, status_code=404)
+        return Response(_static(name), media_type=types[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/console/")
+    async def console_slash() -> Response:
+        return RedirectResponse("/console", status_code=308)
+
+    app.include_router(build_console_router(auth, core, registry.run_sync, max_text_chars=settings.max_text_chars,
+                                            on_reply=dispatcher.wake))
+    registry.mount(app)
+
+    origins = [o.strip() for o in settings.widget_origins.split(",") if o.strip()]
+    if origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["content-type", "x-request-id"], allow_credentials=False, max_age=600)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def register_platform(name: str, registry: ChannelRegistry, settings: Settings, core: ConversationCore) -> None:
+    """Import bot.channels.<name> and call its register(registry, settings, core)."""
+    module_name = f"bot.channels.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigError(f"channel '{name}' is configured (PBXBOT_{name.upper()}_*) but this build has no "
+                              f"{module_name} adapter") from None
+        raise ConfigError(f"channel '{name}' needs a package that is not installed: {exc.name}") from None
+    module.register(registry, settings, core)
+
+
+async def _recover(core: ConversationCore, dispatcher: OutboxDispatcher) -> None:
+    n = await anyio.to_thread.run_sync(core.recover_pending)
+    if n:
+        log.info("recovered %d unanswered message(s) from before the restart", n)
+        dispatcher.wake()
+
+
+_STATIC_CACHE: dict[str, bytes] = {}
+
+
+def _static(name: str) -> bytes:
+    data = _STATIC_CACHE.get(name)
+    if data is None:
+        data = _STATIC_CACHE[name] = (STATIC_DIR / name).read_bytes()
+    return data

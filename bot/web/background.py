@@ -1,0 +1,115 @@
+"""Background loops of the server: the outbox dispatcher and the urgent-ticket re-announcer.
+
+The outbox (HandoffService.enqueue / pending_outbox / mark_sent / mark_failed) holds every
+message to a user that is not sent inline: operator replies, re-announcements, answers
+recovered after a crash. The dispatcher polls it, delivers through the ReplySender (the
+channel registry) and marks the result; a failed item is retried with exponential back-off
+until the store gives up on it (its max_attempts) and marks it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from bot.handoff.common import reply_from_payload
+from bot.messages import utcnow
+from bot.ports import ConversationCore, HandoffService, OutboxItem, ReplySender
+
+log = logging.getLogger("bot.web.outbox")
+
+RunSync = Callable[..., Awaitable[Any]]
+
+
+class OutboxDispatcher:
+    def __init__(self, handoff: HandoffService, sender: ReplySender, run_sync: RunSync, *,
+                 interval: float = 0.5, send_timeout: float = 15.0, max_backoff: float = 60.0,
+                 batch: int = 50) -> None:
+        self.handoff, self.sender, self.run_sync = handoff, sender, run_sync
+        self.interval, self.send_timeout, self.max_backoff, self.batch = interval, send_timeout, max_backoff, batch
+        self._retry_at: dict[int, float] = {}
+        self._wake = asyncio.Event()
+        self.delivered = 0
+        self.failed = 0
+        self.last_tick: float | None = None  # monotonic time of the last completed poll
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        """Deliver now rather than at the next poll (after an operator reply)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is down: keep polling, report in /healthz
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("outbox poll failed: %s", self.last_error)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def tick(self) -> int:
+        """One poll: deliver every due pending item; returns how many were delivered."""
+        items: list[OutboxItem] = await self.run_sync(self.handoff.pending_outbox, self.batch)
+        now = time.monotonic()
+        due = [it for it in items if self._retry_at.get(it.id, 0.0) <= now]
+        results = await asyncio.gather(*(self._deliver(it) for it in due))
+        pending_ids = {it.id for it in items}
+        for item_id in list(self._retry_at):
+            if item_id not in pending_ids:
+                del self._retry_at[item_id]
+        self.last_tick = time.monotonic()
+        self.last_error = None
+        return sum(results)
+
+    async def _deliver(self, item: OutboxItem) -> int:
+        try:
+            reply = reply_from_payload(item.reply)
+            await asyncio.wait_for(self.sender.send(item.address, reply), self.send_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            delay = min(self.max_backoff, 2.0 ** item.attempts)
+            self._retry_at[item.id] = time.monotonic() + delay
+            self.failed += 1
+            log.warning("outbox #%d to %s failed (attempt %d): %s; retry in %.0fs", item.id,
+                        item.address.channel, item.attempts + 1, error, delay)
+            await self.run_sync(self.handoff.mark_failed, item.id, error)
+            return 0
+        await self.run_sync(self.handoff.mark_sent, item.id)
+        self._retry_at.pop(item.id, None)
+        self.delivered += 1
+        return 1
+
+
+class Reannouncer:
+    """Every `interval` seconds: core.reannounce_overdue(now); wakes the dispatcher when it did something."""
+
+    def __init__(self, core: ConversationCore, run_sync: RunSync, *, interval: float = 30.0,
+                 on_reannounced: Callable[[], None] | None = None) -> None:
+        self.core, self.run_sync, self.interval, self.on_reannounced = core, run_sync, interval, on_reannounced
+        self.count = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                n = await self.run_sync(self.core.reannounce_overdue, utcnow())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("re-announcing overdue tickets failed")
+                continue
+            if n:
+                self.count += n
+                log.info("re-announced %d overdue urgent ticket(s)", n)
+                if self.on_reannounced:
+                    self.on_reannounced()
