@@ -1,0 +1,156 @@
+"""Text analysis for the lexical index: Japanese morphology (SudachiPy) + English words + lexicon.
+
+Pipeline (same for documents and queries):
+  1. normalize: NFKC, lower case, control characters removed (lexicon.normalize_text);
+  2. lexicon terms found in the text are emitted whole (`国際電話不取扱受付センター`, `ip-pbx`,
+     `5060`), plus `syn:<group>` for their synonym groups;
+  3. SudachiPy (sudachidict_core, split mode C by default, chosen by measurement; docs/retrieval.md)
+     `normalized_form()` for every content morpheme: 乗っ取られた -> 乗っ取る, ＰＢＸ -> pbx;
+     particles, auxiliaries, symbols and a few light verbs/nouns are dropped;
+  4. ASCII words get a light English suffix stripper (calls -> call) and an English stop list;
+  5. every content token whose form is a single-token synonym also adds `syn:<group>`.
+Text without any CJK character skips SudachiPy (same token forms, much faster).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from bot.retrieval.lexicon import Lexicon, normalize_text
+
+# SudachiPy refuses inputs above ~49 kB (bytes); we tokenize in slices well below that.
+_SUDACHI_SLICE_CHARS = 4000
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+_ASCII_WORD_RE = re.compile(r"[a-z0-9]+(?:[-'/.][a-z0-9]+)*")
+_DROP_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
+_JA_STOP = {
+    "する", "為る", "ある", "有る", "いる", "居る", "なる", "成る", "れる", "られる", "こと", "事", "よう", "様", "もの", "物",
+    "ため", "為", "ところ", "所", "これ", "それ", "あれ", "この", "その", "あの", "ここ", "そこ", "どう", "何", "なに", "どこ",
+    "ない", "無い", "です", "ます", "できる", "出来る", "いう", "言う", "とき", "時", "場合", "など", "等", "くださる",
+    "下さる", "おる", "御", "お", "ご", "さん", "的", "か", "よ", "ね", "ー", "〜", "・",
+}
+_EN_STOP = set(
+    "a an the and or but if then than so of to in on at by for from with without into onto over under about as is are was "
+    "were be been being am do does did doing done have has had having i me my we our you your he she it its they them "
+    "their this that these those there here what which who whom whose when where why how can could should would will "
+    "shall may might must not no yes just also only very too any some all each every other such own same more most much "
+    "many few one s t don doesn didn isn aren wasn weren won wouldn shouldn couldn can't don't i'm it's what's please "
+    "help need want know get got let us up out again now".split()
+)
+
+
+def stem_en(word: str) -> str:
+    """A deliberately small suffix stripper (calls -> call, blocked -> block, charges -> charge)."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("sses"):
+        return word[:-2]
+    if word.endswith("ing") and len(word) > 5:
+        return word[:-3]
+    if word.endswith("ed") and len(word) > 4 and not word.endswith("eed"):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+class Analyzer:
+    """Turns text into lexical tokens. Thread-safe; one per process is enough."""
+
+    def __init__(self, lexicon: Lexicon | None = None, *, split_mode: str = "C"):
+        self.lexicon = lexicon or Lexicon.from_dict({})
+        self.split_mode_name = split_mode.upper()
+        self._tokenizer = None
+        self._mode = None
+        self._lock = threading.Lock()
+        self._synonym_tokens: dict[str, tuple[str, ...]] | None = None
+
+    # ---- SudachiPy, loaded lazily (about 0.2 s, ~190 MB resident for the dictionary)
+    def _sudachi(self):
+        if self._tokenizer is None:
+            from sudachipy import Dictionary, SplitMode
+
+            # Dictionary.create() is deprecated in SudachiPy 0.7 in favour of .tokenizer(); create() still
+            # works on 0.6.x which pyproject allows, so use whichever exists.
+            d = Dictionary(dict="core")
+            mode = getattr(SplitMode, self.split_mode_name)
+            make = getattr(d, "tokenizer", None) or d.create
+            self._tokenizer = make(mode=mode)
+            self._mode = mode
+        return self._tokenizer
+
+    def warm_up(self) -> None:
+        self.tokenize("PBXが乗っ取られた")
+
+    @property
+    def synonym_tokens(self) -> dict[str, tuple[str, ...]]:
+        """content token -> synonym groups, from every synonym term that analyses to exactly one token."""
+        if self._synonym_tokens is None:
+            table: dict[str, list[str]] = {}
+            for term, gids in self.lexicon.term_groups.items():
+                toks = self._content_tokens(term)
+                if len(toks) == 1:
+                    for gid in gids:
+                        table.setdefault(toks[0], []).append(gid)
+            self._synonym_tokens = {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
+        return self._synonym_tokens
+
+    def _content_tokens(self, normalized: str) -> list[str]:
+        if not normalized:
+            return []
+        if not _CJK_RE.search(normalized):
+            return self._ascii_tokens(normalized)
+        out: list[str] = []
+        tok = self._sudachi()
+        for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
+            piece = normalized[start:start + _SUDACHI_SLICE_CHARS]
+            with self._lock:
+                morphemes = [(m.normalized_form(), m.part_of_speech()[0], m.surface()) for m in tok.tokenize(piece, self._mode)]
+            for form, pos, surface in morphemes:
+                if pos in _DROP_POS:
+                    continue
+                form = form.lower()
+                if _CJK_RE.search(form) or _CJK_RE.search(surface):
+                    if form in _JA_STOP or surface in _JA_STOP:
+                        continue
+                    if len(form) == 1 and "\u3040" <= form <= "\u309f":  # a lone hiragana
+                        continue
+                    out.append(form)
+                else:
+                    out.extend(self._ascii_tokens(surface.lower()))
+        return out
+
+    @staticmethod
+    def _ascii_tokens(text: str) -> list[str]:
+        out = []
+        for w in _ASCII_WORD_RE.findall(text):
+            if w in _EN_STOP:
+                continue
+            out.append(stem_en(w))
+        return out
+
+    def analyze(self, text: str) -> tuple[list[str], list[str]]:
+        """(tokens, synonym group ids found). Never raises on odd input."""
+        normalized = normalize_text(text or "")
+        if not normalized:
+            return [], []
+        tokens: list[str] = []
+        groups: list[str] = []
+        for term in self.lexicon.find_terms(normalized):
+            tokens.append("t:" + term)
+            groups.extend(self.lexicon.groups_of(term))
+        phrase_groups = set(groups)
+        content = self._content_tokens(normalized)
+        syn = self.synonym_tokens
+        for t in content:
+            tokens.append(t)
+            # a group already found as a phrase is not counted again for its inner morphemes
+            groups.extend(g for g in syn.get(t, ()) if g not in phrase_groups)
+        tokens.extend("syn:" + g for g in groups)
+        return tokens, list(dict.fromkeys(groups))
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.analyze(text)[0]

@@ -1,0 +1,209 @@
+"""Build the retrieval index: documents -> chunks -> vectors (Chroma) + BM25, built aside and switched atomically.
+
+Layout under settings.index_dir:
+  CURRENT                  the build id being served (replaced with os.replace: readers see old or new, never half)
+  builds/<build_id>/       manifest.json, documents.json, chunks.jsonl, bm25/ (bm25s files + vocab)
+  chroma/                  the embedded Chroma (collection `pbxbot-<build_id>`; on a server when PBXBOT_CHROMA_URL is set)
+  embcache/<embedder>/     per-document vectors keyed by the document's content hash + chunker version:
+                           re-indexing re-embeds only documents whose content changed.
+A build takes an exclusive lock (index_dir/.build.lock) so two processes never build at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from bot.config import Settings
+from bot.retrieval.analysis import Analyzer
+from bot.retrieval.chunking import CHUNKER_VERSION, Chunk, chunk_document
+from bot.retrieval.documents import Document, load_documents
+from bot.retrieval.embedders import BaseEmbedder, embedder_slug, make_embedder
+from bot.retrieval.lexical_index import LexicalIndex
+from bot.retrieval.lexicon import Lexicon, default_lexicon_path
+from bot.retrieval.vector_index import ChromaVectorIndex, chunk_metadata, make_client
+
+log = logging.getLogger(__name__)
+
+ANALYZER_VERSION = "1"
+SPLIT_MODE = "C"  # SudachiPy split mode, chosen by measurement (docs/retrieval.md)
+
+
+@dataclass
+class BuildReport:
+    build_id: str
+    documents: int
+    chunks: int
+    embedded_documents: int  # documents whose vectors were computed in this build
+    reused_documents: int  # documents whose vectors came from the cache
+    seconds: float
+    up_to_date: bool = False
+    collection: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def read_current(index_dir: Path) -> dict | None:
+    """The manifest of the build being served, or None."""
+    try:
+        build_id = (index_dir / "CURRENT").read_text(encoding="utf-8").strip()
+        return json.loads((index_dir / "builds" / build_id / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(docs: list[Document], embedder: str, lexicon: Lexicon, chroma_target: str) -> str:
+    h = hashlib.sha256()
+    for part in (embedder, CHUNKER_VERSION, ANALYZER_VERSION, SPLIT_MODE, lexicon.version_key, chroma_target):
+        h.update(part.encode() + b"\0")
+    for d in sorted(docs, key=lambda d: d.id):
+        h.update(f"{d.id}={d.content_hash}\0".encode())
+    return h.hexdigest()[:20]
+
+
+def chroma_target(settings: Settings) -> str:
+    return settings.chroma_url or "embedded"
+
+
+@contextlib.contextmanager
+def build_lock(index_dir: Path) -> Iterator[None]:
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".build.lock", "w") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        yield
+
+
+def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder: BaseEmbedder, spec: str,
+                      cache_dir: Path, rebuild: bool, progress: bool) -> tuple[list[np.ndarray], int, int]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out: list[np.ndarray] = []
+    embedded = reused = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(c) for _, c in docs_chunks), unit="chunk", desc="embedding", leave=True)
+    for doc, chunks in docs_chunks:
+        f = cache_dir / f"{doc.content_hash}-c{CHUNKER_VERSION}.npy"
+        vecs = None
+        if not rebuild and f.exists():
+            try:
+                vecs = np.load(f)
+                if vecs.shape[0] != len(chunks):
+                    vecs = None
+            except (OSError, ValueError):
+                vecs = None
+        if vecs is None:
+            vecs = embedder.embed_documents_np([c.index_text(doc) for c in chunks]) if chunks else np.zeros((0, 1), np.float32)
+            tmp = f.with_suffix(f".{uuid.uuid4().hex[:6]}.tmp.npy")
+            np.save(tmp, vecs)
+            os.replace(tmp, f)
+            embedded += 1
+        else:
+            reused += 1
+        out.append(vecs)
+        if bar is not None:
+            bar.update(len(chunks))
+    if bar is not None:
+        bar.close()
+    return out, embedded, reused
+
+
+def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = True,
+                documents: list[Document] | None = None) -> BuildReport:
+    """Build (or refresh) the index for settings.knowledge_dir; a no-op when nothing changed.
+
+    Raises DocumentError (a ConfigError) for a malformed document before touching the served index.
+    """
+    t0 = time.perf_counter()
+    index_dir = Path(settings.index_dir)
+    docs = documents if documents is not None else load_documents(settings.knowledge_dir)
+    lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
+    spec = settings.embedder
+    fp = fingerprint(docs, spec, lexicon, chroma_target(settings))
+    with build_lock(index_dir):
+        current = read_current(index_dir)
+        if current and current.get("fingerprint") == fp and not rebuild:
+            return BuildReport(current["build_id"], len(docs), current["chunks"], 0, len(docs),
+                               time.perf_counter() - t0, up_to_date=True, collection=current["collection"])
+        build_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        builds = index_dir / "builds"
+        tmp = builds / f".tmp-{build_id}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            docs_chunks = [(d, chunk_document(d)) for d in docs]
+            embedder = make_embedder(spec)
+            vec_lists, embedded, reused = _embed_with_cache(
+                docs_chunks, embedder, spec, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
+            analyzer = Analyzer(lexicon, split_mode=SPLIT_MODE)
+            rows: list[dict] = []
+            token_lists: list[list[str]] = []
+            metas: list[dict] = []
+            for doc, chunks in docs_chunks:
+                for c in chunks:
+                    rows.append({"chunk_id": c.chunk_id, "doc_id": c.doc_id, "ordinal": c.ordinal,
+                                 "heading": c.heading, "text": c.text, "language": c.language})
+                    token_lists.append(analyzer.tokenize(c.index_text(doc)))
+                    metas.append(chunk_metadata(doc.id, doc.language, doc.kind, doc.carriers))
+            vectors = np.vstack([v for v in vec_lists if len(v)]) if rows else np.zeros((0, embedder.dim), np.float32)
+            LexicalIndex.build(token_lists).save(tmp / "bm25")
+            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            (tmp / "documents.json").write_text(
+                json.dumps([d.to_json() for d in docs], ensure_ascii=False), encoding="utf-8")
+            collection = f"pbxbot-{build_id}"
+            client = make_client(settings)
+            vindex = ChromaVectorIndex.create(client, collection, spec)
+            vindex.add([r["chunk_id"] for r in rows], vectors, metas)
+            manifest = {
+                "build_id": build_id, "fingerprint": fp, "embedder": spec, "dim": int(vectors.shape[1]) if rows else 0,
+                "collection": collection, "chroma": chroma_target(settings), "documents": len(docs), "chunks": len(rows),
+                "chunker_version": CHUNKER_VERSION, "analyzer_version": ANALYZER_VERSION, "split_mode": SPLIT_MODE,
+                "lexicon": lexicon.version_key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "doc_hashes": {d.id: d.content_hash for d in docs},
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+            final = builds / build_id
+            os.replace(tmp, final)
+            pointer = index_dir / f".CURRENT.{build_id}"
+            pointer.write_text(build_id, encoding="utf-8")
+            os.replace(pointer, index_dir / "CURRENT")  # the switch
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _cleanup(settings, index_dir, keep={build_id, (current or {}).get("build_id")})
+        return BuildReport(build_id, len(docs), len(rows), embedded, reused, time.perf_counter() - t0,
+                           collection=collection)
+
+
+def _cleanup(settings: Settings, index_dir: Path, keep: set) -> None:
+    """Remove builds older than the previous one (a process may still serve the previous one)."""
+    builds = index_dir / "builds"
+    client = None
+    for p in sorted(builds.iterdir()) if builds.exists() else []:
+        if p.name in keep:
+            continue
+        try:
+            manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
+            if manifest.get("chroma") == chroma_target(settings):
+                client = client or make_client(settings)
+                client.delete_collection(manifest["collection"])
+        except Exception:  # best effort: a stale folder or collection is harmless
+            pass
+        shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""The domain lexicon (knowledge/lexicon/terms.yaml): synonym groups and terms kept whole.
+
+Matching is done on normalized text (see `normalize_text`): NFKC, lower case, control
+characters removed. ASCII terms need a non-alphanumeric boundary on each side.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bot.config import ConfigError
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, lower case, control/format characters -> space, runs of space collapsed."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL_RE.sub(" ", text)
+    # lone surrogates (from hostile JSON) cannot be encoded for the tokenizer
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return _SPACE_RE.sub(" ", text).strip().lower()
+
+
+def _is_ascii(term: str) -> bool:
+    return all(ord(c) < 128 for c in term)
+
+
+@dataclass
+class Lexicon:
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> normalized terms
+    keep_whole: tuple[str, ...] = ()
+    term_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # normalized term -> group ids
+    _pattern: re.Pattern | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Lexicon":
+        groups: dict[str, tuple[str, ...]] = {}
+        for g in data.get("synonyms") or []:
+            gid = str(g["id"])
+            terms = tuple(dict.fromkeys(normalize_text(str(t)) for t in g.get("terms") or [] if str(t).strip()))
+            groups[gid] = terms
+        keep = tuple(dict.fromkeys(normalize_text(str(t)) for t in data.get("terms") or [] if str(t).strip()))
+        term_groups: dict[str, list[str]] = {}
+        for gid, terms in groups.items():
+            for t in terms:
+                term_groups.setdefault(t, []).append(gid)
+        lex = cls(groups=groups, keep_whole=keep, term_groups={k: tuple(v) for k, v in term_groups.items()})
+        lex._compile()
+        return lex
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Lexicon":
+        path = Path(path)
+        if not path.exists():
+            return cls.from_dict({})
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            return cls.from_dict(data)
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path}: invalid lexicon ({type(exc).__name__})") from None
+
+    def _compile(self) -> None:
+        all_terms = sorted(set(self.term_groups) | set(self.keep_whole), key=lambda t: (-len(t), t))
+        parts = []
+        for t in all_terms:
+            esc = re.escape(t)
+            if _is_ascii(t):
+                parts.append(rf"(?<![0-9a-z]){esc}(?![0-9a-z])")
+            else:
+                parts.append(esc)
+        self._pattern = re.compile("|".join(parts)) if parts else None
+
+    def find_terms(self, normalized: str) -> list[str]:
+        """Lexicon terms occurring in already-normalized text (leftmost-longest, non-overlapping)."""
+        if self._pattern is None or not normalized:
+            return []
+        return [m.group(0) for m in self._pattern.finditer(normalized)]
+
+    def groups_of(self, term: str) -> tuple[str, ...]:
+        return self.term_groups.get(term, ())
+
+    def expansions(self, group_ids: list[str] | tuple[str, ...]) -> list[str]:
+        out: list[str] = []
+        for gid in group_ids:
+            out.extend(self.groups.get(gid, ()))
+        return list(dict.fromkeys(out))
+
+    @property
+    def version_key(self) -> str:
+        import hashlib
+        import json
+
+        blob = json.dumps([self.groups, list(self.keep_whole)], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_lexicon_path(knowledge_dir: Path | str) -> Path:
+    return Path(knowledge_dir) / "lexicon" / "terms.yaml"

