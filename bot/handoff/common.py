@@ -146,3 +146,35 @@ def state_from_json(data: dict[str, Any], updated_at: datetime | None) -> Conver
         facts=dict(data.get("facts") or {}),
         updated_at=as_utc(updated_at),
     )
+
+
+# ---------------------------------------------------------------- storable text
+
+def clean_text(value: str) -> str:
+    """What every backend can store: no NUL (PostgreSQL rejects it in text and JSONB) and no lone
+    surrogate (not encodable as UTF-8). Applied by both stores so they behave alike."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def json_roundtrip(value: Any) -> Any:
+    """What a JSON column gives back (tuples become lists; a non-JSON value raises TypeError):
+    the in-memory store uses it to behave exactly like the SQL one."""
+    import json
+
+    return json.loads(json.dumps(clean_json(value)))

@@ -82,8 +82,7 @@ class InMemoryHandoffStore:
 
     def save_state(self, state: ConversationState) -> None:
         with self._lock:
-            stored = copy.deepcopy(state)
-            stored.updated_at = self._now()
+            stored = common.state_from_json(common.json_roundtrip(common.state_to_json(state)), self._now())
             conv = self._conversation(state.address)
             conv.state = stored
             state.updated_at = stored.updated_at
@@ -99,7 +98,7 @@ class InMemoryHandoffStore:
         meta: dict[str, Any] | None = None,
     ) -> StoredMessage | None:
         with self._lock:
-            key = (address.conversation_id, dedupe_key) if dedupe_key is not None else None
+            key = (address.conversation_id, common.clean_text(dedupe_key)) if dedupe_key is not None else None
             if key is not None and key in self._dedupe:
                 return None
             self._conversation(address, refresh=True)
@@ -153,7 +152,7 @@ class InMemoryHandoffStore:
                 if priority == "urgent" and ticket.priority != "urgent":
                     ticket.priority = "urgent"
                     changed.append("priority urgent")
-                merged = common.merge_summary(ticket.summary, summary)
+                merged = common.merge_summary(ticket.summary, common.json_roundtrip(dict(summary or {})))
                 if merged != ticket.summary:
                     ticket.summary = merged
                     changed.append("summary")
@@ -166,8 +165,8 @@ class InMemoryHandoffStore:
             while tid in self._tickets:
                 tid = common.new_ticket_id(now)
             ticket = Ticket(
-                id=tid, conversation_id=address.conversation_id, address=address, status="open",
-                priority=priority, reason=reason, summary=copy.deepcopy(dict(summary or {})),
+                id=tid, conversation_id=address.conversation_id, address=_stored(address), status="open",
+                priority=priority, reason=reason, summary=common.json_roundtrip(dict(summary or {})),
                 created_at=now, updated_at=now,
             )
             self._tickets[tid] = ticket
@@ -284,7 +283,7 @@ class InMemoryHandoffStore:
             if o is None or o.status != "pending":
                 return
             o.attempts += 1
-            o.last_error = (error or "")[:1000]
+            o.last_error = common.clean_text(error or "")[:1000]
             if o.attempts >= self._max_attempts:
                 o.status = "failed"
             if o.ticket_id and o.ticket_id in self._tickets:
@@ -305,9 +304,9 @@ class InMemoryHandoffStore:
     def _conversation(self, address: Address, *, refresh: bool = False) -> _Conversation:
         conv = self._conversations.get(address.conversation_id)
         if conv is None:
-            conv = self._conversations[address.conversation_id] = _Conversation(address=address)
+            conv = self._conversations[address.conversation_id] = _Conversation(address=_stored(address))
         elif refresh:  # the newest address wins (a Slack response_url, a LINE reply route...)
-            conv.address = address
+            conv.address = _stored(address)
         return conv
 
     def _add_message(self, address: Address, role: str, text: str, *, handled: bool,
@@ -315,8 +314,8 @@ class InMemoryHandoffStore:
         conv = self._conversation(address)
         msg = StoredMessage(
             id=self._next_message_id, conversation_id=address.conversation_id, role=role,  # type: ignore[arg-type]
-            text=text, created_at=self._now(), ticket_id=ticket_id, handled=handled,
-            meta=copy.deepcopy(dict(meta or {})),
+            text=common.clean_text(text), created_at=self._now(), ticket_id=ticket_id, handled=handled,
+            meta=common.json_roundtrip(dict(meta or {})),
         )
         self._next_message_id += 1
         self._messages[msg.id] = msg
@@ -324,7 +323,7 @@ class InMemoryHandoffStore:
         return msg
 
     def _enqueue(self, address: Address, reply: Reply, *, ticket_id: str | None) -> int:
-        item = _Outbox(id=self._next_outbox_id, address=address, reply=common.reply_payload(reply),
+        item = _Outbox(id=self._next_outbox_id, address=_stored(address), reply=common.json_roundtrip(common.reply_payload(reply)),
                        created_at=self._now(), ticket_id=ticket_id)
         self._next_outbox_id += 1
         self._outbox[item.id] = item
@@ -352,3 +351,8 @@ class InMemoryHandoffStore:
     def _audit_add(self, ticket_id: str, actor: str, action: str, detail: str) -> None:
         self._audit.append(AuditEntry(ticket_id=ticket_id, actor=actor, action=action,
                                       detail=detail, at=self._now()))
+
+
+def _stored(address: Address) -> Address:
+    """The Address as a JSON column would give it back."""
+    return Address.from_dict(common.json_roundtrip(address.to_dict()))

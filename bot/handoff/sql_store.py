@@ -123,7 +123,8 @@ class SqlHandoffStore:
         stmt = select(ConversationRow).where(ConversationRow.id == address.conversation_id).with_for_update()
         row = s.execute(stmt).scalar_one_or_none()
         if row is None:
-            values = dict(id=address.conversation_id, channel=address.channel, address=address.to_dict(),
+            values = dict(id=address.conversation_id, channel=address.channel,
+                          address=common.clean_json(address.to_dict()),
                           state=None, created_at=now, updated_at=now)
             if self.backend in ("postgresql", "sqlite"):
                 if self.backend == "postgresql":
@@ -135,8 +136,8 @@ class SqlHandoffStore:
                 s.add(ConversationRow(**values))
                 s.flush()
             row = s.execute(stmt).scalar_one()
-        elif refresh and row.address != address.to_dict():
-            row.address = address.to_dict()  # the newest route wins (Slack response_url...)
+        elif refresh and row.address != common.clean_json(address.to_dict()):
+            row.address = common.clean_json(address.to_dict())  # the newest route wins (Slack response_url...)
         return row
 
     def _ticket(self, s: Session, ticket_id: str, *, lock: bool = True) -> TicketRow:
@@ -161,14 +162,16 @@ class SqlHandoffStore:
     def _add_message(self, s: Session, conversation_id: str, role: str, text: str, *, handled: bool,
                      meta: dict[str, Any] | None, ticket_id: str | None,
                      dedupe_key: str | None = None) -> MessageRow:
-        row = MessageRow(conversation_id=conversation_id, role=role, text=text, created_at=self._now(),
-                         ticket_id=ticket_id, handled=handled, dedupe_key=dedupe_key, meta=dict(meta or {}))
+        row = MessageRow(conversation_id=conversation_id, role=role, text=common.clean_text(text),
+                         created_at=self._now(), ticket_id=ticket_id, handled=handled, dedupe_key=dedupe_key,
+                         meta=common.clean_json(dict(meta or {})))
         s.add(row)
         s.flush()  # assigns the id
         return row
 
     def _enqueue(self, s: Session, address: Address, reply: Reply, ticket_id: str | None) -> int:
-        row = OutboxRow(address=address.to_dict(), reply=common.reply_payload(reply), ticket_id=ticket_id,
+        row = OutboxRow(address=common.clean_json(address.to_dict()),
+                        reply=common.clean_json(common.reply_payload(reply)), ticket_id=ticket_id,
                         status="pending", attempts=0, created_at=self._now())
         s.add(row)
         s.flush()
@@ -187,7 +190,7 @@ class SqlHandoffStore:
         with self._tx() as s:
             now = self._now()
             row = self._conversation(s, state.address, now, refresh=False)
-            row.state = common.state_to_json(state)
+            row.state = common.clean_json(common.state_to_json(state))
             row.updated_at = now
         state.updated_at = now
 
@@ -206,6 +209,7 @@ class SqlHandoffStore:
                 now = self._now()
                 self._conversation(s, address, now, refresh=True)
                 if dedupe_key is not None:
+                    dedupe_key = common.clean_text(dedupe_key)
                     seen = s.execute(
                         select(MessageRow.id).where(MessageRow.conversation_id == address.conversation_id,
                                                     MessageRow.dedupe_key == dedupe_key)
@@ -274,7 +278,7 @@ class SqlHandoffStore:
                 if priority == "urgent" and row.priority != "urgent":
                     row.priority = "urgent"
                     changed.append("priority urgent")
-                merged = common.merge_summary(row.summary or {}, summary)
+                merged = common.merge_summary(row.summary or {}, common.clean_json(dict(summary or {})))
                 if merged != (row.summary or {}):
                     row.summary = merged
                     changed.append("summary")
@@ -285,8 +289,9 @@ class SqlHandoffStore:
             tid = common.new_ticket_id(now)
             while s.get(TicketRow, tid) is not None:
                 tid = common.new_ticket_id(now)
-            row = TicketRow(id=tid, conversation_id=address.conversation_id, address=address.to_dict(),
-                            status="open", priority=priority, reason=reason, summary=dict(summary or {}),
+            row = TicketRow(id=tid, conversation_id=address.conversation_id,
+                            address=common.clean_json(address.to_dict()),
+                            status="open", priority=priority, reason=reason, summary=common.clean_json(dict(summary or {})),
                             operator=None, created_at=now, updated_at=now, reannounced_at=None)
             s.add(row)
             s.flush()
@@ -417,7 +422,7 @@ class SqlHandoffStore:
             if row is None or row.status != "pending":
                 return
             row.attempts += 1
-            row.last_error = (error or "")[:1000]
+            row.last_error = common.clean_text(error or "")[:1000]
             if row.attempts >= self._max_attempts:
                 row.status = "failed"
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:

@@ -1,0 +1,441 @@
+"""One contract for every ConversationStore + HandoffService: InMemoryHandoffStore, SqlHandoffStore
+on SQLite and SqlHandoffStore on PostgreSQL (integration) must all pass the same tests.
+
+Fixtures (backend, store, clock) are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from bot.messages import Address, Citation, Escalation, Reply
+from bot.ports import ConversationState, TicketNotFound, TicketStateError
+
+JST = timezone(timedelta(hours=9))
+TICKET_ID = re.compile(r"^T-\d{8}-[0-9a-f]{4}$")
+
+
+def addr(n: int = 1, channel: str = "telegram", route: dict | None = None) -> Address:
+    return Address(channel, f"{channel}:{n}", user_id=f"u{n}", route=route if route is not None else {"chat_id": n})
+
+
+def open_incident(store, a: Address, priority: str = "urgent", **summary):
+    summary = {"carrier": "kddi", "still_happening": True, "language": "ja", **summary}
+    return store.open_ticket(a, reason="incident", priority=priority, summary=summary)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_record_message_returns_the_stored_message(store, clock):
+    m = store.record_message(addr(), "user", "国際電話が勝手に発信されています", handled=False,
+                             dedupe_key="upd-1", meta={"lang": "ja"})
+    assert m is not None and m.id > 0
+    assert (m.conversation_id, m.role, m.handled, m.ticket_id) == ("telegram:1", "user", False, None)
+    assert m.text == "国際電話が勝手に発信されています"
+    assert m.meta == {"lang": "ja"}
+    assert m.created_at == clock.now and m.created_at.tzinfo is not None
+
+
+def test_messages_survive_a_new_store_instance(backend):
+    if not backend.persistent:
+        pytest.skip("the in-memory store does not outlive its process by design")
+    first = backend.make()
+    sent = first.record_message(addr(), "user", "bill of 3,000,000 yen", handled=False, dedupe_key="m1")
+    first.close()  # the process dies; nothing was flushed by hand
+
+    restarted = backend.make()
+    [again] = restarted.transcript("telegram:1")
+    assert (again.id, again.text, again.handled) == (sent.id, "bill of 3,000,000 yen", False)
+    assert [m.id for m in restarted.unhandled_messages()] == [sent.id]
+    assert restarted.record_message(addr(), "user", "bill of 3,000,000 yen", dedupe_key="m1") is None
+
+
+def test_a_retried_webhook_is_recorded_once(store):
+    a = addr()
+    assert store.record_message(a, "user", "hello", dedupe_key="42") is not None
+    assert store.record_message(a, "user", "hello", dedupe_key="42") is None
+    assert len(store.transcript(a.conversation_id)) == 1
+
+
+def test_dedupe_keys_are_scoped_to_the_conversation(store):
+    # Telegram message_id and similar ids are only unique inside one chat.
+    assert store.record_message(addr(1), "user", "a", dedupe_key="7") is not None
+    assert store.record_message(addr(2), "user", "b", dedupe_key="7") is not None
+
+
+def test_messages_without_dedupe_key_are_never_duplicates(store):
+    a = addr()
+    store.record_message(a, "user", "same")
+    store.record_message(a, "user", "same")
+    assert [m.text for m in store.transcript(a.conversation_id)] == ["same", "same"]
+
+
+def test_transcript_is_chronological_and_limit_keeps_the_newest(store, clock):
+    a = addr()
+    ids = []
+    for i in range(5):
+        ids.append(store.record_message(a, "user" if i % 2 == 0 else "bot", f"m{i}").id)
+        clock.advance(seconds=1)
+    store.record_message(addr(2), "user", "other conversation")
+    assert [m.text for m in store.transcript(a.conversation_id)] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [m.text for m in store.transcript(a.conversation_id, limit=2)] == ["m3", "m4"]
+    assert [m.text for m in store.messages_after(a.conversation_id, ids[2])] == ["m3", "m4"]
+    assert store.transcript("nobody:0") == []
+
+
+def test_unhandled_messages_until_marked_handled(store):
+    a = addr()
+    m1 = store.record_message(a, "user", "first", handled=False)
+    store.record_message(a, "bot", "answer")
+    m2 = store.record_message(addr(2), "user", "second", handled=False)
+    assert [m.id for m in store.unhandled_messages()] == [m1.id, m2.id]
+    store.mark_handled(m1.id)
+    assert [m.id for m in store.unhandled_messages()] == [m2.id]
+    store.mark_handled(999_999)  # unknown id: no error
+
+
+def test_awkward_text_is_stored_without_error(store):
+    big = "あ" * 50_000 + "\x07\x1b[31m"
+    m = store.record_message(addr(), "user", big)
+    assert store.transcript(addr().conversation_id)[0].text == big == m.text
+    nul = store.record_message(addr(), "user", "a\x00b")  # PostgreSQL refuses NUL: both stores replace it
+    assert nul.text == "a\ufffdb"
+    assert store.transcript(addr().conversation_id)[-1].text == "a\ufffdb"
+
+
+def test_times_come_back_as_aware_utc(store, clock):
+    clock.now = datetime(2026, 11, 28, 10, 30, tzinfo=JST)
+    m = store.record_message(addr(), "user", "x")
+    [back] = store.transcript(m.conversation_id)
+    assert back.created_at == datetime(2026, 11, 28, 1, 30, tzinfo=timezone.utc)
+    assert back.created_at.utcoffset() == timedelta(0)
+
+
+# ---------------------------------------------------------------- conversation state
+
+
+def test_state_round_trip(store, clock):
+    a = addr(route={"chat_id": 5, "thread": "x"})
+    assert store.get_state(a.conversation_id) is None
+    state = ConversationState(conversation_id=a.conversation_id, address=a, language="ja", carrier="kddi",
+                              topics=["incident", "billing"], failures=1, last_query="請求が高額",
+                              facts={"still_happening": True, "noticed_at": "今朝", "amounts": ["30万円"]})
+    store.save_state(state)
+    back = store.get_state(a.conversation_id)
+    assert back.address == a
+    assert (back.language, back.carrier, back.topics, back.failures, back.last_query) == (
+        "ja", "kddi", ["incident", "billing"], 1, "請求が高額")
+    assert back.facts == {"still_happening": True, "noticed_at": "今朝", "amounts": ["30万円"]}
+    assert back.updated_at == clock.now
+
+    clock.advance(minutes=1)
+    back.carrier, back.failures = "ntt-com", 0
+    store.save_state(back)
+    again = store.get_state(a.conversation_id)
+    assert (again.carrier, again.failures, again.updated_at) == ("ntt-com", 0, clock.now)
+
+
+def test_state_and_messages_share_the_conversation(store):
+    a = addr()
+    store.record_message(a, "user", "hi")
+    assert store.get_state(a.conversation_id) is None  # a message alone saves no state
+    store.save_state(ConversationState(conversation_id=a.conversation_id, address=a, language="en"))
+    assert store.get_state(a.conversation_id).language == "en"
+    assert len(store.transcript(a.conversation_id)) == 1
+
+
+# ---------------------------------------------------------------- tickets
+
+
+def test_open_ticket_links_the_transcript_so_far(store, clock):
+    a = addr()
+    store.record_message(a, "user", "外線が止まらない")
+    store.record_message(a, "bot", "まず回線を止めてください")
+    store.record_message(addr(2), "user", "unrelated")
+    t = open_incident(store, a)
+    assert TICKET_ID.match(t.id), t.id
+    assert (t.status, t.priority, t.reason, t.operator, t.reannounced_at) == ("open", "urgent", "incident", None, None)
+    assert t.summary["carrier"] == "kddi" and t.address == a
+    assert t.created_at == t.updated_at == clock.now
+    assert store.active_ticket(a.conversation_id).id == t.id
+    assert store.active_ticket(addr(2).conversation_id) is None
+
+    detail = store.get_detail(t.id)
+    assert [m.text for m in detail.transcript] == ["外線が止まらない", "まず回線を止めてください"]
+    assert all(m.ticket_id == t.id for m in store.transcript(a.conversation_id))
+    assert [(e.action, e.actor) for e in detail.audit] == [("opened", "bot")]
+
+
+def test_open_ticket_is_idempotent_while_active(store):
+    a = addr()
+    first = store.open_ticket(a, reason="low_confidence", priority="normal", summary={"carrier": None})
+    again = store.open_ticket(a, reason="incident", priority="urgent",
+                              summary={"carrier": "softbank", "vendor": "X"})
+    assert again.id == first.id
+    assert again.priority == "urgent"  # a later incident raises the priority, never lowers it
+    assert again.summary == {"carrier": "softbank", "vendor": "X"}
+    lower = store.open_ticket(a, reason="user_request", priority="normal", summary={"carrier": "kddi"})
+    assert (lower.id, lower.priority, lower.summary["carrier"]) == (first.id, "urgent", "softbank")
+    assert len(store.list_queue()) == 1
+
+
+def test_messages_while_a_ticket_is_open_join_it(store):
+    a = addr()
+    t = open_incident(store, a)
+    m = store.record_message(a, "user", "still calling abroad")
+    assert m.ticket_id == t.id
+    detail = store.get_detail(t.id)
+    assert detail.transcript[-1].text == "still calling abroad"
+    assert [e.action for e in detail.audit] == ["opened", "user_message"]
+    assert detail.audit[-1].actor == "user"
+
+
+def test_full_lifecycle_with_audit_trail(store, clock):
+    a = addr()
+    store.record_message(a, "user", "help")
+    t = open_incident(store, a)
+    clock.advance(minutes=2)
+    t = store.claim(t.id, "sato")
+    assert (t.status, t.operator, t.updated_at) == ("claimed", "sato", clock.now)
+    clock.advance(minutes=1)
+    t = store.reply(t.id, "sato", "回線を止めました。確認します。")
+    assert t.status == "claimed"
+    clock.advance(minutes=1)
+    t = store.resolve(t.id, "sato")
+    assert (t.status, t.updated_at) == ("resolved", clock.now)
+    assert store.active_ticket(a.conversation_id) is None
+
+    detail = store.get_detail(t.id)
+    assert [(e.action, e.actor) for e in detail.audit] == [
+        ("opened", "bot"), ("claimed", "operator:sato"), ("replied", "operator:sato"), ("resolved", "operator:sato")]
+    ats = [e.at for e in detail.audit]
+    assert ats == sorted(ats) and all(x.tzinfo is not None for x in ats)
+    op = detail.transcript[-1]
+    assert (op.role, op.text, op.ticket_id, op.meta.get("operator")) == (
+        "operator", "回線を止めました。確認します。", t.id, "sato")
+
+
+def test_reply_records_the_message_and_the_outbox_item_together(store):
+    a = addr(route={"chat_id": 99})
+    t = open_incident(store, a, language="en")
+    before = {i.id for i in store.pending_outbox()}
+    t = store.reply(t.id, "ito", "We blocked international calls on your line.")
+    assert (t.status, t.operator) == ("claimed", "ito")  # replying to an open ticket takes it
+    [item] = [i for i in store.pending_outbox() if i.id not in before]
+    assert item.address == a and item.attempts == 0
+    assert item.reply["kind"] == "operator"
+    assert item.reply["answer"] == "We blocked international calls on your line."
+    assert item.reply["conversation_id"] == a.conversation_id and item.reply["language"] == "en"
+    actions = [e.action for e in store.get_detail(t.id).audit]
+    assert actions == ["opened", "claimed", "replied"]
+    assert store.transcript(a.conversation_id)[-1].role == "operator"
+
+
+def test_operator_reply_goes_to_the_newest_address(store):
+    t = open_incident(store, addr(route={"response_url": "https://old"}))
+    store.record_message(addr(route={"response_url": "https://new"}), "user", "any news?")
+    store.reply(t.id, "ito", "yes")
+    assert store.pending_outbox()[-1].address.route == {"response_url": "https://new"}
+
+
+@pytest.mark.parametrize("action", ["claim", "reply", "resolve"])
+def test_resolved_tickets_refuse_further_actions(store, action):
+    t = open_incident(store, addr())
+    store.resolve(t.id, "sato")
+    call = {"claim": lambda: store.claim(t.id, "ito"), "reply": lambda: store.reply(t.id, "ito", "late"),
+            "resolve": lambda: store.resolve(t.id, "ito")}[action]
+    with pytest.raises(TicketStateError, match=t.id):
+        call()
+    assert store.get_detail(t.id).ticket.status == "resolved"
+    assert [e.action for e in store.get_detail(t.id).audit] == ["opened", "resolved"]
+
+
+def test_claim_rules(store):
+    t = open_incident(store, addr())
+    store.claim(t.id, "sato")
+    assert store.claim(t.id, "sato").operator == "sato"  # repeating one's own claim is harmless
+    with pytest.raises(TicketStateError, match="sato"):
+        store.claim(t.id, "ito")
+    assert [e.action for e in store.get_detail(t.id).audit] == ["opened", "claimed"]
+
+
+def test_unknown_ticket(store):
+    for call in (lambda: store.claim("T-20000101-0000", "x"), lambda: store.reply("T-20000101-0000", "x", "y"),
+                 lambda: store.resolve("T-20000101-0000", "x"),
+                 lambda: store.mark_reannounced("T-20000101-0000", datetime.now(timezone.utc))):
+        with pytest.raises(TicketNotFound):
+            call()
+    assert store.get_detail("T-20000101-0000") is None
+    assert issubclass(TicketNotFound, LookupError)
+
+
+def test_ticket_ids_typed_by_hand_are_accepted(store):
+    t = open_incident(store, addr())
+    assert store.get_detail(f"  {t.id.lower().upper()}  ".replace("T-", "t-")).ticket.id == t.id
+
+
+def test_after_resolve_the_next_escalation_opens_a_new_ticket(store, clock):
+    a = addr()
+    store.record_message(a, "user", "first incident")
+    t1 = open_incident(store, a)
+    store.resolve(t1.id, "sato")
+    later = store.record_message(a, "user", "thanks, unrelated question")
+    assert later.ticket_id is None
+    assert [e.action for e in store.get_detail(t1.id).audit] == ["opened", "resolved"]
+    clock.advance(minutes=5)
+    t2 = store.open_ticket(a, reason="user_request", priority="normal", summary={})
+    assert t2.id != t1.id and t2.status == "open"
+    assert [m.text for m in store.get_detail(t2.id).transcript] == ["thanks, unrelated question"]
+    assert [m.text for m in store.get_detail(t1.id).transcript] == ["first incident"]
+
+
+def test_invalid_priority_is_rejected(store):
+    with pytest.raises(ValueError):
+        store.open_ticket(addr(), reason="x", priority="high", summary={})
+
+
+# ---------------------------------------------------------------- queue and re-announcement
+
+
+def test_queue_is_urgent_first_then_oldest_first(store, clock):
+    made = {}
+    for n, prio in enumerate(["normal", "urgent", "normal", "urgent"], start=1):
+        made[n] = store.open_ticket(addr(n), reason="r", priority=prio, summary={})
+        clock.advance(minutes=1)
+    resolved = store.open_ticket(addr(9), reason="r", priority="urgent", summary={})
+    store.resolve(resolved.id, "x")
+    store.claim(made[3].id, "sato")
+    assert [t.id for t in store.list_queue()] == [made[2].id, made[4].id, made[1].id, made[3].id]
+    assert [t.id for t in store.list_queue(("open",))] == [made[2].id, made[4].id, made[1].id]
+    every = store.list_queue(("open", "claimed", "resolved"))
+    assert [t.id for t in every] == [made[2].id, made[4].id, resolved.id, made[1].id, made[3].id]
+
+
+def test_overdue_urgent(store, clock):
+    start = clock.now
+    urgent = open_incident(store, addr(1))
+    normal = store.open_ticket(addr(2), reason="user_request", priority="normal", summary={})
+    claimed = open_incident(store, addr(3))
+    store.claim(claimed.id, "sato")
+    assert normal and store.overdue_urgent(start + timedelta(minutes=9), 10) == []
+    [due] = store.overdue_urgent(start + timedelta(minutes=10), 10)
+    assert due.id == urgent.id
+
+    store.mark_reannounced(urgent.id, start + timedelta(minutes=10))
+    assert store.get_detail(urgent.id).ticket.reannounced_at == start + timedelta(minutes=10)
+    assert store.overdue_urgent(start + timedelta(minutes=15), 10) == []
+    assert [t.id for t in store.overdue_urgent(start + timedelta(minutes=20, seconds=1), 10)] == [urgent.id]
+    assert store.get_detail(urgent.id).audit[-1].action == "reannounced"
+
+    store.claim(urgent.id, "ito")
+    assert store.overdue_urgent(start + timedelta(hours=5), 10) == []
+
+
+def test_overdue_urgent_accepts_any_timezone(store, clock):
+    t = open_incident(store, addr())
+    later_jst = (clock.now + timedelta(minutes=11)).astimezone(JST)
+    assert [x.id for x in store.overdue_urgent(later_jst, 10)] == [t.id]
+
+
+# ---------------------------------------------------------------- outbox
+
+
+def _reply(a: Address, text: str = "hello", **kw) -> Reply:
+    return Reply(conversation_id=a.conversation_id, language="ja", answer=text, **kw)
+
+
+def test_outbox_pending_sent(store, clock):
+    a = addr()
+    cit = Citation(1, "doc-1", "Title", "NTT", "https://example.jp/x", "2026-01-01")
+    i1 = store.enqueue(a, _reply(a, "one [1]", citations=(cit,), kind="incident", offer_human=True))
+    i2 = store.enqueue(a, _reply(a, "two"))
+    assert i2 > i1
+    items = store.pending_outbox()
+    assert [i.id for i in items] == [i1, i2]
+    first = items[0]
+    assert first.address == a and first.created_at == clock.now and first.attempts == 0
+    assert first.reply["kind"] == "incident" and first.reply["offer_human"] is True
+    assert first.reply["citations"][0]["url"] == "https://example.jp/x"
+    from bot.handoff.common import reply_from_payload
+
+    assert reply_from_payload(first.reply) == _reply(a, "one [1]", citations=(cit,), kind="incident",
+                                                     offer_human=True)
+    assert [i.id for i in store.pending_outbox(limit=1)] == [i1]
+    store.mark_sent(i1)
+    store.mark_sent(i1)  # twice: harmless
+    assert [i.id for i in store.pending_outbox()] == [i2]
+
+
+def test_outbox_failures_are_retried_then_given_up(backend):
+    store = backend.make(max_attempts=3)
+    a = addr()
+    item = store.enqueue(a, _reply(a))
+    store.mark_failed(item, "HTTP 502")
+    store.mark_failed(item, "timeout")
+    [pending] = store.pending_outbox()
+    assert (pending.id, pending.attempts) == (item, 2)
+    store.mark_failed(item, "HTTP 403 blocked by user")
+    assert store.pending_outbox() == []
+    status = store.outbox_status(item)
+    assert (status["status"], status["attempts"], status["last_error"]) == ("failed", 3, "HTTP 403 blocked by user")
+    store.mark_sent(999_999)
+    store.mark_failed(999_999, "x")  # unknown ids: no error
+
+
+def test_delivery_of_an_escalation_reply_is_audited_on_its_ticket(store):
+    a = addr()
+    t = open_incident(store, a)
+    item = store.enqueue(a, _reply(a, "受付番号…", kind="handoff",
+                                   escalation=Escalation("incident", "urgent", t.id)))
+    store.mark_failed(item, "HTTP 500")
+    store.mark_sent(item)
+    actions = [e.action for e in store.get_detail(t.id).audit]
+    assert actions == ["opened", "delivery_failed", "delivered"]
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def test_concurrent_writers_lose_nothing(store):
+    a = addr()
+    errors = []
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(10):
+                store.record_message(a, "user", f"{worker}-{i}", dedupe_key=f"{worker}-{i % 5}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    msgs = store.transcript(a.conversation_id)
+    assert len(msgs) == 20  # 4 workers x 5 distinct keys
+    assert len({m.id for m in msgs}) == 20
+
+
+def test_concurrent_escalations_open_one_ticket(store):
+    a = addr()
+    ids, errors = [], []
+
+    def escalate() -> None:
+        try:
+            ids.append(open_incident(store, a).id)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=escalate) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and len(set(ids)) == 1
