@@ -96,7 +96,7 @@ def _page_headers() -> dict[str, str]:
 def _summary_rows(summary: dict[str, Any]) -> str:
     rows = []
     for key, value in summary.items():
-        if value in (None, "", [], {}):
+        if key == "reason" or value in (None, "", [], {}):
             continue
         if isinstance(value, (list, tuple)):
             value = ", ".join(str(v) for v in value)
@@ -334,7 +334,7 @@ def _ticket_body(d: TicketDetail, op: Operator, *, notice: str | None, error: st
                "system": "System"}.get(m.role, m.role)
         msgs.append(f'<li class="msg {_e(m.role)}"><span class="who">{who}</span> '
                     f'<time datetime="{_e(_iso(m.created_at))}">{_e(_iso(m.created_at))}</time>'
-                    f'<p>{_e(m.text)}</p></li>')
+                    f'<p>{_e(m.text) or "(talk to a person / 担当者と話す)"}</p></li>')
     audit = "".join(f'<li><time>{_e(_iso(a.at))}</time> {_e(a.actor)} — {_e(a.action)} {_e(a.detail)}</li>'
                     for a in d.audit)
     flash = ""
