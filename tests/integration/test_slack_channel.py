@@ -1,0 +1,214 @@
+"""Slack channel: the real slack-bolt AsyncApp and slack_sdk clients against a local fake Slack API.
+
+Requests carry real v0 signatures computed as Slack does; forged, replayed and malformed ones are
+rejected with 4xx; answers are observed at the fake response_url, operator messages and ticket
+announcements at the fake chat.postMessage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.channels import slack as slack_module
+from bot.config import Settings
+from bot.messages import Address, Citation, Reply
+from tests.fakes_platforms import (
+    ChannelApp,
+    FakePlatforms,
+    slack_action_body,
+    slack_command_body,
+    slack_headers,
+)
+from tests.web_fakes import FakeCore
+
+pytestmark = pytest.mark.integration
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+TOKEN = "xoxb-test-token-123"
+
+
+def make_settings(fake: FakePlatforms, tmp_path, **kw) -> Settings:
+    return Settings(data_dir=tmp_path, slack_signing_secret=SECRET, slack_bot_token=TOKEN,
+                    slack_api_url=fake.slack_base, slack_operator_channel="C0OPS", **kw)
+
+
+@pytest.fixture
+async def fake():
+    async with FakePlatforms() as f:
+        yield f
+
+
+@pytest.fixture
+async def slack(fake, tmp_path):
+    async with ChannelApp(make_settings(fake, tmp_path), FakeCore(), slack_module) as app:
+        yield app
+
+
+async def post_command(app: ChannelApp, body: bytes, headers: dict[str, str] | None = None,
+                       path: str = "/webhooks/slack/commands"):
+    return await app.client.post(path, content=body, headers=headers if headers is not None
+                                 else slack_headers(SECRET, body))
+
+
+async def test_signed_slash_command_is_acked_then_answered_through_response_url(slack, fake):
+    body = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("a1"))
+    started = time.perf_counter()
+    resp = await post_command(slack, body)
+    assert resp.status_code == 200
+    assert time.perf_counter() - started < 3.0
+    assert "確認しています" in resp.text
+    [answer] = await fake.wait_for(lambda r: r.platform == "slack_response")
+    assert answer.path.endswith("/a1")
+    assert answer.data["response_type"] == "ephemeral"
+    blocks = answer.data["blocks"]
+    mrkdwn = "\n".join(b["text"]["text"] for b in blocks if b["type"] == "section")
+    assert "通信事業者" in mrkdwn
+    assert "<https://www.soumu.go.jp/example|[1] 総務省「IP-PBXの不正利用に関する注意喚起」>" not in mrkdwn
+    assert "<https://www.soumu.go.jp/example|" in mrkdwn  # citation as a link
+    [actions] = [b for b in blocks if b["type"] == "actions"]
+    assert actions["elements"][0]["action_id"] == "escalate"
+    assert slack.core.handled[0].address.conversation_id == "slack:T0001:U0USER1"
+    assert slack.core.handled[0].message_id.startswith("slack:")
+
+
+async def test_auth_test_called_against_fake_api(slack, fake):
+    assert fake.calls("slack", "auth.test")
+    assert fake.calls("slack", "auth.test")[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("case", ["wrong", "missing", "replayed", "future", "non_numeric_ts", "non_ascii_sig",
+                                  "no_prefix", "empty", "huge_ts"])
+async def test_forged_replayed_or_malformed_signature_is_rejected_with_4xx(slack, fake, case):
+    body = slack_command_body("hello", response_url=fake.response_url())
+    headers = slack_headers(SECRET, body)
+    if case == "wrong":
+        headers = slack_headers("another-secret", body)
+    elif case == "missing":
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    elif case == "replayed":
+        headers = slack_headers(SECRET, body, timestamp=int(time.time()) - 301)
+    elif case == "future":
+        headers = slack_headers(SECRET, body, timestamp=int(time.time()) + 600)
+    elif case == "non_numeric_ts":
+        headers["X-Slack-Request-Timestamp"] = "12ab"
+    elif case == "non_ascii_sig":
+        headers["X-Slack-Signature"] = "v0=" + "é" * 64
+    elif case == "no_prefix":
+        headers["X-Slack-Signature"] = headers["X-Slack-Signature"][3:]
+    elif case == "empty":
+        headers["X-Slack-Signature"] = ""
+    elif case == "huge_ts":
+        headers["X-Slack-Request-Timestamp"] = "9" * 400
+    resp = await slack.client.post("/webhooks/slack/commands",
+                                   content=body, headers={k: v for k, v in headers.items()} if case != "non_ascii_sig"
+                                   else [(k.encode(), v.encode("utf-8")) for k, v in headers.items()])
+    assert 400 <= resp.status_code < 500, resp.text
+    await asyncio.sleep(0.05)
+    assert slack.core.handled == []
+    assert not fake.calls("slack_response")
+
+
+async def test_tampered_body_is_rejected(slack, fake):
+    body = slack_command_body("hello", response_url=fake.response_url())
+    headers = slack_headers(SECRET, body)
+    resp = await slack.client.post("/webhooks/slack/commands", content=body + b"&x=1", headers=headers)
+    assert resp.status_code == 401
+
+
+async def test_signed_garbage_bodies_get_4xx_never_5xx(slack, fake):
+    for body in [b"", b"\xff\xfe\x00garbage", b"payload=%7Bnot-json", b"payload=%5B1%2C2%5D", b"command=&text=",
+                 b"a" * 5000]:
+        for path in ("/webhooks/slack/commands", "/webhooks/slack/interactions"):
+            resp = await post_command(slack, body, path=path)
+            assert resp.status_code < 500, (body[:20], path, resp.status_code)
+    await slack.settle()
+
+
+async def test_retry_of_the_same_command_is_not_processed_twice(slack, fake):
+    body = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("r"), trigger_id="trg-dup-1")
+    assert (await post_command(slack, body)).status_code == 200
+    headers = slack_headers(SECRET, body)
+    headers["X-Slack-Retry-Num"] = "1"
+    headers["X-Slack-Retry-Reason"] = "http_timeout"
+    assert (await slack.client.post("/webhooks/slack/commands", content=body, headers=headers)).status_code == 200
+    await slack.settle()
+    await asyncio.sleep(0.05)
+    assert len(slack.core.handled) == 1
+    assert len(fake.calls("slack_response")) == 1
+
+
+async def test_escalate_button_requests_a_human_and_announces_the_ticket(slack, fake):
+    body = slack_action_body(response_url=fake.response_url("b1"))
+    resp = await post_command(slack, body, path="/webhooks/slack/interactions")
+    assert resp.status_code == 200
+    [announce] = await fake.wait_for(lambda r: r.method == "chat.postMessage")
+    assert announce.data["channel"] == "C0OPS"
+    ticket_id = slack.core.handoff.list_queue()[0].id
+    assert ticket_id in announce.data["text"]
+    [answer] = await fake.wait_for(lambda r: r.platform == "slack_response")
+    assert ticket_id in answer.data["text"]
+    assert slack.core.handled[0].action == "request_human"
+
+
+async def test_operator_reply_goes_through_fresh_response_url_then_chat_post_message(slack, fake):
+    address = Address("slack", "slack:T0001:U0USER1", "U0USER1",
+                      {"team_id": "T0001", "user_id": "U0USER1", "channel": "C0GENERAL",
+                       "response_url": fake.response_url("op"), "response_url_at": int(time.time())})
+    reply = Reply("slack:T0001:U0USER1", "ja", "回線を止めました。", kind="operator")
+    await slack.registry.send(address, reply)
+    [first] = await fake.wait_for(lambda r: r.platform == "slack_response")
+    assert "担当者" in first.data["blocks"][0]["text"]["text"]
+    # an expired response_url: chat.postMessage to the user's DM
+    old = Address("slack", "slack:T0001:U0OLD", "U0OLD",
+                  {"team_id": "T0001", "user_id": "U0OLD", "channel": "C0GENERAL",
+                   "response_url": fake.response_url("old"), "response_url_at": int(time.time()) - 3600})
+    await slack.registry.send(old, reply)
+    posts = await fake.wait_for(lambda r: r.method == "chat.postMessage" and r.data.get("channel") == "U0OLD")
+    assert posts[0].data["text"].startswith("回線を止めました")
+    # a response_url that fails: falls back to chat.postMessage
+    fake.slack_response_fail = True
+    await slack.registry.send(address, reply)
+    await fake.wait_for(lambda r: r.method == "chat.postMessage" and r.data.get("channel") == "U0USER1")
+
+
+async def test_failed_post_message_raises_delivery_error(slack, fake):
+    from bot.channels.base import DeliveryError
+
+    fake.slack_post_fail = True
+    address = Address("slack", "slack:T0001:U9", "U9", {"user_id": "U9", "channel": "C1"})
+    with pytest.raises(DeliveryError):
+        await slack.channel.send(address, Reply("slack:T0001:U9", "en", "hello", kind="operator"))
+
+
+async def test_rate_limited_user_gets_a_polite_wait_message(fake, tmp_path):
+    settings = make_settings(fake, tmp_path, rate_limit_per_minute=2)
+    async with ChannelApp(settings, FakeCore(), slack_module) as app:
+        texts = []
+        for i in range(3):
+            body = slack_command_body(f"question {i}", response_url=fake.response_url(f"q{i}"),
+                                      trigger_id=f"trg-rl-{i}")
+            texts.append((await post_command(app, body)).text)
+        assert "wait" in texts[-1].lower()
+        await app.settle()
+        assert len(app.core.handled) == 2
+
+
+def test_render_escapes_user_and_answer_text():
+    reply = Reply("c", "en", "a <b> & <!channel>", offer_human=False,
+                  citations=(Citation(1, "d", "T|<x>", "P&Q", "https://example.org/a", "2024-01-01"),))
+    msg = slack_module.render_message(reply)
+    text = msg["blocks"][0]["text"]["text"]
+    assert "<!channel>" not in text and "&lt;!channel&gt;" in text
+    assert "<https://example.org/a|[1] P&amp;Q: T¦&lt;x&gt;>" not in msg["blocks"][1]["text"]["text"]
+    assert "<https://example.org/a|P&amp;Q: T¦&lt;x&gt;>" in msg["blocks"][1]["text"]["text"]
+    assert not any(b["type"] == "actions" for b in msg["blocks"])
+
+
+def test_verify_signature_is_total():
+    secret = b"s"
+    for ts, sig in [(None, None), ("", "v0=x"), ("1e3", "v0=x"), ("١٢٣", "v0=x"), ("123", "v0=\u00e9"),
+                    ("123", "x" * 1000), ("-5", "v0=ab")]:
+        assert slack_module.verify_signature(secret, b"body", ts, sig) is False
