@@ -125,7 +125,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                413: "body_too_large"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            code = "invalid_json"
         if exc.status_code >= 500:
             log.error("rid=%s %s %s -> %d", current_request_id(), request.method, request.url.path, exc.status_code)
         return JSONResponse({"error": code, "message": str(exc.detail), "request_id": current_request_id()},

@@ -79,7 +79,7 @@
           li.appendChild(el("span", "who", (who[m.role] || m.role) + (m.operator ? " " + m.operator : "")));
           var time = el("time", null, m.created_at); time.setAttribute("datetime", m.created_at);
           li.appendChild(time);
-          li.appendChild(el("p", null, m.text));
+          li.appendChild(el("p", null, m.text || "(talk to a person / 担当者と話す)"));
           transcript.appendChild(li);
         }
         shown = d.transcript.length;
