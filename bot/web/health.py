@@ -42,23 +42,40 @@ class HealthCheck:
             except Exception as exc:
                 ok, info["core"] = False, f"error: {type(exc).__name__}"
         else:
+            store_health = getattr(self.core.handoff, "health", None)
             try:
-                await asyncio.wait_for(self.run_sync(self.core.handoff.list_queue), PROBE_TIMEOUT)
-                info["store"] = {"ok": True, "backend": type(self.core.handoff).__name__}
+                if callable(store_health):  # SqlHandoffStore: {"ok", "backend", "revision"}
+                    info["store"] = dict(await asyncio.wait_for(self.run_sync(store_health), PROBE_TIMEOUT))
+                else:
+                    await asyncio.wait_for(self.run_sync(self.core.handoff.list_queue), PROBE_TIMEOUT)
+                    info["store"] = {"ok": True, "backend": type(self.core.handoff).__name__}
             except Exception as exc:
-                ok, info["store"] = False, {"ok": False, "error": type(exc).__name__}
+                info["store"] = {"ok": False, "error": type(exc).__name__}
+            ok = ok and bool(info["store"].get("ok"))
             retriever = getattr(self.core, "retriever", None)
             if retriever is not None:
-                info["index"] = {"ok": True, "backend": type(retriever).__name__}
-                stats = getattr(retriever, "stats", None)
-                if callable(stats):
-                    try:
-                        info["index"].update(await asyncio.wait_for(self.run_sync(stats), PROBE_TIMEOUT))
-                    except Exception as exc:
-                        ok, info["index"] = False, {"ok": False, "error": type(exc).__name__}
+                info["index"] = index_state(retriever)
+                ok = ok and info["index"]["ok"]
         if self.extra is not None:
             extra = self.extra()
             if extra.pop("ok", True) is False:
                 ok = False
             info.update(extra)
         return ok, info
+
+
+def index_state(retriever: Any) -> dict[str, Any]:
+    """What /healthz says about the loaded index (HybridRetriever: build id, chunk and document counts)."""
+    state: dict[str, Any] = {"ok": True, "backend": type(retriever).__name__}
+    manifest = getattr(retriever, "manifest", None)
+    if isinstance(manifest, dict):
+        for key in ("build_id", "embedder"):
+            if key in manifest:
+                state[key] = manifest[key]
+    store = getattr(retriever, "store", None)
+    chunk_ids = getattr(store, "chunk_ids", None)
+    if chunk_ids is not None:
+        state["chunks"] = len(chunk_ids)
+        state["documents"] = len(getattr(store, "docs", {}) or {})
+        state["ok"] = len(chunk_ids) > 0
+    return state

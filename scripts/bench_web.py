@@ -1,0 +1,259 @@
+"""POST /api/chat throughput and latency on loopback. Prints numbers; bounded in time.
+
+    python scripts/bench_web.py                      # starts `pbxbot serve` on a free loopback port
+    python scripts/bench_web.py --url http://127.0.0.1:8000 --duration 20 --concurrency 16
+
+Targets (issue 5): >= 150 requests/s on the 2-core machine, p95 <= 150 ms, no errors.
+The server runs as a subprocess with its own SQLite file in a temporary folder, the index of
+PBXBOT_DATA_DIR (built first if there is none), and the rate limit raised out of the way (each
+simulated user still has its own conversation). The load generator is a small keep-alive HTTP/1.1
+client on raw asyncio streams, so that the client's own CPU use (the machine has 2 cores) stays
+small next to the server's. Only loopback addresses are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+QUESTIONS = [
+    "IP-PBXが乗っ取られたかもしれません。どうすればいいですか？",
+    "深夜に海外への発信が大量にありました",
+    "国際電話の利用休止はどこに申し込めますか",
+    "PBXのパスワードはどう設定すればよいですか",
+    "保守業者に何を伝えればいいですか",
+    "通話料の請求が高額です。支払わないといけませんか",
+    "NTT東日本の国際電話を止めたい",
+    "KDDIの回線で不正利用の疑いがあります",
+    "What should we do if our PBX was hacked?",
+    "How do I stop international calls on an NTT line?",
+    "Which logs should we keep after toll fraud?",
+    "How can we prevent SIP brute force attacks?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_loopback(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        raise SystemExit(f"refusing to load {host!r}: loopback addresses only")
+    return host, parts.port or 80
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise SystemExit(f"server at {url} not healthy after {timeout:.0f}s")
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; post() returns (status, body)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, payload: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length, chunked = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if chunked:
+            data = b""
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                data += chunk[:-2]
+        else:
+            data = await self.reader.readexactly(length)
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def user_loop(host: str, port: int, deadline: float, latencies: list[float], errors: list[str],
+                    rng: random.Random, turns: int) -> None:
+    conn = Conn(host, port)
+    try:
+        while time.monotonic() < deadline:
+            conversation: dict = {}
+            for _ in range(turns):  # one simulated user: a few turns in one conversation, then a new one
+                if time.monotonic() >= deadline:
+                    break
+                payload = {"text": rng.choice(QUESTIONS), **conversation}
+                t0 = time.perf_counter()
+                try:
+                    status, body = await conn.post("/api/chat", payload)
+                except Exception as exc:  # connection dropped: count it, reconnect
+                    errors.append(type(exc).__name__)
+                    conn.close()
+                    conn = Conn(host, port)
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    errors.append(f"HTTP {status}")
+                    continue
+                data = json.loads(body)
+                if not data.get("answer") and not data.get("replies") == []:
+                    errors.append("empty answer")
+                conversation = {"conversation_id": data["conversation_id"],
+                                "conversation_token": data.get("conversation_token")}
+    finally:
+        conn.close()
+
+
+async def drive(url: str, concurrency: int, duration: float, turns: int, seed: int) -> dict:
+    host, port = check_loopback(url)
+    rng = random.Random(seed)
+    # warm-up (first queries load lazy parts of the retriever)
+    warm: list[float] = []
+    warm_errors: list[str] = []
+    await asyncio.gather(*(user_loop(host, port, time.monotonic() + 2.0, warm, warm_errors,
+                                     random.Random(rng.random()), turns) for _ in range(4)))
+    latencies: list[float] = []
+    errors: list[str] = []
+    started = time.monotonic()
+    deadline = started + duration
+    await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
+                           for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    lat = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] * 1000 if lat else float("nan")
+
+    return {"requests": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
+            "seconds": round(elapsed, 2), "rps": round(len(lat) / elapsed, 1) if elapsed else 0.0,
+            "p50_ms": round(pct(50), 1), "p95_ms": round(pct(95), 1), "p99_ms": round(pct(99), 1),
+            "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+            "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
+            "concurrency": concurrency}
+
+
+FAKE_CORE_SERVER = """
+import sys, uvicorn
+sys.path.insert(0, {root!r})
+from bot.config import Settings
+from bot.web.app import create_app
+from tests.web_fakes import FakeCore
+app = create_app(Settings(), core=FakeCore())
+uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
+"""
+
+
+def start_server(port: int, tmp: Path, core: str = "real") -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update({
+        "PBXBOT_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+        "PBXBOT_RATE_LIMIT_PER_MINUTE": "1000000",
+        "PBXBOT_OPERATOR_TOKEN": "bench-operator-token-not-secret",
+        "PBXBOT_LOG_LEVEL": "WARNING",
+    })
+    cmd = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if core == "fake":  # the web layer alone: tests/web_fakes.FakeCore instead of retrieval + SQL
+        cmd = [sys.executable, "-c", FAKE_CORE_SERVER.format(root=str(ROOT), port=port)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
+                            start_new_session=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="an already running server (loopback); default: start one")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of measured load (max 120)")
+    ap.add_argument("--concurrency", type=int, default=16, help="simultaneous simulated users")
+    ap.add_argument("--turns", type=int, default=3, help="messages per simulated conversation")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--core", choices=["real", "fake"], default="real",
+                    help="fake: measure the web layer alone (in-memory fake core, no retrieval, no SQL)")
+    ap.add_argument("--startup-timeout", type=float, default=900.0)
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = ap.parse_args()
+    duration = min(max(args.duration, 1.0), 120.0)
+
+    server = None
+    tmpdir = tempfile.TemporaryDirectory(prefix="pbxbot-bench-")
+    url = args.url
+    try:
+        if url is None:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            print(f"starting pbxbot serve on {url} ...", file=sys.stderr)
+            server = start_server(port, Path(tmpdir.name), args.core)
+        check_loopback(url)
+        wait_healthy(url, args.startup_timeout)
+        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed))
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log = Path(tmpdir.name, "server.log").read_text(errors="replace")
+            errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+            if errors:
+                print(f"server logged {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
+        tmpdir.cleanup()
+
+    ok = result["rps"] >= 150 and result["p95_ms"] <= 150 and result["errors"] == 0
+    if args.json:
+        print(json.dumps({**result, "targets_met": ok}))
+    else:
+        print(f"POST /api/chat  {result['requests']} requests in {result['seconds']} s, "
+              f"concurrency {result['concurrency']}, core {args.core if not args.url else '(external)'}")
+        print(f"  throughput  {result['rps']} req/s   (target >= 150)")
+        print(f"  latency     p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
+              f"max {result['max_ms']} ms   (target p95 <= 150)")
+        print(f"  errors      {result['errors']} {result['error_kinds'] or ''}  (target 0)")
+        print("  targets     " + ("MET" if ok else "NOT MET"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
