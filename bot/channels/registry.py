@@ -169,6 +169,11 @@ class ChannelRegistry:
 
     # ------------------------------------------------------------ lifecycle
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The app's event loop while it runs (for calls from other threads: call_soon_threadsafe)."""
+        return self._loop
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for ch in self:

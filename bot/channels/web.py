@@ -89,6 +89,7 @@ class WebChannel(BaseChannel):
         self._key = hashlib.sha256(b"pbxbot-web-conversation\0" + signing_key).digest()
         self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
         self._seq = 0
+        self._closing = False
         self._address_limiter = type(registry.rate_limiter)(settings.rate_limit_per_minute * PER_ADDRESS_FACTOR)
         self.router = self._build_router()
 
@@ -158,13 +159,20 @@ class WebChannel(BaseChannel):
     async def send(self, address: Address, reply: Reply) -> None:
         self.publish(address.conversation_id, _role_of(reply), reply_event_payload(reply))
 
-    async def stop(self) -> None:
+    def close_streams(self) -> None:
+        """End every open event stream (server shutting down; widgets reconnect to the next one).
+
+        Call on the event loop's thread (uvicorn's signal handler runs there)."""
+        self._closing = True
         for conv in self._conversations.values():
             for q in list(conv.subscribers):
                 try:
                     q.put_nowait(None)
                 except asyncio.QueueFull:
                     pass
+
+    async def stop(self) -> None:
+        self.close_streams()
 
     # ------------------------------------------------------------ inbound routes
 
@@ -262,6 +270,8 @@ class WebChannel(BaseChannel):
         last = after
         try:
             yield "retry: 2000\n\n"
+            if self._closing:
+                return
             for event in self.history(conversation_id, after):
                 last = event["seq"]
                 yield _sse(event)

@@ -52,5 +52,28 @@ def run(args, settings: Settings) -> int:
         proxy_headers=False, server_header=False, timeout_graceful_shutdown=3,
         log_config=None,  # keep the root handlers (and their secret-masking filter)
     )
-    uvicorn.Server(config).run()
+    server = _Server(config)
+    server.on_exit = app.state.web_channel.close_streams
+    server.run()
     return 0
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Ends the widgets' open event streams as soon as shutdown starts, so that a graceful
+        shutdown does not wait for them (uvicorn waits for open responses before the lifespan ends)."""
+
+        on_exit = None
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            if self.on_exit is not None:
+                self.on_exit()
+
+    return Server
+
+
+def _Server(config):
+    return _server_class()(config)

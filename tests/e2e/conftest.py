@@ -27,6 +27,7 @@ class ServerThread:
     def __init__(self, app, port: int) -> None:
         import uvicorn
 
+        self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
@@ -46,6 +47,9 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
+        loop = self.app.state.registry.loop
+        if loop is not None and not loop.is_closed():  # end the widgets' event streams first
+            loop.call_soon_threadsafe(self.app.state.web_channel.close_streams)
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
@@ -56,8 +60,10 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: Playwright's sync API keeps an event loop running in this thread while it is
+    # open, which would break asyncio tests (asyncio.run, pytest-asyncio) collected after this module.
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium fonts-noto-cjk); browser tests skipped")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -75,7 +74,7 @@ def test_failed_delivery_is_retried_and_then_marked_sent():
         assert status["status"] == "sent" and status["attempts"] == 2
 
 
-def test_unknown_channel_is_marked_failed_not_crashing():
+async def test_unknown_channel_is_marked_failed_not_crashing():
     core = FakeCore()
 
     async def scenario():
@@ -89,12 +88,12 @@ def test_unknown_channel_is_marked_failed_not_crashing():
         assert await d.tick() == 0
         return item
 
-    item = asyncio.run(scenario())
+    item = await scenario()
     status = core.handoff.outbox_status(item)
     assert status["attempts"] == 1 and "fax" in status["last_error"]
 
 
-def test_rich_reply_degrades_to_text_when_the_channel_cannot_render_it():
+async def test_rich_reply_degrades_to_text_when_the_channel_cannot_render_it():
     class TextOnly(BaseChannel):
         name = "pager"
 
@@ -113,7 +112,7 @@ def test_rich_reply_degrades_to_text_when_the_channel_cannot_render_it():
         await registry.send(Address("pager", "pager:1"), Reply("pager:1", "ja", "止めてください [1]", citations=(cit,)))
         return ch.sent
 
-    sent = asyncio.run(scenario())
+    sent = await scenario()
     assert len(sent) == 1 and "総務省「IP-PBXの注意喚起」 (2024-01-02) https://example.jp/a" in sent[0]
 
 
