@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.e2e.conftest import ServerThread, free_port
+from tests.web_fakes import ServerThread, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

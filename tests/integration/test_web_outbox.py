@@ -156,3 +156,43 @@ def test_platform_modules_plug_in_through_register(monkeypatch):
         assert c.post("/webhooks/telegram").json() == {"ok": True}
         assert app.state.registry["telegram"].started
         assert "telegram" in c.get("/healthz").json()["channels"]
+
+
+def test_operator_reply_arrives_live_over_server_sent_events():
+    """Over real HTTP (uvicorn on loopback): the widget's event stream gets the operator's reply."""
+    import json
+    import threading
+
+    import httpx
+
+    from tests.web_fakes import ServerThread, free_port
+
+    core = FakeCore()
+    app = create_app(make_settings(), core=core, outbox_interval=0.05)
+    srv = ServerThread(app, free_port()).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as http:
+            first = http.post("/api/chat", json={"text": "", "action": "request_human"}).json()
+            cid, token = first["conversation_id"], first["conversation_token"]
+            tid = first["escalation"]["ticket_id"]
+            got: list[dict] = []
+            connected = threading.Event()
+
+            def listen():
+                params = {"conversation_id": cid, "token": token, "after": first["seq"]}
+                with http.stream("GET", "/api/chat/events", params=params) as r:
+                    assert r.headers["content-type"].startswith("text/event-stream")
+                    connected.set()
+                    for line in r.iter_lines():
+                        if line.startswith("data: "):
+                            got.append(json.loads(line[6:]))
+                            return
+
+            t = threading.Thread(target=listen, daemon=True)
+            t.start()
+            assert connected.wait(5)
+            core.handoff.reply(tid, "yamada", "いま確認しています")
+            t.join(timeout=10)
+        assert got and got[0]["role"] == "operator" and got[0]["answer"] == "いま確認しています"
+    finally:
+        srv.stop()
