@@ -22,7 +22,7 @@ from bot.retrieval.lexicon import Lexicon, normalize_text
 # SudachiPy refuses inputs above ~49 kB (bytes); we tokenize in slices well below that.
 _SUDACHI_SLICE_CHARS = 4000
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
-_ASCII_WORD_RE = re.compile(r"[a-z0-9]+(?:[-'/.][a-z0-9]+)*")
+_ASCII_WORD_RE = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 _DROP_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
 _JA_STOP = {
     "する", "為る", "ある", "有る", "いる", "居る", "なる", "成る", "れる", "られる", "こと", "事", "よう", "様", "もの", "物",

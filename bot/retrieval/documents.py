@@ -37,6 +37,17 @@ _FACT_RE = re.compile(r"^P\d{3,}$")
 _SOURCE_RE = re.compile(r"^K\d{3,}$")
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without the timestamp resolver: dates stay strings, so a bad date like 2014-02-30
+    is reported as a bad `published` field instead of a ValueError from PyYAML's date constructor."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 class DocumentError(ConfigError):
     """A knowledge document is malformed. The message names the file and the field."""
 
@@ -131,7 +142,7 @@ def parse_document(path: Path) -> Document:
         raise DocumentError(path, "file", f"unreadable: {exc.strerror}") from None
     head, body = split_front_matter(raw, path)
     try:
-        data = yaml.safe_load(head)
+        data = yaml.load(head, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 2})" if mark is not None else ""

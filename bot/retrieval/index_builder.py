@@ -62,9 +62,9 @@ def read_current(index_dir: Path) -> dict | None:
         return None
 
 
-def fingerprint(docs: list[Document], embedder: str, lexicon: Lexicon, chroma_target: str) -> str:
+def fingerprint(docs: list[Document], embedder: str, lexicon: Lexicon, chroma_target: str, split_mode: str = SPLIT_MODE) -> str:
     h = hashlib.sha256()
-    for part in (embedder, CHUNKER_VERSION, ANALYZER_VERSION, SPLIT_MODE, lexicon.version_key, chroma_target):
+    for part in (embedder, CHUNKER_VERSION, ANALYZER_VERSION, split_mode, lexicon.version_key, chroma_target):
         h.update(part.encode() + b"\0")
     for d in sorted(docs, key=lambda d: d.id):
         h.update(f"{d.id}={d.content_hash}\0".encode())
@@ -125,7 +125,7 @@ def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder:
 
 
 def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = True,
-                documents: list[Document] | None = None) -> BuildReport:
+                documents: list[Document] | None = None, split_mode: str = SPLIT_MODE) -> BuildReport:
     """Build (or refresh) the index for settings.knowledge_dir; a no-op when nothing changed.
 
     Raises DocumentError (a ConfigError) for a malformed document before touching the served index.
@@ -135,7 +135,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
     docs = documents if documents is not None else load_documents(settings.knowledge_dir)
     lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
     spec = settings.embedder
-    fp = fingerprint(docs, spec, lexicon, chroma_target(settings))
+    fp = fingerprint(docs, spec, lexicon, chroma_target(settings), split_mode)
     with build_lock(index_dir):
         current = read_current(index_dir)
         if current and current.get("fingerprint") == fp and not rebuild:
@@ -150,7 +150,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             embedder = make_embedder(spec)
             vec_lists, embedded, reused = _embed_with_cache(
                 docs_chunks, embedder, spec, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
-            analyzer = Analyzer(lexicon, split_mode=SPLIT_MODE)
+            analyzer = Analyzer(lexicon, split_mode=split_mode)
             rows: list[dict] = []
             token_lists: list[list[str]] = []
             metas: list[dict] = []
@@ -174,7 +174,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             manifest = {
                 "build_id": build_id, "fingerprint": fp, "embedder": spec, "dim": int(vectors.shape[1]) if rows else 0,
                 "collection": collection, "chroma": chroma_target(settings), "documents": len(docs), "chunks": len(rows),
-                "chunker_version": CHUNKER_VERSION, "analyzer_version": ANALYZER_VERSION, "split_mode": SPLIT_MODE,
+                "chunker_version": CHUNKER_VERSION, "analyzer_version": ANALYZER_VERSION, "split_mode": split_mode,
                 "lexicon": lexicon.version_key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "doc_hashes": {d.id: d.content_hash for d in docs},
             }

