@@ -127,7 +127,9 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         except Exception as exc:  # a missing folder offline raises several different errors
             raise ConfigError(f"PBXBOT_EMBEDDER=st:{model}: cannot load the model offline ({type(exc).__name__})") from None
         self.name = "st:" + model
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        # sentence-transformers 5.x renamed get_sentence_embedding_dimension -> get_embedding_dimension
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         lowered = model.lower()
         if not query_prefix and "e5" in lowered:
             query_prefix, passage_prefix = "query: ", "passage: "
