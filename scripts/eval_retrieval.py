@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-weight", type=float)
     ap.add_argument("--lexical-weight", type=float)
     ap.add_argument("--other-language-factor", type=float)
+    ap.add_argument("--source-kind-factor", type=float)
     ap.add_argument("--no-language", action="store_true", help="do not pass the question's language")
     ap.add_argument("--fit-confidence", action="store_true", help="fit and save the confidence calibration")
     ap.add_argument("--quiet-misses", action="store_true")
@@ -54,7 +55,13 @@ def main(argv=None) -> int:
         return 1
 
     t = time.perf_counter()
-    rep = build_index(settings, progress=False, split_mode=args.split_mode)
+    from bot.config import ConfigError
+
+    try:
+        rep = build_index(settings, progress=False, split_mode=args.split_mode)
+    except ConfigError as exc:  # a malformed document: one line, exit 2 (as the CLI)
+        print(f"eval_retrieval: {exc}", file=sys.stderr)
+        return 2
     print(f"index: {rep.documents} documents, {rep.chunks} chunks, embedder {embedder}, split mode {args.split_mode}, "
           f"{'up to date' if rep.up_to_date else f'built in {time.perf_counter() - t:.1f} s'}")
     r = HybridRetriever.load(settings, read_current(Path(settings.index_dir)))
@@ -66,6 +73,8 @@ def main(argv=None) -> int:
         r.dense_weight = args.dense_weight
     if args.lexical_weight is not None:
         r.lexical_weight = args.lexical_weight
+    if args.source_kind_factor is not None:
+        r.source_kind_factor = args.source_kind_factor
     if args.other_language_factor is not None:
         r.other_language_factor = args.other_language_factor
 

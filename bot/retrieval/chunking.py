@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from bot.retrieval.documents import Document
 
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
 MAX_CHARS = {"ja": 320, "en": 900}
 MIN_CHARS = {"ja": 60, "en": 160}
 
@@ -158,6 +158,11 @@ def chunk_document(doc: Document) -> list[Chunk]:
 
     chunks: list[Chunk] = []
     ordinal = 0
+    if doc.summary:
+        # A document-level passage (title + one-line summary): matches broad questions ("what do I do first?")
+        # that no single section answers on its own.
+        chunks.append(Chunk(f"{doc.id}#s", doc.id, ordinal, "", doc.summary.strip(), doc.language))
+        ordinal += 1
     for s_no, (heading_path, sec_lines) in enumerate(sections):
         units = _units(sec_lines, language, limit)
         heading = " > ".join(h for h in heading_path if h and h != doc.title)

@@ -40,6 +40,7 @@ CANDIDATES = 40  # per ranking, before fusion
 DENSE_WEIGHT = 1.0
 LEXICAL_WEIGHT = 1.0
 OTHER_LANGUAGE_FACTOR = 0.5
+SOURCE_KIND_FACTOR = 1.0  # multiplier for kind=source documents (guides are written for users)
 MAX_PER_DOC = 2
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 _KANA_RE = re.compile(r"[\u3040-\u30ff]")
@@ -78,7 +79,8 @@ class HybridRetriever:
     def __init__(self, *, store: _Store, lexical: LexicalIndex, vector, embedder, analyzer: Analyzer,
                  calibrator: Calibrator | None = None, manifest: dict | None = None,
                  dense_weight: float = DENSE_WEIGHT, lexical_weight: float = LEXICAL_WEIGHT,
-                 other_language_factor: float = OTHER_LANGUAGE_FACTOR, max_per_doc: int = MAX_PER_DOC):
+                 other_language_factor: float = OTHER_LANGUAGE_FACTOR, max_per_doc: int = MAX_PER_DOC,
+                 source_kind_factor: float = SOURCE_KIND_FACTOR):
         self.store = store
         self.lexical = lexical
         self.vector = vector
@@ -90,6 +92,7 @@ class HybridRetriever:
         self.lexical_weight = lexical_weight
         self.other_language_factor = other_language_factor
         self.max_per_doc = max_per_doc
+        self.source_kind_factor = source_kind_factor
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -165,8 +168,11 @@ class HybridRetriever:
         fused = rrf([dense_ids, lex_ids], weights)
         best = max_rrf(weights)
         for cid in fused:
-            if self.store.rows[self.store.row_of[cid]]["language"] != pref:
+            row = self.store.rows[self.store.row_of[cid]]
+            if row["language"] != pref:
                 fused[cid] *= self.other_language_factor
+            if self.source_kind_factor != 1.0 and self.store.docs.get(row["doc_id"], {}).get("kind") == "source":
+                fused[cid] *= self.source_kind_factor
         ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
 
         passages: list[Passage] = []
