@@ -23,6 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+# Questions the knowledge base cannot answer: negatives (label 0) for the confidence fit, so that the
+# calibrated score also falls for off-topic input, which the development set (all in-domain) never shows.
+OFF_TOPIC = [
+    ("ja", "今日の東京の天気は？"), ("ja", "おすすめのラーメン屋を教えて"), ("ja", "iPhoneの画面が割れたので修理したい"),
+    ("ja", "会議室の予約方法がわからない"), ("ja", "給与明細の見方を教えてください"), ("ja", "Excelで関数を使う方法"),
+    ("ja", "引っ越しの手続きは何が必要？"), ("ja", "年賀状の書き方"), ("ja", "プリンターが紙詰まりした"),
+    ("ja", "社員旅行の行き先を決めたい"), ("ja", "確定申告の期限はいつ"), ("ja", "猫が餌を食べない"),
+    ("en", "what is the weather in Tokyo today"), ("en", "recommend a good ramen shop"), ("en", "my printer is jammed"),
+    ("en", "how do I bake sourdough bread"), ("en", "what is the capital of France"), ("en", "python list comprehension syntax"),
+    ("en", "how to book a meeting room"), ("en", "when is the tax filing deadline"), ("en", "my cat will not eat"),
+    ("en", "best laptop for students"), ("en", "translate good morning into Spanish"), ("en", "how tall is Mount Fuji"),
+]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", help="eval JSONL files (default: knowledge/eval/retrieval.jsonl)")
@@ -108,6 +122,14 @@ def main(argv=None) -> int:
 
         from bot.retrieval.confidence import Calibrator, FEATURES, fit_logistic, save_coefficients
 
+        n_dev = len(labels)
+        for lang, q in OFF_TOPIC:  # negatives: see OFF_TOPIC
+            r.last_features = None
+            res_off = r.search(q, k=12, language=lang)
+            if getattr(r, "last_features", None) is not None and res_off.passages:
+                feats.append(r.last_features.vector())
+                labels.append(0.0)
+        print(f"confidence fit data: {n_dev} development questions + {len(labels) - n_dev} off-topic questions (label 0)")
         X, y = np.array(feats), np.array(labels)
         cal = Calibrator.load()
         p_now = np.array([1 / (1 + np.exp(-(cal.intercept + cal.w @ x))) for x in X])
@@ -122,7 +144,12 @@ def main(argv=None) -> int:
                 sel = (p >= lo) & (p < lo + 0.2 + (1e-9 if lo == 0.8 else 0))
                 if sel.any():
                     print(f"  predicted {lo:.1f}-{lo + 0.2:.1f}: n={int(sel.sum()):<4} observed top-1 relevant {y[sel].mean():.2f}")
+            off = p[n_dev:]
+            if len(off):
+                print(f"off-topic questions: mean confidence {off.mean():.2f}, max {off.max():.2f}; "
+                      f"in-domain top-1 hits: mean {p[:n_dev][y[:n_dev] == 1].mean():.2f}")
             save_coefficients(b0, w, {"embedder": embedder, "mode": args.mode, "queries": int(len(y)),
+                                      "off_topic_negatives": int(len(y) - n_dev),
                                       "files": [os.path.relpath(f, ROOT) for f in files],
                                       "date": time.strftime("%Y-%m-%d")})
             print("saved bot/retrieval/confidence.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from bot.config import Settings
 
@@ -10,7 +9,7 @@ from bot.config import Settings
 def run(args, settings: Settings) -> int:
     from bot.retrieval.index_builder import build_index
 
-    report = build_index(settings, rebuild=bool(getattr(args, "rebuild", False)), progress=sys.stderr.isatty() or True)
+    report = build_index(settings, rebuild=bool(getattr(args, "rebuild", False)), progress=True)
     if report.up_to_date:
         print(f"index up to date: {report.documents} documents, {report.chunks} chunks (build {report.build_id})")
     else:
