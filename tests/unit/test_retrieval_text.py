@@ -33,6 +33,8 @@ def test_japanese_sentences_split_at_sentence_ends_only():
 
 def test_chunks_follow_headings_lists_and_carry_metadata(docs):
     chunks = chunk_document(docs["fx-first-steps-ja"])
+    assert chunks[0].chunk_id == "fx-first-steps-ja#s" and chunks[0].text == docs["fx-first-steps-ja"].summary
+    chunks = chunks[1:]
     assert [c.chunk_id for c in chunks] == [f"fx-first-steps-ja#{i}.0" for i in range(4)]
     assert chunks[1].heading == "国際電話を止める"
     assert chunks[3].text.count("\n") == 2 and chunks[3].text.startswith("- 管理画面")
