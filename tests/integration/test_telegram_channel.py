@@ -1,0 +1,176 @@
+"""Telegram channel: the real python-telegram-bot Application talking HTTP to a local fake Bot API.
+
+Webhook path (secret token checked, hostile JSON rejected, duplicates dropped, replies observed as
+sendMessage at the fake API) and polling path (the fake getUpdates hands out an update, the
+reply is observed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.channels import telegram as telegram_module
+from bot.config import Settings
+from bot.messages import Address, Citation, Reply
+from tests.fakes_platforms import (
+    ChannelApp,
+    FakePlatforms,
+    telegram_callback_update,
+    telegram_message_update,
+)
+from tests.web_fakes import FakeCore
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "123456:TEST-telegram-token_abcdef"
+SECRET = "webhook-secret_TOKEN-42"
+CHAT = 5551234
+
+
+def make_settings(fake: FakePlatforms, tmp_path, **kw) -> Settings:
+    base = dict(data_dir=tmp_path, telegram_token=TOKEN, telegram_webhook_secret=SECRET,
+                telegram_api_url=fake.telegram_base)
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture
+async def fake():
+    async with FakePlatforms() as f:
+        yield f
+
+
+@pytest.fixture
+async def tg(fake, tmp_path):
+    async with ChannelApp(make_settings(fake, tmp_path), FakeCore(), telegram_module) as app:
+        yield app
+
+
+async def post_update(app: ChannelApp, update: dict | bytes, secret: str | None = SECRET):
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+    if isinstance(update, bytes):
+        return await app.client.post("/webhooks/telegram", content=update, headers=headers)
+    return await app.client.post("/webhooks/telegram", json=update, headers=headers)
+
+
+def sends(fake: FakePlatforms):
+    return fake.calls("telegram", "sendMessage")
+
+
+async def test_application_calls_get_me_at_start_against_the_fake_api(tg, fake):
+    [get_me] = fake.calls("telegram", "getMe")
+    assert get_me.path == f"/bot{TOKEN}/getMe"
+
+
+async def test_webhook_with_the_right_secret_is_answered_with_send_message(tg, fake):
+    resp = await post_update(tg, telegram_message_update(1001, "国際電話を止めるには？"))
+    assert resp.status_code == 200
+    [sent] = await fake.wait_for(lambda r: r.method == "sendMessage")
+    assert int(sent.data["chat_id"]) == CHAT
+    assert sent.data["parse_mode"] == "HTML"
+    assert "通信事業者" in sent.data["text"]
+    assert '<a href="https://www.soumu.go.jp/example">' in sent.data["text"]
+    keyboard = sent.data["reply_markup"]["inline_keyboard"]
+    assert keyboard[0][0]["callback_data"] == "human" and keyboard[0][0]["text"] == "担当者と話す"
+    handled = tg.core.handled[0]
+    assert handled.address.conversation_id == f"telegram:{CHAT}"
+    assert handled.message_id == "telegram:1001"
+
+
+@pytest.mark.parametrize("secret,status", [(None, 401), ("wrong-secret", 403), ("", 403),
+                                           (SECRET + "x", 403), (SECRET[:-1], 403)])
+async def test_missing_or_wrong_secret_token_is_rejected(tg, fake, secret, status):
+    resp = await post_update(tg, telegram_message_update(1002, "hello"), secret=secret)
+    assert resp.status_code == status
+    await asyncio.sleep(0.05)
+    assert tg.core.handled == [] and not sends(fake)
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[]", b"null", b'{"update_id": "1"}', b'{"update_id": true}',
+                                  b'{"update_id": 5, "message": 7}', b'{"update_id": 5, "message": {"chat": 1}}',
+                                  b'{"update_id": 6, "callback_query": []}', b"\xff\xfe"])
+async def test_hostile_json_gets_400_never_500(tg, fake, body):
+    resp = await post_update(tg, body)
+    assert resp.status_code == 400
+    await tg.settle()
+
+
+async def test_malformed_update_gets_400(tg, fake):
+    assert (await post_update(tg, b'{"update_id": 5, "message": 7}')).status_code == 400
+    assert (await post_update(tg, b"[1]")).status_code == 400
+
+
+async def test_duplicate_update_id_is_processed_once(tg, fake):
+    update = telegram_message_update(1003, "国際電話を止めるには？")
+    for _ in range(3):
+        assert (await post_update(tg, update)).status_code == 200
+    await tg.settle()
+    await asyncio.sleep(0.05)
+    assert len(tg.core.handled) == 1
+    assert len(sends(fake)) == 1
+
+
+async def test_start_and_help_answer_without_the_core(tg, fake):
+    await post_update(tg, telegram_message_update(1004, "/start"))
+    await post_update(tg, telegram_message_update(1005, "/help@pbx_help_bot", language_code="en"))
+    msgs = await fake.wait_for(lambda r: r.method == "sendMessage", count=2)
+    texts = sorted(m.data["text"] for m in msgs)
+    assert any("出典付き" in t for t in texts) and any("Try:" in t for t in texts)
+    assert tg.core.handled == []
+
+
+async def test_human_command_and_button_request_a_person(tg, fake):
+    await post_update(tg, telegram_message_update(1006, "/human"))
+    [first] = await fake.wait_for(lambda r: r.method == "sendMessage")
+    ticket = tg.core.handoff.list_queue()[0]
+    assert ticket.id in first.data["text"]
+    await post_update(tg, telegram_callback_update(1007, "human", chat_id=777))
+    await fake.wait_for(lambda r: r.method == "sendMessage", count=2)
+    assert [m.action for m in tg.core.handled] == ["request_human", "request_human"]
+    assert fake.calls("telegram", "answerCallbackQuery")
+
+
+async def test_operator_reply_is_delivered_with_send_message(tg, fake):
+    address = Address("telegram", f"telegram:{CHAT}", str(CHAT), {"chat_id": CHAT})
+    await tg.registry.send(address, Reply(f"telegram:{CHAT}", "ja", "<回線>を止めました & 確認済み", kind="operator"))
+    [sent] = sends(fake)
+    assert sent.data["text"] == "<b>担当者:</b> &lt;回線&gt;を止めました &amp; 確認済み"
+
+
+async def test_refused_html_degrades_to_plain_text(tg, fake):
+    fake.telegram_fail_send = 1
+    address = Address("telegram", f"telegram:{CHAT}", str(CHAT), {"chat_id": CHAT})
+    cit = Citation(1, "d", "T", "P", "https://example.org/x", None)
+    await tg.channel.send(address, Reply(f"telegram:{CHAT}", "en", "answer [1]", citations=(cit,)))
+    first, second = sends(fake)
+    assert first.data["parse_mode"] == "HTML" and "parse_mode" not in second.data
+    assert "https://example.org/x" in second.data["text"]
+
+
+def test_render_escapes_text_and_links_citations():
+    cit = Citation(1, "d", "<script>", "A&B", 'https://example.org/?a=1&b="2"', "2024-01-01")
+    [text] = telegram_module.render_html(Reply("c", "en", "x < y", citations=(cit,)))
+    assert "x &lt; y" in text and "<script>" not in text
+    assert '<a href="https://example.org/?a=1&amp;b=&quot;2&quot;">A&amp;B: &lt;script&gt;</a>' in text
+    bad = Citation(2, "d", "t", "p", "javascript:alert(1)", None)
+    [text] = telegram_module.render_html(Reply("c", "en", "x", citations=(bad,)))
+    assert "<a " not in text
+    long = telegram_module.render_html(Reply("c", "ja", "あ" * 8000, citations=(cit,)))
+    assert len(long) == 3 and all(len(p) <= 4096 for p in long) and "example.org" in long[-1]
+
+
+async def test_polling_mode_replies_to_an_update_from_get_updates(fake, tmp_path):
+    settings = make_settings(fake, tmp_path, telegram_mode="polling", telegram_webhook_secret=None)
+    assert settings.validate_enabled_channels() == ["telegram"]
+    async with ChannelApp(settings, FakeCore(), telegram_module) as app:
+        assert app.channel.router is None
+        fake.queue_update(telegram_message_update(2001, "国際電話を止めるには？", chat_id=888))
+        [sent] = await fake.wait_for(lambda r: r.method == "sendMessage", timeout=10)
+        assert int(sent.data["chat_id"]) == 888
+        assert "通信事業者" in sent.data["text"]
+        assert fake.calls("telegram", "getUpdates")
+    assert len(app.core.handled) == 1
