@@ -355,3 +355,56 @@ class ChannelApp:
         deadline = time.monotonic() + timeout
         while self.registry._tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------- the real composition root and core
+
+FIXTURE_CORPUS = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "corpus"
+_RETRIEVER: Any = None
+
+
+def real_retriever() -> Any:
+    """The real hybrid retriever over the small fixture corpus (hash embedder), built once per process."""
+    global _RETRIEVER
+    if _RETRIEVER is None:
+        import tempfile
+
+        from bot.config import Settings
+        from bot.wiring import build_retriever
+
+        settings = Settings(_env_file=None, data_dir=tempfile.mkdtemp(prefix="pbxbot-channel-index-"),
+                            knowledge_dir=FIXTURE_CORPUS, embedder="hash")
+        _RETRIEVER = build_retriever(settings)
+    return _RETRIEVER
+
+
+def real_core(settings: Any) -> Any:
+    """The real ConversationService (SQLite store of `settings`) over the shared fixture index."""
+    from bot.wiring import build_conversation_service
+
+    return build_conversation_service(settings, retriever=real_retriever())
+
+
+class ServedApp:
+    """bot.web.app.create_app with its lifespan running; `client` talks to it in-process (ASGI)."""
+
+    def __init__(self, settings: Any, core: Any) -> None:
+        from bot.web.app import create_app
+
+        self.core = core
+        self.app = create_app(settings, core=core, outbox_interval=0.05)
+        self.registry = self.app.state.registry
+        self._lifespan: Any = None
+        self.client: Any = None
+
+    async def __aenter__(self) -> "ServedApp":
+        import httpx
+
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://testserver")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.client.aclose()
+        await self._lifespan.__aexit__(None, None, None)

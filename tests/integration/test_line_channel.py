@@ -35,7 +35,7 @@ USER = "U" + "a" * 32
 
 
 def make_settings(fake: FakePlatforms, tmp_path, **kw) -> Settings:
-    return Settings(data_dir=tmp_path, line_channel_secret=SECRET, line_channel_access_token=TOKEN,
+    return Settings(_env_file=None, data_dir=tmp_path, line_channel_secret=SECRET, line_channel_access_token=TOKEN,
                     line_api_url=fake.url, **kw)
 
 
@@ -187,3 +187,26 @@ def test_verify_signature_is_total():
         assert line_module.verify_signature(b"s", b"{}", sig) is False
     assert line_module.verify_signature(b"s", b"{}", line_signature("s", b"{}")) is True
     json.dumps({})
+
+
+async def test_real_service_answers_escalates_and_pushes_the_operator_reply(fake, tmp_path):
+    from tests.fakes_platforms import FIXTURE_CORPUS, ServedApp, real_core
+
+    settings = make_settings(fake, tmp_path, database_url=f"sqlite:///{tmp_path / 'line.sqlite3'}",
+                             knowledge_dir=FIXTURE_CORPUS, embedder="hash")
+    core = await asyncio.to_thread(real_core, settings)
+    async with ServedApp(settings, core) as srv:  # bot.web.app.create_app, lifespan running
+        assert "line" in srv.registry
+        body = line_body(line_text_event("国際電話を止めるには？", event_id="01REAL1", reply_token="rt-real"))
+        assert (await post(srv, body)).status_code == 200
+        [answer] = await fake.wait_for(lambda r: r.method == "reply", timeout=10)
+        assert "https://example.org/fixture/" in answer.data["messages"][0]["text"]
+        body = line_body(line_postback_event(line_module.HUMAN_POSTBACK, event_id="01REAL2", reply_token="rt-pb"))
+        assert (await post(srv, body)).status_code == 200
+        await fake.wait_for(lambda r: r.method == "reply", count=2, timeout=10)
+        [ticket] = core.handoff.list_queue()
+        core.handoff.claim(ticket.id, "yamada")
+        core.handoff.reply(ticket.id, "yamada", "回線を止めました。")
+        [push] = await fake.wait_for(lambda r: r.method == "push", timeout=10)
+        assert push.data["to"] == USER and "回線を止めました" in push.data["messages"][0]["text"]
+        assert push.headers["X-Line-Retry-Key"]

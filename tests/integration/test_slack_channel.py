@@ -31,7 +31,7 @@ TOKEN = "xoxb-test-token-123"
 
 
 def make_settings(fake: FakePlatforms, tmp_path, **kw) -> Settings:
-    return Settings(data_dir=tmp_path, slack_signing_secret=SECRET, slack_bot_token=TOKEN,
+    return Settings(_env_file=None, data_dir=tmp_path, slack_signing_secret=SECRET, slack_bot_token=TOKEN,
                     slack_api_url=fake.slack_base, slack_operator_channel="C0OPS", **kw)
 
 
@@ -212,3 +212,26 @@ def test_verify_signature_is_total():
     for ts, sig in [(None, None), ("", "v0=x"), ("1e3", "v0=x"), ("١٢٣", "v0=x"), ("123", "v0=\u00e9"),
                     ("123", "x" * 1000), ("-5", "v0=ab")]:
         assert slack_module.verify_signature(secret, b"body", ts, sig) is False
+
+
+async def test_real_service_answers_announces_the_ticket_and_relays_the_operator_reply(fake, tmp_path):
+    from tests.fakes_platforms import FIXTURE_CORPUS, ServedApp, real_core
+
+    settings = make_settings(fake, tmp_path, database_url=f"sqlite:///{tmp_path / 'slack.sqlite3'}",
+                             knowledge_dir=FIXTURE_CORPUS, embedder="hash")
+    core = await asyncio.to_thread(real_core, settings)
+    async with ServedApp(settings, core) as srv:  # bot.web.app.create_app, lifespan running
+        assert "slack" in srv.registry
+        body = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("real1"), trigger_id="t-real-1")
+        assert (await post_command(srv, body)).status_code == 200
+        [answer] = await fake.wait_for(lambda r: r.platform == "slack_response", timeout=10)
+        assert "<https://example.org/fixture/" in answer.data["blocks"][1]["text"]["text"]
+        body = slack_action_body(response_url=fake.response_url("real2"), trigger_id="t-real-2")
+        assert (await post_command(srv, body, path="/webhooks/slack/interactions")).status_code == 200
+        [announce] = await fake.wait_for(lambda r: r.method == "chat.postMessage", timeout=10)
+        [ticket] = core.handoff.list_queue()
+        assert announce.data["channel"] == "C0OPS" and ticket.id in announce.data["text"]
+        core.handoff.claim(ticket.id, "yamada")
+        core.handoff.reply(ticket.id, "yamada", "回線を止めました。")
+        await fake.wait_for(lambda r: r.platform == "slack_response" and "回線を止めました" in r.data.get("text", ""),
+                            timeout=10)

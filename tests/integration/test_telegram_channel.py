@@ -30,7 +30,7 @@ CHAT = 5551234
 
 
 def make_settings(fake: FakePlatforms, tmp_path, **kw) -> Settings:
-    base = dict(data_dir=tmp_path, telegram_token=TOKEN, telegram_webhook_secret=SECRET,
+    base = dict(_env_file=None, data_dir=tmp_path, telegram_token=TOKEN, telegram_webhook_secret=SECRET,
                 telegram_api_url=fake.telegram_base)
     base.update(kw)
     return Settings(**base)
@@ -174,3 +174,26 @@ async def test_polling_mode_replies_to_an_update_from_get_updates(fake, tmp_path
         assert "通信事業者" in sent.data["text"]
         assert fake.calls("telegram", "getUpdates")
     assert len(app.core.handled) == 1
+
+
+async def test_real_service_answers_escalates_and_relays_the_operator_reply(fake, tmp_path):
+    from tests.fakes_platforms import FIXTURE_CORPUS, ServedApp, real_core
+
+    settings = make_settings(fake, tmp_path, database_url=f"sqlite:///{tmp_path / 'tg.sqlite3'}",
+                             knowledge_dir=FIXTURE_CORPUS, embedder="hash")
+    core = await asyncio.to_thread(real_core, settings)
+    async with ServedApp(settings, core) as srv:  # bot.web.app.create_app, lifespan running
+        assert "telegram" in srv.registry
+        assert (await post_update(srv, telegram_message_update(3001, "国際電話を止めるには？"))).status_code == 200
+        [answer] = await fake.wait_for(lambda r: r.method == "sendMessage", timeout=10)
+        assert '<a href="https://example.org/fixture/' in answer.data["text"]
+        assert (await post_update(srv, telegram_callback_update(3002, "human"))).status_code == 200
+        [_, handoff] = await fake.wait_for(lambda r: r.method == "sendMessage", count=2, timeout=10)
+        [ticket] = core.handoff.list_queue()
+        assert ticket.id in handoff.data["text"]
+        assert ticket.address.route == {"chat_id": CHAT}
+        core.handoff.claim(ticket.id, "yamada")
+        core.handoff.reply(ticket.id, "yamada", "回線を止めました。")
+        [reply] = await fake.wait_for(lambda r: r.method == "sendMessage" and "回線を止めました" in r.data["text"],
+                                      timeout=10)
+        assert int(reply.data["chat_id"]) == CHAT
