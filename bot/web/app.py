@@ -52,6 +52,7 @@ def create_app(
     reannounce_interval: float = 30.0,
 ) -> FastAPI:
     enabled = settings.validate_enabled_channels()
+    _ensure_secret_masking(settings)
     secret_key = (settings.session_secret.get_secret_value().encode()
                   if settings.session_secret and settings.session_secret.get_secret_value()
                   else secrets.token_bytes(32))
@@ -187,6 +188,20 @@ def register_platform(name: str, registry: ChannelRegistry, settings: Settings, 
                               f"{module_name} adapter") from None
         raise ConfigError(f"channel '{name}' needs a package that is not installed: {exc.name}") from None
     module.register(registry, settings, core)
+
+
+def _ensure_secret_masking(settings: Settings) -> None:
+    """The CLI installs the masking filter; an app built by other means (tests, `uvicorn --factory`)
+    gets one too, so that no configured secret reaches a log line."""
+    from bot.logging_setup import SecretMaskingFilter, install_secret_filter
+
+    root = logging.getLogger()
+    wanted = set(s for s in settings.secret_values() if len(s) >= 4)
+    for handler in root.handlers:
+        for flt in handler.filters:
+            if isinstance(flt, SecretMaskingFilter) and wanted <= set(flt.secrets):
+                return
+    install_secret_filter(settings)
 
 
 async def _recover(core: ConversationCore, dispatcher: OutboxDispatcher) -> None:

@@ -196,3 +196,12 @@ def test_operator_reply_arrives_live_over_server_sent_events():
         assert got and got[0]["role"] == "operator" and got[0]["answer"] == "いま確認しています"
     finally:
         srv.stop()
+
+
+def test_start_up_recovers_pending_messages_and_the_reannouncer_runs():
+    core = FakeCore()
+    calls = []
+    core.reannounce_overdue = lambda now: calls.append(now) or 1
+    app = create_app(make_settings(), core=core, reannounce_interval=0.05)
+    with TestClient(app):
+        assert wait_until(lambda: core.recovered == 1 and len(calls) >= 2)
