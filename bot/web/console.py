@@ -50,7 +50,24 @@ def ticket_json(t: Ticket, now: datetime | None = None) -> dict[str, Any]:
         "status": t.status, "priority": t.priority, "reason": t.reason, "summary": t.summary,
         "operator": t.operator, "created_at": _iso(t.created_at), "updated_at": _iso(t.updated_at),
         "age_seconds": max(0, int((now - created).total_seconds())),
+        "summary_line": summary_line(t.summary),
     }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for the queue: carrier · still happening · amounts · language."""
+    parts = []
+    if summary.get("carrier"):
+        parts.append(str(summary["carrier"]))
+    if summary.get("still_happening") is True:
+        parts.append("still happening / 継続中")
+    for key in ("amounts", "destinations"):
+        value = summary.get(key)
+        if value:
+            parts.append(", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+    if summary.get("language"):
+        parts.append(str(summary["language"]))
+    return " · ".join(parts)[:160]
 
 
 def detail_json(d: TicketDetail) -> dict[str, Any]:
@@ -108,7 +125,7 @@ def _summary_rows(summary: dict[str, Any]) -> str:
 
 def _queue_rows(tickets: list[dict[str, Any]]) -> str:
     if not tickets:
-        return '<tr class="empty"><td colspan="7">No open tickets / 未対応の問い合わせはありません</td></tr>'
+        return '<tr class="empty"><td colspan="8">No open tickets / 未対応の問い合わせはありません</td></tr>'
     out = []
     for t in tickets:
         out.append(
@@ -116,6 +133,7 @@ def _queue_rows(tickets: list[dict[str, Any]]) -> str:
             f'<td><span class="badge {_e(t["priority"])}">{_e(t["priority"])}</span></td>'
             f'<td><a href="/console/tickets/{quote(t["id"])}">{_e(t["id"])}</a></td>'
             f'<td>{_e(t["status"])}</td><td>{_e(t["channel"])}</td><td>{_e(t["reason"])}</td>'
+            f'<td>{_e(t["summary_line"])}</td>'
             f'<td>{_e(t["operator"] or "")}</td><td data-age="{t["age_seconds"]}">{_e(_age(t["age_seconds"]))}</td></tr>')
     return "".join(out)
 
@@ -159,7 +177,7 @@ def build_console_router(
 <form method="post" action="/console/login" class="login">
 <input type="hidden" name="csrf" value="{_e(signed)}">
 <label for="name">Name / 名前 <small>(optional with the operator token / トークンの場合は任意)</small></label>
-<input id="name" name="name" autocomplete="username" maxlength="64">
+<input id="name" name="name" autocomplete="username" maxlength="64" autofocus>
 <label for="secret">Password or operator token / パスワードまたはトークン</label>
 <input id="secret" name="secret" type="password" autocomplete="current-password" required maxlength="512">
 <button type="submit">Log in / ログイン</button>
@@ -214,7 +232,7 @@ def build_console_router(
 <table id="queue" data-live="queue">
 <caption class="sr">Open and claimed tickets / 対応中の問い合わせ</caption>
 <thead><tr><th scope="col">Priority</th><th scope="col">Ticket</th><th scope="col">Status</th>
-<th scope="col">Channel</th><th scope="col">Reason</th><th scope="col">Operator</th><th scope="col">Age</th></tr></thead>
+<th scope="col">Channel</th><th scope="col">Reason</th><th scope="col">Summary</th><th scope="col">Operator</th><th scope="col">Age</th></tr></thead>
 <tbody>{_queue_rows(tickets)}</tbody></table>"""
         return _page("Queue", body, operator=op)
 

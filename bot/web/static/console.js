@@ -41,14 +41,14 @@
         var rows = document.createDocumentFragment();
         if (!data.tickets.length) {
           var tr0 = el("tr", "empty"); var td0 = el("td", null, "No open tickets / 未対応の問い合わせはありません");
-          td0.colSpan = 7; tr0.appendChild(td0); rows.appendChild(tr0);
+          td0.colSpan = 8; tr0.appendChild(td0); rows.appendChild(tr0);
         }
         data.tickets.forEach(function (t) {
           var tr = el("tr", "prio-" + t.priority);
           var td = el("td"); td.appendChild(el("span", "badge " + t.priority, t.priority)); tr.appendChild(td);
           td = el("td"); var a = el("a", null, t.id); a.href = "/console/tickets/" + encodeURIComponent(t.id);
           td.appendChild(a); tr.appendChild(td);
-          [t.status, t.channel, t.reason, t.operator || ""].forEach(function (v) { tr.appendChild(el("td", null, v)); });
+          [t.status, t.channel, t.reason, t.summary_line || "", t.operator || ""].forEach(function (v) { tr.appendChild(el("td", null, v)); });
           tr.appendChild(el("td", null, age(t.age_seconds)));
           rows.appendChild(tr);
         });
