@@ -1,0 +1,501 @@
+"""ConversationService: the one conversation core every channel, the web app and the CLI use.
+
+A turn: record the user message (committed, deduplicated) -> route it to an open ticket, or
+understand it (language, carrier, follow-up, incident, intent) -> retrieve -> compose a grounded
+reply -> decide escalation (open a ticket) -> record the reply -> mark the message handled.
+A crash anywhere leaves an unhandled message that `recover_pending()` answers through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Callable, Sequence
+
+from bot.config import Settings
+from bot.conversation import composer as C
+from bot.conversation import signals as S
+from bot.conversation.escalation import EscalationPolicy, Signals, is_billing_dispute
+from bot.conversation.language import detect_language, has_letters
+from bot.conversation.texts import LIST_SEP, t
+from bot.conversation.triage import IncidentFacts, detect_incident, extract_facts, missing_facts
+from bot.handoff.common import reply_from_payload, reply_payload
+from bot.messages import Address, Escalation, InboundMessage, Reply
+from bot.ports import (
+    ConversationState,
+    ConversationStore,
+    HandoffService,
+    Passage,
+    Retriever,
+    SearchResult,
+    StoredMessage,
+    Ticket,
+    TicketListener,
+)
+
+log = logging.getLogger(__name__)
+
+MORE_KEY = "_more"  # state.facts: sentences not shown yet, for "more"
+ACK_KEY = "_acked_ticket"  # state.facts: ticket id whose first joined message was acknowledged
+FACT_KEYS = ("carrier", "still_happening", "noticed_at", "amounts", "destinations", "vendor")
+
+_CONTAINMENT_QUERY = {
+    "ja": "乗っ取り 今すぐやること 国際電話の発信を止める 利用休止 発信規制",
+    "en": "what to do right now stop international outgoing calls bar suspend",
+}
+_STOP_QUERY = {
+    "ja": "{carrier} 国際電話 発信 止める 利用休止 申し込み",
+    "en": "{carrier} stop international outgoing calls suspend block apply",
+}
+_IP050_QUERY = {"ja": "050 IP電話 乗っ取り ID パスワード プロバイダ", "en": "050 IP phone hijacked SIP ID password provider"}
+_NUMBER_ASKED = S._rx(r"番号|電話番号|連絡先|窓口|number|phone|contact")
+_PHONE = S._rx(r"\d{2,4}-\d{2,4}-\d{3,4}|0120")
+OFF_DOMAIN_CONFIDENCE = 0.9
+
+
+@dataclass
+class _Turn:
+    """What one user message means, worked out before any retrieval."""
+
+    address: Address
+    text: str
+    norm: str
+    lang: str
+    state: ConversationState
+    action: str | None = None
+
+
+class ConversationService:
+    """Implements bot.ports.ConversationCore."""
+
+    def __init__(
+        self,
+        *,
+        retriever: Retriever,
+        store: ConversationStore,
+        handoff: HandoffService,
+        settings: Settings,
+        policy: EscalationPolicy | None = None,
+    ) -> None:
+        self.retriever = retriever
+        self.store = store
+        self.handoff = handoff
+        self.settings = settings
+        self.policy = policy or EscalationPolicy(min_confidence=settings.min_confidence)
+        self._listeners: list[TicketListener] = []
+        # Test hook (crash tests): called after the user message is committed, before any reply.
+        self.after_record_hook: Callable[[StoredMessage], None] | None = None
+
+    # ------------------------------------------------------------------ ConversationCore
+
+    def add_ticket_listener(self, listener: TicketListener) -> None:
+        self._listeners.append(listener)
+
+    def handle(self, message: InboundMessage) -> list[Reply]:
+        started = time.perf_counter()
+        text = S.clean_text(message.text, self.settings.max_text_chars)
+        meta: dict[str, Any] = {"address": message.address.to_dict()}
+        if message.action:
+            meta["action"] = message.action
+        if message.request_id is not None:
+            meta["request_id"] = str(message.request_id)
+        if len(message.text or "") > self.settings.max_text_chars:
+            meta["truncated_from"] = len(message.text or "")
+        dedupe = f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
+        try:
+            stored = self.store.record_message(message.address, "user", text, handled=False, dedupe_key=dedupe, meta=meta)
+        except Exception:
+            log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
+            return [self._with_id(self._error_reply(message.address, text), message.request_id)]
+        if stored is None:
+            log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)
+            return []
+        if self.after_record_hook is not None:
+            self.after_record_hook(stored)
+        replies = self._answer(message.address, stored, request_id=message.request_id)
+        log.info(
+            "turn conversation=%s kinds=%s escalation=%s ms=%.1f",
+            message.address.conversation_id,
+            ",".join(r.kind for r in replies) or "-",
+            ",".join(r.escalation.priority for r in replies if r.escalation) or "-",
+            (time.perf_counter() - started) * 1000,
+        )
+        return replies
+
+    def recover_pending(self) -> int:
+        """Answer user messages recorded but never handled; replies go to the outbox."""
+        count = 0
+        for msg in self.store.unhandled_messages():
+            if msg.role != "user":
+                self.store.mark_handled(msg.id)
+                continue
+            address = self._address_of(msg)
+            # A reply recorded just before the crash is re-sent, not recomputed (no second ticket).
+            done = [
+                m for m in self.store.messages_after(msg.conversation_id, msg.id)
+                if m.role == "bot" and m.meta.get("reply_to") == msg.id and m.meta.get("reply")
+            ]
+            if done:
+                replies = [reply_from_payload(m.meta["reply"]) for m in done]
+                self.store.mark_handled(msg.id)
+            else:
+                replies = self._answer(address, msg, request_id=msg.meta.get("request_id"))
+            for reply in replies:
+                self.handoff.enqueue(address, reply)
+            count += 1
+            log.info("recovered message %s of conversation %s (%d replies queued)", msg.id, msg.conversation_id, len(replies))
+        return count
+
+    def reannounce_overdue(self, now: datetime) -> int:
+        tickets = self.handoff.overdue_urgent(now, self.settings.urgent_reannounce_minutes)
+        for ticket in tickets:
+            lang = ticket.summary.get("language") if ticket.summary.get("language") in ("ja", "en") else "ja"
+            carrier = ticket.summary.get("carrier")
+            try:
+                reply = self._reannounce_reply(ticket, lang, carrier)
+                self.store.record_message(ticket.address, "bot", reply.answer, meta={"reply": reply_payload(reply), "reannounce": True})
+                self.handoff.enqueue(ticket.address, reply)
+            except Exception:
+                log.exception("re-announcing ticket %s: self-help reply failed", ticket.id)
+            self.handoff.mark_reannounced(ticket.id, now)
+            self._notify("reannounced", ticket)
+        return len(tickets)
+
+    # ------------------------------------------------------------------ one turn
+
+    def _answer(self, address: Address, stored: StoredMessage, *, request_id: str | None) -> list[Reply]:
+        try:
+            replies = self._respond(address, stored.text, stored.meta.get("action"))
+        except Exception:
+            log.exception("answering failed (conversation %s, message %s)", address.conversation_id, stored.id)
+            replies = [self._error_reply(address, stored.text)]
+        replies = [self._with_id(r, request_id) for r in replies]
+        for r in replies:
+            self.store.record_message(address, "bot", r.answer, meta={"reply": reply_payload(r), "reply_to": stored.id})
+        self.store.mark_handled(stored.id)
+        return replies
+
+    def _respond(self, address: Address, text: str, action: str | None) -> list[Reply]:
+        cid = address.conversation_id
+        state = self.store.get_state(cid) or ConversationState(conversation_id=cid, address=address)
+        state.address = address
+        norm = S.normalize(text)
+        detected = detect_language(text)
+        unknown_language = detected is None and has_letters(text)
+        lang = detected or state.language or "en"
+        if detected:
+            state.language = detected
+        facts = extract_facts(text, IncidentFacts.from_dict(state.facts))
+        state.facts.update(facts.to_dict())
+        if facts.carrier and S.find_carriers(norm):
+            state.carrier = facts.carrier
+        turn = _Turn(address, text, norm, lang, state, action)
+
+        ticket = self.handoff.active_ticket(cid)
+        if ticket is not None:
+            replies = self._join_ticket(turn, ticket)
+        else:
+            replies = self._bot_turn(turn, unknown_language)
+        self.store.save_state(state)
+        return replies
+
+    def _join_ticket(self, turn: _Turn, ticket: Ticket) -> list[Reply]:
+        """While a ticket is open the bot does not answer: the message is for the operator.
+        The first message after the ticket opened is acknowledged (and any explicit request for a
+        person); later ones join silently."""
+        st = turn.state
+        if ticket.priority != "urgent" and detect_incident(turn.text):
+            # An incident reported while a normal ticket waits: the same ticket becomes urgent, and
+            # the user gets the containment steps now rather than after an operator reads it.
+            return [self._incident(turn, requested=False)]
+        if st.facts.get(ACK_KEY) == ticket.id and not (turn.action == "request_human" or S.wants_human(turn.norm)):
+            return []
+        st.facts[ACK_KEY] = ticket.id
+        key = "ticket_ack_urgent" if ticket.priority == "urgent" else "ticket_ack"
+        return [self._reply(turn, t(key, turn.lang, ticket=ticket.id), kind="handoff")]
+
+    def _bot_turn(self, turn: _Turn, unknown_language: bool) -> list[Reply]:
+        st, norm, lang = turn.state, turn.norm, turn.lang
+        requested = turn.action == "request_human" or S.wants_human(norm)
+
+        if not turn.text and not requested:
+            return [self._reply(turn, t("empty", lang) if st.language else f"{t('empty', 'en')}\n{t('empty', 'ja')}", kind="notice")]
+        if S.is_hostile(norm):
+            return [self._reply(turn, t("refusal", lang), kind="scope")]
+        if unknown_language and not requested:
+            note = f"{t('unknown_language', 'en')} / {t('unknown_language', 'ja')}"
+            return [self._reply(turn, f"{note}\n{t('intro', 'en')}", kind="notice", lang="en")]
+        incident = detect_incident(turn.text)
+        if requested and not incident:
+            return [self._escalate(turn, "", (), 0.0, self.policy.decide(Signals(requested_human=True)), kind="handoff")]
+        if not incident:
+            if S.is_more(norm):
+                return [self._more(turn)]
+            if S.is_greeting(norm) or S.is_capabilities(norm):
+                return [self._reply(turn, t("intro", lang), kind="greeting")]
+            if S.is_thanks(norm):
+                return [self._reply(turn, t("thanks", lang), kind="greeting")]
+            if st.last_query and S.says_not_helped(norm):
+                st.failures += 1
+                decision = self.policy.decide(Signals(failures=st.failures))
+                if decision:
+                    st.failures = 0
+                    return [self._escalate(turn, "", (), 0.0, decision, kind="handoff")]
+                return [self._reply(turn, t("not_helped", lang), kind="notice", offer_human=True)]
+        st.failures = 0
+        if incident:
+            return [self._incident(turn, requested)]
+        return [self._question(turn)]
+
+    # ------------------------------------------------------------------ questions
+
+    def _question(self, turn: _Turn) -> Reply:
+        st, norm, lang = turn.state, turn.norm, turn.lang
+        carriers = S.find_carriers(norm)
+        query, focus, header = turn.text, turn.text, ""
+        if st.last_query and carriers and S.is_followup(norm):
+            # "KDDIの場合は？": the last question again, for the new carrier
+            query = f"{S.strip_carriers(S.normalize(st.last_query))} {S.CARRIER_NAMES[carriers[0]][lang]}"
+            focus = query
+            header = t("carrier_header", lang, carrier=S.CARRIER_NAMES[carriers[0]][lang])
+        elif st.last_query and S.is_contextual(norm):
+            query = f"{st.last_query} {turn.text}"
+        carrier = carriers[0] if carriers else (st.carrier if S.wants_to_stop_calls(S.normalize(query)) else None)
+
+        boost_numbers = bool(_NUMBER_ASKED.search(norm))
+        result = self._search(query, lang, carrier)
+        hint = S.retrieval_hint(norm, lang)
+        if hint and (result.confidence < self.settings.min_confidence or (boost_numbers and not _has_phone(result.passages))):
+            second = self._search(f"{query} {hint}", lang, carrier)
+            if second.confidence >= result.confidence or (boost_numbers and _has_phone(second.passages)):
+                result = second
+        passages, other_language = _in_language(result.passages, lang)
+        note = t("other_language_note", lang) if other_language else ""
+        in_domain = S.in_domain(norm) or (query != turn.text and S.in_domain(S.normalize(query)))
+        # Without a single domain word, only a very sure match counts ("who won the world cup").
+        needed = self.settings.min_confidence if in_domain else max(self.settings.min_confidence, OFF_DOMAIN_CONFIDENCE)
+        confident = bool(passages) and result.confidence >= needed
+        if not confident and not in_domain:
+            return self._reply(turn, t("scope", lang), kind="scope", confidence=result.confidence)
+
+        dispute = is_billing_dispute(turn.text)
+        decision = self.policy.decide(
+            Signals(billing_dispute=dispute, in_scope=True, confidence=result.confidence, answered=bool(passages))
+        )
+        st.last_query = query[-300:]
+        if passages:
+            st.topics = (st.topics + [tp for tp in passages[0].topics if tp not in st.topics])[-6:]
+        if not confident:
+            st.facts.pop(MORE_KEY, None)
+            return self._escalate(turn, t("low_confidence", lang), (), result.confidence, decision, kind="handoff")
+
+        passages = _for_carrier(passages, carrier)
+        pieces = C.pieces_of(passages, query, focus=focus, boost=_PHONE if boost_numbers else None, max_passages=len(passages))
+        fixed = [header, note, t("more_hint", lang)]
+        if decision:
+            fixed.append(t("handoff", lang, ticket="T-00000000-0000"))
+        shown, rest = C.select(pieces, lang, self._budget(lang, fixed))
+        book = C.CitationBook()
+        body = C.render(shown, lang, book)
+        lines = [x for x in (header, note, body) if x]
+        self._keep_more(st, rest, lang)
+        if rest:
+            lines.append(t("more_hint", lang))
+        answer = "\n".join(lines)
+        if decision:
+            return self._escalate(turn, answer, book.citations(), result.confidence, decision, kind="answer")
+        return self._reply(turn, answer, kind="answer", citations=book.citations(), confidence=result.confidence, offer_human=True)
+
+    def _more(self, turn: _Turn) -> Reply:
+        st, lang = turn.state, turn.lang
+        pending = st.facts.get(MORE_KEY) or {}
+        pieces = [C.Piece.from_dict(d) for d in pending.get("pieces", [])]
+        if not pieces:
+            return self._reply(turn, t("no_more", lang), kind="notice")
+        lang = pending.get("lang", lang)
+        shown, rest = C.page(pieces, lang, self._budget(lang, [t("more_header", lang), t("more_hint", lang)]))
+        book = C.CitationBook()
+        lines = [t("more_header", lang), C.render(shown, lang, book)]
+        self._keep_more(st, rest, lang)
+        if rest:
+            lines.append(t("more_hint", lang))
+        return self._reply(turn, "\n".join(lines), kind="answer", citations=book.citations(), lang=lang)
+
+    # ------------------------------------------------------------------ incidents
+
+    def _incident(self, turn: _Turn, requested: bool) -> Reply:
+        st, lang = turn.state, turn.lang
+        facts = IncidentFacts.from_dict(st.facts)
+        carrier = facts.carrier or st.carrier
+        ip050 = "050" in turn.norm
+        missing = missing_facts(IncidentFacts.from_dict({**st.facts, "carrier": carrier}))
+        ask = ""
+        if missing:
+            ask = t("ask_facts", lang, items=LIST_SEP[lang].join(t(f"fact_{m}", lang) for m in missing))
+        decision = self.policy.decide(Signals(incident=True, requested_human=requested))
+        fixed = [t("incident_header", lang), ask, t("handoff_urgent", lang, ticket="T-00000000-0000")]
+        answer, citations, confidence, rest = self._containment(turn.text, lang, carrier, ip050, fixed)
+        self._keep_more(st, rest, lang)
+        answer = "\n".join(x for x in (t("incident_header", lang), answer, ask) if x)
+        st.last_query = turn.text
+        return self._escalate(turn, answer, citations, confidence, decision, kind="incident")
+
+    def _containment(
+        self, text: str, lang: str, carrier: str | None, ip050: bool, fixed: Sequence[str]
+    ) -> tuple[str, tuple, float, list[C.Piece]]:
+        """The containment steps in order (first-steps guide), then the carrier's stop line."""
+        budget = self._budget(lang, fixed)
+        res = self._search(f"{_CONTAINMENT_QUERY[lang]} {text[:200]}", lang, carrier)
+        steps_passage = _pick(_in_language(res.passages, lang)[0], topics=("containment",), prefer_lead=True)
+        stop_passage = None
+        stop_header = ""
+        if carrier in S.CARRIER_NAMES:
+            name = S.CARRIER_NAMES[carrier][lang]
+            stop_res = self._search(_STOP_QUERY[lang].format(carrier=name), lang, carrier)
+            stop_passage = _pick(_in_language(stop_res.passages, lang)[0], topics=("stop-international",), carrier=carrier, prefer_lead=True)
+            stop_header = t("carrier_header", lang, carrier=name)
+        elif ip050:
+            stop_res = self._search(_IP050_QUERY[lang], lang, None)
+            stop_passage = _pick(_in_language(stop_res.passages, lang)[0], topics=("050-ip",), prefer_lead=True)
+        if stop_passage is not None and steps_passage is not None and stop_passage.doc_id == steps_passage.doc_id:
+            stop_passage = None
+        book = C.CitationBook()
+        parts: list[str] = []
+        rest: list[C.Piece] = []
+        stop_budget = 0
+        stop_pieces: list[C.Piece] = []
+        if stop_passage is not None:
+            stop_pieces = C.pieces_of([stop_passage], "", max_passages=1)
+            stop_budget = min(budget // 2, max(C.measure(stop_pieces[0].text, lang) + 8, budget // 3)) if stop_pieces else 0
+        if steps_passage is not None:
+            shown, rest = C.take_in_order(C.pieces_of([steps_passage], "", max_passages=1), lang, budget - stop_budget - C.measure(stop_header, lang))
+            parts.append(C.render(shown, lang, book))
+        if stop_pieces:
+            shown, more = C.take_in_order(stop_pieces, lang, stop_budget)
+            parts.append(f"{stop_header}\n{C.render(shown, lang, book)}" if stop_header else C.render(shown, lang, book))
+            rest = rest + more
+        return "\n".join(parts), book.citations(), res.confidence, rest
+
+    def _reannounce_reply(self, ticket: Ticket, lang: str, carrier: str | None) -> Reply:
+        header = t("reannounce_header", lang, ticket=ticket.id)
+        answer, citations, confidence, _ = self._containment("", lang, carrier, False, [header])
+        return Reply(
+            conversation_id=ticket.conversation_id, language=lang, answer=f"{header}\n{answer}".strip(),
+            citations=citations, confidence=confidence, kind="incident",
+        )
+
+    # ------------------------------------------------------------------ escalation
+
+    def _escalate(self, turn: _Turn, answer: str, citations: tuple, confidence: float, decision, *, kind: str) -> Reply:
+        if decision is None:
+            return self._reply(turn, answer, kind=kind, citations=citations, confidence=confidence)
+        st = turn.state
+        summary = self._summary(turn, decision.reason)
+        ticket = self.handoff.open_ticket(turn.address, reason=decision.reason, priority=decision.priority, summary=summary)
+        st.facts[ACK_KEY] = None
+        key = "handoff_urgent" if decision.priority == "urgent" else "handoff"
+        text = "\n".join(x for x in (answer, t(key, turn.lang, ticket=ticket.id)) if x)
+        self._notify("opened", ticket)
+        return self._reply(
+            turn, text, kind=kind, citations=citations, confidence=confidence,
+            escalation=Escalation(reason=decision.reason, priority=decision.priority, ticket_id=ticket.id),
+        )
+
+    def _summary(self, turn: _Turn, reason: str) -> dict[str, Any]:
+        facts = {k: turn.state.facts.get(k) for k in FACT_KEYS}
+        if not facts.get("carrier"):
+            facts["carrier"] = turn.state.carrier
+        return {**facts, "language": turn.lang, "reason": reason, "message": turn.text[:500]}
+
+    def _notify(self, event: str, ticket: Ticket) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, ticket)
+            except Exception:
+                log.exception("ticket listener failed on %s %s", event, ticket.id)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _search(self, query: str, lang: str, carrier: str | None) -> SearchResult:
+        return self.retriever.search(query[:1000], self.settings.retrieval_k, language=lang, carrier=carrier)
+
+    def _budget(self, lang: str, fixed: Sequence[str]) -> int:
+        limit = self.settings.answer_max_chars_ja if lang == "ja" else self.settings.answer_max_words_en
+        used = sum(C.measure(x, lang) for x in fixed if x)
+        return max(limit - used, limit // 3)
+
+    @staticmethod
+    def _keep_more(state: ConversationState, rest: list[C.Piece], lang: str) -> None:
+        if rest:
+            state.facts[MORE_KEY] = {"lang": lang, "pieces": [p.to_dict() for p in rest[:40]]}
+        else:
+            state.facts.pop(MORE_KEY, None)
+
+    def _reply(
+        self, turn: _Turn, answer: str, *, kind: str, citations: tuple = (), confidence: float = 0.0,
+        escalation: Escalation | None = None, offer_human: bool = False, lang: str | None = None,
+    ) -> Reply:
+        return Reply(
+            conversation_id=turn.address.conversation_id, language=lang or turn.lang, answer=answer,  # type: ignore[arg-type]
+            citations=tuple(citations), escalation=escalation, confidence=confidence, kind=kind,  # type: ignore[arg-type]
+            offer_human=offer_human,
+        )
+
+    def _error_reply(self, address: Address, text: str) -> Reply:
+        lang = detect_language(text) or "en"
+        return Reply(conversation_id=address.conversation_id, language=lang, answer=t("error", lang), kind="error", offer_human=True)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _with_id(reply: Reply, request_id: str | None) -> Reply:
+        return replace(reply, id=request_id) if request_id is not None else reply
+
+    def _address_of(self, msg: StoredMessage) -> Address:
+        if isinstance(msg.meta.get("address"), dict):
+            return Address.from_dict(msg.meta["address"])
+        state = self.store.get_state(msg.conversation_id)
+        if state is not None:
+            return state.address
+        return Address(channel=msg.conversation_id.split(":", 1)[0], conversation_id=msg.conversation_id)
+
+
+def _has_phone(passages: Sequence[Passage]) -> bool:
+    return any(_PHONE.search(p.text) for p in passages)
+
+
+def _in_language(passages: Sequence[Passage], lang: str) -> tuple[list[Passage], bool]:
+    """The passages in the user's language; the other language's only when none is (flagged)."""
+    same = [p for p in passages if p.language == lang]
+    if same or not passages:
+        return same, False
+    return list(passages), True
+
+
+def _for_carrier(passages: Sequence[Passage], carrier: str | None) -> list[Passage]:
+    """Drop passages about other carriers when the user named one (keeps general ones)."""
+    if not carrier:
+        return list(passages)
+    kept = [p for p in passages if not p.carriers or carrier in p.carriers or "all" in p.carriers]
+    return kept or list(passages)
+
+
+def _pick(
+    passages: Sequence[Passage], *, topics: Sequence[str], carrier: str | None = None, prefer_lead: bool = False
+) -> Passage | None:
+    """The best passage on one of `topics` (and for `carrier`), preferring a guide's opening section."""
+    def ok(p: Passage) -> bool:
+        if topics and not set(topics) & set(p.topics):
+            return False
+        return carrier is None or carrier in p.carriers
+
+    matching = [p for p in passages if ok(p)]
+    if not matching:
+        return passages[0] if passages and carrier is None else None
+    if prefer_lead:
+        guides = [p for p in matching if p.kind == "guide"]
+        pool = guides or matching
+        top_doc = pool[0].doc_id
+        leads = [p for p in pool if p.doc_id == top_doc and not p.heading]
+        return leads[0] if leads else pool[0]
+    return matching[0]

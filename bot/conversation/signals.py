@@ -1,0 +1,212 @@
+"""What a user message says about itself, by pattern (no model): carrier, greeting, request for a
+person, "more", "that did not help", hostile instructions, follow-up, domain scope.
+
+Every function takes NFKC-normalised text (see `normalize`) and is pure.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# ---------------------------------------------------------------- normalisation
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
+def clean_text(text: str | None, max_chars: int) -> str:
+    """User text as stored and processed: control characters removed, whitespace folded, capped."""
+    t = _CONTROL.sub(" ", text or "")
+    t = re.sub(r"[ \t\r\f\v]+", " ", t)
+    t = re.sub(r"\n{3,}", "\n\n", t).strip()
+    return t[:max_chars]
+
+
+# Words frightened users type in kana only; mapped to the kanji the patterns and documents use.
+_KANA_WORDS = (
+    ("こくさいでんわ", "国際電話"), ("かいがい", "海外"), ("こくさい", "国際"), ("でんわ", "電話"), ("かってに", "勝手に"),
+    ("いまも", "今も"), ("いますぐ", "今すぐ"), ("はっしん", "発信"), ("つうわ", "通話"), ("のっとられ", "乗っ取られ"),
+    ("のっとり", "乗っ取り"), ("せいきゅう", "請求"), ("とまらない", "止まらない"), ("とめたい", "止めたい"),
+    ("とめかた", "止め方"), ("たすけて", "助けて"), ("ひかりでんわ", "ひかり電話"),
+)
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, kana-only key words in kanji, spaces between Japanese words removed."""
+    t = unicodedata.normalize("NFKC", text or "").lower()
+    for kana, kanji in _KANA_WORDS:
+        if kana in t:
+            t = t.replace(kana, kanji)
+    return re.sub(r"(?<=[\u3040-\u30ff\u4e00-\u9fff])\s+(?=[\u3040-\u30ff\u4e00-\u9fff])", "", t)
+
+
+# ---------------------------------------------------------------- carriers
+
+# Order matters: the more specific names first ("NTTコミュニケーションズ" before "NTT").
+CARRIER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ntt-com", re.compile(r"ntt\s*コミュニケーションズ|ntt\s*com\b|nttcom|ntt\s*communications|\bocn\b|ドットフォン|dotphone|arcstar|エヌ・?ティ・?ティ・?コミュニケーションズ")),
+    ("ntt-east-west", re.compile(r"ntt\s*(東日本|西日本|東西|東|西|east|west)?(\s*(/|and|・|&)\s*(west|east|西日本|東日本|西|東))?|エヌ・?ティ・?ティ|ひかり電話|光電話|hikari\s*denwa|フレッツ|flet'?s|ntt東|ntt西|東日本電信電話|西日本電信電話")),
+    ("kddi", re.compile(r"kddi|\bau\b|auひかり|au\s*hikari|ケーディーディーアイ|ひかりone|hikari\s*one")),
+    ("softbank", re.compile(r"ソフトバンク|softbank|soft\s+bank|\bodn\b|おとくライン|otoku\s*line|bbフォン|bb\s*phone|yahoo!?\s*bb")),
+)
+
+CARRIER_NAMES = {
+    "ntt-east-west": {"ja": "NTT東日本・西日本", "en": "NTT East/West"},
+    "ntt-com": {"ja": "NTTコミュニケーションズ(OCN)", "en": "NTT Com (OCN)"},
+    "kddi": {"ja": "KDDI", "en": "KDDI"},
+    "softbank": {"ja": "ソフトバンク", "en": "SoftBank"},
+}
+
+
+def find_carriers(norm: str) -> list[str]:
+    """Carrier ids mentioned, in order of the patterns; "NTT" inside "NTT Com" counts once."""
+    found: list[str] = []
+    rest = norm
+    for cid, pat in CARRIER_PATTERNS:
+        if pat.search(rest):
+            found.append(cid)
+            rest = pat.sub(" ", rest)
+    return found
+
+
+def strip_carriers(norm: str) -> str:
+    for _, pat in CARRIER_PATTERNS:
+        norm = pat.sub(" ", norm)
+    return re.sub(r"\s+", " ", norm).strip()
+
+
+# ---------------------------------------------------------------- small intents
+
+
+def _rx(*parts: str) -> re.Pattern[str]:
+    return re.compile("|".join(parts))
+
+
+_GREETING = _rx(
+    r"^(hi|hello|hey|good (morning|afternoon|evening)|yo|greetings)\b[\s!.,?]*(there|bot)?[\s!.,?]*$",
+    r"^(こんにちは|こんばんは|おはよう(ございます)?|はじめまして|よろしく(お願いします)?|もしもし|どうも|やあ|ハロー)[\s!！。.?？ー〜~]*$",
+)
+_CAPABILITIES = _rx(
+    r"what (can|do) you (do|help|answer)", r"who are you", r"what are you\b", r"how (can|do) (i|you) use",
+    r"what is this (bot|service)", r"^help[\s!?.]*$", r"^/(start|help)\b",
+    r"何が(でき|わか|分か)", r"何ができ", r"あなたは(誰|だれ|何)", r"使い方", r"どんな(こと|質問)", r"^ヘルプ",
+    r"何を(聞け|質問でき|教えて(くれ|もら)え)",
+)
+_THANKS = _rx(r"^(thanks|thank you|thx|ok|okay|got it|great|cool)[\s!.]*$",
+              r"^(ありがとう(ございます|ございました)?|了解(です|しました)?|わかりました|分かりました|助かりました|ok)[\s!！。.]*$")
+_MORE = _rx(r"^(more|more details?|details|tell me more|continue|go on|next)[\s!.?]*$",
+            r"^(詳しく|くわしく|詳細|もっと(詳しく|くわしく)?|続き|つづき|続けて|次)(を?(教えて|お願いします|見せて|表示))?(ください)?[\s!！。.?？]*$")
+_HUMAN = _rx(
+    r"^/(human|operator|agent)\b",
+    r"\b(talk|speak|chat)\s+(to|with)\s+(a|an|some|the)?\s*(one|body|human|person|real person|agent|operator|staff|someone|somebody|people)",
+    r"\b(real|live|human)\s+(person|agent|human|operator|support)\b", r"\bconnect me\b",
+    r"\b(want|need|get)\s+(a|an)?\s*(human|person|operator|agent)\b", r"\b(human|operator|agent)\s*,?\s*please\b",
+    r"(担当|担当者|人間|有人|オペレーター|オペレータ|スタッフ|係の人|人)(と|に)(話|相談|代わ|かわ|つな|繋)",
+    r"(担当|担当者|オペレーター|人間|スタッフ)(を|に)(呼|お願い|つない|繋い)", r"有人(対応|サポート|窓口)",
+    r"(人|担当者|オペレーター)に(対応|引き継)", r"直接(相談|話)したい",
+)
+_FAILURE = _rx(
+    r"(did ?n'?t|does ?n'?t|did not|does not|not)\s+(help|work|answer|solve|make sense)",
+    r"\b(useless|not helpful|unhelpful|no help|that'?s not what i asked|wrong answer)\b",
+    r"(役に立た|役立た|役に立ちませ|役立ちませ|解決しな|解決していな|解決でき|参考にならな|答えになって|意味がな|違う答え|そうじゃな|使えな)",
+)
+_HOSTILE = _rx(
+    r"ignore (all |any |your |the |previous |prior |above )+(instructions|rules|prompts?)",
+    r"disregard (all |your |the |previous )*(instructions|rules)",
+    r"(system|hidden|initial) prompt", r"\bjailbreak\b", r"\bdeveloper mode\b", r"\bdan mode\b",
+    r"(print|show|reveal|dump|tell me|give me|display|output|list|leak)\b.{0,40}\b(secrets?|config(uration)?|env(ironment)?( var(iable)?s?)?|api ?keys?|tokens?|passwords? of (the|your) (bot|server)|credentials|settings)",
+    r"\.env\b", r"os\.environ", r"pbxbot_",
+    r"(指示|命令|ルール|設定|プロンプト)を(すべて|全て|全部)?(無視|忘れ)",
+    r"(秘密|シークレット|トークン|環境変数|設定(値|内容|ファイル)|apiキー|api key|パスワード|認証情報).{0,20}(表示|教え|出力|見せ|開示|出して|送って)",
+    r"システムプロンプト",
+    r"\b(what'?s|what is|tell me|send me|share)\b.{0,20}\b(your|the bot'?s?|the)\b.{0,25}\b(token|api ?key|secret|password|database url|connection string|credentials)",
+    r"\b(operator|admin|bot|slack|telegram|line|api) (token|secret|key|password)\b.{0,30}(\?|please|now)",
+    r"\bxox[bp]-|\bsk-[a-z0-9]",
+)
+_FOLLOWUP = _rx(
+    r"^(and |so )?(what|how) about\b", r"^(and|also) (for|with)\b", r"^(same|and) for\b", r"\binstead\?*$",
+    r"^(for|with) [a-z ]+\?+$", r"^[a-z ]{2,20}\?+$", r"^(in )?the case of\b",
+    r"(の場合|のとき|の時|では|だと|だったら|なら|でも|も|は)(どう(なる|する|ですか|でしょう(か)?)?|どうやって)?[？?。]*$",
+)
+_DOMAIN = _rx(
+    r"pbx|ip[- ]?phone|ip電話|ip-pbx|sip|voip|asterisk|disa|toll|fraud|hack|hijack|compromis|takeover|take over|international|overseas|abroad",
+    r"attack|scan|\bcall(s|ing|ed)?\b|\bphone|\bbill|\bcharge|\binvoice|\brefund|\bcarrier|telecom|\bline\b|\bdial|050|0120|5060|\bport\b|password|router|firewall|\blog(s)?\b|police|ministry|\bmic\b|regulat|block|bar(red|ring)?\b|suspend|prefix|country code|premium|irsf",
+    r"電話|通話|発信|着信|国際|海外|乗っ取|のっと|不正|ハッキング|侵入|攻撃|請求|料金|明細|返金|補償|支払|払う|通信会社|キャリア|回線|休止|規制|停止|止め|止ま|センター|警察|総務省|パスワード|ルーター|ファイアウォール|ポート|ログ|保守|業者|交換機|主装置|被害|詐欺|国番号|不審|異常|高額",
+)
+_STOP_INTENT = _rx(r"stop|block|bar|suspend|cut off|restrict|prevent .*call", r"止め|止ま|休止|規制|停止|ブロック|ストップ|使えないように")
+
+
+def is_greeting(norm: str) -> bool:
+    return bool(_GREETING.search(norm.strip()))
+
+
+def is_capabilities(norm: str) -> bool:
+    return len(norm) <= 80 and bool(_CAPABILITIES.search(norm))
+
+
+def is_thanks(norm: str) -> bool:
+    return bool(_THANKS.search(norm.strip()))
+
+
+def is_more(norm: str) -> bool:
+    return bool(_MORE.search(norm.strip()))
+
+
+def wants_human(norm: str) -> bool:
+    return bool(_HUMAN.search(norm))
+
+
+def says_not_helped(norm: str) -> bool:
+    return len(norm) <= 160 and bool(_FAILURE.search(norm))
+
+
+def is_hostile(norm: str) -> bool:
+    return bool(_HOSTILE.search(norm))
+
+
+def in_domain(norm: str) -> bool:
+    return bool(_DOMAIN.search(norm)) or bool(find_carriers(norm))
+
+
+def wants_to_stop_calls(norm: str) -> bool:
+    return bool(_STOP_INTENT.search(norm))
+
+
+_CONTEXTUAL = _rx(
+    r"^(それ|その|これ|この|そこ|そちら|あれ|じゃあ|では|で、|なら)", r"も(対象|使え|同じ|必要|有料|無料|止ま|でき|含ま|可能|大丈夫)",
+    r"^(and|also|so|but|then)\b", r"\b(it|that|this|they|those|them|there|its)\b",
+)
+
+
+def is_contextual(norm: str) -> bool:
+    """A short question that leans on the previous one ("それって有料？", "does it cover 050 numbers?")."""
+    short = len(norm) <= 20 if not re.search(r"[a-z]{3}", norm) else len(norm.split()) <= 8
+    return short and bool(_CONTEXTUAL.search(norm.strip()))
+
+
+_FOLLOWUP_FILLER = re.compile(
+    r"の場合|のとき|の時|では|だと|だったら|なら|でも|って|どう(なる|する|ですか|でしょうか|でしょう)?|は|も|の|"
+    r"\b(what|how) about\b|\b(and|for|with|in the case of|instead|then|same|case|what|about)\b|[\s?？。!！、,.]"
+)
+
+
+def is_followup(norm: str) -> bool:
+    """Only a carrier and filler words ("KDDIの場合は？", "what about SoftBank?", "and for OCN?"):
+    the previous question again, for another carrier."""
+    if not find_carriers(norm):
+        return False
+    return len(_FOLLOWUP_FILLER.sub("", strip_carriers(norm))) <= 2
+
+
+# Retrieval hints: words a question of this kind needs to find its section, used for a second search
+# when the first is unsure (users ask "how can I tell..." where documents say "signs", "symptoms").
+_HINTS: tuple[tuple[re.Pattern[str], dict[str, str]], ...] = (
+    (_rx(r"(電話)?番号|連絡先|窓口|phone number|number (of|for)|\bcall (them|whom)\b|contact (number|details)"),
+     {"ja": "電話番号と受付時間", "en": "phone number and hours"}),
+    (_rx(r"how (can|do|would) (i|we|you) (tell|know|detect|notice|spot|find out)|signs? of|symptoms?|気づ|気付|見分け|兆候|わかる方法|分かる方法"),
+     {"ja": "兆候 気づき方 請求書 通話明細", "en": "signs symptoms bill call log"}),
+)
+
+
+def retrieval_hint(norm: str, lang: str) -> str:
+    return " ".join(h[lang] for rx, h in _HINTS if rx.search(norm))

@@ -1,0 +1,106 @@
+"""Fixed template text: the only words the bot says that are not taken from a cited passage.
+
+Nothing here states a fact about toll fraud, a phone number, an amount or a promise: those come
+from the knowledge base with citations. Never format user text or settings into these strings.
+"""
+
+from __future__ import annotations
+
+TEXTS: dict[str, dict[str, str]] = {
+    "more_hint": {"ja": "「詳しく」と送ると続きを表示します。", "en": "Say 'more' for details."},
+    "no_more": {
+        "ja": "この件でお見せできる続きはもうありません。別の質問をどうぞ。",
+        "en": "There is nothing more on that. Please ask another question.",
+    },
+    "more_header": {"ja": "続き:", "en": "Continued:"},
+    "other_language_note": {
+        "ja": "(日本語の資料に該当がなかったため、英語の資料から引用しています)",
+        "en": "(No English document covers this, so this quotes a Japanese document.)",
+    },
+    "intro": {
+        "ja": "IP-PBX・IP電話の乗っ取り(国際電話の不正発信)について、公的機関や通信会社の情報をもとに出典付きでお答えするボットです。"
+        "例:「国際電話を止めるには？」「請求が高額だった」。被害が進行中なら、そのまま状況を書いてください。担当者への引き継ぎもできます。",
+        "en": "I answer questions about IP-PBX / IP phone takeover (toll fraud) in Japan, with sources from carriers and authorities. "
+        "Try: 'How do I stop international calls?' or 'We got a huge bill'. If calls are going out now, just describe it. "
+        "I can also hand you over to a person.",
+    },
+    "thanks": {
+        "ja": "どういたしまして。ほかに気になることがあれば、いつでも聞いてください。",
+        "en": "You're welcome. Ask me anything else about it at any time.",
+    },
+    "scope": {
+        "ja": "ごめんなさい、このボットはIP-PBX・IP電話の乗っ取り(国際電話の不正発信)についてだけお答えしています。",
+        "en": "Sorry, I can only help with IP-PBX / IP phone takeover (toll fraud, unwanted international calls).",
+    },
+    "refusal": {
+        "ja": "その依頼にはお応えできません。設定や秘密の情報はお見せしません。IP-PBXの乗っ取りについてのご質問ならお答えします。",
+        "en": "I can't do that, and I never show settings or secrets. I'm happy to answer questions about IP-PBX takeover.",
+    },
+    "empty": {
+        "ja": "メッセージが空でした。ご質問を入力してください。",
+        "en": "Your message was empty. Please type your question.",
+    },
+    "unknown_language": {
+        "ja": "日本語または英語でお書きください。",
+        "en": "Please write in English or Japanese.",
+    },
+    "low_confidence": {
+        "ja": "申し訳ありません。この質問に出典付きでお答えできる情報がナレッジベースにありません。",
+        "en": "Sorry, the knowledge base has no sourced answer to this question.",
+    },
+    "not_helped": {
+        "ja": "お役に立てずすみません。言い方を変えて質問していただくか、「担当者と話したい」と送ってください。",
+        "en": "Sorry that did not help. Try asking another way, or say 'talk to a person'.",
+    },
+    "incident_header": {
+        "ja": "被害が続いている可能性があります。まず次の手順で止めてください:",
+        "en": "This may still be costing you money. Stop it first:",
+    },
+    "carrier_header": {"ja": "{carrier}の場合:", "en": "For {carrier}:"},
+    "ask_facts": {"ja": "わかれば教えてください: {items}", "en": "If you can, tell us: {items}"},
+    "fact_carrier": {"ja": "契約中の通信会社(NTT・KDDI・ソフトバンク等)", "en": "your carrier (NTT, KDDI, SoftBank...)"},
+    "fact_still_happening": {"ja": "今も発信が続いているか", "en": "whether calls are still going out"},
+    "fact_noticed_at": {"ja": "いつ気づいたか", "en": "when you noticed"},
+    "fact_vendor": {"ja": "PBXのメーカー・保守業者", "en": "the PBX maker or maintainer"},
+    "handoff": {
+        "ja": "担当者に引き継ぎました(受付番号 {ticket})。担当者がこのチャットで返信します。",
+        "en": "I've passed this to a person (ticket {ticket}). They will reply here in this chat.",
+    },
+    "handoff_urgent": {
+        "ja": "緊急として担当者に引き継ぎました(受付番号 {ticket})。担当者がこのチャットで返信します。それまで上の手順を進めてください。",
+        "en": "I've passed this to a person as urgent (ticket {ticket}). They will reply here in this chat; meanwhile, follow the steps above.",
+    },
+    "ticket_ack": {
+        "ja": "メッセージを担当者に伝えました(受付番号 {ticket})。担当者がこのチャットで返信します。",
+        "en": "Your message has been added for the person handling your case (ticket {ticket}). They will reply here.",
+    },
+    "ticket_ack_urgent": {
+        "ja": "メッセージを担当者に伝えました(受付番号 {ticket})。担当者の返信までの間も、お送りした手順を進めてください。",
+        "en": "Your message has been added for the person handling your case (ticket {ticket}). Until they reply, please keep following the steps I sent.",
+    },
+    "reannounce_header": {
+        "ja": "お待たせしています。担当者はまだ対応できていませんが、引き続き手配中です(受付番号 {ticket})。その間に次の手順を進めてください:",
+        "en": "Sorry for the wait: no one has picked up your case yet, but it is still queued (ticket {ticket}). Meanwhile, please do this:",
+    },
+    "error": {
+        "ja": "申し訳ありません。うまく処理できませんでした。もう一度送っていただくか、「担当者と話したい」と送ってください。",
+        "en": "Sorry, something went wrong on my side. Please send it again, or say 'talk to a person'.",
+    },
+    "human_no_kb": {
+        "ja": "担当者に引き継ぎます。",
+        "en": "I'll hand this over to a person.",
+    },
+}
+
+LIST_SEP = {"ja": "、", "en": "; "}
+
+
+def t(key: str, lang: str, **kw: str) -> str:
+    entry = TEXTS[key]
+    text = entry.get(lang) or entry["en"]
+    return text.format(**kw) if kw else text
+
+
+def all_template_lines() -> set[str]:
+    """Every fixed text, both languages, unformatted: used by tests that check grounding."""
+    return {v for entry in TEXTS.values() for v in entry.values()}
