@@ -71,6 +71,7 @@ MESSAGES_PER_REQUEST = 5
 REPLY_TOKEN_MAX_AGE = 50.0  # seconds; LINE's reply tokens are short-lived: push after that
 REQUEST_TIMEOUT = 10
 PUSH_ATTEMPTS = 3
+WORKERS = 6  # deliveries handled at once: the rest wait, so that acks stay fast under load
 
 WELCOME = {
     "ja": "友だち追加ありがとうございます。IP-PBX・IP電話の乗っ取り(国際電話の不正発信)について、出典付きでお答えします。"
@@ -151,6 +152,7 @@ class LineChannel(BaseChannel):
         self.api: AsyncMessagingApi | None = None
         self.seen = SeenCache(max_items=20_000, ttl=3600)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._workers = asyncio.Semaphore(WORKERS)
         self.router = APIRouter(tags=["line"])
         self.router.add_api_route("", self.webhook, methods=["POST"], include_in_schema=False)
 
@@ -195,11 +197,12 @@ class LineChannel(BaseChannel):
         return bool(event_id) and self.seen.seen(str(event_id))
 
     async def _process_events(self, events: list[Any]) -> None:
-        for event in events:
-            try:
-                await self._process(event)
-            except Exception:
-                log.exception("line: event %s failed", getattr(event, "webhook_event_id", "?"))
+        async with self._workers:
+            for event in events:
+                try:
+                    await self._process(event)
+                except Exception:
+                    log.exception("line: event %s failed", getattr(event, "webhook_event_id", "?"))
 
     async def _process(self, event: Any) -> None:
         source = getattr(event, "source", None)
@@ -243,7 +246,12 @@ class LineChannel(BaseChannel):
         async with lock:
             replies = await self.registry.handle(inbound)
             if replies:
-                await self._answer(address, replies, reply_token, issued)
+                try:
+                    await self._answer(address, replies, reply_token, issued)
+                except Exception as exc:  # the outbox dispatcher retries later
+                    log.warning("line: delivery failed (%s); queued in the outbox", type(exc).__name__)
+                    for reply in replies:
+                        await self.registry.run_sync(self.registry.core.handoff.enqueue, address, reply)
         if not lock.locked() and len(self._locks) > 10_000:
             self._locks.pop(address.conversation_id, None)
 

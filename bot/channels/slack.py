@@ -56,6 +56,7 @@ RESPONSE_URL_TTL = 30 * 60 - 60  # Slack: up to 5 uses within 30 minutes; keep a
 RESPONSE_URL_MAX_USES = 5
 SECTION_MAX = 2900  # a section's text is limited to 3000 characters
 ESCALATE_ACTION = "escalate"
+WORKERS = 6  # messages handled at once: the rest wait, so that acks stay fast under load
 
 ACK_TEXT = {"ja": "確認しています…", "en": "Looking into it…"}
 HELP_TEXT = {
@@ -224,6 +225,7 @@ class SlackChannel(BaseChannel):
         # conversation_id -> [response_url, issued at (epoch s), uses]; the freshest one per user
         self._response_urls: dict[str, list[Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._workers = asyncio.Semaphore(WORKERS)
         self.router = self._build_router()
 
     # ------------------------------------------------------------ inbound
@@ -300,14 +302,22 @@ class SlackChannel(BaseChannel):
 
     async def _process(self, message: InboundMessage) -> None:
         lock = self._locks.setdefault(message.conversation_id, asyncio.Lock())
-        async with lock:
+        async with lock, self._workers:
             replies = await self.registry.handle(message)
             for reply in replies:
-                await self.send(message.address, reply)
+                await self._deliver(message.address, reply)
         if not lock.locked() and len(self._locks) > 10_000:
             self._locks.pop(message.conversation_id, None)
 
     # ------------------------------------------------------------ outbound
+
+    async def _deliver(self, address: Address, reply: Reply) -> None:
+        """Send an answer now; when that fails, the outbox dispatcher retries it later."""
+        try:
+            await self.send(address, reply)
+        except Exception as exc:
+            log.warning("slack: delivery failed (%s); queued in the outbox", type(exc).__name__)
+            await self.registry.run_sync(self.registry.core.handoff.enqueue, address, reply)
 
     def _fresh_response_url(self, address: Address) -> str | None:
         entry = self._response_urls.get(address.conversation_id)

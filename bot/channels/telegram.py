@@ -52,6 +52,7 @@ log = logging.getLogger("bot.channels.telegram")
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 HUMAN_CALLBACK = "human"
 ALLOWED_UPDATES = ["message", "callback_query"]
+WORKERS = 6  # updates handled at once: the rest wait, so that acks stay fast under load
 CHUNK = 3500  # Telegram allows 4096 characters of text per message; keep room for sources
 
 WELCOME = {
@@ -161,6 +162,7 @@ class TelegramChannel(BaseChannel):
         self.app.add_handler(TypeHandler(Update, self._on_polled_update))
         self.seen = SeenCache(max_items=20_000, ttl=3600)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._workers = asyncio.Semaphore(WORKERS)
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._secret = (settings.telegram_webhook_secret.get_secret_value()
@@ -240,7 +242,8 @@ class TelegramChannel(BaseChannel):
 
     async def process_update(self, update: Update) -> None:
         try:
-            await self._process(update)
+            async with self._workers:
+                await self._process(update)
         except Exception:
             log.exception("telegram: update %s failed", update.update_id)
 
@@ -295,7 +298,7 @@ class TelegramChannel(BaseChannel):
         lock = self._locks.setdefault(inbound.conversation_id, asyncio.Lock())
         async with lock:
             for reply in await self.registry.handle(inbound):
-                await self.send(inbound.address, reply)
+                await self._deliver(inbound.address, reply)
         if not lock.locked() and len(self._locks) > 10_000:
             self._locks.pop(inbound.conversation_id, None)
 
@@ -311,6 +314,14 @@ class TelegramChannel(BaseChannel):
         return guess_language(text, default=default) if text and not text.startswith("/") else default
 
     # ------------------------------------------------------------ outbound
+
+    async def _deliver(self, address: Address, reply: Reply) -> None:
+        """Send an answer now; when that fails, the outbox dispatcher retries it later."""
+        try:
+            await self.send(address, reply)
+        except Exception as exc:
+            log.warning("telegram: delivery failed (%s); queued in the outbox", type(exc).__name__)
+            await self.registry.run_sync(self.registry.core.handoff.enqueue, address, reply)
 
     async def send(self, address: Address, reply: Reply) -> None:
         if not await self._ensure_ready():

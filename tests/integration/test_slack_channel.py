@@ -235,3 +235,14 @@ async def test_real_service_answers_announces_the_ticket_and_relays_the_operator
         core.handoff.reply(ticket.id, "yamada", "回線を止めました。")
         await fake.wait_for(lambda r: r.platform == "slack_response" and "回線を止めました" in r.data.get("text", ""),
                             timeout=10)
+
+
+async def test_answer_that_cannot_be_delivered_goes_to_the_outbox(slack, fake):
+    fake.slack_response_fail = True
+    fake.slack_post_fail = True
+    body = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("gone"), trigger_id="t-outbox")
+    assert (await post_command(slack, body)).status_code == 200
+    await slack.settle()
+    [item] = slack.core.handoff.pending_outbox()
+    assert item.address.conversation_id == "slack:T0001:U0USER1"
+    assert "通信事業者" in item.reply["answer"]
