@@ -70,11 +70,12 @@ def upgrade_to_head(engine: Engine) -> str:
         if current_revision(conn) == HEAD_REVISION:
             return HEAD_REVISION
 
-    with _quiet_alembic(), engine.begin() as conn:
-        from alembic import command
+    with _quiet_alembic():
+        from alembic import command  # imported before taking the lock: other processes wait less
         from alembic.util.exc import CommandError
 
         cfg = alembic_config()
+    with _quiet_alembic(), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
         before = current_revision(conn)  # again, under the lock: another process may have won
