@@ -240,7 +240,8 @@ def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece]
     as relevant as the top passage's best one."""
     top_overlap = max((p.overlap for p in pieces if p.rank == 0), default=0.0)
     bar = max(0.15, 0.6 * top_overlap)
-    useful = [p for p in pieces if p.rank == 0 or p.overlap >= bar]
+    min_len = 25 if lang == "ja" else 8  # a short line out of its context says little
+    useful = [p for p in pieces if p.rank == 0 or (p.overlap >= bar and measure(p.text, lang) >= min_len)]
     chosen: list[Piece] = []
     used = 0
     for p in sorted(useful, key=lambda p: (-p.score, p.rank, p.index)):

@@ -347,13 +347,13 @@ class ConversationService:
     ) -> tuple[str, tuple, float, list[C.Piece]]:
         """The containment steps in order (first-steps guide), then the carrier's stop line."""
         budget = self._budget(lang, fixed)
-        res = self._search(f"{_CONTAINMENT_QUERY[lang]} {text[:200]}", lang, carrier)
+        res = self._search(f"{_CONTAINMENT_QUERY[lang]} {text[:200]}", lang, None, k=10)
         steps_passage = _pick(_in_language(res.passages, lang)[0], topics=("containment",), prefer_lead=True)
         stop_passage = None
         stop_header = ""
         if carrier in S.CARRIER_NAMES:
             name = S.CARRIER_NAMES[carrier][lang]
-            stop_res = self._search(_STOP_QUERY[lang].format(carrier=name), lang, carrier)
+            stop_res = self._search(_STOP_QUERY[lang].format(carrier=name), lang, carrier, k=10)
             stop_passage = _pick(_in_language(stop_res.passages, lang)[0], topics=("stop-international",), carrier=carrier, prefer_lead=True)
             stop_header = t("carrier_header", lang, carrier=name)
         elif ip050:
@@ -418,8 +418,8 @@ class ConversationService:
 
     # ------------------------------------------------------------------ helpers
 
-    def _search(self, query: str, lang: str, carrier: str | None) -> SearchResult:
-        return self.retriever.search(query[:1000], self.settings.retrieval_k, language=lang, carrier=carrier)
+    def _search(self, query: str, lang: str, carrier: str | None, *, k: int | None = None) -> SearchResult:
+        return self.retriever.search(query[:1000], k or self.settings.retrieval_k, language=lang, carrier=carrier)
 
     def _budget(self, lang: str, fixed: Sequence[str]) -> int:
         limit = self.settings.answer_max_chars_ja if lang == "ja" else self.settings.answer_max_words_en
@@ -483,19 +483,27 @@ def _for_carrier(passages: Sequence[Passage], carrier: str | None) -> list[Passa
 def _pick(
     passages: Sequence[Passage], *, topics: Sequence[str], carrier: str | None = None, prefer_lead: bool = False
 ) -> Passage | None:
-    """The best passage on one of `topics` (and for `carrier`), preferring a guide's opening section."""
+    """The best passage on one of `topics`: for `carrier` when given, else a guide for all carriers;
+    with prefer_lead, that document's opening section (guides open with what to do first)."""
     def ok(p: Passage) -> bool:
         if topics and not set(topics) & set(p.topics):
             return False
-        return carrier is None or carrier in p.carriers
+        return carrier in p.carriers if carrier else True
 
     matching = [p for p in passages if ok(p)]
     if not matching:
         return passages[0] if passages and carrier is None else None
+    if carrier is None:
+        general = [p for p in matching if "all" in p.carriers]
+        matching = general or matching
     if prefer_lead:
         guides = [p for p in matching if p.kind == "guide"]
         pool = guides or matching
         top_doc = pool[0].doc_id
-        leads = [p for p in pool if p.doc_id == top_doc and not p.heading]
-        return leads[0] if leads else pool[0]
+        leads = [p for p in passages if p.doc_id == top_doc and not p.heading and not _is_summary(p)]
+        return leads[0] if leads else next((p for p in pool if not _is_summary(p)), pool[0])
     return matching[0]
+
+
+def _is_summary(p: Passage) -> bool:
+    return p.chunk_id.endswith("#s")  # the document's one-line summary passage (retrieval/chunking.py)
