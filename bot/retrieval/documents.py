@@ -37,7 +37,7 @@ _FACT_RE = re.compile(r"^P\d{3,}$")
 _SOURCE_RE = re.compile(r"^K\d{3,}$")
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~20x faster than pure Python
     """SafeLoader without the timestamp resolver: dates stay strings, so a bad date like 2014-02-30
     is reported as a bad `published` field instead of a ValueError from PyYAML's date constructor."""
 

