@@ -153,6 +153,7 @@ class LineChannel(BaseChannel):
         self.seen = SeenCache(max_items=20_000, ttl=3600)
         self._locks: dict[str, asyncio.Lock] = {}
         self._workers = asyncio.Semaphore(WORKERS)
+        self._inflight: set[asyncio.Task] = set()
         self.router = APIRouter(tags=["line"])
         self.router.add_api_route("", self.webhook, methods=["POST"], include_in_schema=False)
 
@@ -163,6 +164,7 @@ class LineChannel(BaseChannel):
         self.api = AsyncMessagingApi(self._client)
 
     async def stop(self) -> None:
+        await self._drain()
         if self._client is not None:
             await self._client.close()
             self._client, self.api = None, None
@@ -173,6 +175,17 @@ class LineChannel(BaseChannel):
         return self.api
 
     # ------------------------------------------------------------ inbound
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        """Work after the ack, tracked so that stop() lets it finish before closing the client."""
+        task = self.registry.spawn(coro, name=name)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _drain(self, timeout: float = 5.0) -> None:
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=timeout)
+
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
@@ -189,7 +202,7 @@ class LineChannel(BaseChannel):
             return JSONResponse({"error": "malformed_body"}, status_code=400)
         fresh = [e for e in events if not self._duplicate(e)]
         if fresh:
-            self.registry.spawn(self._process_events(fresh), name="line:events")
+            self._spawn(self._process_events(fresh), name="line:events")
         return JSONResponse({"status": "ok"})
 
     def _duplicate(self, event: Any) -> bool:

@@ -163,6 +163,7 @@ class TelegramChannel(BaseChannel):
         self.seen = SeenCache(max_items=20_000, ttl=3600)
         self._locks: dict[str, asyncio.Lock] = {}
         self._workers = asyncio.Semaphore(WORKERS)
+        self._inflight: set[asyncio.Task] = set()
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._secret = (settings.telegram_webhook_secret.get_secret_value()
@@ -215,6 +216,7 @@ class TelegramChannel(BaseChannel):
         try:
             if self.polling and self.app.updater is not None and self.app.updater.running:
                 await self.app.updater.stop()
+            await self._drain()
             if self.app.running:
                 await self.app.stop()
             await self.app.shutdown()
@@ -222,6 +224,17 @@ class TelegramChannel(BaseChannel):
             self._ready = False
 
     # ------------------------------------------------------------ inbound
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        """Work after the ack, tracked so that stop() lets it finish before closing the client."""
+        task = self.registry.spawn(coro, name=name)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _drain(self, timeout: float = 5.0) -> None:
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=timeout)
+
 
     async def webhook(self, request: Request) -> Response:
         given = request.headers.get(SECRET_HEADER)
@@ -233,7 +246,7 @@ class TelegramChannel(BaseChannel):
         if update is None:
             return JSONResponse({"error": "malformed_update"}, status_code=400)
         if not self.seen.seen(str(update.update_id)):
-            self.registry.spawn(self.process_update(update), name="telegram:update")
+            self._spawn(self.process_update(update), name="telegram:update")
         return JSONResponse({"ok": True})
 
     async def _on_polled_update(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
