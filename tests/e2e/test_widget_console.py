@@ -20,15 +20,6 @@ TOKEN = "e2e-operator-token-4b1f9c"
 OPERATOR_REPLY = "担当の山田です。まず回線の発信停止を通信事業者に依頼してください。"
 
 
-def _real_core_available() -> bool:
-    try:
-        import bot.conversation.service  # noqa: F401
-        import bot.handoff.sql_store  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from bot.config import Settings
@@ -40,12 +31,9 @@ def server(tmp_path_factory):
         operator_token=TOKEN,
         rate_limit_per_minute=1000,
     )
-    core = None  # the real ConversationService over the real knowledge base (bot.wiring)
-    if not _real_core_available():
-        from tests.web_fakes import FakeCore
-
-        core = FakeCore()
-    app = create_app(settings, core=core, outbox_interval=0.2)
+    # No core given: create_app builds the real ConversationService over the real knowledge base
+    # (bot.wiring; the index of PBXBOT_DATA_DIR, built first if there is none) and a fresh SQLite store.
+    app = create_app(settings, outbox_interval=0.2)
     srv = ServerThread(app, free_port()).start(timeout=600)
     try:
         yield srv
