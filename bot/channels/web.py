@@ -49,8 +49,8 @@ log = logging.getLogger("bot.channels.web")
 
 _CONV_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-MAX_EVENTS_PER_CONVERSATION = 200
-MAX_CONVERSATIONS = 20_000
+MAX_EVENTS_PER_CONVERSATION = 100
+MAX_CONVERSATIONS = 10_000
 IDLE_FORGET_SECONDS = 24 * 3600
 KEEPALIVE_SECONDS = 15.0
 # Many users may share one address (an office NAT): this only stops one client from minting
