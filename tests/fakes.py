@@ -89,7 +89,7 @@ PASSAGES: tuple[Passage, ...] = (
 
 @dataclass
 class FakeRetriever:
-    """Retriever over PASSAGES: overlap scoring, language filter, carrier boost."""
+    """Retriever over PASSAGES: overlap scoring, carrier filter, language preference."""
 
     passages: tuple[Passage, ...] = PASSAGES
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -102,11 +102,13 @@ class FakeRetriever:
         q = terms(query)
         scored = []
         for p in self.passages:
-            if language and p.language != language:
-                continue
+            if carrier and carrier not in p.carriers and "all" not in p.carriers:
+                continue  # like the real retriever: carrier filters
             overlap = len(q & terms(p.text + " " + p.title)) / math.sqrt(len(q) + 1) if q else 0.0
             if carrier and carrier in p.carriers:
                 overlap += 0.5
+            if language and p.language != language:
+                overlap *= 0.5  # like the real retriever: language is a preference, not a filter
             if overlap > 0:
                 scored.append((overlap, p))
         scored.sort(key=lambda x: -x[0])
@@ -119,3 +121,33 @@ class FakeRetriever:
             if p.doc_id == doc_id:
                 return {"id": doc_id, "title": p.title, "body": p.text}
         return None
+
+
+def make_settings(**overrides: Any):
+    """Settings for tests: no .env file, canary secrets that must never leak."""
+    from bot.config import Settings
+
+    base = dict(
+        _env_file=None,
+        telegram_token=f"{CANARY}-telegram",
+        telegram_webhook_secret=f"{CANARY}-webhook",
+        slack_bot_token=f"xoxb-{CANARY}",
+        slack_signing_secret=f"{CANARY}-slack-signing",
+        line_channel_secret=f"{CANARY}-line",
+        line_channel_access_token=f"{CANARY}-line-access",
+        operator_token=f"{CANARY}-operator",
+        database_url=f"postgresql+psycopg://bot:{CANARY}-dbpass@127.0.0.1/none",
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+def make_service(*, retriever: Any = None, clock: Any = None, **settings_overrides: Any):
+    """(service, store, retriever): the real ConversationService on the in-memory handoff store."""
+    from bot.conversation.service import ConversationService
+    from bot.handoff.memory_store import InMemoryHandoffStore
+
+    store = InMemoryHandoffStore(clock=clock) if clock else InMemoryHandoffStore()
+    retriever = retriever or FakeRetriever()
+    service = ConversationService(retriever=retriever, store=store, handoff=store, settings=make_settings(**settings_overrides))
+    return service, store, retriever

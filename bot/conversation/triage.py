@@ -129,7 +129,7 @@ _COUNTRIES = (
     "bangladesh", "russia", "uk", "united kingdom", "usa", "united states", "china", "korea", "indonesia",
 )
 _COUNTRY_RX = re.compile("|".join(re.escape(c) if c.isascii() is False else rf"\b{re.escape(c)}\b" for c in _COUNTRIES))
-_CODE_RX = re.compile(r"(?:\+|\b00|\b010|国番号\s*|country code\s*)(\d{1,3})\b")
+_CODE_RX = re.compile(r"(?:\+|(?<!\d)00|(?<!\d)010|国番号\s*|country code\s*)([1-9]\d{0,2})(?!\d)")
 _VENDORS = (
     ("NEC", r"\bnec\b|日本電気"), ("Panasonic", r"panasonic|パナソニック"), ("Fujitsu", r"fujitsu|富士通"),
     ("Hitachi", r"hitachi|日立"), ("OKI", r"\boki\b|沖電気"), ("SAXA", r"\bsaxa\b|サクサ"), ("Nakayo", r"nakayo|ナカヨ"),

@@ -1,0 +1,77 @@
+from bot.conversation.escalation import (
+    BILLING_DISPUTE,
+    INCIDENT,
+    LOW_CONFIDENCE,
+    REPEATED_FAILURE,
+    USER_REQUEST,
+    EscalationPolicy,
+    Signals,
+    is_billing_dispute,
+)
+
+
+def test_nothing_to_escalate_for_a_confident_answer():
+    assert EscalationPolicy().decide(Signals(confidence=0.9)) is None
+
+
+def test_incident_is_urgent():
+    d = EscalationPolicy().decide(Signals(incident=True))
+    assert (d.reason, d.priority) == (INCIDENT, "urgent")
+
+
+def test_explicit_request_for_a_person_is_normal():
+    d = EscalationPolicy().decide(Signals(requested_human=True))
+    assert (d.reason, d.priority) == (USER_REQUEST, "normal")
+
+
+def test_incident_beats_a_request_for_a_person():
+    d = EscalationPolicy().decide(Signals(incident=True, requested_human=True))
+    assert d.priority == "urgent" and d.reason == INCIDENT
+
+
+def test_billing_dispute_is_normal():
+    d = EscalationPolicy().decide(Signals(billing_dispute=True))
+    assert (d.reason, d.priority) == (BILLING_DISPUTE, "normal")
+
+
+def test_repeated_failure_needs_two_failures_by_default():
+    p = EscalationPolicy()
+    assert p.decide(Signals(failures=1)) is None
+    assert p.decide(Signals(failures=2)).reason == REPEATED_FAILURE
+
+
+def test_failures_threshold_is_configurable():
+    assert EscalationPolicy(failures_to_escalate=3).decide(Signals(failures=2)) is None
+
+
+def test_low_confidence_in_scope_escalates_but_out_of_scope_does_not():
+    p = EscalationPolicy(min_confidence=0.35)
+    assert p.decide(Signals(confidence=0.2)).reason == LOW_CONFIDENCE
+    assert p.decide(Signals(confidence=0.2, in_scope=False)) is None
+    assert p.decide(Signals(confidence=0.9, answered=False)).reason == LOW_CONFIDENCE
+
+
+def test_a_rule_can_be_switched_off_or_reprioritised():
+    p = EscalationPolicy()
+    p.rules[LOW_CONFIDENCE] = None
+    p.rules[BILLING_DISPUTE] = "urgent"
+    assert p.decide(Signals(confidence=0.1)) is None
+    assert p.decide(Signals(billing_dispute=True)).priority == "urgent"
+
+
+def test_billing_disputes_are_told_apart_from_general_questions():
+    disputes = [
+        "4月分として253万円請求されたのですが、NTTに返金してもらいたいです",
+        "止めてと電話したあとの分まで請求されています。この分は返してもらえますよね？",
+        "そのときの約74万円の請求に異議を申し立てたいです",
+        "I want a refund from NTT for last month's bill.",
+        "can you help me get those charges waived?",
+        "I disputed my March bill with KDDI and got nowhere.",
+    ]
+    general = [
+        "不正利用された通話料って、一般的には誰が払うことになるの？",
+        "Will NTT refund fraudulent international charges?",
+        "Who pays for fraudulent calls in Japan?",
+    ]
+    assert all(is_billing_dispute(t) for t in disputes)
+    assert not any(is_billing_dispute(t) for t in general)
