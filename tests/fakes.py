@@ -113,7 +113,7 @@ class FakeRetriever:
                 scored.append((overlap, p))
         scored.sort(key=lambda x: -x[0])
         top = [Passage(**{**p.__dict__, "score": s}) for s, p in scored[:k]]
-        confidence = min(1.0, scored[0][0] / 2.0) if scored else 0.0
+        confidence = min(1.0, scored[0][0] / 1.2) if scored else 0.0
         return SearchResult(query=query, passages=tuple(top), confidence=confidence)
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
