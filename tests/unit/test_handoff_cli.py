@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.messages import Address
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory):
+    """A migrated database file, copied into each test's data dir (migrating every time is slow)."""
+    from bot.handoff.sql_store import SqlHandoffStore
+
+    path = tmp_path_factory.mktemp("template") / "pbxbot.sqlite3"
+    SqlHandoffStore(f"sqlite:///{path}").close()
+    return path
 
 
 @pytest.fixture
@@ -20,7 +31,14 @@ def data_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def seeded(data_dir):
+def migrated_data_dir(data_dir, migrated):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated, data_dir / "pbxbot.sqlite3")
+    return data_dir
+
+
+@pytest.fixture
+def seeded(migrated_data_dir):
     """Two tickets as the server would have left them: an urgent incident and a billing dispute."""
     from bot.handoff.sql_store import SqlHandoffStore
 

@@ -84,7 +84,7 @@ def test_cli_and_server_write_the_same_sqlite_file_at_once(tmp_path, monkeypatch
     tickets = [store.open_ticket(Address("web", f"web:{i}"), reason="user_request", priority="normal",
                                  summary={}).id for i in range(5)]
 
-    server = _spawn(url, "writer", "150")
+    server = _spawn(url, "writer", "80")
     assert server.stdout.readline().strip() == "ready", server.stderr.read()
     codes = []
     for tid in tickets:  # the operator works from a shell meanwhile
@@ -95,7 +95,7 @@ def test_cli_and_server_write_the_same_sqlite_file_at_once(tmp_path, monkeypatch
     capsys.readouterr()
     assert server.returncode == 0 and out.strip() == "done", err
     assert codes == [0] * 15
-    assert len(store.transcript("telegram:1")) == 150
+    assert len(store.transcript("telegram:1")) == 80
     assert len(store.pending_outbox(limit=100)) == 5
     assert store.list_queue() == []
     store.close()
