@@ -68,7 +68,7 @@ def run_batch(service, stdin: TextIO, stdout: TextIO) -> int:
             cid = str(cid) if cid is not None else f"{CHANNEL}:batch-{uuid.uuid4().hex[:12]}"
             rid = None if request_id is None else str(request_id)
             replies = service.handle(InboundMessage(address=address_for(cid), text=text, request_id=rid))
-            out = merge_replies(replies, cid, rid) if replies else _silent(cid, rid)
+            out = merge_replies(replies, cid, rid) if replies else _silent(service, cid, rid)
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             errors += 1
             out = {"id": request_id if isinstance(request_id, (str, int)) else None,
@@ -99,9 +99,11 @@ def merge_replies(replies: list[Reply], cid: str, rid: str | None) -> dict[str, 
     return first
 
 
-def _silent(cid: str, rid: str | None) -> dict[str, Any]:
-    """A message that joined an open ticket without acknowledgement still gets its line."""
-    return {"id": rid, "conversation_id": cid, "language": None, "answer": "", "citations": [], "escalation": None,
+def _silent(service, cid: str, rid: str | None) -> dict[str, Any]:
+    """A message that joined an open ticket without acknowledgement (or a duplicate) still gets its line."""
+    state = service.store.get_state(cid)
+    lang = state.language if state and state.language in ("ja", "en") else "en"
+    return {"id": rid, "conversation_id": cid, "language": lang, "answer": "", "citations": [], "escalation": None,
             "confidence": 0.0, "kind": "none"}
 
 
