@@ -197,3 +197,48 @@ async def test_real_service_answers_escalates_and_relays_the_operator_reply(fake
         [reply] = await fake.wait_for(lambda r: r.method == "sendMessage" and "回線を止めました" in r.data["text"],
                                       timeout=10)
         assert int(reply.data["chat_id"]) == CHAT
+
+
+async def test_bot_token_in_the_api_url_never_reaches_the_logs(fake, tmp_path, caplog):
+    import logging
+
+    from bot.logging_setup import install_secret_filter
+
+    settings = make_settings(fake, tmp_path)
+    caplog.set_level(logging.DEBUG)
+    flt = install_secret_filter(settings)
+    try:
+        async with ChannelApp(settings, FakeCore(), telegram_module) as app:
+            await post_update(app, telegram_message_update(4001, "国際電話を止めるには？"))
+            await fake.wait_for(lambda r: r.method == "sendMessage")
+            await post_update(app, telegram_message_update(4002, "hello"), secret="wrong")
+    finally:
+        for h in logging.getLogger().handlers:
+            h.removeFilter(flt)
+    assert "sendMessage" in caplog.text  # httpx logged the request URL...
+    assert TOKEN not in caplog.text and SECRET not in caplog.text  # ...with the token masked
+
+
+def test_platforms_are_enabled_only_by_their_settings(fake, tmp_path):
+    from bot.config import ConfigError
+    from bot.web.app import create_app
+
+    none = Settings(_env_file=None, data_dir=tmp_path)
+    assert none.validate_enabled_channels() == []
+    app = create_app(make_settings(fake, tmp_path), core=FakeCore())
+    assert set(app.state.registry.names) == {"web", "telegram"}
+    with pytest.raises(ConfigError, match="PBXBOT_TELEGRAM_WEBHOOK_SECRET"):
+        create_app(make_settings(fake, tmp_path, telegram_webhook_secret="changeme"), core=FakeCore())
+    with pytest.raises(ConfigError, match="PBXBOT_LINE_CHANNEL_ACCESS_TOKEN"):
+        create_app(Settings(_env_file=None, data_dir=tmp_path, line_channel_secret="s" * 32), core=FakeCore())
+    everything = Settings(_env_file=None, data_dir=tmp_path, telegram_token=TOKEN, telegram_webhook_secret=SECRET,
+                          telegram_api_url=fake.telegram_base, line_channel_secret="l" * 32,
+                          line_channel_access_token="line-token", line_api_url=fake.url,
+                          slack_signing_secret="s" * 32, slack_bot_token="xoxb-1", slack_api_url=fake.slack_base)
+    app = create_app(everything, core=FakeCore())
+    assert set(app.state.registry.names) == {"web", "telegram", "line", "slack"}
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app)  # no lifespan: only the unsigned requests' rejection is exercised
+    for path in ("/webhooks/telegram", "/webhooks/line", "/webhooks/slack/commands", "/webhooks/slack/interactions"):
+        assert client.post(path, content=b"{}").status_code == 401, path
