@@ -1,0 +1,163 @@
+"""SqlHandoffStore on the PostgreSQL server at 127.0.0.1:5432: several workers at once.
+
+Each test module run creates throwaway databases pbxbot_test_<random> and drops them. Skipped,
+with the reason, when the server is unreachable. (The behavioural contract itself runs against
+PostgreSQL in tests/contract/test_handoff_store.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+
+import pytest
+
+from bot.handoff import migrate
+from bot.handoff.sql_store import SqlHandoffStore
+from bot.messages import Address
+from bot.ports import TicketStateError
+
+pytestmark = pytest.mark.integration
+
+PG_ADMIN_DSN = os.environ.get(
+    "PBXBOT_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+)
+
+
+@pytest.fixture(scope="module")
+def admin():
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        conn = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432 as postgres ({type(exc).__name__}: {exc})")
+    created: list[str] = []
+
+    def new_database() -> str:
+        name = f"pbxbot_test_{secrets.token_hex(4)}"
+        conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"postgresql+psycopg://{conn.info.user}@{conn.info.host}:{conn.info.port}/{name}"
+
+    yield new_database
+    for name in created:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def pg_url(admin):
+    return admin()
+
+
+def _together(n: int, fn) -> tuple[list, list]:
+    results, errors = [], []
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(fn(i))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results, errors
+
+
+def test_workers_migrating_a_fresh_database_at_once(admin):
+    url = admin()
+    stores: list[SqlHandoffStore] = []
+
+    def open_store(_i: int) -> str:
+        store = SqlHandoffStore(url)
+        stores.append(store)
+        return store.revision
+
+    results, errors = _together(4, open_store)
+    try:
+        assert errors == [] and results == [migrate.HEAD_REVISION] * 4
+        assert stores[0].health() == {"ok": True, "backend": "postgresql", "revision": migrate.HEAD_REVISION}
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_migrations_and_models_agree_on_postgres(pg_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from bot.handoff.models import Base
+
+    store = SqlHandoffStore(pg_url)
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        types = dict(conn.exec_driver_sql(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'messages'").all())
+    store.close()
+    assert diff == []
+    assert types["created_at"] == "timestamp with time zone" and types["meta"] == "jsonb"
+
+
+def test_two_workers_escalating_one_conversation_open_one_ticket(pg_url):
+    workers = [SqlHandoffStore(pg_url) for _ in range(4)]
+    a = Address("slack", f"slack:{secrets.token_hex(3)}")
+    workers[0].record_message(a, "user", "PBX hijacked")
+    try:
+        results, errors = _together(4, lambda i: workers[i].open_ticket(
+            a, reason="incident", priority="urgent", summary={"worker": i}).id)
+        assert errors == [] and len(set(results)) == 1
+        assert [t.id for t in workers[0].list_queue() if t.conversation_id == a.conversation_id] == results[:1]
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_two_operators_claiming_at_once_one_wins(pg_url):
+    workers = [SqlHandoffStore(pg_url) for _ in range(3)]
+    t = workers[0].open_ticket(Address("web", f"web:{secrets.token_hex(3)}"), reason="user_request",
+                               priority="normal", summary={})
+    try:
+        results, errors = _together(3, lambda i: workers[i].claim(t.id, f"op{i}").operator)
+        assert len(results) == 1 and len(errors) == 2
+        assert all(isinstance(e, TicketStateError) for e in errors)
+        audit = [e.action for e in workers[0].get_detail(t.id).audit]
+        assert audit == ["opened", "claimed"]
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_concurrent_retries_of_one_webhook_record_it_once(pg_url):
+    workers = [SqlHandoffStore(pg_url) for _ in range(4)]
+    a = Address("line", f"line:{secrets.token_hex(3)}")
+    try:
+        results, errors = _together(4, lambda i: workers[i].record_message(a, "user", "hi", dedupe_key="evt-1"))
+        assert errors == []
+        assert sum(r is not None for r in results) == 1
+        assert len(workers[0].transcript(a.conversation_id)) == 1
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_tickets_cli_on_postgres(pg_url, tmp_path, monkeypatch, capsys):
+    from bot.cli import main
+
+    monkeypatch.setenv("PBXBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PBXBOT_DATABASE_URL", pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    monkeypatch.chdir(tmp_path)
+    with SqlHandoffStore(pg_url) as store:
+        t = store.open_ticket(Address("telegram", f"telegram:{secrets.token_hex(3)}"), reason="incident",
+                              priority="urgent", summary={"carrier": "softbank"})
+    assert main(["tickets", "reply", t.id, "on it", "--operator", "sato"]) == 0
+    assert main(["tickets", "resolve", t.id]) == 0
+    assert main(["tickets", "claim", t.id]) == 1
+    out, err = capsys.readouterr()
+    assert "queued" in out and "is resolved" in err
+    assert not (tmp_path / "data" / "pbxbot.sqlite3").exists()  # PostgreSQL was used, not SQLite
