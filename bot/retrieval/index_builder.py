@@ -182,6 +182,9 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
                     metas.append(chunk_metadata(doc.id, doc.language, doc.kind, doc.carriers))
             vectors = np.vstack([v for v in vec_lists if len(v)]) if rows else np.zeros((0, embedder.dim), np.float32)
             LexicalIndex.build(token_lists).save(tmp / "bm25")
+            # row-aligned copy of the vectors: lets a fresh process answer before chromadb is imported
+            # (service.HybridRetriever.load(defer_chroma=True)); Chroma stays the index of record.
+            np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))
             with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
                 for r in rows:
                     fh.write(json.dumps(r, ensure_ascii=False) + "\n")

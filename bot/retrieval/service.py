@@ -93,11 +93,60 @@ class HybridRetriever:
         self.other_language_factor = other_language_factor
         self.max_per_doc = max_per_doc
         self.source_kind_factor = source_kind_factor
+        self._vectors: np.ndarray | None = None  # numpy fallback until Chroma is attached (defer_chroma)
+        self.last_features: Features | None = None
+        self._attach_thread: threading.Thread | None = None
+
+    def wait_ready(self, timeout: float | None = 60.0) -> bool:
+        """Wait until the Chroma collection serves dense search (after defer_chroma); True when it does."""
+        t = self._attach_thread
+        if t is not None:
+            t.join(timeout)
+        return self.vector is not None
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: build id, sizes, and whether Chroma (or the numpy warm-up path) serves dense search."""
+        return {"build_id": self.manifest.get("build_id"), "documents": len(self.store.docs),
+                "chunks": len(self.store.chunk_ids), "embedder": self.manifest.get("embedder"),
+                "dense": "chroma" if self.vector is not None else ("numpy-warmup" if self._vectors is not None else "none")}
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, settings: Settings, manifest: dict) -> "HybridRetriever":
-        from bot.retrieval.embedders import make_embedder
+    def load(cls, settings: Settings, manifest: dict, *, defer_chroma: bool = False) -> "HybridRetriever":
+        """Load a build. defer_chroma=True (embedded mode only): answer at once with an exact numpy search over
+        the build's own vectors.npy while chromadb (1-2 s to import) opens in a background thread; then the
+        Chroma collection serves. Results are the same (exact cosine vs HNSW on a small corpus)."""
+        from bot.retrieval.vector_index import ChromaVectorIndex, make_client
+
+        folder = Path(settings.index_dir) / "builds" / manifest["build_id"]
+        if defer_chroma and not settings.chroma_url and (folder / "vectors.npy").exists():
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                emb_f = pool.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
+                lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
+                analyzer = Analyzer(lexicon, split_mode=manifest.get("split_mode", "C"))
+                analyzer.warm_up()
+                store = _load_store(folder)
+                lexical = LexicalIndex.load(folder / "bm25")
+                vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+                embedder = emb_f.result()
+            r = cls(store=store, lexical=lexical, vector=None, embedder=embedder, analyzer=analyzer, manifest=manifest)
+            r._vectors = vectors
+
+            def attach() -> None:
+                try:
+                    r.vector = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
+                    r._vectors = None
+                except Exception:  # keep answering from our own vectors; say why in the log
+                    log.exception("could not open the Chroma collection %s; dense search stays on numpy",
+                                  manifest["collection"])
+
+            r._attach_thread = threading.Thread(target=attach, name="pbxbot-chroma-open", daemon=True)
+            r._attach_thread.start()
+            return r
+        return cls._load_sync(settings, manifest)
+
+    @classmethod
+    def _load_sync(cls, settings: Settings, manifest: dict) -> "HybridRetriever":
         from bot.retrieval.vector_index import ChromaVectorIndex, make_client
 
         folder = Path(settings.index_dir) / "builds" / manifest["build_id"]
@@ -158,8 +207,16 @@ class HybridRetriever:
         lex_score = {self.store.chunk_ids[i]: s for i, s in lex_hits}
 
         qv = self.embedder.embed_query_np(q[:MAX_DENSE_CHARS])
-        dense_hits = self.vector.query(qv, min(CANDIDATES, max(1, int(mask.sum()))),
-                                       language=pref if strict_language else None, carrier=carrier)
+        vector = self.vector
+        if vector is not None:
+            dense_hits = vector.query(qv, min(CANDIDATES, max(1, int(mask.sum()))),
+                                      language=pref if strict_language else None, carrier=carrier)
+        elif self._vectors is not None:
+            sims = np.where(mask, self._vectors @ qv, -np.inf)
+            top = np.argsort(-sims, kind="stable")[: min(CANDIDATES, int(mask.sum()))]
+            dense_hits = [(self.store.chunk_ids[i], float(sims[i])) for i in top]
+        else:
+            dense_hits = []
         dense_hits = [(cid, s) for cid, s in dense_hits if cid in self.store.row_of]
         dense_ids = [cid for cid, _ in dense_hits]
         dense_score = dict(dense_hits)
@@ -289,6 +346,6 @@ def open_retriever(settings: Settings, *, progress: bool = False) -> HybridRetri
     with _OPEN_LOCK:
         r = _OPEN.get(key)
         if r is None:
-            r = HybridRetriever.load(settings, manifest)
+            r = HybridRetriever.load(settings, manifest, defer_chroma=settings.chroma_url is None)
             _OPEN[key] = r
         return r

@@ -80,7 +80,21 @@ def env(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def retriever(env):
-    return open_retriever(env[0])
+    r = open_retriever(env[0])
+    assert r.wait_ready(60)  # the Chroma collection (not the numpy warm-up path) serves these tests
+    assert r.health()["dense"] == "chroma"
+    return r
+
+
+def test_fresh_process_answers_before_chroma_is_attached(env):
+    settings, _ = env
+    if settings.chroma_url:
+        pytest.skip("the numpy warm-up path exists only for the embedded index")
+    r = HybridRetriever.load(settings, read_current(Path(settings.index_dir)), defer_chroma=True)
+    early = r.search("KDDIで国際電話を止めたい", language="ja")
+    assert r.wait_ready(60)
+    late = r.search("KDDIで国際電話を止めたい", language="ja")
+    assert [p.doc_id for p in early.passages][:2] == [p.doc_id for p in late.passages][:2]
 
 
 def _docs(result: SearchResult) -> list[str]:
