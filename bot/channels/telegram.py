@@ -165,6 +165,7 @@ class TelegramChannel(BaseChannel):
         self._workers = asyncio.Semaphore(WORKERS)
         self._inflight: set[asyncio.Task] = set()
         self._ready = False
+        self._poll_task: asyncio.Task | None = None
         self._ready_lock = asyncio.Lock()
         self._secret = (settings.telegram_webhook_secret.get_secret_value()
                         if settings.telegram_webhook_secret is not None else "")
@@ -196,21 +197,40 @@ class TelegramChannel(BaseChannel):
         return self._ready
 
     async def start(self) -> None:
+        if self.polling:
+            # In the background, with back-off: an unreachable Bot API must not hold up the app's start.
+            self._poll_task = asyncio.create_task(self._start_polling(), name="telegram:start-polling")
+            return
         if not await self._ensure_ready():
             return  # retried at the first update or send
-        if self.polling:
-            await self.app.start()
-            await self.app.updater.start_polling(allowed_updates=ALLOWED_UPDATES, timeout=10,
-                                                 bootstrap_retries=-1)
-            log.info("telegram: polling for updates")
-        elif self.settings.public_base_url:
+        if self.settings.public_base_url:
             url = self.settings.public_base_url.rstrip("/") + "/webhooks/telegram"
             try:
                 await self.bot.set_webhook(url=url, secret_token=self._secret, allowed_updates=ALLOWED_UPDATES)
             except Exception as exc:
                 log.error("telegram: setWebhook failed: %s", type(exc).__name__)
 
+    async def _start_polling(self) -> None:
+        delay = 1.0
+        while True:
+            if await self._ensure_ready():
+                try:
+                    if not self.app.running:
+                        await self.app.start()
+                    await self.app.updater.start_polling(allowed_updates=ALLOWED_UPDATES, timeout=10,
+                                                         bootstrap_retries=0)
+                    log.info("telegram: polling for updates")
+                    return
+                except Exception as exc:
+                    log.error("telegram: could not start polling (%s); retrying in %.0f s",
+                              type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
     async def stop(self) -> None:
+        if self._poll_task is not None and not self._poll_task.done():
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
         if not self._ready:
             return
         try:

@@ -246,3 +246,10 @@ async def test_answer_that_cannot_be_delivered_goes_to_the_outbox(slack, fake):
     [item] = slack.core.handoff.pending_outbox()
     assert item.address.conversation_id == "slack:T0001:U0USER1"
     assert "通信事業者" in item.reply["answer"]
+
+
+async def test_ssl_check_is_answered(slack, fake):
+    body = b"ssl_check=1&token=legacy-unused"
+    resp = await post_command(slack, body)
+    assert resp.status_code == 200
+    assert slack.core.handled == []

@@ -242,3 +242,19 @@ def test_platforms_are_enabled_only_by_their_settings(fake, tmp_path):
     client = TestClient(app)  # no lifespan: only the unsigned requests' rejection is exercised
     for path in ("/webhooks/telegram", "/webhooks/line", "/webhooks/slack/commands", "/webhooks/slack/interactions"):
         assert client.post(path, content=b"{}").status_code == 401, path
+
+
+async def test_unreachable_bot_api_does_not_block_start_in_polling_mode(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(_env_file=None, data_dir=tmp_path, telegram_token=TOKEN, telegram_mode="polling",
+                        telegram_api_url=f"http://127.0.0.1:{port}/bot")
+    started = time.monotonic()
+    async with ChannelApp(settings, FakeCore(), telegram_module) as app:
+        assert time.monotonic() - started < 3
+        await asyncio.sleep(0.2)
+        assert not app.channel._ready
