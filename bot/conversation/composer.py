@@ -13,6 +13,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from bot.messages import Citation
@@ -43,6 +44,11 @@ def clean_line(line: str) -> str:
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a Markdown passage: headings and tables dropped, list markers and emphasis removed."""
+    return list(_split_cached(text or ""))
+
+
+@lru_cache(maxsize=4096)
+def _split_cached(text: str) -> tuple[str, ...]:
     out: list[str] = []
     for raw in (text or "").splitlines():
         if not raw.strip() or _HEADING.match(raw) or _TABLE.match(raw) or raw.strip().startswith("---"):
@@ -52,7 +58,7 @@ def split_sentences(text: str) -> list[str]:
             continue
         for part in _split_ja(line):
             out.extend(_split_en(part))
-    return [s for s in (x.strip() for x in out) if len(s) >= 4]
+    return tuple(s for s in (x.strip() for x in out) if len(s) >= 4)
 
 
 _OPEN = "(（「『["
@@ -114,7 +120,13 @@ _ACTION = re.compile(
 )
 
 
-def terms(text: str) -> set[str]:
+def terms(text: str) -> frozenset[str]:
+    """Words (English, stemmed) and kanji/katakana bigrams, for overlap scoring."""
+    return _terms_cached(text or "")
+
+
+@lru_cache(maxsize=16384)
+def _terms_cached(text: str) -> frozenset[str]:
     n = unicodedata.normalize("NFKC", text or "").lower()
     out: set[str] = set()
     for w in _WORDS.findall(n):
@@ -130,7 +142,7 @@ def terms(text: str) -> set[str]:
             bg = run[i : i + 2]
             if not _HIRAGANA.match(bg):
                 out.add(bg)
-    return out
+    return frozenset(out)
 
 
 def _stem(w: str) -> str:
@@ -175,12 +187,24 @@ class Piece:
     score: float = 0.0
     overlap: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "source": self.source.to_dict(), "rank": self.rank, "index": self.index}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Piece":
-        return cls(d["text"], Source(**d["source"]), int(d.get("rank", 0)), int(d.get("index", 0)))
+
+def pack(pieces: Sequence[Piece]) -> dict[str, Any]:
+    """Compact JSON for conversation state: each source once, then [text, doc_id, rank, index] rows."""
+    sources = {p.source.doc_id: p.source.to_dict() for p in pieces}
+    return {"sources": sources, "pieces": [[p.text, p.source.doc_id, p.rank, p.index] for p in pieces]}
+
+
+def unpack(data: dict[str, Any]) -> list[Piece]:
+    sources = {k: Source(**v) for k, v in (data.get("sources") or {}).items()}
+    out = []
+    for row in data.get("pieces") or []:
+        try:
+            text, doc_id, rank, index = row
+            out.append(Piece(text, sources[doc_id], int(rank), int(index)))
+        except (ValueError, KeyError, TypeError):
+            continue  # state written by an older version: skip what cannot be read
+    return out
 
 
 def measure(text: str, lang: str) -> int:
@@ -202,7 +226,7 @@ def pieces_of(
     an action bonus (lead with the action), the passage rank, the opening of a section, and a
     bonus for sentences matching `boost` (a phone number when the user asked for one)."""
     q = terms(query)
-    fq = terms(focus) if focus and focus != query else set()
+    fq = terms(focus) if focus and focus != query else frozenset()
     out: list[Piece] = []
     seen: set[str] = set()
     rank = 0

@@ -53,6 +53,7 @@ _IP050_QUERY = {"ja": "050 IP電話 乗っ取り ID パスワード プロバイ
 _NUMBER_ASKED = S._rx(r"番号|電話番号|連絡先|窓口|number|phone|contact")
 _PHONE = S._rx(r"\d{2,4}-\d{2,4}-\d{3,4}|0120")
 OFF_DOMAIN_CONFIDENCE = 0.9
+MORE_MAX_PIECES = 16  # sentences kept for "more" (about three pages)
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ConversationService:
         self.settings = settings
         self.policy = policy or EscalationPolicy(min_confidence=settings.min_confidence)
         self._listeners: list[TicketListener] = []
+        # Fixed queries (containment steps, a carrier's stop line) give the same passages every time
+        # for one opened index: kept per (query, language, carrier, k).
+        self._fixed_results: dict[tuple, SearchResult] = {}
         # Test hook (crash tests): called after the user message is committed, before any reply.
         self.after_record_hook: Callable[[StoredMessage], None] | None = None
 
@@ -311,7 +315,7 @@ class ConversationService:
     def _more(self, turn: _Turn) -> Reply:
         st, lang = turn.state, turn.lang
         pending = st.facts.get(MORE_KEY) or {}
-        pieces = [C.Piece.from_dict(d) for d in pending.get("pieces", [])]
+        pieces = C.unpack(pending)
         if not pieces:
             return self._reply(turn, t("no_more", lang), kind="notice")
         lang = pending.get("lang", lang)
@@ -336,28 +340,28 @@ class ConversationService:
             ask = t("ask_facts", lang, items=LIST_SEP[lang].join(t(f"fact_{m}", lang) for m in missing))
         decision = self.policy.decide(Signals(incident=True, requested_human=requested))
         fixed = [t("incident_header", lang), ask, t("handoff_urgent", lang, ticket="T-00000000-0000")]
-        answer, citations, confidence, rest = self._containment(turn.text, lang, carrier, ip050, fixed)
+        answer, citations, confidence, rest = self._containment(lang, carrier, ip050, fixed)
         self._keep_more(st, rest, lang)
         answer = "\n".join(x for x in (t("incident_header", lang), answer, ask) if x)
         st.last_query = turn.text
         return self._escalate(turn, answer, citations, confidence, decision, kind="incident")
 
     def _containment(
-        self, text: str, lang: str, carrier: str | None, ip050: bool, fixed: Sequence[str]
+        self, lang: str, carrier: str | None, ip050: bool, fixed: Sequence[str]
     ) -> tuple[str, tuple, float, list[C.Piece]]:
         """The containment steps in order (first-steps guide), then the carrier's stop line."""
         budget = self._budget(lang, fixed)
-        res = self._search(f"{_CONTAINMENT_QUERY[lang]} {text[:200]}", lang, None, k=10)
+        res = self._fixed_search(_CONTAINMENT_QUERY[lang], lang, None)
         steps_passage = _pick(_in_language(res.passages, lang)[0], topics=("containment",), prefer_lead=True)
         stop_passage = None
         stop_header = ""
         if carrier in S.CARRIER_NAMES:
             name = S.CARRIER_NAMES[carrier][lang]
-            stop_res = self._search(_STOP_QUERY[lang].format(carrier=name), lang, carrier, k=10)
+            stop_res = self._fixed_search(_STOP_QUERY[lang].format(carrier=name), lang, carrier)
             stop_passage = _pick(_in_language(stop_res.passages, lang)[0], topics=("stop-international",), carrier=carrier, prefer_lead=True)
             stop_header = t("carrier_header", lang, carrier=name)
         elif ip050:
-            stop_res = self._search(_IP050_QUERY[lang], lang, None)
+            stop_res = self._fixed_search(_IP050_QUERY[lang], lang, None)
             stop_passage = _pick(_in_language(stop_res.passages, lang)[0], topics=("050-ip",), prefer_lead=True)
         if stop_passage is not None and steps_passage is not None and stop_passage.doc_id == steps_passage.doc_id:
             stop_passage = None
@@ -380,7 +384,7 @@ class ConversationService:
 
     def _reannounce_reply(self, ticket: Ticket, lang: str, carrier: str | None) -> Reply:
         header = t("reannounce_header", lang, ticket=ticket.id)
-        answer, citations, confidence, _ = self._containment("", lang, carrier, False, [header])
+        answer, citations, confidence, _ = self._containment(lang, carrier, False, [header])
         return Reply(
             conversation_id=ticket.conversation_id, language=lang, answer=f"{header}\n{answer}".strip(),
             citations=citations, confidence=confidence, kind="incident",
@@ -421,6 +425,15 @@ class ConversationService:
     def _search(self, query: str, lang: str, carrier: str | None, *, k: int | None = None) -> SearchResult:
         return self.retriever.search(query[:1000], k or self.settings.retrieval_k, language=lang, carrier=carrier)
 
+    def _fixed_search(self, query: str, lang: str, carrier: str | None) -> SearchResult:
+        key = (query, lang, carrier)
+        if key not in self._fixed_results:
+            result = self._search(query, lang, carrier, k=10)
+            if not result.passages:
+                return result  # an index being rebuilt: do not remember "nothing"
+            self._fixed_results[key] = result
+        return self._fixed_results[key]
+
     def _budget(self, lang: str, fixed: Sequence[str]) -> int:
         limit = self.settings.answer_max_chars_ja if lang == "ja" else self.settings.answer_max_words_en
         used = sum(C.measure(x, lang) for x in fixed if x)
@@ -429,7 +442,7 @@ class ConversationService:
     @staticmethod
     def _keep_more(state: ConversationState, rest: list[C.Piece], lang: str) -> None:
         if rest:
-            state.facts[MORE_KEY] = {"lang": lang, "pieces": [p.to_dict() for p in rest[:40]]}
+            state.facts[MORE_KEY] = {"lang": lang, **C.pack(rest[:MORE_MAX_PIECES])}
         else:
             state.facts.pop(MORE_KEY, None)
 
