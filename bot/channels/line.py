@@ -186,7 +186,6 @@ class LineChannel(BaseChannel):
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=timeout)
 
-
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
         signature = request.headers.get("x-line-signature")

@@ -246,7 +246,6 @@ class SlackChannel(BaseChannel):
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=timeout)
 
-
     def _build_router(self) -> APIRouter:
         router = APIRouter(tags=["slack"])
         router.add_api_route("/commands", self.commands, methods=["POST"], include_in_schema=False)

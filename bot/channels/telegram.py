@@ -255,7 +255,6 @@ class TelegramChannel(BaseChannel):
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=timeout)
 
-
     async def webhook(self, request: Request) -> Response:
         given = request.headers.get(SECRET_HEADER)
         if given is None:
