@@ -6,6 +6,9 @@ from the knowledge base with citations. Never format user text or settings into 
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
 TEXTS: dict[str, dict[str, str]] = {
     "more_hint": {"ja": "「詳しく」と送ると続きを表示します。", "en": "Say 'more' for details."},
     "no_more": {
@@ -102,5 +105,23 @@ def t(key: str, lang: str, **kw: str) -> str:
 
 
 def all_template_lines() -> set[str]:
-    """Every fixed text, both languages, unformatted: used by tests that check grounding."""
+    """Every fixed text, both languages, unformatted."""
     return {v for entry in TEXTS.values() for v in entry.values()}
+
+
+@lru_cache(maxsize=1)
+def _template_patterns() -> tuple[re.Pattern[str], ...]:
+    return tuple(
+        re.compile(".+".join(re.escape(part) for part in re.split(r"\{[a-z]+\}", text)))
+        for text in all_template_lines()
+    )
+
+
+def is_template_line(line: str) -> bool:
+    """True when a reply line is fixed template text (one template, or the bilingual "en / ja"
+    pair), with its {placeholders} filled. Grounding checks skip exactly these lines."""
+    pats = _template_patterns()
+    if any(p.fullmatch(line) for p in pats):
+        return True
+    parts = line.split(" / ")
+    return len(parts) > 1 and all(any(p.fullmatch(x) for p in pats) for x in parts)

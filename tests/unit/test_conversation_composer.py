@@ -5,7 +5,7 @@ import re
 import pytest
 
 from bot.conversation import composer as C
-from bot.conversation.texts import all_template_lines
+from bot.conversation.texts import is_template_line
 from tests.fakes import PASSAGES, FakeRetriever, make_service
 from bot.messages import Address, InboundMessage
 
@@ -72,31 +72,16 @@ QUESTIONS = [
 ]
 
 
-def _template_patterns() -> list[re.Pattern]:
-    """Each fixed text as a whole-line pattern ({placeholders} match anything)."""
-    pats = []
-    for text in all_template_lines():
-        parts = re.split(r"\{[a-z]+\}", text)
-        pats.append(re.compile(".+".join(re.escape(p) for p in parts)))
-    return pats
-
-
-def _is_template(line: str, pats) -> bool:
-    # a line may be one template or two joined by " / " (the bilingual note)
-    return all(any(p.fullmatch(part) for p in pats) for part in line.split(" / "))
-
-
 def test_every_answer_line_is_a_passage_sentence_or_template_text():
     service, _, _ = make_service()
     passage_sentences = {s for p in PASSAGES for s in C.split_sentences(p.text)}
-    templates = _template_patterns()
     addr = Address("test", "test:grounding")
     for q in QUESTIONS:
         for reply in service.handle(InboundMessage(address=addr, text=q)):
             cited = {c.doc_id for c in reply.citations}
             for line in reply.answer.splitlines():
                 body = re.sub(r"\s?\[\d+\]$", "", line).strip()
-                if _is_template(body, templates):
+                if is_template_line(body):
                     continue
                 sentences = C.split_sentences(body)
                 assert sentences, line
