@@ -408,3 +408,34 @@ class ServedApp:
     async def __aexit__(self, *exc: Any) -> None:
         await self.client.aclose()
         await self._lifespan.__aexit__(None, None, None)
+
+
+def mutations(body: bytes, count: int, seed: int = 5) -> list[bytes]:
+    """Deterministic hostile variants of a valid body: truncations, byte flips, splices, JSON type swaps."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    swaps = [b"null", b"1", b"[]", b"{}", b'""', b"true", b"-1e999", b'"\\ud800"', b"[[[[[[[[[[", b"{\"a\":"]
+    while len(out) < count:
+        kind = rng.randrange(4)
+        b = bytearray(body)
+        if kind == 0 and b:
+            b = b[: rng.randrange(len(b))]
+        elif kind == 1 and b:
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif kind == 2:
+            i = rng.randrange(len(b) + 1)
+            b[i:i] = rng.choice(swaps)
+        else:
+            # replace one JSON value (after a colon) by another type
+            positions = [i for i, c in enumerate(b) if c == ord(":")]
+            if positions:
+                i = rng.choice(positions) + 1
+                j = i
+                while j < len(b) and b[j] not in b",}":
+                    j += 1
+                b[i:j] = rng.choice(swaps)
+        out.append(bytes(b))
+    return out

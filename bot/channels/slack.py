@@ -207,6 +207,15 @@ def render_ticket(ticket: "Ticket", event: str, console_url: str | None) -> dict
 # ---------------------------------------------------------------- the channel
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+
 class SlackChannel(BaseChannel):
     name = "slack"
 
@@ -271,14 +280,23 @@ class SlackChannel(BaseChannel):
             log.info("slack: retried delivery dropped (retry=%s)", retry)
             return Response(status_code=200)
         try:
-            return await self.handler.handle(request)
+            response = await self.handler.handle(request)
         except Exception as exc:  # a signed body Bolt could not handle: the sender's fault, not ours
             log.warning("slack: request rejected (%s)", type(exc).__name__)
             return JSONResponse({"error": "malformed_body"}, status_code=400)
+        if response.status_code >= 500:
+            # Bolt answers 500 when its own parsing of a signed but odd payload fails (e.g. "actions": 5).
+            log.warning("slack: Bolt could not handle a %s request (HTTP %s); answering 400", kind,
+                        response.status_code)
+            return JSONResponse({"error": "malformed_body"}, status_code=400)
+        return response
 
     async def _on_command(self, ack, command: dict[str, Any]) -> None:
         text = str(command.get("text") or "").strip()
         lang = guess_language(text)
+        if not _str(command.get("user_id")):
+            await ack(text=HELP_TEXT[lang])
+            return
         address = self._address(command.get("team_id"), command.get("user_id"), command.get("channel_id"),
                                 command.get("response_url"))
         if not text:
@@ -295,11 +313,13 @@ class SlackChannel(BaseChannel):
 
     async def _on_escalate(self, ack, body: dict[str, Any]) -> None:
         await ack()
-        user = body.get("user") or {}
-        team = (body.get("team") or {}).get("id") or user.get("team_id")
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        address = self._address(team, user.get("id"), channel, body.get("response_url"))
-        trigger = body.get("trigger_id")
+        user = _obj(body.get("user"))
+        team = _str(_obj(body.get("team")).get("id")) or _str(user.get("team_id"))
+        channel = _str(_obj(body.get("channel")).get("id")) or _str(_obj(body.get("container")).get("channel_id"))
+        if not _str(user.get("id")):
+            return
+        address = self._address(team, _str(user.get("id")), channel, body.get("response_url"))
+        trigger = _str(body.get("trigger_id"))
         message = InboundMessage(address=address, text="", action="request_human",
                                  message_id=f"slack:{trigger}" if trigger else None)
         self._spawn(self._process(message), name="slack:escalate")

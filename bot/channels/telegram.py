@@ -301,7 +301,7 @@ class TelegramChannel(BaseChannel):
             return  # edited messages, channel posts...
         user = message.from_user
         address = self._address(message.chat.id, user.id if user else None)
-        text = message.text or ""
+        text = message.text if isinstance(message.text, str) else ""
         if not text:
             if message.chat.type == "private":
                 lang = self._language(user, "")

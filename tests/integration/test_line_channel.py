@@ -208,3 +208,17 @@ async def test_real_service_answers_escalates_and_pushes_the_operator_reply(fake
         [push] = await fake.wait_for(lambda r: r.method == "push", timeout=10)
         assert push.data["to"] == USER and "回線を止めました" in push.data["messages"][0]["text"]
         assert push.headers["X-Line-Retry-Key"]
+
+
+async def test_mutated_signed_bodies_never_get_5xx(line, fake):
+    from tests.fakes_platforms import mutations
+
+    base = line_body(line_text_event("国際電話", event_id="01MUT"), line_postback_event("action=request_human",
+                                                                                      event_id="01MUT2"))
+    statuses = set()
+    for body in mutations(base, 300):
+        resp = await post(line, body)
+        statuses.add(resp.status_code)
+        assert resp.status_code in (200, 400), (body, resp.status_code)
+    await line.settle()
+    assert 400 in statuses

@@ -253,3 +253,50 @@ async def test_ssl_check_is_answered(slack, fake):
     resp = await post_command(slack, body)
     assert resp.status_code == 200
     assert slack.core.handled == []
+
+
+async def test_mutated_signed_bodies_never_get_5xx(slack, fake):
+    from tests.fakes_platforms import mutations
+
+    command = slack_command_body("hello", response_url=fake.response_url("m"))
+    action = slack_action_body(response_url=fake.response_url("m2"))
+    for path, base in (("/webhooks/slack/commands", command), ("/webhooks/slack/interactions", action)):
+        for body in mutations(base, 150):
+            resp = await post_command(slack, body, path=path)
+            assert resp.status_code < 500, (path, body, resp.status_code)
+    await slack.settle()
+
+
+@pytest.mark.parametrize("payload", [
+    {"type": "block_actions", "user": 1, "actions": [{"action_id": "escalate"}], "trigger_id": "p1"},
+    {"type": "block_actions", "user": {"id": ["x"]}, "team": "T", "channel": 5,
+     "actions": [{"action_id": "escalate"}], "response_url": 7, "trigger_id": "p2"},
+    {"type": "block_actions", "actions": 5, "trigger_id": "p3"},
+    {"type": "block_actions", "actions": [5], "trigger_id": "p4"},
+    {"type": "block_actions", "actions": [{"action_id": ["escalate"]}], "trigger_id": "p5"},
+    {"type": 5, "trigger_id": "p6"},
+    {"type": "view_submission", "view": None, "trigger_id": "p7"},
+    {"type": "shortcut", "callback_id": 3, "trigger_id": "p8"},
+])
+async def test_signed_hostile_interaction_payloads_get_4xx_or_200_never_5xx(slack, fake, payload):
+    import json as _json
+    import urllib.parse
+
+    body = urllib.parse.urlencode({"payload": _json.dumps(payload)}).encode()
+    resp = await post_command(slack, body, path="/webhooks/slack/interactions")
+    assert resp.status_code < 500
+    await slack.settle()
+
+
+@pytest.mark.parametrize("fields", [
+    {"command": "/pbx", "text": "hi", "user_id": "", "team_id": "", "channel_id": "", "response_url": "ftp://x"},
+    {"command": "/pbx"},
+    {"command": "/pbx", "text": "x" * 10000, "response_url": "not a url", "trigger_id": "tt-long"},
+])
+async def test_signed_odd_commands_never_get_5xx(slack, fake, fields):
+    import urllib.parse
+
+    body = urllib.parse.urlencode(fields).encode()
+    resp = await post_command(slack, body)
+    assert resp.status_code < 500
+    await slack.settle()

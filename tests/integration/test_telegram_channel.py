@@ -8,6 +8,7 @@ reply is observed).
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -258,3 +259,17 @@ async def test_unreachable_bot_api_does_not_block_start_in_polling_mode(tmp_path
         assert time.monotonic() - started < 3
         await asyncio.sleep(0.2)
         assert not app.channel._ready
+
+
+async def test_mutated_updates_with_the_right_secret_never_get_5xx(tg, fake):
+    from tests.fakes_platforms import mutations
+
+    base = json.dumps(telegram_callback_update(9000, "human")).encode()
+    base2 = json.dumps(telegram_message_update(9001, "/human")).encode()
+    statuses = set()
+    for body in mutations(base, 150, seed=1) + mutations(base2, 150, seed=2):
+        resp = await post_update(tg, body)
+        statuses.add(resp.status_code)
+        assert resp.status_code in (200, 400), (body, resp.status_code)
+    await tg.settle()
+    assert 400 in statuses
