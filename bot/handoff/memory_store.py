@@ -37,6 +37,7 @@ class _Outbox:
     attempts: int = 0
     last_error: str | None = None
     sent_at: datetime | None = None
+    leased_until: datetime | None = None
 
 
 @dataclass
@@ -267,12 +268,24 @@ class InMemoryHandoffStore:
             return [OutboxItem(id=o.id, address=o.address, reply=copy.deepcopy(o.reply),
                                attempts=o.attempts, created_at=o.created_at) for o in items]
 
+    def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
+        """Like pending_outbox, but each item is leased for `seconds`: other callers skip it until
+        mark_sent/mark_failed or the lease runs out. Use this in a delivery loop."""
+        with self._lock:
+            now = self._now()
+            items = sorted((o for o in self._outbox.values() if o.status == "pending"
+                            and (o.leased_until is None or o.leased_until <= now)), key=lambda o: o.id)[:limit]
+            for o in items:
+                o.leased_until = now + timedelta(seconds=seconds)
+            return [OutboxItem(id=o.id, address=o.address, reply=copy.deepcopy(o.reply),
+                               attempts=o.attempts, created_at=o.created_at) for o in items]
+
     def mark_sent(self, item_id: int) -> None:
         with self._lock:
             o = self._outbox.get(item_id)
             if o is None or o.status == "sent":
                 return
-            o.status, o.sent_at = "sent", self._now()
+            o.status, o.sent_at, o.leased_until = "sent", self._now(), None
             o.attempts += 1
             if o.ticket_id and o.ticket_id in self._tickets:
                 self._audit_add(o.ticket_id, "system", "delivered", f"outbox #{o.id}")
@@ -284,6 +297,7 @@ class InMemoryHandoffStore:
                 return
             o.attempts += 1
             o.last_error = common.clean_text(error or "")[:1000]
+            o.leased_until = None
             if o.attempts >= self._max_attempts:
                 o.status = "failed"
             if o.ticket_id and o.ticket_id in self._tickets:

@@ -162,3 +162,5 @@ class OutboxRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set by lease_outbox: until then, no other worker gets this item.
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

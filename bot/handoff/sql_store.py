@@ -396,12 +396,38 @@ class SqlHandoffStore:
                 for r in rows.scalars()
             ]
 
+    def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
+        """Like pending_outbox, but each item returned is leased to this caller for `seconds`:
+        other workers (processes sharing the database) skip it until mark_sent/mark_failed or the
+        lease runs out (the worker died). Use this, not pending_outbox, in a delivery loop."""
+        now = self._now()
+        with self._tx() as s:
+            stmt = (
+                select(OutboxRow)
+                .where(OutboxRow.status == "pending",
+                       or_(OutboxRow.leased_until.is_(None), OutboxRow.leased_until <= now))
+                .order_by(OutboxRow.id)
+                .limit(limit)
+            )
+            if self.backend == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = list(s.execute(stmt).scalars())
+            until = now + timedelta(seconds=seconds)
+            for r in rows:
+                r.leased_until = until
+            return [
+                OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
+                           attempts=r.attempts, created_at=r.created_at)
+                for r in rows
+            ]
+
     def mark_sent(self, item_id: int) -> None:
         with self._tx() as s:
             row = s.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
             if row is None or row.status == "sent":
                 return
             row.status, row.sent_at, row.attempts = "sent", self._now(), row.attempts + 1
+            row.leased_until = None
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
                 self._audit(s, row.ticket_id, "system", "delivered", f"outbox #{row.id}")
 
@@ -412,6 +438,7 @@ class SqlHandoffStore:
                 return
             row.attempts += 1
             row.last_error = common.clean_text(error or "")[:1000]
+            row.leased_until = None  # free for the next attempt
             if row.attempts >= self._max_attempts:
                 row.status = "failed"
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:

@@ -387,6 +387,24 @@ def test_outbox_failures_are_retried_then_given_up(backend):
     store.mark_failed(999_999, "x")  # unknown ids: no error
 
 
+def test_leased_outbox_items_go_to_one_worker_at_a_time(store, clock):
+    a = addr()
+    ids = [store.enqueue(a, _reply(a, f"r{i}")) for i in range(3)]
+    first = store.lease_outbox(limit=2, seconds=60)
+    assert [i.id for i in first] == ids[:2]
+    assert [i.id for i in store.lease_outbox(seconds=60)] == [ids[2]]  # another worker: the rest
+    assert store.lease_outbox() == []
+    assert len(store.pending_outbox()) == 3  # inspection still sees everything pending
+
+    store.mark_sent(ids[0])
+    store.mark_failed(ids[1], "HTTP 502")  # failed: free for the next attempt at once
+    assert [i.id for i in store.lease_outbox()] == [ids[1]]
+    clock.advance(seconds=61)  # the worker holding ids[2] died: its lease runs out
+    again = store.lease_outbox()
+    assert [i.id for i in again] == [ids[1], ids[2]]
+    assert again[0].attempts == 1
+
+
 def test_delivery_of_an_escalation_reply_is_audited_on_its_ticket(store):
     a = addr()
     t = open_incident(store, a)

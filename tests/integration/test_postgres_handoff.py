@@ -146,6 +146,23 @@ def test_concurrent_retries_of_one_webhook_record_it_once(pg_url):
             w.close()
 
 
+def test_workers_leasing_the_outbox_at_once_never_share_an_item(pg_url):
+    workers = [SqlHandoffStore(pg_url) for _ in range(4)]
+    a = Address("web", f"web:{secrets.token_hex(3)}")
+    from bot.messages import Reply
+
+    ids = {workers[0].enqueue(a, Reply(a.conversation_id, "en", f"r{i}")) for i in range(40)}
+    try:
+        results, errors = _together(4, lambda i: [x.id for x in workers[i].lease_outbox(limit=15)])
+        assert errors == []
+        leased = [x for r in results for x in r]
+        assert len(leased) == len(set(leased))  # nobody got an item twice
+        assert ids <= set(leased) | {x.id for x in workers[0].lease_outbox(limit=100)}
+    finally:
+        for w in workers:
+            w.close()
+
+
 def test_tickets_cli_on_postgres(pg_url, tmp_path, monkeypatch, capsys):
     from bot.cli import main
 

@@ -58,6 +58,38 @@ def test_downgrade_and_upgrade_again(tmp_path):
     again.close()
 
 
+def test_upgrading_a_0001_database_keeps_its_data(tmp_path):
+    from alembic import command
+
+    from bot.messages import Address, Reply
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = create_engine(url)
+    cfg = migrate.alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        now = "2026-11-28 01:00:00.000000"
+        conn.execute(text("INSERT INTO conversations VALUES ('web:1', 'web', :a, NULL, :t, :t)"),
+                     {"a": '{"channel": "web", "conversation_id": "web:1", "user_id": "", "route": {}}', "t": now})
+        conn.execute(text("INSERT INTO messages (conversation_id, role, text, created_at, handled, meta) "
+                          "VALUES ('web:1', 'user', 'before the upgrade', :t, 0, '{}')"), {"t": now})
+        conn.execute(text("INSERT INTO outbox (address, reply, status, attempts, created_at) "
+                          "VALUES (:a, :r, 'pending', 0, :t)"),
+                     {"a": '{"channel": "web", "conversation_id": "web:1"}',
+                      "r": '{"conversation_id": "web:1", "language": "ja", "answer": "x"}', "t": now})
+    engine.dispose()
+
+    store = SqlHandoffStore(url)
+    assert store.revision == migrate.HEAD_REVISION
+    [m] = store.transcript("web:1")
+    assert m.text == "before the upgrade" and m.handled is False and m.created_at.tzinfo is not None
+    assert [i.reply["answer"] for i in store.lease_outbox()] == ["x"]
+    store.enqueue(Address("web", "web:1"), Reply("web:1", "ja", "after"))
+    assert len(store.pending_outbox()) == 2
+    store.close()
+
+
 def test_a_schema_newer_than_the_code_is_a_clear_error(tmp_path):
     url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
     SqlHandoffStore(url).close()
@@ -85,7 +117,7 @@ def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code, url, str(i)], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(3)]
     results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
-    assert [(out.strip(), rc) for out, _, rc in results] == [("0001", 0)] * 3, [err for _, err, _ in results]
+    assert [(out.strip(), rc) for out, _, rc in results] == [(migrate.HEAD_REVISION, 0)] * 3, [err for _, err, _ in results]
     store = SqlHandoffStore(url)
     assert sum(len(store.transcript(f"cli:{i}")) for i in range(3)) == 3
     store.close()
