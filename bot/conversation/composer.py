@@ -277,7 +277,8 @@ def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece]
     order = lambda p: (p.rank, p.index)  # noqa: E731
     chosen.sort(key=order)
     chosen_keys = {(p.rank, p.index) for p in chosen}
-    rest = [p for p in sorted(pieces, key=order) if (p.rank, p.index) not in chosen_keys]
+    related = [p for p in pieces if p.rank == 0 or (p.overlap > 0 and measure(p.text, lang) >= min_len)]
+    rest = [p for p in sorted(related, key=order) if (p.rank, p.index) not in chosen_keys]
     return chosen, rest
 
 

@@ -76,3 +76,9 @@ def _latin_language(text: str) -> str | None:
     if accented >= 2 and en == 0:
         return None
     return "en"
+
+
+def has_english_words(text: str) -> bool:
+    """At least one common English word: "/human", "KDDI?" or "OCN" alone say nothing about the
+    language and keep the conversation's."""
+    return any(w.lower() in _EN_WORDS for w in _WORD.findall(unicodedata.normalize("NFKC", text or "")))

@@ -18,7 +18,7 @@ from bot.config import Settings
 from bot.conversation import composer as C
 from bot.conversation import signals as S
 from bot.conversation.escalation import EscalationPolicy, Signals, is_billing_dispute
-from bot.conversation.language import detect_language, has_letters
+from bot.conversation.language import detect_language, has_english_words, has_letters
 from bot.conversation.texts import LIST_SEP, t
 from bot.conversation.triage import IncidentFacts, detect_incident, extract_facts, missing_facts
 from bot.handoff.common import reply_from_payload, reply_payload
@@ -188,6 +188,8 @@ class ConversationService:
         norm = S.normalize(text)
         detected = detect_language(text)
         unknown_language = detected is None and has_letters(text)
+        if detected == "en" and state.language == "ja" and not has_english_words(text):
+            detected = None  # "/human", "KDDI?", "OCN": no signal, keep Japanese
         lang = detected or state.language or "en"
         if detected:
             state.language = detected

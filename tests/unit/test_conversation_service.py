@@ -348,3 +348,10 @@ def test_passage_order_and_carrier_filter_in_answers():
     r = one(say(service, "KDDIで国際電話の発信規制を申し込むには？"))
     assert all("softbank" not in c.doc_id for c in r.citations)
     assert isinstance(PASSAGES[0], Passage)
+
+
+def test_a_latin_command_in_a_japanese_conversation_keeps_japanese():
+    service, _, _ = make_service()
+    say(service, "こんにちは")
+    r = one(say(service, "/human", action="request_human"))
+    assert r.language == "ja" and "担当者" in r.answer
