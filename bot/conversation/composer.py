@@ -232,7 +232,10 @@ def pieces_of(
     rank = 0
     # A document's one-line summary passage (chunk id "<doc>#s", see retrieval/chunking.py) lists
     # topics rather than saying what to do: it goes after the sections.
-    passages = sorted(passages, key=lambda p: p.chunk_id.endswith("#s"))
+    # It is left out when a section of the same document was retrieved (it would repeat it).
+    sections = {p.doc_id for p in passages if not p.chunk_id.endswith("#s")}
+    passages = sorted((p for p in passages if not (p.chunk_id.endswith("#s") and p.doc_id in sections)),
+                      key=lambda p: p.chunk_id.endswith("#s"))
     for p in passages:
         if p.chunk_id in seen:
             continue
@@ -335,11 +338,25 @@ def render(pieces: Iterable[Piece], lang: str, book: CitationBook, *, numbered: 
     lines = []
     for i, (src, sents) in enumerate(runs):
         n = book.number(src)
-        body = ("" if src.language == "ja" else " ").join(sents)
+        body = _join(sents, src.language)
         marker = f"[{n}]" if src.language == "ja" else f" [{n}]"
         prefix = f"{i + 1}. " if numbered else ""
         lines.append(f"{prefix}{body}{marker}")
     return "\n".join(lines)
+
+
+_JA_TERMINAL = tuple("。！？!?）)」』")
+
+
+def _join(sentences: list[str], lang: str) -> str:
+    """English sentences with a space; Japanese ones directly, except after a list item without
+    a full stop ("…を確認する" + "不要な…"), which gets a space."""
+    if lang != "ja":
+        return " ".join(sentences)
+    out = sentences[0]
+    for s in sentences[1:]:
+        out += s if out.endswith(_JA_TERMINAL) else " " + s
+    return out
 
 
 MARKER = re.compile(r"\[(\d+)\]")
