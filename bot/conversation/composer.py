@@ -242,13 +242,15 @@ def pieces_of(
         seen.add(p.chunk_id)
         src = Source.of(p)
         lead_section = not p.heading and not p.chunk_id.endswith("#s")
+        # "<doc>#2.1" continues section 2: its first sentence does not open anything
+        continuation = bool(re.search(r"#\d+\.[1-9]\d*$", p.chunk_id))
         for i, s in enumerate(split_sentences(p.text)):
             st = terms(s)
             overlap = len(q & st) / math.sqrt(len(q) + 1) if q else 0.0
             if fq:
                 overlap += len(fq & st) / math.sqrt(len(fq) + 1)
             score = overlap + (0.5 if is_action(s) else 0.0) + 1.0 / (1 + rank)
-            if i == 0:
+            if i == 0 and not continuation:
                 score += 0.6 if lead_section else 0.3
             elif i == 1 and lead_section:
                 score += 0.3

@@ -176,9 +176,14 @@ class ConversationService:
             log.exception("answering failed (conversation %s, message %s)", address.conversation_id, stored.id)
             replies = [self._error_reply(address, stored.text)]
         replies = [self._with_id(r, request_id) for r in replies]
-        for r in replies:
-            self.store.record_message(address, "bot", r.answer, meta={"reply": reply_payload(r), "reply_to": stored.id})
-        self.store.mark_handled(stored.id)
+        try:
+            for r in replies:
+                self.store.record_message(address, "bot", r.answer, meta={"reply": reply_payload(r), "reply_to": stored.id})
+            self.store.mark_handled(stored.id)
+        except Exception:
+            # The user still gets the answer now; the message stays unhandled and recover_pending()
+            # completes the transcript later (at worst the reply is sent twice, never lost).
+            log.exception("recording the reply failed (conversation %s, message %s)", address.conversation_id, stored.id)
         return replies
 
     def _respond(self, address: Address, text: str, action: str | None) -> list[Reply]:
