@@ -402,6 +402,14 @@ class ServedApp:
 
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
+        # Start-up recovery (core.recover_pending) runs in the background; a message that arrives
+        # while it runs can be picked up by both, so the tests wait for it as a deployment's
+        # health check would.
+        deadline = time.monotonic() + 10
+        while any(t.get_name() == "recover-pending" for t in list(self.registry._tasks)):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://testserver")
         return self
 
