@@ -27,7 +27,6 @@ def run(args, settings: Settings) -> int:
     from bot.wiring import build_conversation_service
 
     service = build_conversation_service(settings)
-    service.recover_pending()
     if args.jsonl:
         return run_batch(service, sys.stdin, sys.stdout)
     conversation_id = args.conversation or f"{CHANNEL}:{uuid.uuid4().hex[:12]}"

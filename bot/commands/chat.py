@@ -21,7 +21,6 @@ def run(args, settings: Settings) -> int:
     from bot.wiring import build_conversation_service
 
     service = build_conversation_service(settings)
-    service.recover_pending()
     conversation_id = f"{CHANNEL}:chat-{uuid.uuid4().hex[:12]}"
     print(BANNER)
     while True:
