@@ -105,3 +105,24 @@ def test_every_answer_sentence_comes_from_a_passage_retrieved_this_turn(real_ret
                     assert not leftover, f"{case['id']}: unsupported text {leftover!r} in {line!r}"
                     checked += 1
     assert checked > 50
+
+
+def test_pbxbot_ask_jsonl_end_to_end(real_retriever):
+    """The console script path: wiring, SQLite store in the data dir, real index; order and bad lines."""
+    import os
+    import subprocess
+    import uuid
+
+    conv = f"it-{uuid.uuid4().hex[:8]}"
+    lines = [
+        json.dumps({"id": "1", "text": "NTTのひかり電話で国際電話を止めるにはどうすればいい？", "conversation_id": conv}),
+        "{broken",
+        json.dumps({"id": "3", "text": "KDDIの場合は？", "conversation_id": conv}),
+    ]
+    env = dict(os.environ, PBXBOT_LOG_LEVEL="WARNING")
+    proc = subprocess.run([sys.executable, "-m", "bot", "ask", "--jsonl"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [r.get("id") for r in rows] == ["1", None, "3"] and "error" in rows[1]
+    assert rows[0]["citations"] and rows[2]["conversation_id"] == conv and "KDDI" in rows[2]["answer"]
