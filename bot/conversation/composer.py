@@ -300,10 +300,6 @@ def take_in_order(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list
     return chosen, list(pieces[len(chosen) :])
 
 
-def page(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece], list[Piece]]:
-    """The next page of a "more" continuation."""
-    return take_in_order(pieces, lang, budget)
-
 
 # ---------------------------------------------------------------- rendering
 

@@ -326,7 +326,7 @@ class ConversationService:
         if not pieces:
             return self._reply(turn, t("no_more", lang), kind="notice")
         lang = pending.get("lang", lang)
-        shown, rest = C.page(pieces, lang, self._budget(lang, [t("more_header", lang), t("more_hint", lang)]))
+        shown, rest = C.take_in_order(pieces, lang, self._budget(lang, [t("more_header", lang), t("more_hint", lang)]))
         book = C.CitationBook()
         lines = [t("more_header", lang), C.render(shown, lang, book)]
         self._keep_more(st, rest, lang)

@@ -123,11 +123,6 @@ _HOSTILE = _rx(
     r"\b(operator|admin|bot|slack|telegram|line|api) (token|secret|key|password)\b.{0,30}(\?|please|now)",
     r"\bxox[bp]-|\bsk-[a-z0-9]",
 )
-_FOLLOWUP = _rx(
-    r"^(and |so )?(what|how) about\b", r"^(and|also) (for|with)\b", r"^(same|and) for\b", r"\binstead\?*$",
-    r"^(for|with) [a-z ]+\?+$", r"^[a-z ]{2,20}\?+$", r"^(in )?the case of\b",
-    r"(の場合|のとき|の時|では|だと|だったら|なら|でも|も|は)(どう(なる|する|ですか|でしょう(か)?)?|どうやって)?[？?。]*$",
-)
 _DOMAIN = _rx(
     r"pbx|ip[- ]?phone|ip電話|ip-pbx|sip|voip|asterisk|disa|toll|fraud|hack|hijack|compromis|takeover|take over|international|overseas|abroad",
     r"attack|scan|\bcall(s|ing|ed)?\b|\bphone|\bbill|\bcharge|\binvoice|\brefund|\bcarrier|telecom|\bline\b|\bdial|050|0120|5060|\bport\b|password|router|firewall|\blog(s)?\b|police|ministry|\bmic\b|regulat|block|bar(red|ring)?\b|suspend|prefix|country code|premium|irsf",
