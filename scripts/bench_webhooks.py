@@ -1,12 +1,16 @@
 """Webhook acknowledgement latency on loopback: Telegram, LINE and Slack (target p95 <= 50 ms).
 
-    .venv/bin/python scripts/bench_webhooks.py [--n 300] [--concurrency 1] [--core fake|fixture|real]
+    .venv/bin/python scripts/bench_webhooks.py [--n 300] [--concurrency 1 | --rate 20] [--core fake|fixture|real]
 
 Starts the real server (bot.web.app.create_app under uvicorn on a free 127.0.0.1 port, in a
 thread) with the three platforms enabled and their API base URLs pointing at local fake platform
 APIs (another thread), then posts correctly signed webhook requests (a new user, update id, event
 id or trigger id each time) and times each request until its HTTP answer (the ack). The answering
 work runs after the ack in the same server, so it competes with the acks as in production.
+
+Closed loop (default): each client sends the next request as soon as the previous one is acked, so
+the server is saturated and the acks share the CPU with the answering work of earlier requests;
+this is the worst case. Open loop (--rate R): requests arrive R per second per route, as webhooks do.
 
 --core fake     a fast deterministic core (tests/web_fakes.FakeCore): the channel path alone
 --core fixture  the real ConversationService over the small fixture corpus (hash embedder)
@@ -159,10 +163,16 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def run_route(client: Any, name: str, make: Callable[[int], tuple[str, bytes, dict[str, str]]],
-                    n: int, concurrency: int, warmup: int, deadline: float, offset: int) -> dict[str, Any]:
+                    n: int, concurrency: int, warmup: int, deadline: float, offset: int,
+                    rate: float = 0.0, answered: Callable[[], int] | None = None) -> dict[str, Any]:
+    before = answered() if answered else 0
     for i in range(warmup):
         path, body, headers = make(offset + i)
         await client.post(path, content=body, headers=headers)
+    # Untimed: let the warm-up answers finish (first queries load lazily built parts of the core).
+    settle_until = time.monotonic() + 30
+    while answered and answered() - before < warmup and time.monotonic() < settle_until:
+        await asyncio.sleep(0.05)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(n))
@@ -178,7 +188,25 @@ async def run_route(client: Any, name: str, make: Callable[[int], tuple[str, byt
             latencies.append((time.perf_counter() - started) * 1000)
             statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    async def one(i: int) -> None:
+        path, body, headers = make(offset + warmup + i)
+        started = time.perf_counter()
+        resp = await client.post(path, content=body, headers=headers)
+        latencies.append((time.perf_counter() - started) * 1000)
+        statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+
+    if rate > 0:  # open loop: requests arrive on a fixed schedule, whatever the answers take
+        tasks = []
+        for i in range(n):
+            if time.monotonic() > deadline:
+                break
+            delay = began + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+    else:  # closed loop: `concurrency` clients, each sending the next request once answered
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
     ok = statuses.get(200, 0)
     return {"route": name, "requests": len(latencies), "ok": ok, "errors": len(latencies) - ok,
@@ -193,7 +221,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="timed requests per route (default 300)")
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--concurrency", type=int, default=1, help="requests in flight per route (default 1)")
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="closed loop: clients sending back to back per route (default 1)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="open loop instead: requests per second per route on a fixed schedule")
     ap.add_argument("--core", choices=("fake", "fixture", "real"), default="fake")
     ap.add_argument("--max-seconds", type=float, default=120.0)
     ap.add_argument("--drain-seconds", type=float, default=10.0,
@@ -216,7 +247,8 @@ def main() -> int:
     started = time.monotonic()
     server = Server(args, fake.url, tmp).start()
     print(f"server on 127.0.0.1:{server.port} ready in {time.monotonic() - started:.1f} s (core: {args.core}); "
-          f"n={args.n} per route, concurrency={args.concurrency}", file=sys.stderr)
+          f"n={args.n} per route, " + (f"open loop at {args.rate:g} req/s" if args.rate
+                                       else f"closed loop, concurrency={args.concurrency}"), file=sys.stderr)
 
     question = "国際電話を止めるには？"
 
@@ -238,14 +270,18 @@ def main() -> int:
 
     async def bench() -> list[dict[str, Any]]:
         deadline = time.monotonic() + args.max_seconds
-        limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2)
+        conns = max(args.concurrency * 2, 32 if args.rate else 0)
+        limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", limits=limits, timeout=30) as client:
             results = []
             makers = {"telegram": telegram, "line": line, "slack": slack}
             chosen = [r.strip() for r in args.routes.split(",") if r.strip() in makers]
+            counters = {"telegram": lambda: len(fake.calls("telegram", "sendMessage")),
+                        "line": lambda: len(fake.calls("line")), "slack": lambda: len(fake.calls("slack_response"))}
             for k, (name, make) in enumerate((r, makers[r]) for r in chosen):
                 results.append(await run_route(client, name, make, args.n, args.concurrency, args.warmup,
-                                               deadline, offset=k * 1_000_000))
+                                               deadline, offset=k * 1_000_000, rate=args.rate,
+                                               answered=counters[name]))
                 await asyncio.sleep(0.5)  # let the answers of this route drain
             return results
 
