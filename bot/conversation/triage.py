@@ -73,6 +73,7 @@ _HYPOTHETICAL = _rx(
     r"((?<!か)もし|万一|万が一|仮に)", r"(乗っ取られ|不正利用され|被害にあ|被害に遭)(たら|た場合|る前|ないよう|ないため|ないように)",
     r"(かどうか|か確認|を確認する方法|見分け|どうやって(知|気づ|わか|分か))", r"(とは|って何|ってなに)[？?]?$",
     r"一般(的)?に|\bin general\b|\bgenerally\b",
+    r"防ぐ|防止|予防|されないよう|ないようにする|\b(prevent|avoid|protect against)\b",
 )
 # The incident is over: past and fixed ("去年乗っ取られたけど、もう止まってます", "it's been fixed").
 _RESOLVED = _rx(
@@ -81,13 +82,30 @@ _RESOLVED = _rx(
 )
 
 
+_JA_UNWANTED = _rx(
+    r"(勝手に|知らない間に|知らないうちに|いつの間にか|ずっと|次々(に|と)?)[^。！？]{0,20}(発信|電話|かけ|かか|通話)",
+    r"大量に?(の)?(発信|電話|通話)(され|が(され|発生|出て|かか|続))",
+    r"(知らない|見知らぬ|覚えのない|見覚えのない)(国|番号|相手)[^。！？]{0,20}(発信|電話|かけ|かか|通話)",
+    r"(国際電話|国際通話|海外|電話|通話)の?(料金|請求|電話代|通話料)が(すごい|とんでもない|高額|跳ね上が|急増|異常|ありえない|何十万|何百万|数十万|数百万)",
+)
+_EN_PROGRESSIVE = _rx(
+    r"\b(is|are|'s|'re|keeps?|kept|been|started|starts)\s+(making|placing|dialing|dialling|calling|sending)\b",
+    r"\b(lots|hundreds|dozens|tons|loads|thousands) of (short |strange |unknown )?calls\b",
+)
+# Calls the user makes on purpose are not an incident ("our staff are calling customers abroad").
+_SELF_CALLS = _rx(r"\b(we|i|our (staff|employees|team|sales|people))\s+(make|makes|are calling|call|dial|are making)\b")
+
+
 def detect_incident(text: str) -> bool:
     norm = normalize(text)
-    if (_HYPOTHETICAL.search(norm) or _RESOLVED.search(norm)) and not _strong_now(norm):
+    if (_HYPOTHETICAL.search(norm) or _RESOLVED.search(norm) or _SELF_CALLS.search(norm)) and not _strong_now(norm):
         return False
-    patterns = (_JA_CALLS_NOW, _JA_BILL, _JA_CARRIER_CALLED, _JA_LOG, _EN_CALLS_NOW, _EN_BILL,
+    patterns = (_JA_CALLS_NOW, _JA_BILL, _JA_CARRIER_CALLED, _JA_LOG, _JA_UNWANTED, _EN_CALLS_NOW, _EN_BILL,
                 _EN_CARRIER_CALLED, _EN_LOG)
-    return any(p.search(norm) for p in patterns)
+    if any(p.search(norm) for p in patterns):
+        return True
+    # "our phone system is making calls to Somalia", "lots of calls to +370 on our bill"
+    return bool(_EN_PROGRESSIVE.search(norm)) and bool(_COUNTRY_RX.search(norm) or _CODE_RX.search(norm))
 
 
 _STRONG_NOW = _rx(r"今まさに|今も|現在も|止まらない|right now|as we speak|won'?t stop|can'?t stop|still (calling|going|dialing|dialling)|nonstop")

@@ -59,3 +59,25 @@ def test_facts_are_extracted_in_english_and_merge_over_turns():
 
 def test_missing_facts_are_ordered_by_importance():
     assert missing_facts(IncidentFacts()) == ["carrier", "still_happening", "noticed_at", "vendor"]
+
+
+@pytest.mark.parametrize("text", [
+    "うちの電話から知らない国にずっと電話がかかってます",
+    "昨日から国際電話の料金がすごいことになってる",
+    "電話機が勝手に発信してる",
+    "知らない番号に大量発信されてる",
+    "our phone system is making calls to Somalia",
+    "there are lots of calls to +370 on our bill this month",
+])
+def test_more_ways_of_saying_it_is_happening(text):
+    assert detect_incident(text)
+
+
+@pytest.mark.parametrize("text", [
+    "勝手に発信されないようにするには？",
+    "How do I prevent international calls?",
+    "国際電話を大量にかける会社です。規制すべき？",
+    "Our staff are calling overseas customers, is that risky?",
+])
+def test_prevention_and_own_calls_are_not_incidents(text):
+    assert not detect_incident(text)
