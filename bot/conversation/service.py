@@ -89,6 +89,7 @@ class ConversationService:
         # Fixed queries (containment steps, a carrier's stop line) give the same passages every time
         # for one opened index: kept per (query, language, carrier, k).
         self._fixed_results: dict[tuple, SearchResult] = {}
+        self.vocabulary = S.DomainVocabulary.load(settings.knowledge_dir / "lexicon" / "terms.yaml")
         # Test hook (crash tests): called after the user message is committed, before any reply.
         self.after_record_hook: Callable[[StoredMessage], None] | None = None
 
@@ -265,14 +266,14 @@ class ConversationService:
     def _question(self, turn: _Turn) -> Reply:
         st, norm, lang = turn.state, turn.norm, turn.lang
         carriers = S.find_carriers(norm)
-        query, focus, header = turn.text, turn.text, ""
+        query, focus, header = S.kana_to_kanji(turn.text), turn.text, ""
         if st.last_query and carriers and S.is_followup(norm):
             # "KDDIの場合は？": the last question again, for the new carrier
             query = f"{S.strip_carriers(S.normalize(st.last_query))} {S.CARRIER_NAMES[carriers[0]][lang]}"
             focus = query
             header = t("carrier_header", lang, carrier=S.CARRIER_NAMES[carriers[0]][lang])
         elif st.last_query and S.is_contextual(norm):
-            query = f"{st.last_query} {turn.text}"
+            query = f"{st.last_query} {query}"
         carrier = carriers[0] if carriers else (st.carrier if S.wants_to_stop_calls(S.normalize(query)) else None)
 
         boost_numbers = bool(_NUMBER_ASKED.search(norm))
@@ -284,7 +285,7 @@ class ConversationService:
                 result = second
         passages, other_language = _in_language(result.passages, lang)
         note = t("other_language_note", lang) if other_language else ""
-        in_domain = S.in_domain(norm) or (query != turn.text and S.in_domain(S.normalize(query)))
+        in_domain = S.in_domain(norm, self.vocabulary) or (query != turn.text and S.in_domain(S.normalize(query), self.vocabulary))
         # Without a single domain word, only a very sure match counts ("who won the world cup").
         needed = self.settings.min_confidence if in_domain else max(self.settings.min_confidence, OFF_DOMAIN_CONFIDENCE)
         confident = bool(passages) and result.confidence >= needed

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import Path
+from typing import Iterable
+
+import yaml
 
 # ---------------------------------------------------------------- normalisation
 
@@ -29,6 +33,15 @@ _KANA_WORDS = (
     ("のっとり", "乗っ取り"), ("せいきゅう", "請求"), ("とまらない", "止まらない"), ("とめたい", "止めたい"),
     ("とめかた", "止め方"), ("たすけて", "助けて"), ("ひかりでんわ", "ひかり電話"),
 )
+
+
+def kana_to_kanji(text: str) -> str:
+    """Only the kana-only key words replaced (for retrieval queries: case and spacing kept)."""
+    t = unicodedata.normalize("NFKC", text or "")
+    for kana, kanji in _KANA_WORDS:
+        if kana in t:
+            t = t.replace(kana, kanji)
+    return t
 
 
 def normalize(text: str) -> str:
@@ -159,8 +172,41 @@ def is_hostile(norm: str) -> bool:
     return bool(_HOSTILE.search(norm))
 
 
-def in_domain(norm: str) -> bool:
-    return bool(_DOMAIN.search(norm)) or bool(find_carriers(norm))
+class DomainVocabulary:
+    """Domain words from the knowledge base's lexicon (knowledge/lexicon/terms.yaml: data shared with
+    retrieval), so that "JAIPA", "アスタリスク" or "Kokusai Denwa" count as in scope."""
+
+    def __init__(self, words: Iterable[str]):
+        ascii_words = sorted({w for w in words if w.isascii() and len(w) >= 3}, key=len, reverse=True)
+        other = sorted({w for w in words if not w.isascii() and len(w) >= 2}, key=len, reverse=True)
+        parts = [rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])" for w in ascii_words] + [re.escape(w) for w in other]
+        self._rx = re.compile("|".join(parts)) if parts else None
+
+    @classmethod
+    def load(cls, path: Path) -> "DomainVocabulary":
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return cls(())
+        words: list[str] = []
+        for group in data.get("synonyms") or []:
+            words.extend(str(t) for t in (group.get("terms") or []))
+        words.extend(str(t) for t in (data.get("terms") or []))
+        return cls(normalize(w) for w in words if w)
+
+    def search(self, norm: str) -> bool:
+        return bool(self._rx and self._rx.search(norm))
+
+
+_EXTRA_DOMAIN = _rx(
+    r"jaipa|jpcert|\btca\b|\bnpa\b|警察庁|電気通信事業者協会|注意喚起|kokusai|futoriatsukai|hikari|アスタリスク|asterisk|"
+    r"golden week|ゴールデンウィーク|年末年始|連休|\bunplug|internet|インターネット"
+)
+
+
+def in_domain(norm: str, vocabulary: "DomainVocabulary | None" = None) -> bool:
+    return (bool(_DOMAIN.search(norm)) or bool(_EXTRA_DOMAIN.search(norm)) or bool(find_carriers(norm))
+            or bool(vocabulary and vocabulary.search(norm)))
 
 
 def wants_to_stop_calls(norm: str) -> bool:
@@ -200,6 +246,11 @@ _HINTS: tuple[tuple[re.Pattern[str], dict[str, str]], ...] = (
      {"ja": "電話番号と受付時間", "en": "phone number and hours"}),
     (_rx(r"how (can|do|would) (i|we|you) (tell|know|detect|notice|spot|find out)|signs? of|symptoms?|気づ|気付|見分け|兆候|わかる方法|分かる方法"),
      {"ja": "兆候 気づき方 請求書 通話明細", "en": "signs symptoms bill call log"}),
+    (_rx(r"what (should|do|must|can) (i|we) do|what to do|(do|should) (i|we) (first|unplug|disconnect)|first step|"
+         r"(何|なに)をすれば|どうすれば|どうしたら|最初に|まず(何|なに)|やるべきこと|すべきこと"),
+     {"ja": "今すぐやること 手順", "en": "what to do right now in order"}),
+    (_rx(r"土日|週末|夜中|夜間|深夜|休日|連休|祝日|weekend|night|holiday"),
+     {"ja": "夜間 土日祝日 時間帯", "en": "nights weekends holidays"}),
 )
 
 

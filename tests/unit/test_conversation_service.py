@@ -355,3 +355,21 @@ def test_a_latin_command_in_a_japanese_conversation_keeps_japanese():
     say(service, "こんにちは")
     r = one(say(service, "/human", action="request_human"))
     assert r.language == "ja" and "担当者" in r.answer
+
+
+def test_domain_words_come_from_the_knowledge_base_lexicon(tmp_path):
+    from bot.conversation.signals import DomainVocabulary, in_domain, normalize
+
+    lex = tmp_path / "terms.yaml"
+    lex.write_text("synonyms:\n  - id: x\n    terms: [Futoriatsukai, 主装置]\nterms: [sipサーバ]\n", encoding="utf-8")
+    vocab = DomainVocabulary.load(lex)
+    assert in_domain(normalize("What is the Futoriatsukai centre?"), vocab)
+    assert in_domain(normalize("主装置の設定"), vocab)
+    assert not in_domain(normalize("who won the world cup"), vocab)
+    assert not DomainVocabulary.load(tmp_path / "missing.yaml").search("futoriatsukai")
+
+
+def test_kana_only_words_are_searched_in_kanji():
+    service, _, retriever = make_service()
+    say(service, "こくさいでんわ　とめたい")
+    assert "国際電話" in retriever.calls[0]["query"]
