@@ -86,9 +86,13 @@ def create_app(
         try:
             yield
         finally:
+            dispatcher.stop()
+            reannouncer.stop()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _done, pending = await asyncio.wait(tasks, timeout=5)
+            if pending:
+                log.warning("background loops did not stop in time: %s", [t.get_name() for t in pending])
             await registry.stop()
             close = getattr(core, "close", None)
             if callable(close):

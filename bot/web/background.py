@@ -35,13 +35,20 @@ class OutboxDispatcher:
         self.failed = 0
         self.last_tick: float | None = None  # monotonic time of the last completed poll
         self.last_error: str | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Leave the loop at the next turn. (A plain task.cancel() can be swallowed while a worker
+        thread call is shielded, so the loops also check this flag.)"""
+        self._stopping = True
+        self._wake.set()
 
     def wake(self) -> None:
         """Deliver now rather than at the next poll (after an operator reply)."""
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -97,10 +104,16 @@ class Reannouncer:
                  on_reannounced: Callable[[], None] | None = None) -> None:
         self.core, self.run_sync, self.interval, self.on_reannounced = core, run_sync, interval, on_reannounced
         self.count = 0
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval)
+            if self._stopping:
+                return
             try:
                 n = await self.run_sync(self.core.reannounce_overdue, utcnow())
             except asyncio.CancelledError:
