@@ -36,7 +36,11 @@
         var key = JSON.stringify(data.tickets.map(function (t) { return [t.id, t.status, t.priority, t.operator]; }));
         var active = document.activeElement;
         var activeHref = active && active.getAttribute ? active.getAttribute("href") : null;
-        if (key !== lastKey) count.textContent = "(" + data.tickets.length + ")";
+        if (key !== lastKey) {
+          count.textContent = "(" + data.tickets.length + ")";
+          var urgent = data.tickets.filter(function (t) { return t.priority === "urgent" && t.status === "open"; }).length;
+          document.title = (urgent ? "[" + urgent + " urgent] " : "") + "(" + data.tickets.length + ") Queue · pbxbot console";
+        }
         lastKey = key;
         var rows = document.createDocumentFragment();
         if (!data.tickets.length) {
