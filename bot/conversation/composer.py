@@ -167,10 +167,20 @@ class Source:
     url: str
     published: str | None
     language: str
+    kind: str = "source"  # "guide": our compiled topic guide; its url/publisher are its main source's
 
     @classmethod
     def of(cls, p: Passage) -> "Source":
-        return cls(p.doc_id, p.title, p.publisher, p.url, p.published, p.language)
+        return cls(p.doc_id, p.title, p.publisher, p.url, p.published, p.language, p.kind)
+
+    @property
+    def cited_publisher(self) -> str:
+        """A guide is our summary of several advisories: never present it as the carrier's own page."""
+        if self.kind != "guide":
+            return self.publisher
+        if self.language == "ja":
+            return f"pbxbotまとめ(主な出典: {self.publisher})"
+        return f"pbxbot guide (main source: {self.publisher})"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -319,7 +329,9 @@ class CitationBook:
 
     def citations(self) -> tuple[Citation, ...]:
         return tuple(
-            Citation(n=i + 1, doc_id=s.doc_id, title=s.title, publisher=s.publisher, url=s.url, published=s.published)
+            Citation(
+                n=i + 1, doc_id=s.doc_id, title=s.title, publisher=s.cited_publisher, url=s.url, published=s.published
+            )
             for i, s in enumerate(self._sources)
         )
 

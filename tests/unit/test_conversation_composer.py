@@ -102,3 +102,16 @@ def test_replies_are_chat_sized():
                 assert len(text) <= 400 + 40, reply.answer
             else:
                 assert len(text.split()) <= 120 + 15, reply.answer
+
+
+def test_a_guide_is_cited_as_our_summary_with_its_main_source_not_as_the_carriers_page():
+    base = dict(title="T", publisher="KDDI", url="https://news.kddi.com/kddi/business-topic/2014/04/278.html",
+                published="2014-04-15", language="en")
+    guide = C.Source(doc_id="guide-x-en", kind="guide", **base)
+    source = C.Source(doc_id="src-x-en", kind="source", **base)
+    book = C.CitationBook()
+    book.number(guide), book.number(source)
+    cited_guide, cited_source = book.citations()
+    assert cited_guide.publisher == "pbxbot guide (main source: KDDI)"
+    assert cited_source.publisher == "KDDI"
+    assert cited_guide.url == cited_source.url, "the link still goes to the real advisory"
