@@ -107,3 +107,25 @@ class Reply:
             "confidence": round(float(self.confidence), 4),
             "kind": self.kind,
         }
+
+    def to_payload(self) -> dict[str, Any]:
+        """What the store keeps (outbox, transcript meta): the reply JSON plus "offer_human"."""
+        data = self.to_json()
+        data["offer_human"] = self.offer_human
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "Reply":
+        """Rebuild a Reply from to_payload() output (or the contract's reply JSON)."""
+        esc = payload.get("escalation")
+        return cls(
+            conversation_id=payload["conversation_id"],
+            language=payload.get("language") or "ja",
+            answer=payload.get("answer", ""),
+            citations=tuple(Citation(**c) for c in payload.get("citations") or ()),
+            escalation=Escalation(**esc) if esc else None,
+            confidence=float(payload.get("confidence") or 0.0),
+            kind=payload.get("kind") or "answer",
+            id=payload.get("id"),
+            offer_human=bool(payload.get("offer_human", False)),
+        )

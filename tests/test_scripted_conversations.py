@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.handoff.common import reply_from_payload
-from bot.messages import Address, InboundMessage, utcnow
+from bot.messages import Address, InboundMessage, Reply, utcnow
 from tests.fakes import make_service
 
 HERE = Path(__file__).parent / "conversations"
@@ -62,7 +61,7 @@ def check_replies(expect: dict, replies, store, cid: str, where: str) -> None:
 def check_outbox(expect: dict, store, where: str) -> None:
     items = store.pending_outbox()
     assert items, f"{where}: outbox empty"
-    reply = reply_from_payload(items[-1].reply)
+    reply = Reply.from_payload(items[-1].reply)
     check_text(expect, reply.answer, where)
     if "kind" in expect:
         assert reply.kind == expect["kind"], f"{where}: outbox kind {reply.kind}"

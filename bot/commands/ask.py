@@ -108,12 +108,11 @@ def _silent(service, cid: str, rid: str | None) -> dict[str, Any]:
 
 def deliver_pending(service, conversation_id: str, out: TextIO, *, as_json: bool) -> None:
     """Operator replies (and re-announcements) queued for this CLI conversation since the last turn."""
-    from bot.handoff.common import reply_from_payload
 
     for item in service.handoff.pending_outbox(limit=200):
         if item.address.channel != CHANNEL or item.address.conversation_id != conversation_id:
             continue
-        reply = reply_from_payload(item.reply)
+        reply = Reply.from_payload(item.reply)
         print(json.dumps(reply.to_json(), ensure_ascii=False) if as_json else render_text(reply), file=out)
         service.handoff.mark_sent(item.id)
 

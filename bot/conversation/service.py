@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from bot.config import Settings
@@ -21,8 +21,7 @@ from bot.conversation.escalation import EscalationPolicy, Signals, is_billing_di
 from bot.conversation.language import detect_language, has_english_words, has_letters
 from bot.conversation.texts import LIST_SEP, t
 from bot.conversation.triage import IncidentFacts, detect_incident, extract_facts, missing_facts
-from bot.handoff.common import reply_from_payload, reply_payload
-from bot.messages import Address, Escalation, InboundMessage, Reply
+from bot.messages import Address, Escalation, InboundMessage, Reply, utcnow
 from bot.ports import (
     ConversationState,
     ConversationStore,
@@ -92,6 +91,9 @@ class ConversationService:
         self.vocabulary = S.DomainVocabulary.load(settings.knowledge_dir / "lexicon" / "terms.yaml")
         # Test hook (crash tests): called after the user message is committed, before any reply.
         self.after_record_hook: Callable[[StoredMessage], None] | None = None
+        # Messages recorded after this moment belong to this process and are being answered live;
+        # recover_pending leaves them alone (a server takes traffic while it recovers).
+        self.started_at = utcnow()
 
     # ------------------------------------------------------------------ ConversationCore
 
@@ -133,6 +135,8 @@ class ConversationService:
         """Answer user messages recorded but never handled; replies go to the outbox."""
         count = 0
         for msg in self.store.unhandled_messages():
+            if _aware(msg.created_at) >= self.started_at:
+                continue  # recorded by this process: its own turn is answering it right now
             if msg.role != "user":
                 self.store.mark_handled(msg.id)
                 continue
@@ -143,7 +147,7 @@ class ConversationService:
                 if m.role == "bot" and m.meta.get("reply_to") == msg.id and m.meta.get("reply")
             ]
             if done:
-                replies = [reply_from_payload(m.meta["reply"]) for m in done]
+                replies = [Reply.from_payload(m.meta["reply"]) for m in done]
                 self.store.mark_handled(msg.id)
             else:
                 replies = self._answer(address, msg, request_id=msg.meta.get("request_id"))
@@ -160,7 +164,7 @@ class ConversationService:
             carrier = ticket.summary.get("carrier")
             try:
                 reply = self._reannounce_reply(ticket, lang, carrier)
-                self.store.record_message(ticket.address, "bot", reply.answer, meta={"reply": reply_payload(reply), "reannounce": True})
+                self.store.record_message(ticket.address, "bot", reply.answer, meta={"reply": reply.to_payload(), "reannounce": True})
                 self.handoff.enqueue(ticket.address, reply)
             except Exception:
                 log.exception("re-announcing ticket %s: self-help reply failed", ticket.id)
@@ -179,7 +183,7 @@ class ConversationService:
         replies = [self._with_id(r, request_id) for r in replies]
         try:
             for r in replies:
-                self.store.record_message(address, "bot", r.answer, meta={"reply": reply_payload(r), "reply_to": stored.id})
+                self.store.record_message(address, "bot", r.answer, meta={"reply": r.to_payload(), "reply_to": stored.id})
             self.store.mark_handled(stored.id)
         except Exception:
             # The user still gets the answer now; the message stays unhandled and recover_pending()
@@ -528,3 +532,8 @@ def _pick(
 
 def _is_summary(p: Passage) -> bool:
     return p.chunk_id.endswith("#s")  # the document's one-line summary passage (retrieval/chunking.py)
+
+
+def _aware(at: datetime) -> datetime:
+    """SQLite hands back naive datetimes for UTC values."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)

@@ -89,32 +89,6 @@ def merge_summary(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def reply_payload(reply: Reply) -> dict[str, Any]:
-    """What the outbox stores: the contract's reply JSON plus "kind" and "offer_human"."""
-    data = reply.to_json()
-    data["kind"] = reply.kind
-    data["offer_human"] = reply.offer_human
-    return data
-
-
-def reply_from_payload(payload: dict[str, Any]) -> Reply:
-    """Rebuild the Reply a ReplySender needs from an outbox payload."""
-    from bot.messages import Citation, Escalation
-
-    esc = payload.get("escalation")
-    return Reply(
-        conversation_id=payload["conversation_id"],
-        language=payload.get("language") or "ja",
-        answer=payload.get("answer", ""),
-        citations=tuple(Citation(**c) for c in payload.get("citations") or ()),
-        escalation=Escalation(**esc) if esc else None,
-        confidence=float(payload.get("confidence") or 0.0),
-        kind=payload.get("kind") or "answer",
-        id=payload.get("id"),
-        offer_human=bool(payload.get("offer_human", False)),
-    )
-
-
 def operator_reply(address: Address, language: str | None, text: str) -> Reply:
     lang = language if language in ("ja", "en") else "ja"
     return Reply(conversation_id=address.conversation_id, language=lang, answer=text, kind="operator")

@@ -337,7 +337,7 @@ class InMemoryHandoffStore:
         return msg
 
     def _enqueue(self, address: Address, reply: Reply, *, ticket_id: str | None) -> int:
-        item = _Outbox(id=self._next_outbox_id, address=_stored(address), reply=common.json_roundtrip(common.reply_payload(reply)),
+        item = _Outbox(id=self._next_outbox_id, address=_stored(address), reply=common.json_roundtrip(reply.to_payload()),
                        created_at=self._now(), ticket_id=ticket_id)
         self._next_outbox_id += 1
         self._outbox[item.id] = item

@@ -175,7 +175,7 @@ class SqlHandoffStore:
 
     def _enqueue(self, s: Session, address: Address, reply: Reply, ticket_id: str | None) -> int:
         row = OutboxRow(address=common.clean_json(address.to_dict()),
-                        reply=common.clean_json(common.reply_payload(reply)), ticket_id=ticket_id,
+                        reply=common.clean_json(reply.to_payload()), ticket_id=ticket_id,
                         status="pending", attempts=0, created_at=self._now())
         s.add(row)
         s.flush()

@@ -14,8 +14,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from bot.handoff.common import reply_from_payload
-from bot.messages import utcnow
+from bot.messages import Reply, utcnow
 from bot.ports import ConversationCore, HandoffService, OutboxItem, ReplySender
 
 log = logging.getLogger("bot.web.outbox")
@@ -78,7 +77,7 @@ class OutboxDispatcher:
 
     async def _deliver(self, item: OutboxItem) -> int:
         try:
-            reply = reply_from_payload(item.reply)
+            reply = Reply.from_payload(item.reply)
             await asyncio.wait_for(self.sender.send(item.address, reply), self.send_timeout)
         except asyncio.CancelledError:
             raise

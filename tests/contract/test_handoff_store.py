@@ -361,9 +361,8 @@ def test_outbox_pending_sent(store, clock):
     assert first.address == a and first.created_at == clock.now and first.attempts == 0
     assert first.reply["kind"] == "incident" and first.reply["offer_human"] is True
     assert first.reply["citations"][0]["url"] == "https://example.jp/x"
-    from bot.handoff.common import reply_from_payload
 
-    assert reply_from_payload(first.reply) == _reply(a, "one [1]", citations=(cit,), kind="incident",
+    assert Reply.from_payload(first.reply) == _reply(a, "one [1]", citations=(cit,), kind="incident",
                                                      offer_human=True)
     assert [i.id for i in store.pending_outbox(limit=1)] == [i1]
     store.mark_sent(i1)

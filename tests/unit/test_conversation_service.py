@@ -223,6 +223,12 @@ class Crash(BaseException):
     pass
 
 
+def restarted(service):
+    """A new process on the same store (what a restart after a crash looks like)."""
+    return type(service)(retriever=service.retriever, store=service.store, handoff=service.handoff,
+                         settings=service.settings)
+
+
 def test_recover_pending_answers_a_message_recorded_before_a_crash():
     service, store, _ = make_service()
 
@@ -233,7 +239,7 @@ def test_recover_pending_answers_a_message_recorded_before_a_crash():
     with pytest.raises(Crash):
         say(service, "今まさに海外に発信され続けてる！NTTです", request_id="r1")
     assert [m.role for m in store.unhandled_messages()] == ["user"]
-    service.after_record_hook = None
+    service = restarted(service)
     assert service.recover_pending() == 1
     assert store.unhandled_messages() == []
     (item,) = store.pending_outbox()
@@ -249,10 +255,22 @@ def test_recover_resends_a_recorded_reply_instead_of_answering_twice():
     say(service, "HELP!!! phones dialing overseas nonstop")
     (user_msg,) = [m for m in store.transcript("test:1") if m.role == "user"]
     store._messages[user_msg.id].handled = False  # crash after the reply was recorded, before mark_handled
+    service = restarted(service)
     assert service.recover_pending() == 1
     assert len(store.list_queue()) == 1
     assert len([m for m in store.transcript("test:1") if m.role == "bot"]) == 1
     assert store.pending_outbox()[0].reply["kind"] == "incident"
+
+
+def test_recovery_leaves_alone_a_message_this_process_is_answering_right_now():
+    service, store, _ = make_service()
+    seen = []
+    # While this turn is between "recorded" and "answered", start-up recovery runs (server taking traffic).
+    service.after_record_hook = lambda _msg: seen.append(service.recover_pending())
+    say(service, "HELP!!! phones dialing overseas nonstop")
+    assert seen == [0], "recovery must not answer a live message a second time"
+    assert len([m for m in store.transcript("test:1") if m.role == "bot"]) == 1
+    assert store.pending_outbox() == []
 
 
 def test_a_failing_retriever_gives_a_polite_error_and_the_message_is_handled():
