@@ -290,14 +290,16 @@ class InMemoryHandoffStore:
             if o.ticket_id and o.ticket_id in self._tickets:
                 self._audit_add(o.ticket_id, "system", "delivered", f"outbox #{o.id}")
 
-    def mark_failed(self, item_id: int, error: str) -> None:
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None:
+        """Count a failed attempt; the item stays leased for `retry_in` seconds (back-off shared by
+        every worker and kept across restarts), then is due again, until max_attempts."""
         with self._lock:
             o = self._outbox.get(item_id)
             if o is None or o.status != "pending":
                 return
             o.attempts += 1
             o.last_error = common.clean_text(error or "")[:1000]
-            o.leased_until = None
+            o.leased_until = self._now() + timedelta(seconds=retry_in) if retry_in else None
             if o.attempts >= self._max_attempts:
                 o.status = "failed"
             if o.ticket_id and o.ticket_id in self._tickets:

@@ -431,14 +431,16 @@ class SqlHandoffStore:
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
                 self._audit(s, row.ticket_id, "system", "delivered", f"outbox #{row.id}")
 
-    def mark_failed(self, item_id: int, error: str) -> None:
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None:
+        """Count a failed attempt; the item stays leased for `retry_in` seconds (back-off shared by
+        every worker and kept across restarts), then is due again, until max_attempts."""
         with self._tx() as s:
             row = s.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
             if row is None or row.status != "pending":
                 return
             row.attempts += 1
             row.last_error = common.clean_text(error or "")[:1000]
-            row.leased_until = None  # free for the next attempt
+            row.leased_until = self._now() + timedelta(seconds=retry_in) if retry_in else None
             if row.attempts >= self._max_attempts:
                 row.status = "failed"
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:

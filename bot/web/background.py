@@ -28,7 +28,6 @@ class OutboxDispatcher:
                  batch: int = 50) -> None:
         self.handoff, self.sender, self.run_sync = handoff, sender, run_sync
         self.interval, self.send_timeout, self.max_backoff, self.batch = interval, send_timeout, max_backoff, batch
-        self._retry_at: dict[int, float] = {}
         self._wake = asyncio.Event()
         self.delivered = 0
         self.failed = 0
@@ -62,15 +61,13 @@ class OutboxDispatcher:
             self._wake.clear()
 
     async def tick(self) -> int:
-        """One poll: deliver every due pending item; returns how many were delivered."""
-        items: list[OutboxItem] = await self.run_sync(self.handoff.pending_outbox, self.batch)
-        now = time.monotonic()
-        due = [it for it in items if self._retry_at.get(it.id, 0.0) <= now]
-        results = await asyncio.gather(*(self._deliver(it) for it in due))
-        pending_ids = {it.id for it in items}
-        for item_id in list(self._retry_at):
-            if item_id not in pending_ids:
-                del self._retry_at[item_id]
+        """One poll: lease the due pending items and deliver them; returns how many were delivered.
+        Leases (not a plain read) so that several server processes on one database never send an
+        item twice; a failed item stays leased for its back-off, in the store, so every worker and
+        a restarted one honour it."""
+        lease = self.send_timeout + 5.0
+        items: list[OutboxItem] = await self.run_sync(self.handoff.lease_outbox, self.batch, lease)
+        results = await asyncio.gather(*(self._deliver(it) for it in items))
         self.last_tick = time.monotonic()
         self.last_error = None
         return sum(results)
@@ -84,14 +81,12 @@ class OutboxDispatcher:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
             delay = min(self.max_backoff, 2.0 ** item.attempts)
-            self._retry_at[item.id] = time.monotonic() + delay
             self.failed += 1
             log.warning("outbox #%d to %s failed (attempt %d): %s; retry in %.0fs", item.id,
                         item.address.channel, item.attempts + 1, error, delay)
-            await self.run_sync(self.handoff.mark_failed, item.id, error)
+            await self.run_sync(self.handoff.mark_failed, item.id, error, delay)
             return 0
         await self.run_sync(self.handoff.mark_sent, item.id)
-        self._retry_at.pop(item.id, None)
         self.delivered += 1
         return 1
 

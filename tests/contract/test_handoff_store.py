@@ -456,3 +456,14 @@ def test_concurrent_escalations_open_one_ticket(store):
     for th in threads:
         th.join()
     assert errors == [] and len(set(ids)) == 1
+
+
+def test_a_failed_delivery_waits_out_its_back_off_for_every_worker(store, clock):
+    a = addr()
+    item = store.enqueue(a, _reply(a, "operator: please call your carrier"))
+    (leased,) = store.lease_outbox(seconds=20)
+    store.mark_failed(leased.id, "HTTP 503", retry_in=8)
+    assert store.lease_outbox() == [], "no worker retries before the back-off has passed"
+    clock.advance(seconds=9)
+    (again,) = store.lease_outbox()
+    assert again.id == item and again.attempts == 1
