@@ -38,7 +38,6 @@ class Settings(BaseSettings):
     retrieval_k: int = 5
 
     # --- conversation ---
-    llm: str | None = None  # reserved; the default composes answers without an LLM
     answer_max_chars_ja: int = 400
     answer_max_words_en: int = 120
     urgent_reannounce_minutes: float = 10.0
