@@ -66,11 +66,14 @@ def test_billing_disputes_are_told_apart_from_general_questions():
         "そのときの約74万円の請求に異議を申し立てたいです",
         "I want a refund from NTT for last month's bill.",
         "can you help me get those charges waived?",
+        "Please refund our March charges, the calls were not ours.",
         "I disputed my March bill with KDDI and got nowhere.",
     ]
     general = [
         "不正利用された通話料って、一般的には誰が払うことになるの？",
         "Will NTT refund fraudulent international charges?",
+        "Will NTT refund the fraudulent international charges?",
+        "Does KDDI ever refund the charges after a PBX hack?",
         "Who pays for fraudulent calls in Japan?",
     ]
     assert all(is_billing_dispute(t) for t in disputes)
