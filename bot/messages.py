@@ -14,6 +14,9 @@ Language = Literal["ja", "en"]
 Priority = Literal["urgent", "normal"]
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -34,6 +37,12 @@ class Address:
     route: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        # Called several times per turn: skip asdict's recursive copy when the route is flat scalars
+        # (the usual case); the result is the same.
+        route = self.route
+        if all(type(v) in _SCALARS for v in route.values()):
+            return {"channel": self.channel, "conversation_id": self.conversation_id,
+                    "user_id": self.user_id, "route": dict(route)}
         return asdict(self)
 
     @classmethod
