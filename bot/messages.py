@@ -103,6 +103,10 @@ class Reply:
     id: str | None = None  # echoed request id
     # Offer a "talk to a person" button where the channel supports buttons.
     offer_human: bool = False
+    # Where the store keeps this reply and the user message it answers (transcript message ids;
+    # None when not recorded). Not part of the reply JSON: the widget uses them as event numbers.
+    stored_id: int | None = None
+    reply_to: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The reply JSON of ../shared/contract.md (extra keys are allowed by the contract)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 from bot.messages import Address, InboundMessage, Reply
 
@@ -110,6 +110,19 @@ class ConversationStore(Protocol):
         Returns None when dedupe_key (channel message id) was already recorded: a retried webhook.
         If the conversation has an open ticket, the message is linked to it.
         """
+        ...
+
+    def complete_turn(
+        self,
+        address: Address,
+        message_id: int,
+        state: ConversationState | None,
+        replies: Sequence[tuple[str, dict[str, Any]]],
+    ) -> list[StoredMessage]:
+        """End a turn in one transaction: save `state` (when given), record the bot's `replies`
+        ((text, meta) each, linked to an open ticket like record_message) and mark the user
+        message `message_id` handled. All or nothing: on failure the message stays unhandled
+        and recover_pending() answers it later. Returns the recorded replies, in order."""
         ...
 
     def mark_handled(self, message_id: int) -> None: ...

@@ -175,24 +175,29 @@ class ConversationService:
     # ------------------------------------------------------------------ one turn
 
     def _answer(self, address: Address, stored: StoredMessage, *, request_id: str | None) -> list[Reply]:
+        state: ConversationState | None = None
         try:
-            replies = self._respond(address, stored.text, stored.meta.get("action"))
+            replies, state = self._respond(address, stored)
         except Exception:
             log.exception("answering failed (conversation %s, message %s)", address.conversation_id, stored.id)
             replies = [self._error_reply(address, stored.text)]
         replies = [self._with_id(r, request_id) for r in replies]
         try:
-            for r in replies:
-                self.store.record_message(address, "bot", r.answer, meta={"reply": r.to_payload(), "reply_to": stored.id})
-            self.store.mark_handled(stored.id)
+            # One transaction: the replies, the new state and "handled" land together or not at all.
+            recorded = self.store.complete_turn(
+                address, stored.id, state,
+                [(r.answer, {"reply": r.to_payload(), "reply_to": stored.id}) for r in replies],
+            )
+            replies = [replace(r, stored_id=m.id, reply_to=stored.id) for r, m in zip(replies, recorded)]
         except Exception:
             # The user still gets the answer now; the message stays unhandled and recover_pending()
             # completes the transcript later (at worst the reply is sent twice, never lost).
             log.exception("recording the reply failed (conversation %s, message %s)", address.conversation_id, stored.id)
         return replies
 
-    def _respond(self, address: Address, text: str, action: str | None) -> list[Reply]:
-        cid = address.conversation_id
+    def _respond(self, address: Address, stored: StoredMessage) -> tuple[list[Reply], ConversationState]:
+        """The replies to one recorded user message, and the conversation state after it (unsaved)."""
+        cid, text, action = address.conversation_id, stored.text, stored.meta.get("action")
         state = self.store.get_state(cid) or ConversationState(conversation_id=cid, address=address)
         state.address = address
         norm = S.normalize(text)
@@ -209,13 +214,14 @@ class ConversationService:
             state.carrier = facts.carrier
         turn = _Turn(address, text, norm, lang, state, action)
 
-        ticket = self.handoff.active_ticket(cid)
+        # record_message linked the message to the ticket that was active when it arrived: with
+        # none, there is no ticket to look up (one query less per turn).
+        ticket = self.handoff.active_ticket(cid) if stored.ticket_id is not None else None
         if ticket is not None:
             replies = self._join_ticket(turn, ticket)
         else:
             replies = self._bot_turn(turn, unknown_language)
-        self.store.save_state(state)
-        return replies
+        return replies, state
 
     def _join_ticket(self, turn: _Turn, ticket: Ticket) -> list[Reply]:
         """While a ticket is open the bot does not answer: the message is for the operator.

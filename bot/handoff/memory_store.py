@@ -11,7 +11,7 @@ import copy
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from bot.handoff import common
 from bot.messages import Address, Reply, utcnow
@@ -112,6 +112,36 @@ class InMemoryHandoffStore:
                 self._audit_add(ticket.id, common.actor_for_role(role, meta), f"{role}_message",
                                 f"message #{msg.id}")
             return copy.deepcopy(msg)
+
+    def complete_turn(
+        self,
+        address: Address,
+        message_id: int,
+        state: ConversationState | None,
+        replies: Sequence[tuple[str, dict[str, Any]]],
+    ) -> list[StoredMessage]:
+        with self._lock:
+            # Check everything that can fail before changing anything (all or nothing).
+            stored_state = None
+            if state is not None:
+                stored_state = common.state_from_json(common.json_roundtrip(common.state_to_json(state)), self._now())
+            metas = [common.json_roundtrip(dict(meta or {})) for _, meta in replies]
+            self._conversation(address)
+            if stored_state is not None:
+                self._conversations[address.conversation_id].state = stored_state
+                state.updated_at = stored_state.updated_at  # type: ignore[union-attr]
+            ticket = self._active(address.conversation_id)
+            out = []
+            for (text, _), meta in zip(replies, metas):
+                msg = self._add_message(address, "bot", text, handled=True, meta=meta,
+                                        ticket_id=ticket.id if ticket else None)
+                if ticket is not None:
+                    self._audit_add(ticket.id, "bot", "bot_message", f"message #{msg.id}")
+                out.append(copy.deepcopy(msg))
+            msg = self._messages.get(message_id)
+            if msg is not None:
+                msg.handled = True
+            return out
 
     def mark_handled(self, message_id: int) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ import logging
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import bindparam, case, create_engine, event, insert, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -117,6 +117,19 @@ class SqlHandoffStore:
         return common.as_utc(self._clock())
 
     @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only transaction. On SQLite it begins DEFERRED, not IMMEDIATE: under WAL a reader
+        sees a consistent snapshot without taking the write lock, so the console's polling and
+        the widget's event feed never queue behind (or block) the writers of other workers."""
+        with self.engine.connect().execution_options(pbxbot_read_only=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read_session(self) -> Iterator[Session]:
+        with self._read() as conn, Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
     def _tx(self) -> Iterator[Session]:
         """An ORM session in one transaction (ticket operations)."""
         with self._sessions() as session, session.begin():
@@ -184,7 +197,7 @@ class SqlHandoffStore:
     # ------------------------------------------------------------ ConversationStore
 
     def get_state(self, conversation_id: str) -> ConversationState | None:
-        with self.engine.begin() as conn:
+        with self._read() as conn:
             row = conn.execute(_Q.state_select, {"cid": conversation_id}).first()
         if row is None or row.state is None:
             return None
@@ -230,16 +243,42 @@ class SqlHandoffStore:
                         return None  # a concurrent retry of the same webhook won the race
             raise
 
+    def complete_turn(
+        self,
+        address: Address,
+        message_id: int,
+        state: ConversationState | None,
+        replies: Sequence[tuple[str, dict[str, Any]]],
+    ) -> list[StoredMessage]:
+        cid = address.conversation_id
+        now = self._now()
+        data = common.clean_json(common.state_to_json(state)) if state is not None else None
+        out: list[StoredMessage] = []
+        with self.engine.begin() as conn:
+            self._ensure_conversation(conn, address, now, refresh=False)
+            if data is not None:
+                conn.execute(_Q.state_update, {"cid": cid, "state": data, "now": now})
+            ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar() if replies else None
+            for text, meta in replies:
+                msg = self._insert_message(conn, cid, "bot", text, handled=True, meta=meta, ticket_id=ticket_id)
+                if ticket_id is not None:
+                    self._insert_audit(conn, ticket_id, "bot", "bot_message", f"message #{msg.id}")
+                out.append(msg)
+            conn.execute(_Q.message_mark_handled, {"mid": message_id})
+        if state is not None:
+            state.updated_at = now
+        return out
+
     def mark_handled(self, message_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(_Q.message_mark_handled, {"mid": message_id})
 
     def unhandled_messages(self) -> list[StoredMessage]:
-        with self.engine.begin() as conn:
+        with self._read() as conn:
             return [_message(r) for r in conn.execute(_Q.messages_unhandled)]
 
     def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]:
-        with self.engine.begin() as conn:
+        with self._read() as conn:
             if limit is None:
                 rows = list(conn.execute(_Q.messages_all, {"cid": conversation_id}))
             else:
@@ -248,7 +287,7 @@ class SqlHandoffStore:
         return [_message(r) for r in rows]
 
     def messages_after(self, conversation_id: str, after_id: int) -> list[StoredMessage]:
-        with self.engine.begin() as conn:
+        with self._read() as conn:
             return [_message(r) for r in conn.execute(_Q.messages_after, {"cid": conversation_id, "after": after_id})]
 
     # ------------------------------------------------------------ HandoffService
@@ -292,7 +331,7 @@ class SqlHandoffStore:
             return _ticket(row)
 
     def active_ticket(self, conversation_id: str) -> Ticket | None:
-        with self.engine.begin() as conn:
+        with self._read() as conn:
             row = conn.execute(_Q.active_ticket_row, {"cid": conversation_id}).first()
         return _ticket(row) if row else None
 
@@ -337,7 +376,7 @@ class SqlHandoffStore:
             return _ticket(row)
 
     def list_queue(self, statuses: tuple[str, ...] = ("open", "claimed")) -> list[Ticket]:
-        with self._tx() as s:
+        with self._read_session() as s:
             urgent_first = case((TicketRow.priority == "urgent", 0), else_=1)
             rows = s.execute(
                 select(TicketRow)
@@ -347,7 +386,7 @@ class SqlHandoffStore:
             return [_ticket(r) for r in rows.scalars()]
 
     def get_detail(self, ticket_id: str) -> TicketDetail | None:
-        with self._tx() as s:
+        with self._read_session() as s:
             row = s.get(TicketRow, common.normalize_ticket_id(ticket_id))
             if row is None:
                 return None
@@ -358,7 +397,7 @@ class SqlHandoffStore:
 
     def overdue_urgent(self, now: datetime, older_than_minutes: float) -> list[Ticket]:
         cutoff = common.as_utc(now) - timedelta(minutes=older_than_minutes)
-        with self._tx() as s:
+        with self._read_session() as s:
             rows = s.execute(
                 select(TicketRow)
                 .where(
@@ -386,7 +425,7 @@ class SqlHandoffStore:
             return self._enqueue(s, address, reply, common.ticket_id_of_reply(reply))
 
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
-        with self._tx() as s:
+        with self._read_session() as s:
             rows = s.execute(
                 select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id).limit(limit)
             )
@@ -449,7 +488,7 @@ class SqlHandoffStore:
 
     def outbox_status(self, item_id: int) -> dict[str, Any] | None:
         """status, attempts, last_error, sent_at of one outbox item (for tests and the console)."""
-        with self._tx() as s:
+        with self._read_session() as s:
             r = s.get(OutboxRow, item_id)
             if r is None:
                 return None
@@ -531,7 +570,7 @@ def _create_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") -> Engi
     def _on_begin(conn):  # noqa: ANN001
         # Take the write lock up front: a read-then-write transaction can then never fail
         # with SQLITE_BUSY half way when the CLI and the server write at the same time.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("pbxbot_read_only") else "BEGIN IMMEDIATE")
 
     return engine
 

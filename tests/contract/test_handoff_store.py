@@ -149,6 +149,52 @@ def test_state_and_messages_share_the_conversation(store):
     assert len(store.transcript(a.conversation_id)) == 1
 
 
+def test_complete_turn_records_replies_saves_state_and_marks_handled_together(store, clock):
+    a = addr()
+    m = store.record_message(a, "user", "国際電話を止めたい", handled=False)
+    state = ConversationState(conversation_id=a.conversation_id, address=a, language="ja", carrier="kddi")
+    recorded = store.complete_turn(a, m.id, state, [("まず発信を止めてください", {"reply_to": m.id}),
+                                                    ("詳しくは「続き」", {"reply_to": m.id})])
+    assert [r.text for r in recorded] == ["まず発信を止めてください", "詳しくは「続き」"]
+    assert all(r.role == "bot" and r.id > m.id for r in recorded)
+    assert [x.id for x in store.transcript(a.conversation_id)] == [m.id] + [r.id for r in recorded]
+    assert store.unhandled_messages() == []
+    assert store.get_state(a.conversation_id).carrier == "kddi"
+    assert state.updated_at == clock.now
+
+
+def test_complete_turn_without_replies_or_state_still_marks_handled(store):
+    a = addr()
+    m = store.record_message(a, "user", "(joins an open ticket silently)", handled=False)
+    assert store.complete_turn(a, m.id, None, []) == []
+    assert store.unhandled_messages() == []
+    assert store.get_state(a.conversation_id) is None
+
+
+def test_complete_turn_links_replies_to_the_open_ticket(store):
+    a = addr()
+    t = open_incident(store, a)
+    m = store.record_message(a, "user", "まだ止まらない", handled=False)
+    [r] = store.complete_turn(a, m.id, None, [("担当者に引き継ぎました", {})])
+    assert r.ticket_id == t.id
+    detail = store.get_detail(t.id)
+    assert r.id in [x.id for x in detail.transcript]
+    assert any(e.action == "bot_message" and f"#{r.id}" in e.detail for e in detail.audit)
+
+
+def test_a_failed_complete_turn_changes_nothing(store):
+    a = addr()
+    m = store.record_message(a, "user", "hello", handled=False)
+    before = ConversationState(conversation_id=a.conversation_id, address=a, language="en")
+    store.save_state(before)
+    changed = ConversationState(conversation_id=a.conversation_id, address=a, language="ja")
+    with pytest.raises(Exception):
+        store.complete_turn(a, m.id, changed, [("ok", {}), ("bad", {"unserializable": object()})])
+    assert [x.id for x in store.unhandled_messages()] == [m.id]  # recover_pending will answer it
+    assert [x.role for x in store.transcript(a.conversation_id)] == ["user"]
+    assert store.get_state(a.conversation_id).language == "en"
+
+
 # ---------------------------------------------------------------- tickets
 
 
