@@ -130,6 +130,20 @@ class ConversationStore(Protocol):
     def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]: ...
     def messages_after(self, conversation_id: str, after_id: int) -> list[StoredMessage]: ...
 
+    # The widget's live feed: every server process follows the transcript table itself, so an
+    # operator reply written by one worker reaches a browser connected to another.
+    def latest_message_id(self) -> int:
+        """The highest message id so far (0 when there is none)."""
+        ...
+
+    def message_index_after(self, after_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(id, conversation_id) of the messages with id > after_id, by id, at most `limit`."""
+        ...
+
+    def messages_by_id(self, ids: Sequence[int]) -> list[StoredMessage]:
+        """The messages with these ids (unknown ids are left out), by id."""
+        ...
+
 
 # ---------------------------------------------------------------- handoff
 
@@ -239,6 +253,7 @@ class ConversationCore(Protocol):
     """What channels, the web app and the CLI call. Implemented by conversation.ConversationService."""
 
     handoff: HandoffService
+    store: ConversationStore  # the transcript (the widget's event feed reads it)
 
     def handle(self, message: InboundMessage) -> list[Reply]:
         """Persist the message, then answer, escalate or route it to the open ticket.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 
 from bot.handoff.memory_store import InMemoryHandoffStore
@@ -45,8 +46,9 @@ class FakeCore:
     def handle(self, message: InboundMessage) -> list[Reply]:
         if self.fail_on and self.fail_on in message.text:
             raise RuntimeError("boom (test)")
+        meta = {k: v for k, v in (("action", message.action), ("message_id", message.message_id)) if v}
         stored = self.store.record_message(message.address, "user", message.text or f"[{message.action}]",
-                                           dedupe_key=message.message_id)
+                                           dedupe_key=message.message_id, meta=meta)
         if stored is None:
             return []
         self.handled.append(message)
@@ -69,8 +71,10 @@ class FakeCore:
             text = ("回線を止めるには通信事業者に連絡してください [1]。" if lang == "ja"
                     else "Call your carrier to stop the calls [1].")
             reply = Reply(cid, lang, text, citations=(cit,), confidence=0.8, offer_human=True)
-        self.store.record_message(message.address, "bot", reply.answer)
-        return [reply]
+        # like the real core: the reply JSON in the transcript, its ids on the Reply
+        [bot] = self.store.complete_turn(message.address, stored.id, None,
+                                         [(reply.answer, {"reply": reply.to_payload(), "reply_to": stored.id})])
+        return [replace(reply, stored_id=bot.id, reply_to=stored.id)]
 
 
 # ---------------------------------------------------------------- a real server on loopback

@@ -16,13 +16,16 @@ The conversation token is an HMAC of the conversation id: only the browser that 
 conversation can read its events. It is issued with a new id, or echoed when a valid one is
 presented (API clients that choose their own ids can talk but get no token).
 
-Outbound (`send`): operator replies, re-announcements and recovered answers from the outbox are
-appended to the conversation's event log (bounded, in memory) and pushed to connected widgets.
+Events come from the conversation's transcript in the store (bot/channels/web_feed.py): an
+event's ``seq`` is its message id, so history survives restarts and any worker process can serve
+any widget. Outbound (`send`: operator replies, re-announcements and recovered answers from the
+outbox) only wakes the feed: those messages are already in the transcript.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -30,28 +33,26 @@ import logging
 import re
 import time
 import uuid
-from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from bot.channels.base import BaseChannel, guess_language, rate_limited_reply
+from bot.channels.web_feed import POLL_SECONDS, WebFeed
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.channels.registry import ChannelRegistry
     from bot.config import Settings
-    from bot.ports import ConversationCore
+    from bot.ports import ConversationCore, ConversationStore
 
 log = logging.getLogger("bot.channels.web")
 
 _CONV_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-MAX_EVENTS_PER_CONVERSATION = 100
-MAX_CONVERSATIONS = 10_000
-IDLE_FORGET_SECONDS = 24 * 3600
 KEEPALIVE_SECONDS = 15.0
 # Many users may share one address (an office NAT): this only stops one client from minting
 # a fresh conversation id for every message to escape the per-user limit.
@@ -66,15 +67,6 @@ class ChatRequest(BaseModel):
     client_id: str | None = Field(default=None, max_length=64)
 
 
-class _Conversation:
-    __slots__ = ("events", "subscribers", "touched")
-
-    def __init__(self) -> None:
-        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS_PER_CONVERSATION)
-        self.subscribers: set[asyncio.Queue] = set()
-        self.touched = time.monotonic()
-
-
 def api_error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "message": message, **extra}, status_code=status)
 
@@ -83,12 +75,14 @@ class WebChannel(BaseChannel):
     name = "web"
     prefix = "/api"
 
-    def __init__(self, settings: "Settings", registry: "ChannelRegistry", *, signing_key: bytes) -> None:
+    def __init__(self, settings: "Settings", registry: "ChannelRegistry", *, signing_key: bytes,
+                 store: "ConversationStore", poll_seconds: float = POLL_SECONDS) -> None:
         self.settings = settings
         self.registry = registry
         self._key = hashlib.sha256(b"pbxbot-web-conversation\0" + signing_key).digest()
-        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
-        self._seq = 0
+        # Feed polls run on anyio's default thread pool, not behind the chat turns' limiter.
+        self.feed = WebFeed(store, anyio.to_thread.run_sync, poll_seconds=poll_seconds)
+        self._feed_task: asyncio.Task | None = None
         self._closing = False
         self._address_limiter = type(registry.rate_limiter)(settings.rate_limit_per_minute * PER_ADDRESS_FACTOR)
         self.router = self._build_router()
@@ -101,78 +95,38 @@ class WebChannel(BaseChannel):
     def token_ok(self, conversation_id: str, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.token_for(conversation_id), token or "")
 
-    # ------------------------------------------------------------ the event log
-
-    def _conv(self, conversation_id: str) -> _Conversation:
-        conv = self._conversations.get(conversation_id)
-        if conv is None:
-            conv = self._conversations[conversation_id] = _Conversation()
-            self._forget_idle()
-        else:
-            self._conversations.move_to_end(conversation_id)
-        conv.touched = time.monotonic()
-        return conv
-
-    def _forget_idle(self) -> None:
-        cutoff = time.monotonic() - IDLE_FORGET_SECONDS
-        while self._conversations:
-            cid, conv = next(iter(self._conversations.items()))
-            if conv.subscribers or (conv.touched > cutoff and len(self._conversations) <= MAX_CONVERSATIONS):
-                break
-            self._conversations.popitem(last=False)
-
-    def publish(self, conversation_id: str, role: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Append one event (role: user | bot | operator) and push it to connected widgets."""
-        self._seq += 1
-        event = {"seq": self._seq, "role": role, "at": time.time(), **payload}
-        conv = self._conv(conversation_id)
-        conv.events.append(event)
-        for q in list(conv.subscribers):
-            try:
-                q.put_nowait(event)
-            except asyncio.QueueFull:  # a stuck client: it will catch up from history
-                pass
-        return event
+    # ------------------------------------------------------------ events
 
     def history(self, conversation_id: str, after: int = 0) -> list[dict[str, Any]]:
-        conv = self._conversations.get(conversation_id)
-        if conv is None:
-            return []
-        return [e for e in conv.events if e["seq"] > after]
-
-    def subscribe(self, conversation_id: str) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=500)
-        self._conv(conversation_id).subscribers.add(q)
-        return q
-
-    def unsubscribe(self, conversation_id: str, q: asyncio.Queue) -> None:
-        conv = self._conversations.get(conversation_id)
-        if conv is not None:
-            conv.subscribers.discard(q)
+        """Events after `after` from the store (sync: call in a worker thread)."""
+        return self.feed.history(conversation_id, after)
 
     def subscriber_count(self, conversation_id: str) -> int:
-        conv = self._conversations.get(conversation_id)
-        return len(conv.subscribers) if conv else 0
+        return self.feed.subscriber_count(conversation_id)
 
     # ------------------------------------------------------------ outbound (ReplySender side)
 
     async def send(self, address: Address, reply: Reply) -> None:
-        self.publish(address.conversation_id, _role_of(reply), reply_event_payload(reply))
+        # The outbox only holds replies that are already in the transcript: show them now.
+        self.feed.wake()
+
+    async def start(self) -> None:
+        self._feed_task = asyncio.create_task(self.feed.run(), name="web-feed")
 
     def close_streams(self) -> None:
         """End every open event stream (server shutting down; widgets reconnect to the next one).
 
         Call on the event loop's thread (uvicorn's signal handler runs there)."""
         self._closing = True
-        for conv in self._conversations.values():
-            for q in list(conv.subscribers):
-                try:
-                    q.put_nowait(None)
-                except asyncio.QueueFull:
-                    pass
+        self.feed.close_streams()
 
     async def stop(self) -> None:
         self.close_streams()
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._feed_task
+            self._feed_task = None
 
     # ------------------------------------------------------------ inbound routes
 
@@ -217,18 +171,19 @@ class WebChannel(BaseChannel):
         message = InboundMessage(
             address=Address("web", cid, user_id=cid),
             text=text,
-            message_id=f"{cid}:{client_id}" if client_id else None,
+            message_id=client_id,  # the core scopes it to the conversation (a retried POST counts once)
             action=body.action,
         )
-        user_event = self.publish(cid, "user", {"text": text, "action": body.action, "client_id": client_id})
         replies = await self.registry.handle(message)
-        events = [self.publish(cid, _role_of(r), reply_event_payload(r)) for r in replies]
+        now = time.time()
+        events = [{"seq": r.stored_id, "role": _role_of(r), "at": now, **reply_event_payload(r)} for r in replies]
         if events:
             first = dict(events[0])
         else:  # joined an open ticket silently, or a retried duplicate
             first = {**Reply(conversation_id=cid, language=language, answer="", kind="notice").to_json(),  # type: ignore[arg-type]
                      "seq": None, "role": "bot"}
-        first.update(conversation_id=cid, replies=events, conversation_token=token, user_seq=user_event["seq"])
+        user_seq = next((r.reply_to for r in replies if r.reply_to is not None), None)
+        first.update(conversation_id=cid, replies=events, conversation_token=token, user_seq=user_seq)
         return JSONResponse(first)
 
     def _check_access(self, conversation_id: str, token: str | None) -> JSONResponse | None:
@@ -245,7 +200,7 @@ class WebChannel(BaseChannel):
         denied = self._check_access(conversation_id, token)
         if denied is not None:
             return denied
-        events = self.history(conversation_id, after)
+        events = await anyio.to_thread.run_sync(self.history, conversation_id, after)
         return JSONResponse({"conversation_id": conversation_id, "events": events,
                              "last_seq": events[-1]["seq"] if events else after})
 
@@ -266,14 +221,14 @@ class WebChannel(BaseChannel):
         )
 
     async def _stream(self, conversation_id: str, after: int) -> AsyncIterator[str]:
-        queue = self.subscribe(conversation_id)  # before reading history: nothing falls between
-        last = after
+        queue = self.feed.subscribe(conversation_id)  # before reading history: nothing falls between
+        sent: set[int] = set()  # the feed may deliver an event history already gave
         try:
             yield "retry: 2000\n\n"
             if self._closing:
                 return
-            for event in self.history(conversation_id, after):
-                last = event["seq"]
+            for event in await anyio.to_thread.run_sync(self.history, conversation_id, after):
+                sent.add(event["seq"])
                 yield _sse(event)
             while True:
                 try:
@@ -283,11 +238,13 @@ class WebChannel(BaseChannel):
                     continue
                 if event is None:  # shutting down
                     return
-                if event["seq"] > last:
-                    last = event["seq"]
+                if event["seq"] > after and event["seq"] not in sent:
+                    sent.add(event["seq"])
+                    if len(sent) > 10_000:
+                        sent = set(sorted(sent)[-1000:])
                     yield _sse(event)
         finally:
-            self.unsubscribe(conversation_id, queue)
+            self.feed.unsubscribe(conversation_id, queue)
 
 
 def _sse(event: dict[str, Any]) -> str:
@@ -313,6 +270,6 @@ def _accept_language(request: Request) -> str:
 def register(registry: "ChannelRegistry", settings: "Settings", core: "ConversationCore",
              *, signing_key: bytes) -> WebChannel:
     """Always enabled: the widget and POST /api/chat."""
-    channel = WebChannel(settings, registry, signing_key=signing_key)
+    channel = WebChannel(settings, registry, signing_key=signing_key, store=core.store)
     registry.add(channel)
     return channel

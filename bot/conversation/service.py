@@ -108,6 +108,8 @@ class ConversationService:
             meta["action"] = message.action
         if message.request_id is not None:
             meta["request_id"] = str(message.request_id)
+        if message.message_id is not None:  # the channel's own id (the widget matches its echo by it)
+            meta["message_id"] = str(message.message_id)[:255]
         if len(message.text or "") > self.settings.max_text_chars:
             meta["truncated_from"] = len(message.text or "")
         dedupe = f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
@@ -251,6 +253,7 @@ class ConversationService:
             return [self._reply(turn, f"{note}\n{t('intro', 'en')}", kind="notice", lang="en")]
         incident = detect_incident(turn.text)
         if requested and not incident:
+            st.failures = 0
             return [self._escalate(turn, "", (), 0.0, self.policy.decide(Signals(requested_human=True)), kind="handoff")]
         if not incident:
             if S.is_more(norm):
@@ -258,6 +261,7 @@ class ConversationService:
             if S.is_greeting(norm) or S.is_capabilities(norm):
                 return [self._reply(turn, t("intro", lang), kind="greeting")]
             if S.is_thanks(norm):
+                st.failures = 0
                 return [self._reply(turn, t("thanks", lang), kind="greeting")]
             if st.last_query and S.says_not_helped(norm):
                 st.failures += 1
@@ -266,10 +270,16 @@ class ConversationService:
                     st.failures = 0
                     return [self._escalate(turn, "", (), 0.0, decision, kind="handoff")]
                 return [self._reply(turn, t("not_helped", lang), kind="notice", offer_human=True)]
-        st.failures = 0
         if incident:
+            st.failures = 0
             return [self._incident(turn, requested)]
-        return [self._question(turn)]
+        # A new question keeps the count of "that did not help": the bot has just asked the user to
+        # put it another way, and the rephrased question is the same unmet need ("not helpful" ->
+        # rephrased -> "still not helpful" is repeated failure). A thanks or a ticket starts it again.
+        reply = self._question(turn)
+        if reply.escalation is not None:
+            st.failures = 0
+        return [reply]
 
     # ------------------------------------------------------------------ questions
 

@@ -168,6 +168,19 @@ class InMemoryHandoffStore:
             ids = conv.message_ids if conv else []
             return [copy.deepcopy(self._messages[i]) for i in ids if i > after_id]
 
+    def latest_message_id(self) -> int:
+        with self._lock:
+            return max(self._messages, default=0)
+
+    def message_index_after(self, after_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+        with self._lock:
+            ids = sorted(i for i in self._messages if i > after_id)[: max(1, limit)]
+            return [(i, self._messages[i].conversation_id) for i in ids]
+
+    def messages_by_id(self, ids: Sequence[int]) -> list[StoredMessage]:
+        with self._lock:
+            return [copy.deepcopy(self._messages[i]) for i in sorted(set(ids)) if i in self._messages]
+
     # ------------------------------------------------------------ HandoffService
 
     def open_ticket(
@@ -233,9 +246,9 @@ class InMemoryHandoffStore:
                 t.status, t.operator = "claimed", operator
                 self._audit_add(t.id, common.operator_actor(operator), "claimed", "by replying")
             address = self._conversation(t.address).address  # the conversation's newest route
-            msg = self._add_message(address, "operator", text, handled=True,
-                                    meta={"operator": operator}, ticket_id=t.id)
             reply = common.operator_reply(address, self._language(t), text)
+            msg = self._add_message(address, "operator", text, handled=True,
+                                    meta={"operator": operator, "reply": reply.to_payload()}, ticket_id=t.id)
             self._enqueue(address, reply, ticket_id=t.id)
             t.updated_at = now
             self._audit_add(t.id, common.operator_actor(operator), "replied", f"message #{msg.id}")

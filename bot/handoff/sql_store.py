@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import bindparam, case, create_engine, event, insert, or_, select, update
+from sqlalchemy import bindparam, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -290,6 +290,21 @@ class SqlHandoffStore:
         with self._read() as conn:
             return [_message(r) for r in conn.execute(_Q.messages_after, {"cid": conversation_id, "after": after_id})]
 
+    def latest_message_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(_Q.message_max_id).scalar() or 0)
+
+    def message_index_after(self, after_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            return [(int(r.id), r.conversation_id)
+                    for r in conn.execute(_Q.message_index_after, {"after": after_id, "n": max(1, limit)})]
+
+    def messages_by_id(self, ids: Sequence[int]) -> list[StoredMessage]:
+        if not ids:
+            return []
+        with self._read() as conn:
+            return [_message(r) for r in conn.execute(_Q.messages_by_id, {"ids": [int(i) for i in ids]})]
+
     # ------------------------------------------------------------ HandoffService
 
     def open_ticket(
@@ -354,13 +369,15 @@ class SqlHandoffStore:
                 self._audit(s, row.id, actor, "claimed", "by replying")
             conv = s.get(ConversationRow, row.conversation_id)
             address = Address.from_dict(conv.address if conv is not None else row.address)
-            s.flush()
-            msg = self._insert_message(s.connection(), row.conversation_id, "operator", text, handled=True,
-                                       meta={"operator": operator}, ticket_id=row.id)
             language = (row.summary or {}).get("language")
             if language not in ("ja", "en") and conv is not None and conv.state:
                 language = conv.state.get("language")
-            self._enqueue(s, address, common.operator_reply(address, language, text), row.id)
+            reply = common.operator_reply(address, language, text)
+            s.flush()
+            # The reply JSON rides along in the transcript: the widget's feed shows it from there.
+            msg = self._insert_message(s.connection(), row.conversation_id, "operator", text, handled=True,
+                                       meta={"operator": operator, "reply": reply.to_payload()}, ticket_id=row.id)
+            self._enqueue(s, address, reply, row.id)
             row.updated_at = now
             self._audit(s, row.id, actor, "replied", f"message #{msg.id}")
             return _ticket(row)
@@ -520,6 +537,10 @@ class _Q:
     messages_all = select(_M).where(_M.c.conversation_id == bindparam("cid")).order_by(_M.c.id)
     messages_last = (select(_M).where(_M.c.conversation_id == bindparam("cid"))
                      .order_by(_M.c.id.desc()).limit(bindparam("n")))
+    message_max_id = select(func.max(_M.c.id))
+    message_index_after = (select(_M.c.id, _M.c.conversation_id).where(_M.c.id > bindparam("after"))
+                           .order_by(_M.c.id).limit(bindparam("n")))
+    messages_by_id = select(_M).where(_M.c.id.in_(bindparam("ids", expanding=True))).order_by(_M.c.id)
     messages_after = (select(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.id > bindparam("after"))
                       .order_by(_M.c.id))
 

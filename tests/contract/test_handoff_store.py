@@ -195,6 +195,32 @@ def test_a_failed_complete_turn_changes_nothing(store):
     assert store.get_state(a.conversation_id).language == "en"
 
 
+def test_the_message_index_follows_every_conversation_in_id_order(store):
+    assert store.latest_message_id() == 0
+    a, b = addr(1), addr(2)
+    m1 = store.record_message(a, "user", "one")
+    m2 = store.record_message(b, "user", "two")
+    m3 = store.record_message(a, "bot", "three")
+    assert store.latest_message_id() == m3.id
+    assert store.message_index_after(0) == [(m1.id, a.conversation_id), (m2.id, b.conversation_id),
+                                             (m3.id, a.conversation_id)]
+    assert store.message_index_after(m1.id, limit=1) == [(m2.id, b.conversation_id)]
+    assert store.message_index_after(m3.id) == []
+    got = store.messages_by_id([m3.id, 999_999, m1.id])
+    assert [(m.id, m.text) for m in got] == [(m1.id, "one"), (m3.id, "three")]
+    assert store.messages_by_id([]) == []
+
+
+def test_an_operator_reply_keeps_its_reply_json_in_the_transcript(store):
+    a = addr()
+    t = open_incident(store, a, language="en")
+    store.reply(t.id, "sato", "I am blocking the line now")
+    [msg] = [m for m in store.transcript(a.conversation_id) if m.role == "operator"]
+    assert msg.meta["reply"]["kind"] == "operator"
+    assert msg.meta["reply"]["answer"] == "I am blocking the line now"
+    assert msg.meta["reply"]["language"] == "en"
+
+
 # ---------------------------------------------------------------- tickets
 
 

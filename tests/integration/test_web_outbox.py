@@ -38,7 +38,7 @@ def test_operator_reply_reaches_the_widget_history_and_live_subscribers():
                                             "conversation_token": token}).json()
         tid = handoff["escalation"]["ticket_id"]
         web = app.state.web_channel
-        queue = c.portal.call(web.subscribe, cid)  # a connected widget, on the app's loop
+        queue = c.portal.call(web.feed.subscribe, cid)  # a connected widget, on the app's loop
         after = c.get("/api/chat/history", params={"conversation_id": cid, "token": token}).json()["last_seq"]
 
         core.handoff.claim(tid, "yamada")
@@ -52,8 +52,16 @@ def test_operator_reply_reaches_the_widget_history_and_live_subscribers():
         assert wait_until(delivered), "operator reply never reached the web channel"
         event = delivered()[0]
         assert event["answer"] == "担当の山田です" and event["kind"] == "operator"
-        live = c.portal.call(queue.get_nowait)
-        assert live["seq"] == event["seq"]
+        pushed: list[dict] = []
+
+        def pushed_operator_reply() -> bool:
+            while not queue.empty():
+                pushed.append(c.portal.call(queue.get_nowait))
+            return any(e["seq"] == event["seq"] for e in pushed)
+
+        assert wait_until(pushed_operator_reply), "the live feed never pushed the operator reply"
+        live = next(e for e in pushed if e["seq"] == event["seq"])
+        assert live["role"] == "operator" and live["answer"] == "担当の山田です"
         assert app.state.dispatcher.delivered == 1
         assert core.handoff.pending_outbox() == []
 
