@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the whole bot as one HTTP server")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=None,
+                   help="server processes (default PBXBOT_WORKERS or 1; one per CPU core serves the most)")
     return p
 
 

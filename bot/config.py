@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values people paste from examples; an enabled channel with one of these stops start-up.
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     slack_operator_channel: str | None = None
 
     operator_token: SecretStr | None = None
-    session_secret: SecretStr | None = None  # console cookie signing; random per process if unset
+    session_secret: SecretStr | None = None  # console cookies, widget tokens; random per run if unset
     # Operator accounts for the console: "name:bcrypt-hash,name2:bcrypt-hash" (see bot/web/auth.py).
     operators: SecretStr | None = None
 
@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     # Other origins allowed to call /api/chat from a page embedding widget.js ("https://a,https://b" or "*").
     widget_origins: str = ""
+
+    # Server processes for `pbxbot serve` (one per core serves the most; see README "Scale-out").
+    workers: int = Field(default=1, ge=1, le=64)
 
     log_level: str = "INFO"
 

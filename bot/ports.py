@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ContextManager, Literal, Protocol, Sequence, runtime_checkable
 
 from bot.messages import Address, InboundMessage, Reply
 
@@ -129,6 +129,11 @@ class ConversationStore(Protocol):
     def unhandled_messages(self) -> list[StoredMessage]: ...
     def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]: ...
     def messages_after(self, conversation_id: str, after_id: int) -> list[StoredMessage]: ...
+
+    def exclusive(self, name: str) -> ContextManager[bool]:
+        """A non-blocking lock shared by every process on this store: `with store.exclusive("x") as
+        mine:` gives True to one holder at a time and False to the others (who skip the job)."""
+        ...
 
     # The widget's live feed: every server process follows the transcript table itself, so an
     # operator reply written by one worker reaches a browser connected to another.
@@ -264,7 +269,8 @@ class ConversationCore(Protocol):
         ...
 
     def recover_pending(self) -> int:
-        """At start-up: re-handle user messages recorded but never answered (crash); replies go to the outbox."""
+        """Re-handle user messages recorded but never answered (a crash, a worker that died mid-turn);
+        replies go to the outbox. Run at start-up and periodically; one process at a time."""
         ...
 
     def reannounce_overdue(self, now: datetime) -> int:

@@ -22,6 +22,13 @@ def build_retriever(settings: Settings, *, progress: bool = False) -> "Retriever
     return open_retriever(settings, progress=progress)
 
 
+def prepare_index(settings: Settings, *, progress: bool = False) -> dict:
+    """Build or refresh the index when needed, without loading it (the manifest)."""
+    from bot.retrieval.service import ensure_index
+
+    return ensure_index(settings, progress=progress)
+
+
 def build_store(settings: Settings) -> "SqlHandoffStore":
     """SQLite in the data dir, or PostgreSQL when PBXBOT_DATABASE_URL is set; migrated to head."""
     from bot.handoff.sql_store import SqlHandoffStore

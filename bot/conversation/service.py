@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
 from bot.config import Settings
@@ -52,6 +52,7 @@ _IP050_QUERY = {"ja": "050 IP電話 乗っ取り ID パスワード プロバイ
 _NUMBER_ASKED = S._rx(r"番号|電話番号|連絡先|窓口|number|phone|contact")
 _PHONE = S._rx(r"\d{2,4}-\d{2,4}-\d{3,4}|0120")
 OFF_DOMAIN_CONFIDENCE = 0.9
+RECOVER_AFTER_SECONDS = 60.0  # an unhandled message this old has no live turn answering it
 MORE_MAX_PIECES = 16  # sentences kept for "more" (about three pages)
 
 
@@ -133,30 +134,42 @@ class ConversationService:
         )
         return replies
 
-    def recover_pending(self) -> int:
-        """Answer user messages recorded but never handled; replies go to the outbox."""
+    def recover_pending(self, now: datetime | None = None) -> int:
+        """Answer user messages recorded but never handled; replies go to the outbox.
+
+        A message is taken when it was recorded before this server started (the previous run
+        stopped mid-turn) or more than RECOVER_AFTER_SECONDS ago (a worker process died mid-turn
+        while others kept serving: no live turn takes that long). Newer ones are being answered
+        right now by a live turn. One process at a time (store.exclusive): workers sharing a
+        database never answer the same message twice."""
+        stale = (now or utcnow()) - timedelta(seconds=RECOVER_AFTER_SECONDS)
         count = 0
-        for msg in self.store.unhandled_messages():
-            if _aware(msg.created_at) >= self.started_at:
-                continue  # recorded by this process: its own turn is answering it right now
-            if msg.role != "user":
-                self.store.mark_handled(msg.id)
-                continue
-            address = self._address_of(msg)
-            # A reply recorded just before the crash is re-sent, not recomputed (no second ticket).
-            done = [
-                m for m in self.store.messages_after(msg.conversation_id, msg.id)
-                if m.role == "bot" and m.meta.get("reply_to") == msg.id and m.meta.get("reply")
-            ]
-            if done:
-                replies = [Reply.from_payload(m.meta["reply"]) for m in done]
-                self.store.mark_handled(msg.id)
-            else:
-                replies = self._answer(address, msg, request_id=msg.meta.get("request_id"))
-            for reply in replies:
-                self.handoff.enqueue(address, reply)
-            count += 1
-            log.info("recovered message %s of conversation %s (%d replies queued)", msg.id, msg.conversation_id, len(replies))
+        with self.store.exclusive("recover-pending") as mine:
+            if not mine:
+                return 0  # another worker is recovering right now
+            for msg in self.store.unhandled_messages():
+                created = _aware(msg.created_at)
+                if created >= self.started_at and created >= stale:
+                    continue  # a live turn is answering it right now
+                if msg.role != "user":
+                    self.store.mark_handled(msg.id)
+                    continue
+                address = self._address_of(msg)
+                # A reply recorded just before the crash is re-sent, not recomputed (no second ticket).
+                done = [
+                    m for m in self.store.messages_after(msg.conversation_id, msg.id)
+                    if m.role == "bot" and m.meta.get("reply_to") == msg.id and m.meta.get("reply")
+                ]
+                if done:
+                    replies = [Reply.from_payload(m.meta["reply"]) for m in done]
+                    self.store.mark_handled(msg.id)
+                else:
+                    replies = self._answer(address, msg, request_id=msg.meta.get("request_id"))
+                for reply in replies:
+                    self.handoff.enqueue(address, reply)
+                count += 1
+                log.info("recovered message %s of conversation %s (%d replies queued)", msg.id, msg.conversation_id,
+                         len(replies))
         return count
 
     def reannounce_overdue(self, now: datetime) -> int:

@@ -13,12 +13,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from sqlalchemy import text as sql_text
 from sqlalchemy import bindparam, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
@@ -290,6 +294,40 @@ class SqlHandoffStore:
         with self._read() as conn:
             return [_message(r) for r in conn.execute(_Q.messages_after, {"cid": conversation_id, "after": after_id})]
 
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database
+        (both non-blocking, both released when the holder's process dies)."""
+        if self.backend == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            with self.engine.connect() as conn:
+                got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+                conn.commit()
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+            return
+        database = self.url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            with _memory_lock(self, name) as got:  # one process only: a plain lock
+                yield got
+            return
+        safe = "".join(c if c.isalnum() else "-" for c in name)[:64]
+        path = Path(database).expanduser().resolve().with_name(Path(database).name + f".{safe}.lock")
+        with open(path, "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     def latest_message_id(self) -> int:
         with self._read() as conn:
             return int(conn.execute(_Q.message_max_id).scalar() or 0)
@@ -553,6 +591,22 @@ def _insert_ignoring_duplicates(dialect: str):
     else:  # pragma: no cover - other databases: a plain insert (a race raises IntegrityError)
         return insert(_C)
     return dialect_insert(_C).on_conflict_do_nothing(index_elements=["id"])
+
+
+_MEMORY_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+_MEMORY_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _memory_lock(owner: object, name: str) -> Iterator[bool]:
+    with _MEMORY_LOCKS_GUARD:
+        lock = _MEMORY_LOCKS.setdefault((id(owner), name), threading.Lock())
+    got = lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
 
 
 # ---------------------------------------------------------------- engine

@@ -327,13 +327,32 @@ def open_retriever(settings: Settings, *, progress: bool = False) -> HybridRetri
     """The retriever for these settings: builds the index when there is none, refreshes it when documents,
     lexicon or embedder changed (only changed documents are re-embedded). A malformed document with an
     index already present: logged, the existing index is served. Without an index: DocumentError."""
-    from bot.retrieval.index_builder import build_index, chroma_target, files_stamp, fingerprint, read_current
+    from bot.retrieval.index_builder import read_current
 
     index_dir = Path(settings.index_dir)
     manifest = read_current(index_dir)
     if manifest is not None:
         # start loading the embedder now, in parallel with the checks below and Chroma's import
         _PREFETCH.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
+    manifest = ensure_index(settings, progress=progress, manifest=manifest)
+    key = (str(index_dir.resolve()), settings.chroma_url, manifest["build_id"])
+    with _OPEN_LOCK:
+        r = _OPEN.get(key)
+        if r is None:
+            r = HybridRetriever.load(settings, manifest, defer_chroma=settings.chroma_url is None)
+            _OPEN[key] = r
+        return r
+
+
+def ensure_index(settings: Settings, *, progress: bool = False, manifest: dict | None = None) -> dict:
+    """The current index's manifest, after building or refreshing the index when the documents,
+    lexicon or embedder changed (`pbxbot serve --workers N` calls this once before starting the
+    workers, so they never build it N times at once)."""
+    from bot.retrieval.index_builder import build_index, chroma_target, files_stamp, fingerprint, read_current
+
+    index_dir = Path(settings.index_dir)
+    if manifest is None:
+        manifest = read_current(index_dir)
     if manifest is not None and manifest.get("files_stamp") == files_stamp(settings) \
             and manifest.get("embedder") == settings.embedder and manifest.get("chroma") == chroma_target(settings):
         docs = None  # nothing changed on disk since this build: skip parsing every document
@@ -353,10 +372,4 @@ def open_retriever(settings: Settings, *, progress: bool = False) -> HybridRetri
             manifest = read_current(index_dir)
     if manifest is None:
         raise ConfigError(f"no retrieval index in {index_dir}; run `pbxbot index`")
-    key = (str(index_dir.resolve()), settings.chroma_url, manifest["build_id"])
-    with _OPEN_LOCK:
-        r = _OPEN.get(key)
-        if r is None:
-            r = HybridRetriever.load(settings, manifest, defer_chroma=settings.chroma_url is None)
-            _OPEN[key] = r
-        return r
+    return manifest

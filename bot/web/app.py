@@ -5,8 +5,9 @@ is given), validates the enabled channels (a half-configured one is a clear Conf
 start-up), registers the channels (the widget's "web" channel always; each platform module
 `bot.channels.<name>` whose settings are present, through its `register(registry, settings, core)`),
 mounts their routes, the widget, the operator console and /healthz, and runs three things in the
-background while the app lives: recovery of messages left unanswered by a crash, the outbox
-dispatcher (every 0.5 s) and the urgent-ticket re-announcer (every 30 s). The synchronous core is
+background while the app lives: recovery of messages left unanswered by a crash (at start, then
+every 60 s for workers that died mid-turn), the outbox dispatcher (every 0.5 s) and the
+urgent-ticket re-announcer (every 30 s). The synchronous core is
 always called in worker threads so the event loop stays responsive.
 """
 
@@ -31,7 +32,7 @@ from bot.channels.registry import ChannelRegistry
 from bot.config import ConfigError, Settings
 from bot.ports import ConversationCore
 from bot.web.auth import OperatorAuth
-from bot.web.background import OutboxDispatcher, Reannouncer
+from bot.web.background import OutboxDispatcher, PeriodicRecovery, Reannouncer
 from bot.web.console import build_console_router
 from bot.web.health import HealthCheck
 from bot.web.middleware import RequestContextMiddleware, current_request_id
@@ -50,6 +51,7 @@ def create_app(
     core: ConversationCore | None = None,
     outbox_interval: float = 0.5,
     reannounce_interval: float = 30.0,
+    recover_interval: float = 60.0,
 ) -> FastAPI:
     enabled = settings.validate_enabled_channels()
     _ensure_secret_masking(settings)
@@ -73,6 +75,7 @@ def create_app(
 
     dispatcher = OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval)
     reannouncer = Reannouncer(core, run_background, interval=reannounce_interval, on_reannounced=dispatcher.wake)
+    recovery = PeriodicRecovery(core, run_background, interval=recover_interval, on_recovered=dispatcher.wake)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -80,6 +83,7 @@ def create_app(
         tasks = [
             asyncio.create_task(dispatcher.run(), name="outbox-dispatcher"),
             asyncio.create_task(reannouncer.run(), name="reannouncer"),
+            asyncio.create_task(recovery.run(), name="recovery"),
         ]
         registry.spawn(_recover(core, dispatcher), name="recover-pending")
         log.info("pbxbot web ready; channels: %s", ", ".join(registry.names))
@@ -88,6 +92,7 @@ def create_app(
         finally:
             dispatcher.stop()
             reannouncer.stop()
+            recovery.stop()
             for t in tasks:
                 t.cancel()
             _done, pending = await asyncio.wait(tasks, timeout=5)
@@ -179,6 +184,29 @@ def create_app(
                            allow_headers=["content-type", "x-request-id"], allow_credentials=False, max_age=600)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """uvicorn's app factory for each worker of `pbxbot serve --workers N` (a fresh process: it
+    sets up logging with secret masking and reads its settings from the environment)."""
+    import os
+    from datetime import datetime
+
+    from bot.config import load_settings
+    from bot.logging_setup import install_secret_filter
+    from bot.wiring import build_conversation_service
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_secret_filter(settings)
+    core = build_conversation_service(settings)
+    started = os.environ.get("PBXBOT_SERVE_STARTED_AT")
+    if started:  # recovery: older messages belong to the previous run, newer ones to live workers
+        try:
+            core.started_at = datetime.fromisoformat(started)
+        except ValueError:
+            log.warning("ignoring an invalid PBXBOT_SERVE_STARTED_AT")
+    return create_app(settings, core=core)
 
 
 def register_platform(name: str, registry: ChannelRegistry, settings: Settings, core: ConversationCore) -> None:

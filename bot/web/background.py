@@ -120,3 +120,35 @@ class Reannouncer:
                 log.info("re-announced %d overdue urgent ticket(s)", n)
                 if self.on_reannounced:
                     self.on_reannounced()
+
+
+class PeriodicRecovery:
+    """Every `interval` seconds: core.recover_pending() (messages a dead worker left unanswered);
+    wakes the dispatcher when it queued replies. The store's lock keeps it to one process at a time."""
+
+    def __init__(self, core: ConversationCore, run_sync: RunSync, *, interval: float = 60.0,
+                 on_recovered: Callable[[], None] | None = None) -> None:
+        self.core, self.run_sync, self.interval, self.on_recovered = core, run_sync, interval, on_recovered
+        self.count = 0
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.interval)
+            if self._stopping:
+                return
+            try:
+                n = await self.run_sync(self.core.recover_pending)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recovering unanswered messages failed")
+                continue
+            if n:
+                self.count += n
+                log.info("recovered %d message(s) left unanswered by a stopped worker", n)
+                if self.on_recovered:
+                    self.on_recovered()

@@ -539,3 +539,19 @@ def test_a_failed_delivery_waits_out_its_back_off_for_every_worker(store, clock)
     clock.advance(seconds=9)
     (again,) = store.lease_outbox()
     assert again.id == item and again.attempts == 1
+
+
+# ---------------------------------------------------------------- cross-process jobs
+
+
+def test_exclusive_admits_one_holder_at_a_time_across_store_instances(backend):
+    first = backend.make()
+    second = backend.make() if backend.persistent else first  # another worker on the same database
+    with first.exclusive("recover-pending") as a:
+        assert a is True
+        with second.exclusive("recover-pending") as b:
+            assert b is False  # the other worker skips the job
+        with second.exclusive("another-job") as c:
+            assert c is True  # names are independent
+    with second.exclusive("recover-pending") as again:
+        assert again is True  # released when the holder is done

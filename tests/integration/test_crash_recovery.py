@@ -99,3 +99,30 @@ def test_a_retried_delivery_after_recovery_is_not_answered_twice(tmp_path):
         assert [m.role for m in store.transcript("telegram:4242")] == ["user", "bot"]
     finally:
         store.close()
+
+
+def test_workers_recovering_together_answer_a_left_over_message_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert run_driver(tmp_path, "--die", "How do I stop international calls?").returncode == 17
+    workers = [open_store(tmp_path) for _ in range(3)]  # three worker processes start at once
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        counts = list(pool.map(lambda w: w[1].recover_pending(), workers))
+    store = workers[0][0]
+    assert sum(counts) == 1
+    bots = [m for m in store.transcript("telegram:4242") if m.role == "bot"]
+    assert len(bots) == 1 and len(store.pending_outbox()) == 1
+    assert store.unhandled_messages() == []
+
+
+def test_a_message_a_dead_worker_left_is_recovered_by_a_live_one_after_a_minute(tmp_path):
+    from datetime import timedelta
+
+    from bot.messages import Address, utcnow
+
+    store, live = open_store(tmp_path)  # this worker started before the message arrived
+    address = Address("telegram", "telegram:77", route={"chat_id": 77})
+    store.record_message(address, "user", "How do I stop international calls?", handled=False)  # its worker died
+    assert live.recover_pending() == 0  # it may still be answered by a live turn
+    assert live.recover_pending(now=utcnow() + timedelta(seconds=61)) == 1
+    assert [m.role for m in store.transcript("telegram:77")] == ["user", "bot"]

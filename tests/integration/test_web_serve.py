@@ -61,3 +61,58 @@ def test_serve_without_settings_prints_a_one_time_console_token_and_stops_cleanl
     assert output.count(token) == 1, "the generated token is printed once and never logged"
     assert "Traceback" not in output
     assert "Application shutdown complete" in output
+
+
+def test_serve_with_two_workers_shares_tokens_and_conversations_and_stops_cleanly(tmp_path):
+    import socket
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PBXBOT_") or k == "PBXBOT_DATA_DIR"}
+    env["PBXBOT_DATABASE_URL"] = f"sqlite:///{tmp_path / 'workers.sqlite3'}"
+    err = open(tmp_path / "stderr.txt", "w+b")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+
+    def log() -> str:
+        return (tmp_path / "stderr.txt").read_text(errors="replace")
+
+    try:
+        deadline = time.monotonic() + 600
+        while log().count("pbxbot web ready") < 2:  # both workers up
+            assert proc.poll() is None, log()[-2000:]
+            assert time.monotonic() < deadline, "workers never became ready"
+            time.sleep(0.3)
+        token = re.search(r"console token for this run is:\s+(\S+)", log()).group(1)
+        first = httpx.post(f"{base}/api/chat", json={"text": "How do I stop international calls?"}, timeout=30).json()
+        cid, ctoken = first["conversation_id"], first["conversation_token"]
+        # fresh connections land on either worker: each must accept the token and see the conversation
+        for _ in range(12):
+            r = httpx.get(f"{base}/console/api/tickets", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+            h = httpx.get(f"{base}/api/chat/history", params={"conversation_id": cid, "token": ctoken})
+            assert h.status_code == 200 and [e["role"] for e in h.json()["events"]] == ["user", "bot"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    output = log()
+    assert output.count(token) == 1, "the generated token is printed once and never logged"
+    assert "Traceback" not in output
+    assert output.count("Application shutdown complete") == 2
+    with socket.socket() as s:  # no worker outlived the supervisor holding the port
+        s.bind(("127.0.0.1", port))
+
+
+def test_serve_refuses_telegram_polling_with_several_workers(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PBXBOT_") or k == "PBXBOT_DATA_DIR"}
+    env.update(PBXBOT_TELEGRAM_TOKEN="123456:abcdefghijklmnopqrstuvwxyz", PBXBOT_TELEGRAM_MODE="polling",
+               PBXBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    r = subprocess.run([sys.executable, "-m", "bot", "serve", "--port", str(free_port()), "--workers", "2"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Telegram polling runs in one process" in r.stderr
+    assert "abcdefghijklmnopqrstuvwxyz" not in r.stderr
