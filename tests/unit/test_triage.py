@@ -81,3 +81,50 @@ def test_more_ways_of_saying_it_is_happening(text):
 ])
 def test_prevention_and_own_calls_are_not_incidents(text):
     assert not detect_incident(text)
+
+
+# An incident told as what the user saw (bill, call log, PBX or router screen, carrier warning),
+# or said casually; not only "calls are going out now".
+@pytest.mark.parametrize("text", [
+    "This morning our carrier sent a warning email: about 900,000 yen of international calls since Saturday.",
+    "Our router dashboard shows thousands of outgoing calls to foreign numbers overnight",
+    "Checked the call history: 400 calls to +881 numbers between 1am and 5am today",
+    "KDDI left a voicemail saying our traffic to foreign countries spiked last night",
+    "SoftBank texted us that our international usage is abnormally high.",
+    "the phone system keeps ringing out to overseas numbers by itself",
+    "calls going out rn to some country we've never heard of",
+    "Someone's using our phone system to call abroad, I can see it on the panel",
+    "なんか海外に電話かけまくってるんだけど",
+    "ルーターの管理画面を見たら、夜中に海外の番号への発信が何千件もありました",
+    "朝来たら主装置の履歴が国際電話で埋まってた",
+    "電話機がひとりでに海外にかけてるっぽいです",
+    "止めたけど、今朝も国際通話が大量に発生してる",
+])
+def test_evidence_and_casual_reports_are_incidents(text):
+    assert detect_incident(text)
+
+
+@pytest.mark.parametrize("text", [
+    # questions about evidence, about others, about one's own calls, or about incoming calls
+    "how do I read my call log?",
+    "How can I see on my router dashboard whether someone is calling abroad?",
+    "How long does it take for a bill to show international calls?",
+    "How high can the international charges on our bill get if we're hacked?",
+    "PBXの管理画面でどこを見れば不正発信がわかる？",
+    "ニュースで、ある会社に1000万円の国際通話料の請求が来たと見ました。どうやって防げますか",
+    "I saw a news report about a company that got a 5 million yen bill for calls to Africa.",
+    "Our sales team makes many international calls; will blocking them at night affect our bill?",
+    "Our monthly bill is high because of calls to our office in China. Is that a risk?",
+    "海外からの着信履歴に知らない番号がたくさんある",
+    # over: the calls have stopped (a bill for it is a billing matter, not an incident)
+    "It happened last month and we already blocked international calls. Now we got a 2 million yen bill.",
+    "The fraudulent calls stopped three weeks ago after we unplugged the PBX. NTT billed us 600,000 yen.",
+    "2月に乗っ取り被害にあいましたが、今は止まっています。その分の請求が120万円来ています",
+])
+def test_questions_others_own_calls_and_stopped_incidents_are_not_incidents(text):
+    assert not detect_incident(text)
+
+
+def test_stopped_then_going_again_is_an_incident():
+    assert detect_incident("We blocked international calls but they're still going out to Cuba right now")
+    assert detect_incident("規制したのにまだ海外に発信されてる")
