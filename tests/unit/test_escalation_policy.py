@@ -78,3 +78,35 @@ def test_billing_disputes_are_told_apart_from_general_questions():
     ]
     assert all(is_billing_dispute(t) for t in disputes)
     assert not any(is_billing_dispute(t) for t in general)
+
+
+def test_own_bill_questions_and_english_requests_are_disputes_but_policy_questions_are_not():
+    disputes = [
+        # "must we pay this?" about the user's own bill (the incident is over)
+        "It happened last month and we already blocked it. Now we got a 2 million yen bill. Do we have to pay it?",
+        "The hack was in March, fixed since then, but NTT billed us 800,000 yen for it. Are we really liable for this bill?",
+        "先月乗っ取られて、もう止めてあります。でも200万円の請求が来ました。これ払わないといけないんですか？",
+        "被害は対処済みです。請求書に90万円の国際通話料があるのですが、支払う必要はありますか",
+        # English refund, waiver and dispute requests
+        "we want a refund",
+        "can you waive these charges?",
+        "We are disputing this invoice, the calls weren't ours.",
+        "who do I talk to about getting this money back?",
+        "Our company refuses to pay for calls we didn't make",
+        "Can we get a reduction on this bill?",
+        "Please pass this on to whoever handles billing disputes.",
+        # Japanese requests in other words
+        "返金の相談をしたいです",
+        "請求額を下げてもらうことはできますか？うちは被害者なので",
+    ]
+    general = [
+        "Do companies have to pay for fraudulent calls in Japan?",
+        "不正利用の通話料は払わないといけないものなんですか？一般論として",
+        "does KDDI ever waive fraud charges?",
+        "Is it true that carriers sometimes reduce the bill after fraud?",
+        "被害にあった会社は請求を減額してもらえることがあるの？",
+        "Does blocking international calls reduce the bill?",
+        "If we get a big bill after a hack, do we have to pay it?",
+    ]
+    assert [t for t in disputes if not is_billing_dispute(t)] == []
+    assert [t for t in general if is_billing_dispute(t)] == []
