@@ -187,6 +187,26 @@ def test_two_failures_in_a_row_escalate():
     assert r2.escalation.reason == "repeated_failure" and "person" in r2.answer
 
 
+def test_a_rephrased_question_between_two_failures_still_counts_as_repeated_failure():
+    # The bot answers "that did not help" with "try asking another way": the rephrased question is
+    # the same unmet need, so the next "still not helpful" is the second failure.
+    service, _, _ = make_service()
+    say(service, "What is DISA?")
+    assert one(say(service, "that doesn't answer my question")).escalation is None
+    assert one(say(service, "How do I stop international calls on NTT?")).escalation is None
+    r = one(say(service, "still useless"))
+    assert r.escalation.reason == "repeated_failure"
+
+
+def test_a_thanks_starts_the_failure_count_again():
+    service, _, _ = make_service()
+    say(service, "What is DISA?")
+    say(service, "not helpful")
+    say(service, "thanks")
+    say(service, "How do I stop international calls on NTT?")
+    assert one(say(service, "役に立ってない")).escalation is None
+
+
 def test_a_billing_dispute_is_answered_and_escalated_normal():
     service, _, _ = make_service()
     r = one(say(service, "Last month's bill has 1.5 million yen of fraudulent calls. We already blocked them. I want a refund from NTT."))
