@@ -47,10 +47,47 @@ QUESTIONS = [
 ]
 
 
+def load_questions() -> list[str]:
+    """The 12 above plus every question of the retrieval evaluation set (varied wording, ja and en)."""
+    out = list(QUESTIONS)
+    path = ROOT / "knowledge" / "eval" / "retrieval.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                out.append(json.loads(line)["question"])
+    return out
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                raw = fh.read().decode("latin-1")
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+        todo.extend(child for child, (ppid, _) in stats.items() if ppid == pid)
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+POOL = load_questions()
 
 
 def check_loopback(url: str) -> tuple[str, int]:
@@ -126,7 +163,7 @@ async def user_loop(host: str, port: int, deadline: float, latencies: list[float
             for _ in range(turns):  # one simulated user: a few turns in one conversation, then a new one
                 if time.monotonic() >= deadline:
                     break
-                payload = {"text": rng.choice(QUESTIONS), **conversation}
+                payload = {"text": rng.choice(POOL), **conversation}
                 t0 = time.perf_counter()
                 try:
                     status, body = await conn.post("/api/chat", payload)
@@ -148,7 +185,8 @@ async def user_loop(host: str, port: int, deadline: float, latencies: list[float
         conn.close()
 
 
-async def drive(url: str, concurrency: int, duration: float, turns: int, seed: int) -> dict:
+async def drive(url: str, concurrency: int, duration: float, turns: int, seed: int,
+                server_pid: int | None = None) -> dict:
     host, port = check_loopback(url)
     rng = random.Random(seed)
     # warm-up (first queries load lazy parts of the retriever)
@@ -158,11 +196,13 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
                                      random.Random(rng.random()), turns) for _ in range(4)))
     latencies: list[float] = []
     errors: list[str] = []
+    cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
     started = time.monotonic()
     deadline = started + duration
     await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
                            for _ in range(concurrency)))
     elapsed = time.monotonic() - started
+    cpu = tree_cpu_seconds(server_pid) - cpu0 if server_pid and cpu0 is not None else None
     lat = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -173,7 +213,9 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
             "p50_ms": round(pct(50), 1), "p95_ms": round(pct(95), 1), "p99_ms": round(pct(99), 1),
             "max_ms": round(lat[-1] * 1000, 1) if lat else None,
             "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
-            "concurrency": concurrency}
+            "concurrency": concurrency,
+            # CPU the server spent per request: independent of whatever else the machine is doing
+            "server_cpu_ms_per_request": round(cpu * 1000 / len(lat), 2) if cpu is not None and lat else None}
 
 
 FAKE_CORE_SERVER = """
@@ -187,7 +229,7 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=
 """
 
 
-def start_server(port: int, tmp: Path, core: str = "real") -> subprocess.Popen:
+def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1) -> subprocess.Popen:
     env = dict(os.environ)
     env.update({
         "PBXBOT_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
@@ -195,11 +237,35 @@ def start_server(port: int, tmp: Path, core: str = "real") -> subprocess.Popen:
         "PBXBOT_OPERATOR_TOKEN": "bench-operator-token-not-secret",
         "PBXBOT_LOG_LEVEL": "WARNING",
     })
-    cmd = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if core == "fake":  # the web layer alone: tests/web_fakes.FakeCore instead of retrieval + SQL
         cmd = [sys.executable, "-c", FAKE_CORE_SERVER.format(root=str(ROOT), port=port)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
                             start_new_session=True)
+
+
+def wait_workers(port: int, workers: int, timeout: float) -> None:
+    """Every worker listens (each binds its own SO_REUSEPORT socket once its app is loaded)."""
+    deadline = time.monotonic() + timeout
+    while listeners(port) < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not all {workers} workers listen on port {port}")
+        time.sleep(0.3)
+
+
+def listeners(port: int) -> int:
+    """Sockets in LISTEN state on this local port (Linux /proc/net/tcp)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
 def main() -> int:
@@ -211,6 +277,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--core", choices=["real", "fake"], default="real",
                     help="fake: measure the web layer alone (in-memory fake core, no retrieval, no SQL)")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (pbxbot serve --workers)")
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args()
@@ -224,10 +291,13 @@ def main() -> int:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             print(f"starting pbxbot serve on {url} ...", file=sys.stderr)
-            server = start_server(port, Path(tmpdir.name), args.core)
+            server = start_server(port, Path(tmpdir.name), args.core, args.workers)
         check_loopback(url)
         wait_healthy(url, args.startup_timeout)
-        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed))
+        if server is not None and args.workers > 1:
+            wait_workers(port, args.workers, args.startup_timeout)
+        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed,
+                                   server.pid if server is not None else None))
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
@@ -251,6 +321,9 @@ def main() -> int:
         print(f"  latency     p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
               f"max {result['max_ms']} ms   (target p95 <= 150)")
         print(f"  errors      {result['errors']} {result['error_kinds'] or ''}  (target 0)")
+        if result["server_cpu_ms_per_request"] is not None:
+            print(f"  server CPU  {result['server_cpu_ms_per_request']} ms per request "
+                  f"(2 cores: at most ~{2000 / result['server_cpu_ms_per_request']:.0f} req/s if the server had both)")
         print("  targets     " + ("MET" if ok else "NOT MET"))
     return 0
 

@@ -259,7 +259,8 @@ class SqlHandoffStore:
         data = common.clean_json(common.state_to_json(state)) if state is not None else None
         out: list[StoredMessage] = []
         with self.engine.begin() as conn:
-            self._ensure_conversation(conn, address, now, refresh=False)
+            # No _ensure_conversation: record_message created the row earlier in this turn, and
+            # this transaction only updates that row and inserts after it.
             if data is not None:
                 conn.execute(_Q.state_update, {"cid": cid, "state": data, "now": now})
             ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar() if replies else None

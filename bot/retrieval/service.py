@@ -93,7 +93,9 @@ class HybridRetriever:
         self.other_language_factor = other_language_factor
         self.max_per_doc = max_per_doc
         self.source_kind_factor = source_kind_factor
-        self._vectors: np.ndarray | None = None  # numpy fallback until Chroma is attached (defer_chroma)
+        # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
+        # for good when the corpus is small (settings.dense_exact_max_chunks).
+        self._vectors: np.ndarray | None = None
         self.last_features: Features | None = None
         self._attach_thread: threading.Thread | None = None
 
@@ -108,7 +110,8 @@ class HybridRetriever:
         """For /healthz: build id, sizes, and whether Chroma (or the numpy warm-up path) serves dense search."""
         return {"build_id": self.manifest.get("build_id"), "documents": len(self.store.docs),
                 "chunks": len(self.store.chunk_ids), "embedder": self.manifest.get("embedder"),
-                "dense": "chroma" if self.vector is not None else ("numpy-warmup" if self._vectors is not None else "none")}
+                "dense": ("exact" if self.vector is not None else "numpy-warmup") if self._vectors is not None
+                else ("chroma" if self.vector is not None else "none")}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -132,10 +135,13 @@ class HybridRetriever:
             r = cls(store=store, lexical=lexical, vector=None, embedder=embedder, analyzer=analyzer, manifest=manifest)
             r._vectors = vectors
 
+            exact = len(store.chunk_ids) <= settings.dense_exact_max_chunks
+
             def attach() -> None:
                 try:
                     r.vector = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
-                    r._vectors = None
+                    if not exact:
+                        r._vectors = None
                 except Exception:  # keep answering from our own vectors; say why in the log
                     log.exception("could not open the Chroma collection %s; dense search stays on numpy",
                                   manifest["collection"])
@@ -208,7 +214,11 @@ class HybridRetriever:
 
         qv = self.embedder.embed_query_np(q[:MAX_DENSE_CHARS])
         vector = self.vector
-        if vector is not None:
+        if self._vectors is not None:  # exact scan (a small corpus, or Chroma still opening)
+            sims = np.where(mask, self._vectors @ qv, -np.inf)
+            top = np.argsort(-sims, kind="stable")[: min(CANDIDATES, int(mask.sum()))]
+            dense_hits = [(self.store.chunk_ids[i], float(sims[i])) for i in top]
+        elif vector is not None:
             allowed = int(mask.sum())
             if not carrier and not strict_language:
                 dense_hits = vector.query(qv, min(CANDIDATES, n))
@@ -222,15 +232,10 @@ class HybridRetriever:
                 if len(dense_hits) < min(CANDIDATES // 2, allowed) and len(over) < n:
                     dense_hits = vector.query(qv, min(CANDIDATES, max(1, allowed)),
                                               language=pref if strict_language else None, carrier=carrier)
-        elif self._vectors is not None:
-            sims = np.where(mask, self._vectors @ qv, -np.inf)
-            top = np.argsort(-sims, kind="stable")[: min(CANDIDATES, int(mask.sum()))]
-            dense_hits = [(self.store.chunk_ids[i], float(sims[i])) for i in top]
         else:
             dense_hits = []
         dense_hits = [(cid, s) for cid, s in dense_hits if cid in self.store.row_of]
         dense_ids = [cid for cid, _ in dense_hits]
-        dense_score = dict(dense_hits)
 
         weights = (self.dense_weight, self.lexical_weight)
         fused = rrf([dense_ids, lex_ids], weights)

