@@ -78,6 +78,8 @@ class Settings(BaseSettings):
 
     # Server processes for `pbxbot serve` (one per core serves the most; see README "Scale-out").
     workers: int = Field(default=1, ge=1, le=64)
+    # Threads per server process running conversation turns (0: the built-in default).
+    core_threads: int = Field(default=0, ge=0, le=64)
 
     log_level: str = "INFO"
 

@@ -229,10 +229,11 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=
 """
 
 
-def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1) -> subprocess.Popen:
+def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1,
+                 database_url: str | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     env.update({
-        "PBXBOT_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+        "PBXBOT_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.sqlite3'}",
         "PBXBOT_RATE_LIMIT_PER_MINUTE": "1000000",
         "PBXBOT_OPERATOR_TOKEN": "bench-operator-token-not-secret",
         "PBXBOT_LOG_LEVEL": "WARNING",
@@ -278,6 +279,8 @@ def main() -> int:
     ap.add_argument("--core", choices=["real", "fake"], default="real",
                     help="fake: measure the web layer alone (in-memory fake core, no retrieval, no SQL)")
     ap.add_argument("--workers", type=int, default=1, help="server processes (pbxbot serve --workers)")
+    ap.add_argument("--database-url", help="the server's store (default: a new SQLite file); e.g. "
+                    "postgresql://postgres@127.0.0.1/bench for the scale-out setup (its tables get bench rows)")
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args()
@@ -291,7 +294,7 @@ def main() -> int:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             print(f"starting pbxbot serve on {url} ...", file=sys.stderr)
-            server = start_server(port, Path(tmpdir.name), args.core, args.workers)
+            server = start_server(port, Path(tmpdir.name), args.core, args.workers, args.database_url)
         check_loopback(url)
         wait_healthy(url, args.startup_timeout)
         if server is not None and args.workers > 1:

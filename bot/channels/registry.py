@@ -124,7 +124,7 @@ class ChannelRegistry:
 
     def _get_limiter(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(CORE_THREADS)
+            self._limiter = anyio.CapacityLimiter(self.settings.core_threads or CORE_THREADS)
         return self._limiter
 
     def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task:
