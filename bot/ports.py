@@ -112,6 +112,19 @@ class ConversationStore(Protocol):
         """
         ...
 
+    def begin_turn(
+        self,
+        address: Address,
+        text: str,
+        *,
+        dedupe_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[StoredMessage | None, ConversationState | None]:
+        """Start a turn in one transaction: record_message(address, "user", text, handled=False, ...)
+        and read the conversation's state as it was before this message (None if it has none).
+        The message is None for a duplicate (dedupe_key seen before)."""
+        ...
+
     def complete_turn(
         self,
         address: Address,

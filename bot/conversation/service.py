@@ -56,6 +56,10 @@ RECOVER_AFTER_SECONDS = 60.0  # an unhandled message this old has no live turn a
 MORE_MAX_PIECES = 16  # sentences kept for "more" (about three pages)
 
 
+# "The conversation had no state yet" (begin_turn found none), as opposed to "not read yet" (None).
+_NO_STATE = ConversationState(conversation_id="", address=Address("none", "none:"))
+
+
 @dataclass
 class _Turn:
     """What one user message means, worked out before any retrieval."""
@@ -115,7 +119,7 @@ class ConversationService:
             meta["truncated_from"] = len(message.text or "")
         dedupe = f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
         try:
-            stored = self.store.record_message(message.address, "user", text, handled=False, dedupe_key=dedupe, meta=meta)
+            stored, prior = self.store.begin_turn(message.address, text, dedupe_key=dedupe, meta=meta)
         except Exception:
             log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
             return [self._with_id(self._error_reply(message.address, text), message.request_id)]
@@ -124,7 +128,7 @@ class ConversationService:
             return []
         if self.after_record_hook is not None:
             self.after_record_hook(stored)
-        replies = self._answer(message.address, stored, request_id=message.request_id)
+        replies = self._answer(message.address, stored, request_id=message.request_id, prior=prior or _NO_STATE)
         log.info(
             "turn conversation=%s kinds=%s escalation=%s ms=%.1f",
             message.address.conversation_id,
@@ -189,10 +193,12 @@ class ConversationService:
 
     # ------------------------------------------------------------------ one turn
 
-    def _answer(self, address: Address, stored: StoredMessage, *, request_id: str | None) -> list[Reply]:
+    def _answer(self, address: Address, stored: StoredMessage, *, request_id: str | None,
+                prior: ConversationState | None = None) -> list[Reply]:
+        """prior: the state read with the message (begin_turn; _NO_STATE: it had none); None: read it now."""
         state: ConversationState | None = None
         try:
-            replies, state = self._respond(address, stored)
+            replies, state = self._respond(address, stored, prior)
         except Exception:
             log.exception("answering failed (conversation %s, message %s)", address.conversation_id, stored.id)
             replies = [self._error_reply(address, stored.text)]
@@ -210,10 +216,13 @@ class ConversationService:
             log.exception("recording the reply failed (conversation %s, message %s)", address.conversation_id, stored.id)
         return replies
 
-    def _respond(self, address: Address, stored: StoredMessage) -> tuple[list[Reply], ConversationState]:
+    def _respond(self, address: Address, stored: StoredMessage,
+                 prior: ConversationState | None = None) -> tuple[list[Reply], ConversationState]:
         """The replies to one recorded user message, and the conversation state after it (unsaved)."""
         cid, text, action = address.conversation_id, stored.text, stored.meta.get("action")
-        state = self.store.get_state(cid) or ConversationState(conversation_id=cid, address=address)
+        if prior is None:
+            prior = self.store.get_state(cid)
+        state = prior if prior is not None and prior is not _NO_STATE else ConversationState(conversation_id=cid, address=address)
         state.address = address
         norm = S.normalize(text)
         detected = detect_language(text)

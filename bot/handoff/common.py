@@ -3,6 +3,7 @@ lifecycle transitions, audit actors, the outbox payload. Stdlib only."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime, timezone
 from typing import Any
@@ -144,12 +145,27 @@ def clean_text(value: str) -> str:
 
 
 def clean_json(value: Any) -> Any:
+    """clean_text applied to every string (keys included) of a JSON-like value."""
+    # Fast path: one C-speed dump shows whether anything needs cleaning at all (a NUL appears as
+    # the escape \u0000; a lone surrogate makes the UTF-8 encode fail). Nearly every reply and
+    # state is clean, and walking them in Python was ~0.7 ms a turn.
+    try:
+        dumped = json.dumps(value, ensure_ascii=False)
+        if "\\u0000" not in dumped:
+            dumped.encode("utf-8")
+            return value
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        pass
+    return _clean_json_walk(value)
+
+
+def _clean_json_walk(value: Any) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, dict):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+        return {clean_text(str(k)): _clean_json_walk(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
+        return [_clean_json_walk(v) for v in value]
     return value
 
 

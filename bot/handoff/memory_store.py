@@ -115,6 +115,18 @@ class InMemoryHandoffStore:
                                 f"message #{msg.id}")
             return copy.deepcopy(msg)
 
+    def begin_turn(
+        self,
+        address: Address,
+        text: str,
+        *,
+        dedupe_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[StoredMessage | None, ConversationState | None]:
+        with self._lock:
+            state = self.get_state(address.conversation_id)
+            return self.record_message(address, "user", text, handled=False, dedupe_key=dedupe_key, meta=meta), state
+
     def complete_turn(
         self,
         address: Address,

@@ -151,9 +151,10 @@ class SqlHandoffStore:
     # The per-turn hot path (record_message, get/save_state, active_ticket, mark_handled, transcript)
     # uses Core statements built once (_Q) on a plain connection: a third of the ORM's CPU cost.
 
-    def _ensure_conversation(self, conn: Connection, address: Address, now: datetime, *, refresh: bool) -> None:
+    def _ensure_conversation(self, conn: Connection, address: Address, now: datetime, *, refresh: bool) -> Any:
         """The conversation row exists and is locked for this transaction (FOR UPDATE on PostgreSQL,
-        the BEGIN IMMEDIATE write lock on SQLite); with refresh, it holds the newest address."""
+        the BEGIN IMMEDIATE write lock on SQLite); with refresh, it holds the newest address.
+        Returns the row as it was (id, address, state, updated_at), or None when it was just created."""
         cid = address.conversation_id
         addr_json = common.clean_json(address.to_dict())
         row = conn.execute(_Q.conversation_lock, {"cid": cid}).first()
@@ -161,9 +162,10 @@ class SqlHandoffStore:
             conn.execute(self._insert_conversation, {
                 "id": cid, "channel": address.channel, "address": addr_json, "state": None,
                 "created_at": now, "updated_at": now})
-            conn.execute(_Q.conversation_lock, {"cid": cid}).first()
-        elif refresh and row.address != addr_json:  # the newest route wins (Slack response_url...)
+            return conn.execute(_Q.conversation_lock, {"cid": cid}).first()
+        if refresh and row.address != addr_json:  # the newest route wins (Slack response_url...)
             conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
+        return row
 
     def _insert_message(self, conn: Connection, conversation_id: str, role: str, text: str, *, handled: bool,
                         meta: dict[str, Any] | None, ticket_id: str | None,
@@ -234,26 +236,43 @@ class SqlHandoffStore:
         dedupe_key: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> StoredMessage | None:
+        return self._record(address, role, text, handled=handled, dedupe_key=dedupe_key, meta=meta)[0]
+
+    def begin_turn(
+        self,
+        address: Address,
+        text: str,
+        *,
+        dedupe_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[StoredMessage | None, ConversationState | None]:
+        return self._record(address, "user", text, handled=False, dedupe_key=dedupe_key, meta=meta)
+
+    def _record(
+        self, address: Address, role: Role, text: str, *, handled: bool, dedupe_key: str | None,
+        meta: dict[str, Any] | None,
+    ) -> tuple[StoredMessage | None, ConversationState | None]:
         cid = address.conversation_id
         if dedupe_key is not None:
             dedupe_key = common.clean_text(dedupe_key)
         try:
             with self._write() as conn:
-                self._ensure_conversation(conn, address, self._now(), refresh=True)
+                row = self._ensure_conversation(conn, address, self._now(), refresh=True)
+                state = common.state_from_json(row.state, row.updated_at) if row is not None and row.state else None
                 if dedupe_key is not None and conn.execute(_Q.dedupe_select, {"cid": cid, "key": dedupe_key}).first():
-                    return None
+                    return None, state
                 ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar()
                 msg = self._insert_message(conn, cid, role, text, handled=handled, meta=meta,
                                            ticket_id=ticket_id, dedupe_key=dedupe_key)
                 if ticket_id is not None:
                     self._insert_audit(conn, ticket_id, common.actor_for_role(role, meta), f"{role}_message",
                                        f"message #{msg.id}")
-            return msg  # committed
+            return msg, state  # committed
         except IntegrityError:
             if dedupe_key is not None:
                 with self._write() as conn:
                     if conn.execute(_Q.dedupe_select, {"cid": cid, "key": dedupe_key}).first():
-                        return None  # a concurrent retry of the same webhook won the race
+                        return None, None  # a concurrent retry of the same webhook won the race
             raise
 
     def complete_turn(
@@ -567,7 +586,8 @@ _C, _M, _T, _A = ConversationRow.__table__, MessageRow.__table__, TicketRow.__ta
 
 
 class _Q:
-    conversation_lock = select(_C.c.id, _C.c.address).where(_C.c.id == bindparam("cid")).with_for_update()
+    conversation_lock = (select(_C.c.id, _C.c.address, _C.c.state, _C.c.updated_at)
+                         .where(_C.c.id == bindparam("cid")).with_for_update())
     conversation_set_address = update(_C).where(_C.c.id == bindparam("cid")).values(address=bindparam("address"))
     state_select = select(_C.c.state, _C.c.updated_at).where(_C.c.id == bindparam("cid"))
     state_update = (update(_C).where(_C.c.id == bindparam("cid"))

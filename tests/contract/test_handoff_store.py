@@ -149,6 +149,18 @@ def test_state_and_messages_share_the_conversation(store):
     assert len(store.transcript(a.conversation_id)) == 1
 
 
+def test_begin_turn_records_the_message_and_reads_the_state_before_it(store):
+    a = addr()
+    first, state = store.begin_turn(a, "国際電話が止まらない", dedupe_key="m1", meta={"action": None})
+    assert state is None and first is not None and first.handled is False and first.role == "user"
+    store.save_state(ConversationState(conversation_id=a.conversation_id, address=a, language="ja", carrier="kddi"))
+    second, state = store.begin_turn(a, "まだ続いています", dedupe_key="m2")
+    assert (state.language, state.carrier) == ("ja", "kddi") and second.id > first.id
+    again, _ = store.begin_turn(a, "まだ続いています", dedupe_key="m2")  # a retried webhook
+    assert again is None
+    assert [m.id for m in store.unhandled_messages()] == [first.id, second.id]
+
+
 def test_complete_turn_records_replies_saves_state_and_marks_handled_together(store, clock):
     a = addr()
     m = store.record_message(a, "user", "国際電話を止めたい", handled=False)

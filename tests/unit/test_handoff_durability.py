@@ -128,3 +128,14 @@ def test_threads_of_one_server_share_a_store(tmp_path):
     assert len(store.list_queue()) == 4
     assert all(len(store.get_detail(t.id).transcript) == 10 for t in store.list_queue())
     store.close()
+
+
+def test_clean_json_cleans_nested_nul_and_lone_surrogates_and_keeps_clean_values():
+    from bot.handoff.common import clean_json
+
+    dirty = {"a\x00": ["ok", {"deep": "x\x00y"}], "s": "bad \ud800 surrogate", "n": 3, "t": ("tu", None)}
+    cleaned = clean_json(dirty)
+    assert cleaned == {"a\ufffd": ["ok", {"deep": "x\ufffdy"}], "s": "bad ? surrogate", "n": 3, "t": ["tu", None]}
+    clean = {"answer": "国際電話を止めてください [1]", "citations": [{"n": 1, "url": "https://example.jp"}]}
+    assert clean_json(clean) == clean
+    assert clean_json("literal \\u0000 typed by a user") == "literal \\u0000 typed by a user"
