@@ -32,6 +32,15 @@ log = logging.getLogger("bot.channels")
 # threads did not add throughput on 2 cores (measured: 2, 4 and 8 all ~37 req/s) but lengthened
 # the latency tail (p95 0.5 s with 2, 0.6 s with 4, 1.0 s with 8 at 16 concurrent users).
 CORE_THREADS = 4
+# With several worker processes, one turn at a time per process measured best (2 workers on 2 cores,
+# 16 users: 1 thread 114-116 req/s, p95 190 ms; 2 threads 106 req/s, p95 265 ms; 4 threads 96 req/s,
+# p95 320 ms, max 0.9 s): the processes use the cores, and threads only add GIL and lock convoys.
+
+
+def core_threads(settings: "Settings") -> int:
+    if settings.core_threads:
+        return settings.core_threads
+    return CORE_THREADS if settings.workers <= 1 else 1
 
 
 class UnknownChannel(DeliveryError):
@@ -124,7 +133,7 @@ class ChannelRegistry:
 
     def _get_limiter(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.settings.core_threads or CORE_THREADS)
+            self._limiter = anyio.CapacityLimiter(core_threads(self.settings))
         return self._limiter
 
     def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task:

@@ -88,7 +88,7 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
     prepare_index(settings)
     build_store(settings).close()  # migrated once here, not by N workers at once
     # The workers read their settings from this environment (spawned processes inherit it).
-    os.environ["PBXBOT_WORKERS"] = "1"
+    os.environ["PBXBOT_WORKERS"] = str(workers)  # each worker sizes its thread pool by it
     os.environ[SERVE_STARTED_ENV] = utcnow().isoformat()
     if settings.session_secret is None or not settings.session_secret.get_secret_value():
         os.environ["PBXBOT_SESSION_SECRET"] = secrets.token_urlsafe(32)  # one for all workers
