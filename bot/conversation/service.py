@@ -252,6 +252,7 @@ class ConversationService:
         The first message after the ticket opened is acknowledged (and any explicit request for a
         person); later ones join silently."""
         st = turn.state
+        self._fill_summary(turn, ticket)
         if ticket.priority != "urgent" and detect_incident(turn.text):
             # An incident reported while a normal ticket waits: the same ticket becomes urgent, and
             # the user gets the containment steps now rather than after an operator reads it.
@@ -458,10 +459,25 @@ class ConversationService:
         )
 
     def _summary(self, turn: _Turn, reason: str) -> dict[str, Any]:
+        return {**self._facts(turn), "language": turn.lang, "reason": reason, "message": turn.text[:500]}
+
+    def _facts(self, turn: _Turn) -> dict[str, Any]:
         facts = {k: turn.state.facts.get(k) for k in FACT_KEYS}
         if not facts.get("carrier"):
             facts["carrier"] = turn.state.carrier
-        return {**facts, "language": turn.lang, "reason": reason, "message": turn.text[:500]}
+        return facts
+
+    def _fill_summary(self, turn: _Turn, ticket: Ticket) -> None:
+        """Facts the user gives after the ticket opened (the carrier, when it started, the vendor...)
+        fill the gaps of the operator's summary. Never overwrites: the transcript has the rest."""
+        empty = (None, "", [], {})
+        missing = {k: v for k, v in self._facts(turn).items()
+                   if v not in empty and ticket.summary.get(k) in empty}
+        if missing:
+            try:
+                self.handoff.open_ticket(turn.address, reason="more_facts", priority=ticket.priority, summary=missing)
+            except Exception:  # the summary is a convenience; the message itself is already recorded
+                log.exception("updating the summary of ticket %s failed", ticket.id)
 
     def _notify(self, event: str, ticket: Ticket) -> None:
         for listener in list(self._listeners):

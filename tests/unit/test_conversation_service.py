@@ -148,6 +148,21 @@ def test_while_a_ticket_is_open_messages_join_it_and_the_bot_stays_quiet():
     assert store.get_state("test:1").facts["carrier"] == "ntt-east-west"
 
 
+def test_facts_given_after_the_ticket_opened_fill_the_operators_summary():
+    service, store, _ = make_service()
+    one(say(service, "Our PBX is calling Sierra Leone right now, hundreds of calls."))
+    ticket = store.active_ticket("test:1")
+    assert not ticket.summary.get("carrier")
+    say(service, "It's NTT East Hikari Denwa. Our PBX vendor is Example Tsushin.")
+    after = store.active_ticket("test:1")
+    assert after.id == ticket.id and after.priority == "urgent"
+    assert after.summary["carrier"] == "ntt-east-west"
+    assert after.summary["still_happening"] is True  # filled gaps only, nothing overwritten
+    say(service, "Actually it's KDDI")  # a later change stays in the transcript, not over the summary
+    assert store.active_ticket("test:1").summary["carrier"] == "ntt-east-west"
+    assert any(e.action == "updated" for e in store.get_detail(ticket.id).audit)
+
+
 def test_asking_for_a_person_again_while_waiting_is_acknowledged():
     service, _, _ = make_service()
     say(service, "人間のオペレーターにつないでください")
