@@ -128,6 +128,15 @@ class WebFeed:
         if self._cursor is None:
             self._cursor = await self.run_sync(self.store.latest_message_id)
             return 0
+        delivered = 0
+        for _ in range(20):  # a burst bigger than one index batch is read in a few more batches now
+            index, n = await self._poll_once()
+            delivered += n
+            if len(index) < INDEX_BATCH:
+                break
+        return delivered
+
+    async def _poll_once(self) -> tuple[list[tuple[int, str]], int]:
         index, rows = await self.run_sync(self._read_new, self._cursor, sorted(self._gaps),
                                           set(self._subscribers))
         for msg in rows:  # a missed id that has committed since: no longer a gap
@@ -146,7 +155,7 @@ class WebFeed:
                     delivered += 1
                 except asyncio.QueueFull:  # a stuck client: it catches up from history on reconnect
                     pass
-        return delivered
+        return index, delivered
 
     def _read_new(self, cursor: int, gaps: Sequence[int], followed: set[str]
                   ) -> tuple[list[tuple[int, str]], list[StoredMessage]]:

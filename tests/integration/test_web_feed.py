@@ -117,3 +117,20 @@ def test_events_of_system_messages_are_not_shown_and_old_operator_rows_still_are
     assert event_of(StoredMessage(1, "web:x", "system", "internal note", now)) is None
     old = event_of(StoredMessage(2, "web:x", "operator", "hello from an operator", now, meta={"operator": "sato"}))
     assert old["role"] == "operator" and old["answer"] == "hello from an operator" and "sato" not in str(old)
+
+
+async def test_a_burst_bigger_than_one_index_batch_is_delivered_in_one_poll(monkeypatch):
+    import bot.channels.web_feed as wf
+
+    async def run_sync(f, *a):
+        return f(*a)
+
+    monkeypatch.setattr(wf, "INDEX_BATCH", 3)
+    store = _GappyStore()
+    feed = WebFeed(store, run_sync)
+    await feed.poll()
+    q = feed.subscribe("web:x")
+    for i in range(1, 9):
+        store.add(i, f"m{i}")
+    assert await feed.poll() == 8
+    assert [q.get_nowait()["answer"] for _ in range(q.qsize())] == [f"m{i}" for i in range(1, 9)]
