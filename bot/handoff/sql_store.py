@@ -167,6 +167,25 @@ class SqlHandoffStore:
             conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
         return row
 
+    def _turn_context(self, conn: Connection, address: Address, dedupe_key: str | None) -> Any:
+        """_ensure_conversation for a new message, in one statement on the hot path: the conversation
+        row (locked), its active ticket and whether dedupe_key was recorded before."""
+        cid = address.conversation_id
+        addr_json = common.clean_json(address.to_dict())
+        params = {"cid": cid, "key": dedupe_key}
+        row = conn.execute(_Q.turn_context, params).first()
+        if row is None:
+            now = self._now()
+            created = conn.execute(self._insert_conversation, {
+                "id": cid, "channel": address.channel, "address": addr_json, "state": None,
+                "created_at": now, "updated_at": now}).rowcount
+            if created == 1:  # ours, and locked by our insert: nothing else to read
+                return _NEW_CONVERSATION
+            return conn.execute(_Q.turn_context, params).first()  # another writer created it just now
+        if row.address != addr_json:  # the newest route wins (Slack response_url...)
+            conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
+        return row
+
     def _insert_message(self, conn: Connection, conversation_id: str, role: str, text: str, *, handled: bool,
                         meta: dict[str, Any] | None, ticket_id: str | None,
                         dedupe_key: str | None = None) -> StoredMessage:
@@ -257,11 +276,11 @@ class SqlHandoffStore:
             dedupe_key = common.clean_text(dedupe_key)
         try:
             with self._write() as conn:
-                row = self._ensure_conversation(conn, address, self._now(), refresh=True)
-                state = common.state_from_json(row.state, row.updated_at) if row is not None and row.state else None
-                if dedupe_key is not None and conn.execute(_Q.dedupe_select, {"cid": cid, "key": dedupe_key}).first():
+                row = self._turn_context(conn, address, dedupe_key)
+                state = common.state_from_json(row.state, row.updated_at) if row.state else None
+                if row.dup_id is not None:
                     return None, state
-                ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar()
+                ticket_id = row.ticket_id
                 msg = self._insert_message(conn, cid, role, text, handled=handled, meta=meta,
                                            ticket_id=ticket_id, dedupe_key=dedupe_key)
                 if ticket_id is not None:
@@ -609,8 +628,25 @@ class _Q:
     message_index_after = (select(_M.c.id, _M.c.conversation_id).where(_M.c.id > bindparam("after"))
                            .order_by(_M.c.id).limit(bindparam("n")))
     messages_by_id = select(_M).where(_M.c.id.in_(bindparam("ids", expanding=True))).order_by(_M.c.id)
+    turn_context = (
+        select(_C.c.address, _C.c.state, _C.c.updated_at,
+               select(_T.c.id).where(_T.c.conversation_id == _C.c.id, _T.c.status.in_(common.ACTIVE_STATUSES))
+               .limit(1).scalar_subquery().label("ticket_id"),
+               select(_M.c.id).where(_M.c.conversation_id == _C.c.id, _M.c.dedupe_key == bindparam("key"))
+               .limit(1).scalar_subquery().label("dup_id"))
+        .where(_C.c.id == bindparam("cid")).with_for_update(of=_C)
+    )
     messages_after = (select(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.id > bindparam("after"))
                       .order_by(_M.c.id))
+
+
+class _NewConversation:
+    """_turn_context's answer for a conversation row this transaction just created."""
+
+    address = state = updated_at = ticket_id = dup_id = None
+
+
+_NEW_CONVERSATION = _NewConversation()
 
 
 def _insert_ignoring_duplicates(dialect: str):
