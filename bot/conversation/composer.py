@@ -152,6 +152,7 @@ def _stem(w: str) -> str:
     return w
 
 
+@lru_cache(maxsize=16384)  # passage sentences repeat across turns (the index is static)
 def is_action(sentence: str) -> bool:
     return bool(_ACTION.search(sentence))
 
