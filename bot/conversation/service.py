@@ -19,6 +19,7 @@ from bot.conversation import composer as C
 from bot.conversation import signals as S
 from bot.conversation.escalation import EscalationPolicy, Signals, is_billing_dispute
 from bot.conversation.language import detect_language, has_english_words, has_letters
+from bot.conversation.locks import KeyedLocks
 from bot.conversation.texts import LIST_SEP, t
 from bot.conversation.triage import IncidentFacts, detect_incident, extract_facts, missing_facts
 from bot.messages import Address, Escalation, InboundMessage, Reply, utcnow
@@ -99,6 +100,7 @@ class ConversationService:
         # Messages recorded after this moment belong to this process and are being answered live;
         # recover_pending leaves them alone (a server takes traffic while it recovers).
         self.started_at = utcnow()
+        self._turns = KeyedLocks()
 
     # ------------------------------------------------------------------ ConversationCore
 
@@ -118,17 +120,20 @@ class ConversationService:
         if len(message.text or "") > self.settings.max_text_chars:
             meta["truncated_from"] = len(message.text or "")
         dedupe = f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
-        try:
-            stored, prior = self.store.begin_turn(message.address, text, dedupe_key=dedupe, meta=meta)
-        except Exception:
-            log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
-            return [self._with_id(self._error_reply(message.address, text), message.request_id)]
-        if stored is None:
-            log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)
-            return []
-        if self.after_record_hook is not None:
-            self.after_record_hook(stored)
-        replies = self._answer(message.address, stored, request_id=message.request_id, prior=prior or _NO_STATE)
+        # One turn at a time per conversation in this process: a second message (a user typing fast,
+        # two webhooks at once) starts from the state the first one saved, so no fact is lost.
+        with self._turns.hold(message.address.conversation_id):
+            try:
+                stored, prior = self.store.begin_turn(message.address, text, dedupe_key=dedupe, meta=meta)
+            except Exception:
+                log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
+                return [self._with_id(self._error_reply(message.address, text), message.request_id)]
+            if stored is None:
+                log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)
+                return []
+            if self.after_record_hook is not None:
+                self.after_record_hook(stored)
+            replies = self._answer(message.address, stored, request_id=message.request_id, prior=prior or _NO_STATE)
         log.info(
             "turn conversation=%s kinds=%s escalation=%s ms=%.1f",
             message.address.conversation_id,

@@ -426,3 +426,25 @@ def test_kana_only_words_are_searched_in_kanji():
     service, _, retriever = make_service()
     say(service, "こくさいでんわ　とめたい")
     assert "国際電話" in retriever.calls[0]["query"]
+
+
+def test_messages_of_one_conversation_arriving_together_lose_no_facts():
+    # Two webhooks of one chat handled at once (a user typing fast): the second turn must see the
+    # first one's state, or the carrier the user just named is forgotten.
+    import threading
+    import time as _time
+
+    class SlowRetriever(FakeRetriever):
+        def search(self, *a, **kw):
+            _time.sleep(0.2)
+            return super().search(*a, **kw)
+
+    service, store, _ = make_service(retriever=SlowRetriever())
+    first = threading.Thread(target=say, args=(service, "KDDIの回線で国際電話を止めたい"))
+    first.start()
+    _time.sleep(0.05)  # the first turn is searching when the second message arrives
+    say(service, "今朝気づきました")
+    first.join()
+    facts = store.get_state("test:1").facts
+    assert facts.get("carrier") == "kddi" and facts.get("noticed_at") == "今朝"
+    assert [m.role for m in store.transcript("test:1")] == ["user", "bot", "user", "bot"]
