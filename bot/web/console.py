@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from bot.channels.base import RateLimiter
-from bot.ports import ConversationCore, HandoffError, Ticket, TicketDetail, TicketNotFound
+from bot.ports import ConversationCore, HandoffError, Ticket, TicketDetail
 from bot.web.auth import LOGIN_COOKIE, SESSION_COOKIE, SESSION_MAX_AGE, Operator, OperatorAuth, cookie_secure
 
 log = logging.getLogger("bot.web.console")

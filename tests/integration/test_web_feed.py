@@ -3,7 +3,6 @@ with its own feed) serve one set of widgets, and history outlives a restart."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timezone
 
