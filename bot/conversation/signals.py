@@ -13,6 +13,8 @@ from typing import Iterable
 
 import yaml
 
+from bot.conversation.kana_readings import KANA_READINGS
+
 # ---------------------------------------------------------------- normalisation
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
@@ -33,6 +35,11 @@ _KANA_WORDS = (
     ("のっとり", "乗っ取り"), ("せいきゅう", "請求"), ("とまらない", "止まらない"), ("とめたい", "止めたい"),
     ("とめかた", "止め方"), ("たすけて", "助けて"), ("ひかりでんわ", "ひかり電話"),
 )
+
+
+# The hand-written words above (inflected forms too) plus the kana spelling of every Japanese lexicon
+# term (generated: scripts/build_kana_readings.py), longest first so that a whole term wins.
+_KANA_WORDS = tuple(sorted({**dict(KANA_READINGS), **dict(_KANA_WORDS)}.items(), key=lambda kv: (-len(kv[0]), kv[0])))
 
 
 def kana_to_kanji(text: str) -> str:
