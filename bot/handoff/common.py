@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from bot.messages import Address, Reply
 from bot.ports import ConversationState, TicketNotFound, TicketStateError
@@ -175,3 +177,27 @@ def json_roundtrip(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(clean_json(value)))
+
+
+# ---------------------------------------------------------------- one process's exclusive jobs
+
+
+class TryLocks:
+    """Named non-blocking locks inside one process: `with locks.try_hold(name) as mine:` gives True
+    to one holder at a time and False to the others. The in-memory store's exclusive(), and the SQL
+    store's on an in-memory SQLite database (neither is shared with another process)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def try_hold(self, name: str) -> Iterator[bool]:
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()

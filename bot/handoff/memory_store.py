@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import copy
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from bot.handoff import common
 from bot.messages import Address, Reply, utcnow
@@ -67,7 +66,7 @@ class InMemoryHandoffStore:
         self._audit: list[AuditEntry] = []
         self._outbox: dict[int, _Outbox] = {}
         self._next_message_id = 1
-        self._exclusive: dict[str, threading.Lock] = {}
+        self._exclusive = common.TryLocks()
         self._next_outbox_id = 1
 
     def _now(self) -> datetime:
@@ -182,16 +181,8 @@ class InMemoryHandoffStore:
             ids = conv.message_ids if conv else []
             return [copy.deepcopy(self._messages[i]) for i in ids if i > after_id]
 
-    @contextmanager
-    def exclusive(self, name: str) -> Iterator[bool]:
-        with self._lock:
-            lock = self._exclusive.setdefault(name, threading.Lock())
-        got = lock.acquire(blocking=False)
-        try:
-            yield got
-        finally:
-            if got:
-                lock.release()
+    def exclusive(self, name: str) -> ContextManager[bool]:
+        return self._exclusive.try_hold(name)
 
     def latest_message_id(self) -> int:
         with self._lock:

@@ -83,6 +83,7 @@ class SqlHandoffStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
         self._write_lock: Any = threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        self._local_exclusive = common.TryLocks()
         self.revision = upgrade_to_head(self.engine) if migrate else None
 
     @classmethod
@@ -151,38 +152,26 @@ class SqlHandoffStore:
     # The per-turn hot path (record_message, get/save_state, active_ticket, mark_handled, transcript)
     # uses Core statements built once (_Q) on a plain connection: a third of the ORM's CPU cost.
 
-    def _ensure_conversation(self, conn: Connection, address: Address, now: datetime, *, refresh: bool) -> Any:
+    def _ensure_conversation(self, conn: Connection, address: Address, now: datetime, *, refresh: bool,
+                             dedupe_key: str | None = None) -> Any:
         """The conversation row exists and is locked for this transaction (FOR UPDATE on PostgreSQL,
         the BEGIN IMMEDIATE write lock on SQLite); with refresh, it holds the newest address.
-        Returns the row as it was (id, address, state, updated_at), or None when it was just created."""
-        cid = address.conversation_id
-        addr_json = common.clean_json(address.to_dict())
-        row = conn.execute(_Q.conversation_lock, {"cid": cid}).first()
-        if row is None:
-            conn.execute(self._insert_conversation, {
-                "id": cid, "channel": address.channel, "address": addr_json, "state": None,
-                "created_at": now, "updated_at": now})
-            return conn.execute(_Q.conversation_lock, {"cid": cid}).first()
-        if refresh and row.address != addr_json:  # the newest route wins (Slack response_url...)
-            conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
-        return row
 
-    def _turn_context(self, conn: Connection, address: Address, dedupe_key: str | None) -> Any:
-        """_ensure_conversation for a new message, in one statement on the hot path: the conversation
-        row (locked), its active ticket and whether dedupe_key was recorded before."""
+        Returns, read in the same statement (one round trip on the turn's hot path): its address,
+        state and updated_at as they were, its active ticket id, and dup_id, the message already
+        recorded under `dedupe_key` (None: not a duplicate). All None for a row just created."""
         cid = address.conversation_id
         addr_json = common.clean_json(address.to_dict())
         params = {"cid": cid, "key": dedupe_key}
-        row = conn.execute(_Q.turn_context, params).first()
+        row = conn.execute(_Q.conversation_context, params).first()
         if row is None:
-            now = self._now()
             created = conn.execute(self._insert_conversation, {
                 "id": cid, "channel": address.channel, "address": addr_json, "state": None,
                 "created_at": now, "updated_at": now}).rowcount
             if created == 1:  # ours, and locked by our insert: nothing else to read
                 return _NEW_CONVERSATION
-            return conn.execute(_Q.turn_context, params).first()  # another writer created it just now
-        if row.address != addr_json:  # the newest route wins (Slack response_url...)
+            return conn.execute(_Q.conversation_context, params).first()  # another writer created it just now
+        if refresh and row.address != addr_json:  # the newest route wins (Slack response_url...)
             conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
         return row
 
@@ -276,7 +265,7 @@ class SqlHandoffStore:
             dedupe_key = common.clean_text(dedupe_key)
         try:
             with self._write() as conn:
-                row = self._turn_context(conn, address, dedupe_key)
+                row = self._ensure_conversation(conn, address, self._now(), refresh=True, dedupe_key=dedupe_key)
                 state = common.state_from_json(row.state, row.updated_at) if row.state else None
                 if row.dup_id is not None:
                     return None, state
@@ -360,7 +349,7 @@ class SqlHandoffStore:
             return
         database = self.url.database or ""
         if database in ("", ":memory:") or database.startswith("file:"):
-            with _memory_lock(self, name) as got:  # one process only: a plain lock
+            with self._local_exclusive.try_hold(name) as got:  # one process only: a plain lock
                 yield got
             return
         safe = "".join(c if c.isalnum() else "-" for c in name)[:64]
@@ -605,8 +594,6 @@ _C, _M, _T, _A = ConversationRow.__table__, MessageRow.__table__, TicketRow.__ta
 
 
 class _Q:
-    conversation_lock = (select(_C.c.id, _C.c.address, _C.c.state, _C.c.updated_at)
-                         .where(_C.c.id == bindparam("cid")).with_for_update())
     conversation_set_address = update(_C).where(_C.c.id == bindparam("cid")).values(address=bindparam("address"))
     state_select = select(_C.c.state, _C.c.updated_at).where(_C.c.id == bindparam("cid"))
     state_update = (update(_C).where(_C.c.id == bindparam("cid"))
@@ -628,7 +615,7 @@ class _Q:
     message_index_after = (select(_M.c.id, _M.c.conversation_id).where(_M.c.id > bindparam("after"))
                            .order_by(_M.c.id).limit(bindparam("n")))
     messages_by_id = select(_M).where(_M.c.id.in_(bindparam("ids", expanding=True))).order_by(_M.c.id)
-    turn_context = (
+    conversation_context = (
         select(_C.c.address, _C.c.state, _C.c.updated_at,
                select(_T.c.id).where(_T.c.conversation_id == _C.c.id, _T.c.status.in_(common.ACTIVE_STATUSES))
                .limit(1).scalar_subquery().label("ticket_id"),
@@ -641,7 +628,7 @@ class _Q:
 
 
 class _NewConversation:
-    """_turn_context's answer for a conversation row this transaction just created."""
+    """_ensure_conversation's answer for a conversation row this transaction just created."""
 
     address = state = updated_at = ticket_id = dup_id = None
 
@@ -657,22 +644,6 @@ def _insert_ignoring_duplicates(dialect: str):
     else:  # pragma: no cover - other databases: a plain insert (a race raises IntegrityError)
         return insert(_C)
     return dialect_insert(_C).on_conflict_do_nothing(index_elements=["id"])
-
-
-_MEMORY_LOCKS: dict[tuple[int, str], threading.Lock] = {}
-_MEMORY_LOCKS_GUARD = threading.Lock()
-
-
-@contextmanager
-def _memory_lock(owner: object, name: str) -> Iterator[bool]:
-    with _MEMORY_LOCKS_GUARD:
-        lock = _MEMORY_LOCKS.setdefault((id(owner), name), threading.Lock())
-    got = lock.acquire(blocking=False)
-    try:
-        yield got
-    finally:
-        if got:
-            lock.release()
 
 
 # ---------------------------------------------------------------- engine
