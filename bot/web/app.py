@@ -32,7 +32,7 @@ from bot.channels.registry import ChannelRegistry
 from bot.config import ConfigError, Settings
 from bot.ports import ConversationCore
 from bot.web.auth import OperatorAuth
-from bot.web.background import OutboxDispatcher, PeriodicRecovery, Reannouncer
+from bot.web import background
 from bot.web.console import build_console_router
 from bot.web.health import HealthCheck
 from bot.web.middleware import RequestContextMiddleware, current_request_id
@@ -73,26 +73,24 @@ def create_app(
     async def run_background(func, *args):  # store calls of the loops: not behind the chat traffic
         return await anyio.to_thread.run_sync(func, *args)
 
-    dispatcher = OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval)
-    reannouncer = Reannouncer(core, run_background, interval=reannounce_interval, on_reannounced=dispatcher.wake)
-    recovery = PeriodicRecovery(core, run_background, interval=recover_interval, on_recovered=dispatcher.wake)
+    dispatcher = background.OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval)
+    jobs = [
+        background.recovery(core, run_background, interval=recover_interval, on_done=dispatcher.wake),
+        background.reannouncer(core, run_background, interval=reannounce_interval, on_done=dispatcher.wake),
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await registry.start()
-        tasks = [
-            asyncio.create_task(dispatcher.run(), name="outbox-dispatcher"),
-            asyncio.create_task(reannouncer.run(), name="reannouncer"),
-            asyncio.create_task(recovery.run(), name="recovery"),
-        ]
-        registry.spawn(_recover(core, dispatcher), name="recover-pending")
+        tasks = [asyncio.create_task(dispatcher.run(), name="outbox-dispatcher")]
+        tasks += [asyncio.create_task(job.run(), name=job.name) for job in jobs]
         log.info("pbxbot web ready; channels: %s", ", ".join(registry.names))
         try:
             yield
         finally:
             dispatcher.stop()
-            reannouncer.stop()
-            recovery.stop()
+            for job in jobs:
+                job.stop()
             for t in tasks:
                 t.cancel()
             _done, pending = await asyncio.wait(tasks, timeout=5)
@@ -113,10 +111,12 @@ def create_app(
     app.state.auth = auth
 
     def dispatcher_state() -> dict[str, Any]:
+        feed_ok = web.feed.last_error is None
         return {"outbox": {"ok": dispatcher.last_error is None, "delivered": dispatcher.delivered,
                            "failed_attempts": dispatcher.failed},
+                "widget_feed": {"ok": feed_ok},
                 "channels": registry.names,
-                "ok": dispatcher.last_error is None}
+                "ok": dispatcher.last_error is None and feed_ok}
 
     health = HealthCheck(core, registry.run_sync, extra=dispatcher_state)
 
@@ -234,13 +234,6 @@ def _ensure_secret_masking(settings: Settings) -> None:
             if isinstance(flt, SecretMaskingFilter) and wanted <= set(flt.secrets):
                 return
     install_secret_filter(settings)
-
-
-async def _recover(core: ConversationCore, dispatcher: OutboxDispatcher) -> None:
-    n = await anyio.to_thread.run_sync(core.recover_pending)
-    if n:
-        log.info("recovered %d unanswered message(s) from before the restart", n)
-        dispatcher.wake()
 
 
 _STATIC_CACHE: dict[str, bytes] = {}

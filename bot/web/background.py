@@ -91,12 +91,19 @@ class OutboxDispatcher:
         return 1
 
 
-class Reannouncer:
-    """Every `interval` seconds: core.reannounce_overdue(now); wakes the dispatcher when it did something."""
+class PeriodicJob:
+    """Every `interval` seconds (the first time after `first_delay`): `func()` in a worker thread.
+    A non-zero result (things done) is counted, logged with `done_message` and followed by
+    `on_done()` (the dispatcher is woken to deliver what the job queued). Errors are logged and the
+    loop goes on. The re-announcer and the recovery of unanswered messages are two of these."""
 
-    def __init__(self, core: ConversationCore, run_sync: RunSync, *, interval: float = 30.0,
-                 on_reannounced: Callable[[], None] | None = None) -> None:
-        self.core, self.run_sync, self.interval, self.on_reannounced = core, run_sync, interval, on_reannounced
+    def __init__(self, name: str, func: Callable[[], int], run_sync: RunSync, *, interval: float,
+                 first_delay: float | None = None, done_message: str = "%d done",
+                 on_done: Callable[[], None] | None = None) -> None:
+        self.name, self.func, self.run_sync = name, func, run_sync
+        self.interval = interval
+        self.first_delay = interval if first_delay is None else first_delay
+        self.done_message, self.on_done = done_message, on_done
         self.count = 0
         self._stopping = False
 
@@ -104,51 +111,37 @@ class Reannouncer:
         self._stopping = True
 
     async def run(self) -> None:
+        delay = self.first_delay
         while not self._stopping:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(delay)
+            delay = self.interval
             if self._stopping:
                 return
             try:
-                n = await self.run_sync(self.core.reannounce_overdue, utcnow())
+                n = await self.run_sync(self.func)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("re-announcing overdue tickets failed")
+                log.exception("%s failed", self.name)
                 continue
             if n:
                 self.count += n
-                log.info("re-announced %d overdue urgent ticket(s)", n)
-                if self.on_reannounced:
-                    self.on_reannounced()
+                log.info(self.done_message, n)
+                if self.on_done:
+                    self.on_done()
 
 
-class PeriodicRecovery:
-    """Every `interval` seconds: core.recover_pending() (messages a dead worker left unanswered);
-    wakes the dispatcher when it queued replies. The store's lock keeps it to one process at a time."""
+def reannouncer(core: ConversationCore, run_sync: RunSync, *, interval: float = 30.0,
+                on_done: Callable[[], None] | None = None) -> PeriodicJob:
+    """core.reannounce_overdue(now) every `interval` seconds."""
+    return PeriodicJob("re-announcing overdue tickets", lambda: core.reannounce_overdue(utcnow()), run_sync,
+                       interval=interval, done_message="re-announced %d overdue urgent ticket(s)", on_done=on_done)
 
-    def __init__(self, core: ConversationCore, run_sync: RunSync, *, interval: float = 60.0,
-                 on_recovered: Callable[[], None] | None = None) -> None:
-        self.core, self.run_sync, self.interval, self.on_recovered = core, run_sync, interval, on_recovered
-        self.count = 0
-        self._stopping = False
 
-    def stop(self) -> None:
-        self._stopping = True
-
-    async def run(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.interval)
-            if self._stopping:
-                return
-            try:
-                n = await self.run_sync(self.core.recover_pending)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recovering unanswered messages failed")
-                continue
-            if n:
-                self.count += n
-                log.info("recovered %d message(s) left unanswered by a stopped worker", n)
-                if self.on_recovered:
-                    self.on_recovered()
+def recovery(core: ConversationCore, run_sync: RunSync, *, interval: float = 60.0,
+             on_done: Callable[[], None] | None = None) -> PeriodicJob:
+    """core.recover_pending() at start (messages a crash left unanswered), then every `interval`
+    seconds (those of a worker that died while others served); the store's lock keeps it to one
+    process at a time."""
+    return PeriodicJob("recovering unanswered messages", core.recover_pending, run_sync, interval=interval,
+                       first_delay=0.0, done_message="recovered %d unanswered message(s)", on_done=on_done)

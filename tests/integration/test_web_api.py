@@ -53,6 +53,22 @@ def test_healthz_is_503_when_the_store_fails(core):
     assert r.json()["status"] == "unhealthy"
 
 
+def test_healthz_reports_a_widget_feed_that_cannot_read_the_store(core):
+    import time
+
+    def broken(*a, **k):
+        raise RuntimeError("transcript unreadable")
+
+    core.store.latest_message_id = broken
+    with TestClient(create_app(make_settings(), core=core)) as c:
+        deadline = time.monotonic() + 5
+        while c.app.state.web_channel.feed.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = c.get("/healthz")
+    assert r.status_code == 503
+    assert r.json()["widget_feed"] == {"ok": False}
+
+
 def test_chat_answers_with_the_contract_reply_and_a_new_conversation(client):
     r = client.post("/api/chat", json={"text": "PBXが乗っ取られたかもしれません"})
     assert r.status_code == 200
