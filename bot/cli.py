@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from bot.config import ConfigError, load_settings
@@ -68,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # pydantic ValidationError: name the variable, never dump values
         print(f"pbxbot: invalid settings: {_describe_settings_error(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from bot.logging_setup import install_secret_filter
+    from bot.logging_setup import configure_logging
 
-    install_secret_filter(settings)
+    configure_logging(settings)
     module = importlib.import_module(f"bot.commands.{args.command}")
     try:
         return int(module.run(args, settings) or 0)

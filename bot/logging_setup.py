@@ -47,3 +47,13 @@ def install_secret_filter(settings: Settings) -> SecretMaskingFilter:
     for h in root.handlers:
         h.addFilter(flt)
     return flt
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings) -> SecretMaskingFilter:
+    """The process's logging: level and format from settings, secrets masked (the CLI, and each
+    worker process of `pbxbot serve --workers N`, which starts with no logging set up)."""
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    return install_secret_filter(settings)

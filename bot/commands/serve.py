@@ -5,8 +5,9 @@ default store and index. Without PBXBOT_OPERATOR_TOKEN (and without operator acc
 a one-time token for this run and prints it on the terminal (stderr, never to the log), so the
 console is usable; configured secrets are never printed or logged.
 
-With --workers N (PBXBOT_WORKERS) uvicorn runs N processes on the one port, each with its own
-retriever and a connection to the shared store (SQLite file or PostgreSQL). Everything they
+With --workers N (PBXBOT_WORKERS) it supervises N worker processes, each running uvicorn on its own
+SO_REUSEPORT socket on the one port, with its own retriever and a connection to the shared store
+(SQLite file or PostgreSQL). Everything they
 share lives in the store: the transcript (the widget's events), tickets, the outbox (leased), the
 recovery lock. Before they start, this process builds the index if needed, migrates the store,
 and hands the workers one session secret and one console token through their environment, so a
@@ -27,10 +28,6 @@ from bot.config import Settings
 
 log = logging.getLogger("bot.serve")
 
-# When this server generation started (ISO, UTC), for the workers' crash recovery: a message
-# recorded before it belongs to a previous run; after it, a live worker may be answering it.
-SERVE_STARTED_ENV = "PBXBOT_SERVE_STARTED_AT"
-
 
 def prepare_settings(settings: Settings) -> tuple[Settings, str | None]:
     """(settings to run with, the generated operator token or None)."""
@@ -41,8 +38,6 @@ def prepare_settings(settings: Settings) -> tuple[Settings, str | None]:
 
 
 def run(args, settings: Settings) -> int:
-    import uvicorn
-
     from bot.logging_setup import install_secret_filter
     from bot.web.app import create_app
 
@@ -56,22 +51,35 @@ def run(args, settings: Settings) -> int:
         return run_workers(settings, host, port, workers, generated)
     print(f"pbxbot: loading the knowledge index and the store (data dir {settings.data_dir})...", file=sys.stderr)
     app = create_app(settings)
+    _announce(host, port, generated)
+    _serve(app, settings.log_level, host=host, port=port)
+    return 0
+
+
+def _announce(host: str, port: int, generated: str | None, workers: int = 1) -> None:
+    """Where to point a browser, and the one-time console token (the terminal only, never the log)."""
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    print(f"pbxbot: serving on http://{shown}:{port}/  (widget demo /, console /console, health /healthz)",
+    processes = f" with {workers} worker processes" if workers > 1 else ""
+    print(f"pbxbot: serving on http://{shown}:{port}/{processes}  (widget demo /, console /console, health /healthz)",
           file=sys.stderr)
     if generated:
         print("pbxbot: no PBXBOT_OPERATOR_TOKEN is set; the console token for this run is:\n\n"
               f"    {generated}\n\n(set PBXBOT_OPERATOR_TOKEN or PBXBOT_OPERATORS to choose your own)",
               file=sys.stderr, flush=True)
+
+
+def _serve(app, log_level: str, *, sockets=None, **where) -> None:
+    """uvicorn on `where` (host, port) or on `sockets`; open event streams end as shutdown starts."""
+    import uvicorn
+
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-        proxy_headers=False, server_header=False, timeout_graceful_shutdown=3,
-        log_config=None,  # keep the root handlers (and their secret-masking filter)
+        app, log_level=log_level.lower(), access_log=False, proxy_headers=False, server_header=False,
+        timeout_graceful_shutdown=3, log_config=None,  # keep the root handlers (and their secret-masking filter)
+        **where,
     )
     server = _Server(config)
     server.on_exit = app.state.web_channel.close_streams
-    server.run()
-    return 0
+    server.run(sockets=sockets)
 
 
 def run_workers(settings: Settings, host: str, port: int, workers: int, generated: str | None) -> int:
@@ -79,6 +87,7 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
 
     from bot.config import ConfigError
     from bot.messages import utcnow
+    from bot.web.app import SERVE_STARTED_ENV
     from bot.wiring import build_store, prepare_index
 
     if "telegram" in settings.validate_enabled_channels() and settings.telegram_mode == "polling":
@@ -89,18 +98,12 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
     build_store(settings).close()  # migrated once here, not by N workers at once
     # The workers read their settings from this environment (spawned processes inherit it).
     os.environ["PBXBOT_WORKERS"] = str(workers)  # each worker sizes its thread pool by it
-    os.environ[SERVE_STARTED_ENV] = utcnow().isoformat()
+    os.environ[SERVE_STARTED_ENV] = utcnow().isoformat()  # one recovery cutoff for all workers
     if settings.session_secret is None or not settings.session_secret.get_secret_value():
         os.environ["PBXBOT_SESSION_SECRET"] = secrets.token_urlsafe(32)  # one for all workers
     if generated:
         os.environ["PBXBOT_OPERATOR_TOKEN"] = generated
-    shown = "localhost" if host in ("0.0.0.0", "::") else host
-    print(f"pbxbot: serving on http://{shown}:{port}/ with {workers} worker processes "
-          "(widget demo /, console /console, health /healthz)", file=sys.stderr)
-    if generated:
-        print("pbxbot: no PBXBOT_OPERATOR_TOKEN is set; the console token for this run is:\n\n"
-              f"    {generated}\n\n(set PBXBOT_OPERATOR_TOKEN or PBXBOT_OPERATORS to choose your own)",
-              file=sys.stderr, flush=True)
+    _announce(host, port, generated, workers)
     if not hasattr(socket, "SO_REUSEPORT") or port == 0:
         # Without per-worker sockets: uvicorn's supervisor and one shared socket (uneven, see below).
         uvicorn.run(
@@ -178,20 +181,11 @@ def supervise_workers(host: str, port: int, workers: int, log_level: str) -> int
 
 def worker_main(host: str, port: int, log_level: str) -> None:
     """One worker process: its app (settings from the environment) on its own SO_REUSEPORT socket."""
-    import uvicorn
-
     from bot.web.app import create_app_from_environment
 
     _die_with_parent()
     app = create_app_from_environment()
-    sock = _reuseport_socket(host, port)
-    config = uvicorn.Config(
-        app, log_level=log_level.lower(), access_log=False, proxy_headers=False, server_header=False,
-        timeout_graceful_shutdown=3, log_config=None,
-    )
-    server = _Server(config)
-    server.on_exit = app.state.web_channel.close_streams
-    server.run(sockets=[sock])
+    _serve(app, log_level, sockets=[_reuseport_socket(host, port)])
 
 
 def _die_with_parent() -> None:

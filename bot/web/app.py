@@ -43,6 +43,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 PLATFORM_MODULES = ("telegram", "line", "slack")
+# Set by `pbxbot serve --workers N` for its workers: when this server generation started (ISO,
+# UTC). A message recorded before it belongs to a previous run; after it, a live worker may be
+# answering it (ConversationService.started_at, the crash-recovery cutoff).
+SERVE_STARTED_ENV = "PBXBOT_SERVE_STARTED_AT"
 
 
 def create_app(
@@ -193,19 +197,18 @@ def create_app_from_environment() -> FastAPI:
     from datetime import datetime
 
     from bot.config import load_settings
-    from bot.logging_setup import install_secret_filter
+    from bot.logging_setup import configure_logging
     from bot.wiring import build_conversation_service
 
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_secret_filter(settings)
+    configure_logging(settings)
     core = build_conversation_service(settings)
-    started = os.environ.get("PBXBOT_SERVE_STARTED_AT")
+    started = os.environ.get(SERVE_STARTED_ENV)
     if started:  # recovery: older messages belong to the previous run, newer ones to live workers
         try:
             core.started_at = datetime.fromisoformat(started)
         except ValueError:
-            log.warning("ignoring an invalid PBXBOT_SERVE_STARTED_AT")
+            log.warning("ignoring an invalid %s", SERVE_STARTED_ENV)
     return create_app(settings, core=core)
 
 
