@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from bot.channels.base import BaseChannel, guess_language, rate_limited_reply
-from bot.channels.web_feed import POLL_SECONDS, WebFeed
+from bot.channels.web_feed import POLL_SECONDS, WebFeed, reply_event
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,15 +94,6 @@ class WebChannel(BaseChannel):
 
     def token_ok(self, conversation_id: str, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.token_for(conversation_id), token or "")
-
-    # ------------------------------------------------------------ events
-
-    def history(self, conversation_id: str, after: int = 0) -> list[dict[str, Any]]:
-        """Events after `after` from the store (sync: call in a worker thread)."""
-        return self.feed.history(conversation_id, after)
-
-    def subscriber_count(self, conversation_id: str) -> int:
-        return self.feed.subscriber_count(conversation_id)
 
     # ------------------------------------------------------------ outbound (ReplySender side)
 
@@ -176,7 +167,7 @@ class WebChannel(BaseChannel):
         )
         replies = await self.registry.handle(message)
         now = time.time()
-        events = [{"seq": r.stored_id, "role": _role_of(r), "at": now, **reply_event_payload(r)} for r in replies]
+        events = [reply_event(r.stored_id, now, r.to_payload()) for r in replies]
         if events:
             first = dict(events[0])
         else:  # joined an open ticket silently, or a retried duplicate
@@ -200,7 +191,7 @@ class WebChannel(BaseChannel):
         denied = self._check_access(conversation_id, token)
         if denied is not None:
             return denied
-        events = await anyio.to_thread.run_sync(self.history, conversation_id, after)
+        events = await anyio.to_thread.run_sync(self.feed.history, conversation_id, after)
         return JSONResponse({"conversation_id": conversation_id, "events": events,
                              "last_seq": events[-1]["seq"] if events else after})
 
@@ -227,7 +218,7 @@ class WebChannel(BaseChannel):
             yield "retry: 2000\n\n"
             if self._closing:
                 return
-            for event in await anyio.to_thread.run_sync(self.history, conversation_id, after):
+            for event in await anyio.to_thread.run_sync(self.feed.history, conversation_id, after):
                 sent.add(event["seq"])
                 yield _sse(event)
             while True:
@@ -249,17 +240,6 @@ class WebChannel(BaseChannel):
 
 def _sse(event: dict[str, Any]) -> str:
     return f"id: {event['seq']}\nevent: message\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
-
-
-def _role_of(reply: Reply) -> str:
-    return "operator" if reply.kind == "operator" else "bot"
-
-
-def reply_event_payload(reply: Reply) -> dict[str, Any]:
-    """The widget's JSON for one reply: the contract's reply JSON plus offer_human."""
-    data = reply.to_json()
-    data["offer_human"] = reply.offer_human
-    return data
 
 
 def _accept_language(request: Request) -> str:

@@ -35,11 +35,17 @@ HISTORY_LIMIT = 200  # events a reconnecting widget gets back at most (the newes
 QUEUE_SIZE = 500
 
 
+def reply_event(seq: int | None, at: float | None, payload: dict[str, Any]) -> dict[str, Any]:
+    """The widget's JSON for one reply: its number, time and role, then Reply.to_payload()."""
+    role = "operator" if payload.get("kind") == "operator" else "bot"
+    return {"seq": seq, "at": at, "role": role, **payload}
+
+
 def event_of(msg: StoredMessage) -> dict[str, Any] | None:
     """The widget's JSON for one transcript message (None: not shown to the user)."""
-    base = {"seq": msg.id, "at": msg.created_at.timestamp() if msg.created_at else None}
+    at = msg.created_at.timestamp() if msg.created_at else None
     if msg.role == "user":
-        return {**base, "role": "user", "text": msg.text, "action": msg.meta.get("action"),
+        return {"seq": msg.id, "at": at, "role": "user", "text": msg.text, "action": msg.meta.get("action"),
                 "client_id": msg.meta.get("message_id")}  # the widget's client_id
     if msg.role not in ("bot", "operator"):
         return None
@@ -48,8 +54,7 @@ def event_of(msg: StoredMessage) -> dict[str, Any] | None:
         payload = {"id": None, "conversation_id": msg.conversation_id, "language": msg.meta.get("language", "ja"),
                    "answer": msg.text, "citations": [], "escalation": None, "confidence": 0.0,
                    "kind": "operator" if msg.role == "operator" else "answer", "offer_human": False}
-    role = "operator" if msg.role == "operator" or payload.get("kind") == "operator" else "bot"
-    return {**base, "role": role, **payload}
+    return reply_event(msg.id, at, payload)
 
 
 class WebFeed:
@@ -64,7 +69,6 @@ class WebFeed:
         self._gaps: dict[int, float] = {}  # missing id -> monotonic time first missed
         self._wake = asyncio.Event()
         self._stopping = False
-        self.polls = 0
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ reading
@@ -87,9 +91,6 @@ class WebFeed:
             subs.discard(q)
             if not subs:
                 del self._subscribers[conversation_id]
-
-    def subscriber_count(self, conversation_id: str) -> int:
-        return len(self._subscribers.get(conversation_id, ()))
 
     def wake(self) -> None:
         """Poll now (this process just wrote something a widget may be waiting for)."""
@@ -124,7 +125,6 @@ class WebFeed:
 
     async def poll(self) -> int:
         """One round: deliver new messages to this process's subscribers; returns how many."""
-        self.polls += 1
         if self._cursor is None:
             self._cursor = await self.run_sync(self.store.latest_message_id)
             return 0

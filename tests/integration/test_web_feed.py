@@ -3,7 +3,6 @@ with its own feed) serve one set of widgets, and history outlives a restart."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -14,18 +13,10 @@ from bot.handoff.sql_store import SqlHandoffStore
 from bot.ports import StoredMessage
 from bot.web.app import create_app
 from tests.integration.test_web_api import make_settings
+from tests.integration.test_web_outbox import wait_until
 from tests.web_fakes import FakeCore
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_an_operator_reply_written_by_one_worker_reaches_a_widget_connected_to_another(tmp_path):
