@@ -57,10 +57,6 @@ RECOVER_AFTER_SECONDS = 60.0  # an unhandled message this old has no live turn a
 MORE_MAX_PIECES = 16  # sentences kept for "more" (about three pages)
 
 
-# "The conversation had no state yet" (begin_turn found none), as opposed to "not read yet" (None).
-_NO_STATE = ConversationState(conversation_id="", address=Address("none", "none:"))
-
-
 @dataclass
 class _Turn:
     """What one user message means, worked out before any retrieval."""
@@ -133,7 +129,8 @@ class ConversationService:
                 return []
             if self.after_record_hook is not None:
                 self.after_record_hook(stored)
-            replies = self._answer(message.address, stored, request_id=message.request_id, prior=prior or _NO_STATE)
+            state = prior or ConversationState(conversation_id=message.address.conversation_id, address=message.address)
+            replies = self._answer(message.address, stored, request_id=message.request_id, state=state)
         log.info(
             "turn conversation=%s kinds=%s escalation=%s ms=%.1f",
             message.address.conversation_id,
@@ -199,14 +196,13 @@ class ConversationService:
     # ------------------------------------------------------------------ one turn
 
     def _answer(self, address: Address, stored: StoredMessage, *, request_id: str | None,
-                prior: ConversationState | None = None) -> list[Reply]:
-        """prior: the state read with the message (begin_turn; _NO_STATE: it had none); None: read it now."""
-        state: ConversationState | None = None
+                state: ConversationState | None = None) -> list[Reply]:
+        """state: the conversation before this message, read with it (begin_turn); None: read it now."""
         try:
-            replies, state = self._respond(address, stored, prior)
+            replies, state = self._respond(address, stored, state)
         except Exception:
             log.exception("answering failed (conversation %s, message %s)", address.conversation_id, stored.id)
-            replies = [self._error_reply(address, stored.text)]
+            replies, state = [self._error_reply(address, stored.text)], None  # the state is not saved
         replies = [self._with_id(r, request_id) for r in replies]
         try:
             # One transaction: the replies, the new state and "handled" land together or not at all.
@@ -222,12 +218,11 @@ class ConversationService:
         return replies
 
     def _respond(self, address: Address, stored: StoredMessage,
-                 prior: ConversationState | None = None) -> tuple[list[Reply], ConversationState]:
+                 state: ConversationState | None = None) -> tuple[list[Reply], ConversationState]:
         """The replies to one recorded user message, and the conversation state after it (unsaved)."""
         cid, text, action = address.conversation_id, stored.text, stored.meta.get("action")
-        if prior is None:
-            prior = self.store.get_state(cid)
-        state = prior if prior is not None and prior is not _NO_STATE else ConversationState(conversation_id=cid, address=address)
+        if state is None:
+            state = self.store.get_state(cid) or ConversationState(conversation_id=cid, address=address)
         state.address = address
         norm = S.normalize(text)
         detected = detect_language(text)
