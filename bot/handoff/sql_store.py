@@ -4,7 +4,9 @@
   by `record_message` survives a crash one instruction later.
 - SQLite (the default, a file in the data dir): WAL journal, busy_timeout, and every transaction
   begins with BEGIN IMMEDIATE, so the CLI and a running server can share the file without
-  "database is locked" upgrades failing half way.
+  "database is locked" upgrades failing half way. Writers, threads and processes alike, queue
+  on a gate (an flock beside the file) before that BEGIN; the turn's two transactions run on the
+  lean path of sqlite_lean.py (the same Core statements without SQLAlchemy's execution layer).
 - PostgreSQL (`postgresql+psycopg://...`): row locks (SELECT ... FOR UPDATE) on the conversation
   or ticket a method changes, so concurrent workers cannot open two tickets for one conversation
   or claim one ticket twice; a partial unique index backs the first rule in both databases.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import os
 import threading
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
@@ -29,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from bot.handoff import common
+from bot.handoff import common, sqlite_lean
 from bot.handoff.migrate import current_revision, upgrade_to_head
 from bot.handoff.models import AuditRow, ConversationRow, MessageRow, OutboxRow, TicketRow
 from bot.messages import Address, Reply, utcnow
@@ -45,7 +48,6 @@ from bot.ports import (
 
 log = logging.getLogger(__name__)
 
-SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
 def normalize_url(url: str) -> str:
@@ -82,7 +84,11 @@ class SqlHandoffStore:
         self.engine: Engine = _create_engine(self.url, echo=echo, synchronous=sqlite_synchronous.upper())
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
-        self._write_lock: Any = threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        gate = sqlite_lean.WriteGate(sqlite_lean.lock_path(self.url, "write")) if self.backend == "sqlite" else None
+        self._write_lock: Any = gate or nullcontext()
+        # the turn's two write transactions skip SQLAlchemy's execution layer on a SQLite file
+        self._lean = sqlite_lean.LeanSqlite.for_engine(self.url, self.engine.dialect, gate,
+                                                       synchronous=sqlite_synchronous.upper()) if gate else None
         self._local_exclusive = common.TryLocks()
         self.revision = upgrade_to_head(self.engine) if migrate else None
 
@@ -97,7 +103,11 @@ class SqlHandoffStore:
         return self.engine.dialect.name  # "sqlite" | "postgresql"
 
     def close(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
         self.engine.dispose()
+        if isinstance(self._write_lock, sqlite_lean.WriteGate):
+            self._write_lock.close()
 
     def __enter__(self) -> "SqlHandoffStore":
         return self
@@ -137,11 +147,22 @@ class SqlHandoffStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction (BEGIN IMMEDIATE on SQLite). On SQLite the threads of one process take
-        turns through a plain lock first: otherwise each waits for the file lock in SQLite's busy
-        handler, which sleeps 1, 2, 5, 10 ... 100 ms between tries, and a turn's latency jumps."""
+        """A write transaction (BEGIN IMMEDIATE on SQLite). On SQLite the writers take turns through
+        sqlite_lean.WriteGate first, so they rarely meet SQLite's own busy handler (see there)."""
         with self._write_lock, self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _turn_write(self) -> Iterator[Any]:
+        """A write transaction for the per-turn statements (_Q, Core only): on a SQLite file the
+        lean path (sqlite_lean: the same SQL and processors without SQLAlchemy's execution
+        layer), elsewhere _write(). Its connection offers execute(...).first/scalar/rowcount."""
+        if self._lean is None:
+            with self._write() as conn:
+                yield conn
+        else:
+            with self._lean.write() as conn:
+                yield conn
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -152,7 +173,7 @@ class SqlHandoffStore:
     # The per-turn hot path (record_message, get/save_state, active_ticket, mark_handled, transcript)
     # uses Core statements built once (_Q) on a plain connection: a third of the ORM's CPU cost.
 
-    def _ensure_conversation(self, conn: Connection, address: Address, now: datetime, *, refresh: bool,
+    def _ensure_conversation(self, conn: Any, address: Address, now: datetime, *, refresh: bool,
                              dedupe_key: str | None = None) -> Any:
         """The conversation row exists and is locked for this transaction (FOR UPDATE on PostgreSQL,
         the BEGIN IMMEDIATE write lock on SQLite); with refresh, it holds the newest address.
@@ -175,7 +196,7 @@ class SqlHandoffStore:
             conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
         return row
 
-    def _insert_message(self, conn: Connection, conversation_id: str, role: str, text: str, *, handled: bool,
+    def _insert_message(self, conn: Any, conversation_id: str, role: str, text: str, *, handled: bool,
                         meta: dict[str, Any] | None, ticket_id: str | None,
                         dedupe_key: str | None = None) -> StoredMessage:
         values = {"conversation_id": conversation_id, "role": role, "text": common.clean_text(text),
@@ -185,7 +206,7 @@ class SqlHandoffStore:
         values.pop("dedupe_key")
         return StoredMessage(id=int(new_id), **values)
 
-    def _insert_audit(self, conn: Connection, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
+    def _insert_audit(self, conn: Any, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
         conn.execute(_Q.audit_insert, {"ticket_id": ticket_id, "actor": actor, "action": action,
                                        "detail": detail, "at": self._now()})
 
@@ -264,7 +285,7 @@ class SqlHandoffStore:
         if dedupe_key is not None:
             dedupe_key = common.clean_text(dedupe_key)
         try:
-            with self._write() as conn:
+            with self._turn_write() as conn:
                 row = self._ensure_conversation(conn, address, self._now(), refresh=True, dedupe_key=dedupe_key)
                 state = common.state_from_json(row.state, row.updated_at) if row.state else None
                 if row.dup_id is not None:
@@ -294,7 +315,7 @@ class SqlHandoffStore:
         now = self._now()
         data = common.clean_json(common.state_to_json(state)) if state is not None else None
         out: list[StoredMessage] = []
-        with self._write() as conn:
+        with self._turn_write() as conn:
             # No _ensure_conversation: record_message created the row earlier in this turn, and
             # this transaction only updates that row and inserts after it.
             if data is not None:
@@ -311,7 +332,7 @@ class SqlHandoffStore:
         return out
 
     def mark_handled(self, message_id: int) -> None:
-        with self._write() as conn:
+        with self._turn_write() as conn:
             conn.execute(_Q.message_mark_handled, {"mid": message_id})
 
     def unhandled_messages(self) -> list[StoredMessage]:
@@ -347,13 +368,11 @@ class SqlHandoffStore:
                         conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                         conn.commit()
             return
-        database = self.url.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
+        path = sqlite_lean.lock_path(self.url, name)
+        if path is None:
             with self._local_exclusive.try_hold(name) as got:  # one process only: a plain lock
                 yield got
             return
-        safe = "".join(c if c.isalnum() else "-" for c in name)[:64]
-        path = Path(database).expanduser().resolve().with_name(Path(database).name + f".{safe}.lock")
         with open(path, "a+b") as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -663,20 +682,11 @@ def _create_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") -> Engi
     else:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False,
-                                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+                                                             "timeout": sqlite_lean.SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
-        cur = dbapi_conn.cursor()
-        if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
-            # NORMAL under WAL: a commit survives the process dying (kill -9, crash); FULL also
-            # survives the machine losing power, at one more fsync per commit.
-            cur.execute(f"PRAGMA synchronous={synchronous}")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
+        sqlite_lean.configure_connection(dbapi_conn, memory=memory, synchronous=synchronous)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
