@@ -125,7 +125,13 @@ class ChannelRegistry:
         """core.handle in a worker thread so that the event loop stays responsive."""
         if self.core is None:
             raise RuntimeError("registry has no core")
-        return await anyio.to_thread.run_sync(self.core.handle, message, limiter=self._get_limiter())
+        limiter = self._get_limiter()
+        prefetch = getattr(self.core, "prefetch", None)
+        if prefetch is not None and limiter.available_tokens == 0:
+            # every worker thread is busy: this message waits, and its query can ride along in
+            # the embedding pass of a running turn meanwhile (bot/retrieval/batching.py)
+            prefetch(message)
+        return await anyio.to_thread.run_sync(self.core.handle, message, limiter=limiter)
 
     async def run_sync(self, func: Callable[..., Any], *args: Any) -> Any:
         """Any other synchronous core/store call in a worker thread."""

@@ -55,6 +55,7 @@ _PHONE = S._rx(r"\d{2,4}-\d{2,4}-\d{3,4}|0120")
 OFF_DOMAIN_CONFIDENCE = 0.9
 RECOVER_AFTER_SECONDS = 60.0  # an unhandled message this old has no live turn answering it
 MORE_MAX_PIECES = 16  # sentences kept for "more" (about three pages)
+SEARCH_MAX_CHARS = 1000  # a search query is cut here (the dense part sees less still)
 
 
 @dataclass
@@ -139,6 +140,22 @@ class ConversationService:
             (time.perf_counter() - started) * 1000,
         )
         return replies
+
+    def prefetch(self, message: InboundMessage) -> None:
+        """The message will wait for a free worker thread: hand the retriever the query a plain
+        question turn searches first (see _question), so that the queries of waiting messages
+        share one embedding pass (bot/retrieval/batching.py). Only a guess: a follow-up, a
+        greeting or a message for an open ticket searches something else or nothing, and then
+        costs its share of a pass, never a wrong answer. Cheap, and never raises."""
+        prefetch = getattr(self.retriever, "prefetch", None)
+        if prefetch is None or message.action:
+            return
+        try:
+            text = S.clean_text(message.text, self.settings.max_text_chars)
+            if text:
+                prefetch(S.kana_to_kanji(text)[:SEARCH_MAX_CHARS])
+        except Exception:  # noqa: BLE001 - an optimisation must never fail a message
+            log.exception("prefetching a query failed")
 
     def recover_pending(self, now: datetime | None = None) -> int:
         """Answer user messages recorded but never handled; replies go to the outbox.
@@ -489,7 +506,8 @@ class ConversationService:
     # ------------------------------------------------------------------ helpers
 
     def _search(self, query: str, lang: str, carrier: str | None, *, k: int | None = None) -> SearchResult:
-        return self.retriever.search(query[:1000], k or self.settings.retrieval_k, language=lang, carrier=carrier)
+        return self.retriever.search(query[:SEARCH_MAX_CHARS], k or self.settings.retrieval_k, language=lang,
+                                     carrier=carrier)
 
     def _fixed_search(self, query: str, lang: str, carrier: str | None) -> SearchResult:
         key = (query, lang, carrier)

@@ -43,6 +43,10 @@ class BaseEmbedder(Embeddings):
     def embed_query_np(self, text: str) -> np.ndarray:  # (dim,)
         return self.embed_documents_np([text])[0]
 
+    def prefetch_query(self, text: str) -> None:
+        """A query embed_query_np will probably get soon (see batching.py); embedders that do not
+        batch ignore it."""
+
     # LangChain interface
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
@@ -118,6 +122,9 @@ class USEEmbedder(BaseEmbedder):
 
     def embed_query_np(self, text: str) -> np.ndarray:
         return self._queries.embed(text if text.strip() else ".")
+
+    def prefetch_query(self, text: str) -> None:
+        self._queries.prefetch(text if text.strip() else ".")
 
     def embed_documents_np(self, texts: Sequence[str]) -> np.ndarray:
         out = []

@@ -184,6 +184,14 @@ class HybridRetriever:
             log.exception("search failed for a query of %d characters", len(query) if isinstance(query, str) else -1)
             return SearchResult(query=str(query)[:200] if query is not None else "", passages=(), confidence=0.0)
 
+    def prefetch(self, query: str) -> None:
+        """A search for `query` will probably come soon: let the embedder take its dense query
+        along in the next forward pass (batching.py). Mirrors _search's own clean-up, so the text
+        is the one search() will embed; a mismatch costs a wasted slot, never a wrong vector."""
+        q = clean_query(query)
+        if q and re.search(r"\w", q):
+            self.embedder.prefetch_query(q[:MAX_DENSE_CHARS])
+
     # ------------------------------------------------------------------ internals
     def _search(self, query: str, k: int, language: str | None, carrier: str | None, strict_language: bool) -> SearchResult:
         q = clean_query(query)

