@@ -219,13 +219,6 @@ class SqlHandoffStore:
             raise common.not_found(ticket_id)
         return row
 
-    @staticmethod
-    def _active(s: Session, conversation_id: str) -> TicketRow | None:
-        stmt = select(TicketRow).where(
-            TicketRow.conversation_id == conversation_id, TicketRow.status.in_(common.ACTIVE_STATUSES)
-        )
-        return s.execute(stmt).scalars().first()
-
     def _audit(self, s: Session, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
         s.flush()  # the ticket row first (foreign key)
         self._insert_audit(s.connection(), ticket_id, actor, action, detail)
@@ -404,40 +397,44 @@ class SqlHandoffStore:
     def open_ticket(
         self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]
     ) -> Ticket:
+        """Core statements on the turn's connection (an incident turn opens a ticket: on SQLite the
+        ORM's unit of work cost more CPU here than the rest of the turn's SQL together)."""
         common.check_priority(priority)
-        with self._tx() as s:
+        cid = address.conversation_id
+        summary = common.clean_json(dict(summary or {}))
+        with self._turn_write() as conn:
             now = self._now()
-            self._ensure_conversation(s.connection(), address, now, refresh=True)  # locks: one opener at a time
-            row = self._active(s, address.conversation_id)
+            self._ensure_conversation(conn, address, now, refresh=True)  # locks: one opener at a time
+            row = conn.execute(_Q.active_ticket_row, {"cid": cid}).first()
             if row is not None:
+                ticket = _ticket(row)
                 changed = []
-                if priority == "urgent" and row.priority != "urgent":
-                    row.priority = "urgent"
+                if priority == "urgent" and ticket.priority != "urgent":
+                    ticket.priority = "urgent"
                     changed.append("priority urgent")
-                merged = common.merge_summary(row.summary or {}, common.clean_json(dict(summary or {})))
-                if merged != (row.summary or {}):
-                    row.summary = merged
+                merged = common.merge_summary(ticket.summary, summary)
+                if merged != ticket.summary:
+                    ticket.summary = merged
                     changed.append("summary")
                 if changed:
-                    row.updated_at = now
-                    self._audit(s, row.id, "bot", "updated", f"escalated again ({reason}): {', '.join(changed)}")
-                return _ticket(row)
+                    ticket.updated_at = now
+                    conn.execute(_Q.ticket_escalate, {"tid": ticket.id, "priority": ticket.priority,
+                                                      "summary": merged, "now": now})
+                    self._insert_audit(conn, ticket.id, "bot", "updated",
+                                       f"escalated again ({reason}): {', '.join(changed)}")
+                return ticket
             tid = common.new_ticket_id(now)
-            while s.get(TicketRow, tid) is not None:
+            while conn.execute(_Q.ticket_exists, {"tid": tid}).first() is not None:
                 tid = common.new_ticket_id(now)
-            row = TicketRow(id=tid, conversation_id=address.conversation_id,
-                            address=common.clean_json(address.to_dict()),
-                            status="open", priority=priority, reason=reason, summary=common.clean_json(dict(summary or {})),
-                            operator=None, created_at=now, updated_at=now, reannounced_at=None)
-            s.add(row)
-            s.flush()
-            linked = s.execute(
-                update(MessageRow)
-                .where(MessageRow.conversation_id == address.conversation_id, MessageRow.ticket_id.is_(None))
-                .values(ticket_id=tid)
-            ).rowcount
-            self._audit(s, tid, "bot", "opened", f"reason={reason} priority={priority}; {linked} messages linked")
-            return _ticket(row)
+            values = {"id": tid, "conversation_id": cid, "address": common.clean_json(address.to_dict()),
+                      "status": "open", "priority": priority, "reason": reason, "summary": summary,
+                      "operator": None, "created_at": now, "updated_at": now, "reannounced_at": None}
+            conn.execute(_Q.ticket_insert, values)
+            linked = conn.execute(_Q.messages_link_ticket, {"cid": cid, "tid": tid}).rowcount
+            self._insert_audit(conn, tid, "bot", "opened", f"reason={reason} priority={priority}; {linked} messages linked")
+            return Ticket(id=tid, conversation_id=cid, address=Address.from_dict(values["address"]), status="open",
+                          priority=priority, reason=reason, summary=dict(summary), created_at=now,  # type: ignore[arg-type]
+                          updated_at=now, operator=None, reannounced_at=None)
 
     def active_ticket(self, conversation_id: str) -> Ticket | None:
         with self._read() as conn:
@@ -623,6 +620,12 @@ class _Q:
                                               _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
     active_ticket_row = (select(_T).where(_T.c.conversation_id == bindparam("cid"),
                                           _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
+    ticket_exists = select(_T.c.id).where(_T.c.id == bindparam("tid"))
+    ticket_insert = insert(_T)
+    ticket_escalate = (update(_T).where(_T.c.id == bindparam("tid"))
+                       .values(priority=bindparam("priority"), summary=bindparam("summary"), updated_at=bindparam("now")))
+    messages_link_ticket = (update(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.ticket_id.is_(None))
+                            .values(ticket_id=bindparam("tid")))
     message_insert = insert(_M).returning(_M.c.id)
     audit_insert = insert(_A)
     message_mark_handled = update(_M).where(_M.c.id == bindparam("mid")).values(handled=True)

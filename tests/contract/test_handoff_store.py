@@ -266,6 +266,11 @@ def test_open_ticket_is_idempotent_while_active(store):
     lower = store.open_ticket(a, reason="user_request", priority="normal", summary={"carrier": "kddi"})
     assert (lower.id, lower.priority, lower.summary["carrier"]) == (first.id, "urgent", "softbank")
     assert len(store.list_queue()) == 1
+    stored = store.get_detail(first.id)  # what was written, read back
+    assert (stored.ticket.priority, stored.ticket.summary) == ("urgent", {"carrier": "softbank", "vendor": "X"})
+    # the second call changed the ticket and says so; the third changed nothing and writes nothing
+    assert [(e.action, e.actor) for e in stored.audit] == [("opened", "bot"), ("updated", "bot")]
+    assert "priority urgent" in stored.audit[1].detail and "summary" in stored.audit[1].detail
 
 
 def test_messages_while_a_ticket_is_open_join_it(store):
