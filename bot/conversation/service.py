@@ -58,6 +58,15 @@ MORE_MAX_PIECES = 16  # sentences kept for "more" (about three pages)
 SEARCH_MAX_CHARS = 1000  # a search query is cut here (the dense part sees less still)
 
 
+def _answered_without_searching(text: str) -> bool:
+    """Messages _bot_turn answers without searching their own text, whatever the conversation's
+    state: an incident (fixed containment searches, remembered), a request for a person, a
+    greeting, thanks, "more". Used only to skip a prefetch that would be wasted."""
+    norm = S.normalize(text)
+    return bool(detect_incident(text) or S.wants_human(norm) or S.is_more(norm) or S.is_greeting(norm)
+                or S.is_capabilities(norm) or S.is_thanks(norm) or S.is_hostile(norm))
+
+
 @dataclass
 class _Turn:
     """What one user message means, worked out before any retrieval."""
@@ -152,7 +161,7 @@ class ConversationService:
             return
         try:
             text = S.clean_text(message.text, self.settings.max_text_chars)
-            if text:
+            if text and not _answered_without_searching(text):
                 prefetch(S.kana_to_kanji(text)[:SEARCH_MAX_CHARS])
         except Exception:  # noqa: BLE001 - an optimisation must never fail a message
             log.exception("prefetching a query failed")

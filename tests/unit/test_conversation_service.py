@@ -448,3 +448,36 @@ def test_messages_of_one_conversation_arriving_together_lose_no_facts():
     facts = store.get_state("test:1").facts
     assert facts.get("carrier") == "kddi" and facts.get("noticed_at") == "今朝"
     assert [m.role for m in store.transcript("test:1")] == ["user", "bot", "user", "bot"]
+
+
+# ---------------------------------------------------------------- prefetch (a waiting message's query)
+
+
+class PrefetchingRetriever(FakeRetriever):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefetched: list[str] = []
+
+    def prefetch(self, query: str) -> None:
+        self.prefetched.append(query)
+
+
+@pytest.mark.parametrize("text, searched", [
+    ("ひかり電話で国際電話を止めるには？", True),
+    ("こくさいでんわ を とめたい", True),  # the kana spelling is announced as the search will see it
+    ("国際電話が勝手に発信されている！今も止まらない", False),  # an incident: fixed containment searches
+    ("担当者と話したい", False),
+    ("ありがとう", False),
+])
+def test_a_waiting_message_announces_its_query_only_when_its_turn_will_search_it(text, searched):
+    retriever = PrefetchingRetriever()
+    service, _, _ = make_service(retriever=retriever)
+    message = InboundMessage(address=addr(), text=text)
+    service.prefetch(message)
+    service.handle(message)
+    searched_queries = [c["query"] for c in retriever.calls]
+    if searched:
+        assert retriever.prefetched and retriever.prefetched[0] == searched_queries[0]
+    else:
+        assert retriever.prefetched == []
+        assert not any(q == text for q in searched_queries)
