@@ -284,6 +284,8 @@ def main() -> int:
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args()
+    if args.core == "fake" and args.workers > 1:
+        ap.error("--core fake runs one plain uvicorn process; it cannot be combined with --workers")
     duration = min(max(args.duration, 1.0), 120.0)
 
     server = None

@@ -28,13 +28,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("bot.channels")
 
-# Worker threads for the synchronous core: retrieval is CPU-bound (GIL), the store does I/O. More
-# threads did not add throughput on 2 cores (measured: 2, 4 and 8 all ~37 req/s) but lengthened
-# the latency tail (p95 0.5 s with 2, 0.6 s with 4, 1.0 s with 8 at 16 concurrent users).
+# Worker threads for the synchronous core: retrieval is CPU-bound (GIL), the store does I/O. One
+# process keeps 4, so that one slow turn does not hold every other message back (measured with the
+# query prefetch, 16 users: 1 thread 83-87 req/s, 2 threads 101, 4 threads 79-88; all within the
+# VM's noise, p95 204-270 ms).
 CORE_THREADS = 4
 # With several worker processes, one turn at a time per process measured best (2 workers on 2 cores,
-# 16 users: 1 thread 114-116 req/s, p95 190 ms; 2 threads 106 req/s, p95 265 ms; 4 threads 96 req/s,
-# p95 320 ms, max 0.9 s): the processes use the cores, and threads only add GIL and lock convoys.
+# 16 users, before the prefetch: 1 thread 114-116 req/s, 4 threads 96 req/s with a 0.9 s maximum):
+# the processes use the cores, threads only add GIL and lock convoys. The messages waiting for that
+# one thread still share embedding passes through ChannelRegistry.handle's prefetch.
 
 
 def core_threads(settings: "Settings") -> int:
