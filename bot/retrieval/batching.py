@@ -26,14 +26,13 @@ import numpy as np
 
 
 class _Slot:
-    __slots__ = ("text", "vector", "error", "done", "claimed")
+    __slots__ = ("text", "vector", "error", "done")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.vector: np.ndarray | None = None
         self.error: BaseException | None = None
         self.done = False
-        self.claimed = False  # a prefetched slot taken by its embed() call
 
 
 class QueryBatcher:
@@ -45,10 +44,9 @@ class QueryBatcher:
         self._max_batch = max(1, int(max_batch))
         self._max_prefetched = max(0, int(max_prefetched))
         self._engine = threading.Lock()  # held while one pass runs
-        self._queue_lock = threading.Lock()  # guards _waiting and _prefetched (list operations only)
+        self._queue_lock = threading.Lock()  # guards _waiting and _announced (list operations only)
         self._waiting: list[_Slot] = []
-        self._prefetched: dict[str, deque[_Slot]] = {}  # announced, not yet claimed, by text
-        self._prefetch_order: deque[_Slot] = deque()  # the same slots, oldest first
+        self._announced: deque[_Slot] = deque()  # prefetched, not yet claimed, oldest first
         self.passes = 0  # forward passes run (for tests and benchmarks)
         self.embedded = 0  # queries embedded
         self.prefetch_hits = 0  # embed() calls served by a prefetched slot
@@ -60,34 +58,20 @@ class QueryBatcher:
         slot = _Slot(text)
         with self._queue_lock:
             self._waiting.append(slot)
-            self._prefetched.setdefault(text, deque()).append(slot)
-            self._prefetch_order.append(slot)
-            while len(self._prefetch_order) > self._max_prefetched:
-                self._forget(self._prefetch_order.popleft())
-
-    def _forget(self, slot: _Slot) -> None:
-        """Drop an announcement nobody claimed (its message went another way). _queue_lock held."""
-        if slot.claimed:
-            return
-        same = self._prefetched.get(slot.text)
-        if same is not None:
-            same.remove(slot)
-            if not same:
-                del self._prefetched[slot.text]
-        try:
-            self._waiting.remove(slot)
-        except ValueError:
-            pass  # already embedded, or in the pass running now
+            self._announced.append(slot)
+            if len(self._announced) > self._max_prefetched:
+                # the oldest guess went unclaimed (its message went another way): drop it before
+                # it costs a pass, unless it is embedded or being embedded already
+                oldest = self._announced.popleft()
+                if oldest in self._waiting:
+                    self._waiting.remove(oldest)
 
     def embed(self, text: str) -> np.ndarray:
         with self._queue_lock:
-            same = self._prefetched.get(text)
-            if same:
-                slot = same.popleft()
-                if not same:
-                    del self._prefetched[text]
-                slot.claimed = True
-                self._prefetch_order.remove(slot)
+            # at most max_prefetched entries: a scan is cheaper than keeping an index by text
+            slot = next((s for s in self._announced if s.text == text), None)
+            if slot is not None:
+                self._announced.remove(slot)
                 self.prefetch_hits += 1
             else:
                 slot = _Slot(text)
