@@ -15,11 +15,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
-import threading
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -81,14 +78,15 @@ class SqlHandoffStore:
         self.url: URL = make_url(normalize_url(url))
         self._clock = clock
         self._max_attempts = max_attempts
-        self.engine: Engine = _create_engine(self.url, echo=echo, synchronous=sqlite_synchronous.upper())
+        synchronous = sqlite_synchronous.upper()
+        self.engine: Engine = _create_engine(self.url, echo=echo, synchronous=synchronous)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
-        gate = sqlite_lean.WriteGate(sqlite_lean.lock_path(self.url, "write")) if self.backend == "sqlite" else None
-        self._write_lock: Any = gate or nullcontext()
-        # the turn's two write transactions skip SQLAlchemy's execution layer on a SQLite file
-        self._lean = sqlite_lean.LeanSqlite.for_engine(self.url, self.engine.dialect, gate,
-                                                       synchronous=sqlite_synchronous.upper()) if gate else None
+        self._gate = sqlite_lean.WriteGate(sqlite_lean.lock_path(self.url, "write")) if self.backend == "sqlite" else None
+        self._write_lock: Any = self._gate or nullcontext()
+        # the turn's write transactions skip SQLAlchemy's execution layer on a SQLite file
+        self._lean = (sqlite_lean.LeanSqlite.for_engine(self.url, self.engine.dialect, self._gate, synchronous=synchronous)
+                      if self._gate else None)
         self._local_exclusive = common.TryLocks()
         self.revision = upgrade_to_head(self.engine) if migrate else None
 
@@ -106,8 +104,8 @@ class SqlHandoffStore:
         if self._lean is not None:
             self._lean.close()
         self.engine.dispose()
-        if isinstance(self._write_lock, sqlite_lean.WriteGate):
-            self._write_lock.close()
+        if self._gate is not None:
+            self._gate.close()
 
     def __enter__(self) -> "SqlHandoffStore":
         return self
@@ -366,16 +364,8 @@ class SqlHandoffStore:
             with self._local_exclusive.try_hold(name) as got:  # one process only: a plain lock
                 yield got
             return
-        with open(path, "a+b") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with sqlite_lean.try_lock(path) as got:
+            yield got
 
     def latest_message_id(self) -> int:
         with self._read() as conn:

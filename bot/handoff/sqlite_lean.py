@@ -61,6 +61,22 @@ def lock_path(url: URL, name: str) -> Path | None:
     return database.with_name(database.name + f".{safe}.lock")
 
 
+@contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """A non-blocking flock of `path` for the block: True when this process got it. The kernel
+    releases it when the holder dies, so a crashed worker never leaves it taken."""
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 class WriteGate:
     """The writers of one SQLite file take turns here before BEGIN IMMEDIATE.
 
@@ -260,16 +276,16 @@ class LeanSqlite:
         with self._all_lock:
             if raw in self._all:
                 self._all.remove(raw)
-        try:
-            raw.close()
-        except self._dbapi.Error:
-            pass
+        self._close_quietly(raw)
 
     def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
         for raw in conns:
-            try:
-                raw.close()
-            except self._dbapi.Error:
-                pass
+            self._close_quietly(raw)
+
+    def _close_quietly(self, raw: Any) -> None:
+        try:
+            raw.close()
+        except self._dbapi.Error:
+            pass
