@@ -174,8 +174,6 @@ def _clean_json_walk(value: Any) -> Any:
 def json_roundtrip(value: Any) -> Any:
     """What a JSON column gives back (tuples become lists; a non-JSON value raises TypeError):
     the in-memory store uses it to behave exactly like the SQL one."""
-    import json
-
     return json.loads(json.dumps(clean_json(value)))
 
 
