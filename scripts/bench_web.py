@@ -199,8 +199,17 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
     cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
     started = time.monotonic()
     deadline = started + duration
+    split: list[int] = []
+
+    async def sample_split() -> None:  # once every user has connected
+        await asyncio.sleep(min(1.0, duration / 2))
+        split.extend(connections_per_process(server_pid, port))
+
+    sampler = asyncio.create_task(sample_split()) if server_pid else None
     await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
                            for _ in range(concurrency)))
+    if sampler is not None:
+        await sampler
     elapsed = time.monotonic() - started
     cpu = tree_cpu_seconds(server_pid) - cpu0 if server_pid and cpu0 is not None else None
     lat = sorted(latencies)
@@ -214,6 +223,7 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
             "max_ms": round(lat[-1] * 1000, 1) if lat else None,
             "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
             "concurrency": concurrency,
+            "connections_per_process": split or None,
             # CPU the server spent per request: independent of whatever else the machine is doing
             "server_cpu_ms_per_request": round(cpu * 1000 / len(lat), 2) if cpu is not None and lat else None}
 
@@ -245,18 +255,36 @@ def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1,
                             start_new_session=True)
 
 
-def wait_workers(port: int, workers: int, timeout: float) -> None:
-    """Every worker listens (each binds its own SO_REUSEPORT socket once its app is loaded)."""
+def wait_workers(log_path: Path, workers: int, timeout: float) -> None:
+    """Every worker accepts (the supervisor says so once each has loaded its app)."""
     deadline = time.monotonic() + timeout
-    while listeners(port) < workers:
+    while f"all {workers} workers are accepting connections" not in log_path.read_text(errors="replace"):
         if time.monotonic() > deadline:
-            raise SystemExit(f"not all {workers} workers listen on port {port}")
+            raise SystemExit(f"not all {workers} workers started; see {log_path}")
         time.sleep(0.3)
 
 
-def listeners(port: int) -> int:
-    """Sockets in LISTEN state on this local port (Linux /proc/net/tcp)."""
-    count = 0
+def tree_pids(root_pid: int) -> list[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_bytes().decode("latin-1")
+            except OSError:
+                continue
+            parents[int(entry)] = int(raw[raw.rindex(")") + 2:].split()[1])
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(child for child, ppid in parents.items() if ppid == pid)
+    return out
+
+
+def connections_per_process(root_pid: int, port: int) -> list[int]:
+    """How the server's processes share the established connections on `port` (what `ss -tnp`
+    shows): the number each process holds, largest first, processes holding none left out."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -264,9 +292,18 @@ def listeners(port: int) -> int:
             continue
         for line in lines:
             parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+            if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(parts[9])
+    counts = []
+    for pid in tree_pids(root_pid):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        held = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def main() -> int:
@@ -300,7 +337,7 @@ def main() -> int:
         check_loopback(url)
         wait_healthy(url, args.startup_timeout)
         if server is not None and args.workers > 1:
-            wait_workers(port, args.workers, args.startup_timeout)
+            wait_workers(Path(tmpdir.name) / "server.log", args.workers, args.startup_timeout)
         result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed,
                                    server.pid if server is not None else None))
     finally:
@@ -329,6 +366,9 @@ def main() -> int:
         if result["server_cpu_ms_per_request"] is not None:
             print(f"  server CPU  {result['server_cpu_ms_per_request']} ms per request "
                   f"(2 cores: at most ~{2000 / result['server_cpu_ms_per_request']:.0f} req/s if the server had both)")
+        if result["connections_per_process"]:
+            print(f"  connections {'/'.join(map(str, result['connections_per_process']))} "
+                  "(keep-alive connections held by each server process)")
         print("  targets     " + ("MET" if ok else "NOT MET"))
     return 0
 

@@ -5,9 +5,10 @@ default store and index. Without PBXBOT_OPERATOR_TOKEN (and without operator acc
 a one-time token for this run and prints it on the terminal (stderr, never to the log), so the
 console is usable; configured secrets are never printed or logged.
 
-With --workers N (PBXBOT_WORKERS) it supervises N worker processes, each running uvicorn on its own
-SO_REUSEPORT socket on the one port, with its own retriever and a connection to the shared store
-(SQLite file or PostgreSQL). Everything they
+With --workers N (PBXBOT_WORKERS) it binds the port and supervises N worker processes that share
+that one socket, each running uvicorn with its own retriever and a connection to the shared store
+(SQLite file or PostgreSQL); a new connection goes to the worker holding the fewest
+(`bot.web.least_connections`). Everything they
 share lives in the store: the transcript (the widget's events), tickets, the outbox (leased), the
 recovery lock. Before they start, this process builds the index if needed, migrates the store,
 and hands the workers one session secret and one console token through their environment, so a
@@ -68,8 +69,10 @@ def _announce(host: str, port: int, generated: str | None, workers: int = 1) -> 
               file=sys.stderr, flush=True)
 
 
-def _serve(app, log_level: str, *, sockets=None, **where) -> None:
-    """uvicorn on `where` (host, port) or on `sockets`; open event streams end as shutdown starts."""
+def _serve(app, log_level: str, *, balanced=None, **where) -> None:
+    """uvicorn on `where` (host, port), or accepting by least connections from a socket shared with
+    other workers (`balanced` = (socket, board, worker index)); open event streams end as shutdown
+    starts."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -79,7 +82,9 @@ def _serve(app, log_level: str, *, sockets=None, **where) -> None:
     )
     server = _Server(config)
     server.on_exit = app.state.web_channel.close_streams
-    server.run(sockets=sockets)
+    server.balanced = balanced
+    # With `balanced`, sockets=[] makes uvicorn build everything but a listener of its own.
+    server.run(sockets=[] if balanced else None)
 
 
 def run_workers(settings: Settings, host: str, port: int, workers: int, generated: str | None) -> int:
@@ -103,16 +108,21 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
         os.environ["PBXBOT_SESSION_SECRET"] = secrets.token_urlsafe(32)  # one for all workers
     if generated:
         os.environ["PBXBOT_OPERATOR_TOKEN"] = generated
-    _announce(host, port, generated, workers)
-    if not hasattr(socket, "SO_REUSEPORT") or port == 0:
-        # Without per-worker sockets: uvicorn's supervisor and one shared socket (uneven, see below).
+    if os.name != "posix":
+        # No add_reader on a listening socket (Windows' proactor loop): uvicorn's own supervisor.
+        _announce(host, port, generated, workers)
         uvicorn.run(
             "bot.web.app:create_app_from_environment", factory=True, host=host, port=port, workers=workers,
             log_level=settings.log_level.lower(), access_log=False, proxy_headers=False, server_header=False,
             timeout_graceful_shutdown=3, log_config=None,
         )
         return 0
-    return supervise_workers(host, port, workers, settings.log_level)
+    sock = _listening_socket(host, port)  # a clear error here when the port is taken
+    _announce(host, sock.getsockname()[1], generated, workers)
+    try:
+        return supervise_workers(sock, workers, settings.log_level)
+    finally:
+        sock.close()
 
 
 # ---------------------------------------------------------------- the worker supervisor
@@ -122,28 +132,38 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
 # here with 16 keep-alive clients: one worker at 94 % CPU, the other idle, 61 req/s (the known
 # uvicorn issue; see Kludex/uvicorn#2472 and Kludex/uvicorn-worker#34). Also, a socket bound that
 # way has proto 0, so asyncio leaves Nagle's algorithm on for its connections (Kludex/uvicorn#3149).
-# Instead each worker binds its own SO_REUSEPORT socket (proto TCP) on the same address, and Linux
-# spreads new connections over the workers by hash.
+# A socket per worker with SO_REUSEPORT (what this did before) spreads connections by a hash, so
+# 16 keep-alive connections were often split 10/6 or worse, and the busier worker set the tail.
+# Here the workers share one socket (proto TCP) and accept by least connections: see
+# bot/web/least_connections.py.
 
 WORKER_RESTART_DELAY = 1.0
 STARTUP_GRACE = 20.0  # a worker that dies sooner than this after starting failed to start
 
 
-def supervise_workers(host: str, port: int, workers: int, log_level: str) -> int:
+def supervise_workers(sock: socket.socket, workers: int, log_level: str) -> int:
+    """Runs `workers` processes on the listening `sock`, restarts one that dies, stops them all on
+    SIGINT/SIGTERM. Returns the exit code."""
     import multiprocessing
     import signal
     import time
 
-    _reuseport_socket(host, port).close()  # fail fast here when the port is taken
-    ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker, like uvicorn's
+    from bot.web.least_connections import OFF, all_accepting, new_board
 
-    def start() -> tuple:
-        p = ctx.Process(target=worker_main, args=(host, port, log_level), name="pbxbot-worker", daemon=False)
+    ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker, like uvicorn's
+    board = new_board(ctx, workers)
+
+    def start(index: int) -> tuple:
+        board[index] = OFF  # until the new worker accepts
+        # The socket and the shared board are passed to the child as it is spawned.
+        p = ctx.Process(target=worker_main, args=(sock, board, index, log_level), name=f"pbxbot-worker-{index}",
+                        daemon=False)
         p.start()
         return p, time.monotonic()
 
-    procs = [start() for _ in range(workers)]
+    procs = [start(i) for i in range(workers)]
     stopping = []
+    announced_ready = False
 
     def on_signal(signum, _frame):
         stopping.append(signum)
@@ -154,9 +174,13 @@ def supervise_workers(host: str, port: int, workers: int, log_level: str) -> int
     try:
         while not stopping:
             time.sleep(0.5)
+            if not announced_ready and all_accepting(board):
+                announced_ready = True
+                print(f"pbxbot: all {workers} workers are accepting connections", file=sys.stderr, flush=True)
             for i, (p, started) in enumerate(procs):
                 if p.is_alive() or stopping:
                     continue
+                board[i] = OFF  # the others stop deferring to it
                 quick = time.monotonic() - started < STARTUP_GRACE
                 failed_starts = failed_starts + 1 if quick else 0
                 log.error("worker %s exited with code %s%s", p.pid, p.exitcode, "; restarting" if failed_starts < 3 else "")
@@ -165,7 +189,7 @@ def supervise_workers(host: str, port: int, workers: int, log_level: str) -> int
                     stopping.append("failed")
                     break
                 time.sleep(WORKER_RESTART_DELAY)
-                procs[i] = start()
+                procs[i] = start(i)
     finally:
         for p, _ in procs:
             if p.is_alive():
@@ -179,13 +203,13 @@ def supervise_workers(host: str, port: int, workers: int, log_level: str) -> int
     return 1 if "failed" in stopping else 0
 
 
-def worker_main(host: str, port: int, log_level: str) -> None:
-    """One worker process: its app (settings from the environment) on its own SO_REUSEPORT socket."""
+def worker_main(sock: socket.socket, board, index: int, log_level: str) -> None:
+    """One worker process: its app (settings from the environment), accepting from the shared socket."""
     from bot.web.app import create_app_from_environment
 
     _die_with_parent()
     app = create_app_from_environment()
-    _serve(app, log_level, sockets=[_reuseport_socket(host, port)])
+    _serve(app, log_level, balanced=(sock, board, index))
 
 
 def _die_with_parent() -> None:
@@ -201,11 +225,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def _reuseport_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int) -> socket.socket:
+    # proto IPPROTO_TCP, so that asyncio turns Nagle's algorithm off on accepted connections.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -214,18 +238,46 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
 def _server_class():
+    import functools
+
     import uvicorn
 
+    from bot.web.least_connections import LeastConnectionsAcceptor
+
     class Server(uvicorn.Server):
-        """Ends the widgets' open event streams as soon as shutdown starts, so that a graceful
-        shutdown does not wait for them (uvicorn waits for open responses before the lifespan ends)."""
+        """uvicorn's server, with two additions:
+        - it ends the widgets' open event streams as soon as shutdown starts, so that a graceful
+          shutdown does not wait for them (uvicorn waits for open responses before the lifespan ends);
+        - with `balanced` set, it accepts from the shared socket by least connections instead of
+          through asyncio's server (see bot/web/least_connections.py)."""
 
         on_exit = None
+        balanced = None
+        acceptor = None
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)  # the lifespan (the app's start-up) first
+            if self.balanced is None or self.should_exit:
+                return
+            sock, board, index = self.balanced
+            # What uvicorn's startup hands asyncio's create_server (uvicorn.server.Server.startup).
+            protocol_factory = functools.partial(
+                self.config.http_protocol_class, config=self.config, server_state=self.server_state,
+                app_state=self.lifespan.state,
+            )
+            self.acceptor = LeastConnectionsAcceptor(sock, board, index, protocol_factory,
+                                                     self.server_state.connections)
+            self.acceptor.start()
+            log.info("worker %d accepting connections", index)
+
+        async def shutdown(self, sockets=None) -> None:
+            if self.acceptor is not None:
+                self.acceptor.stop()  # no new connections; the rest is uvicorn's graceful shutdown
+            await super().shutdown(sockets=sockets)
 
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts.bench_web import connections_per_process, tree_pids
 from tests.web_fakes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,7 +80,7 @@ def test_serve_with_two_workers_shares_tokens_and_conversations_and_stops_cleanl
 
     try:
         deadline = time.monotonic() + 600
-        while log().count("pbxbot web ready") < 2:  # both workers up
+        while "all 2 workers are accepting connections" not in log():  # both workers up
             assert proc.poll() is None, log()[-2000:]
             assert time.monotonic() < deadline, "workers never became ready"
             time.sleep(0.3)
@@ -92,6 +93,33 @@ def test_serve_with_two_workers_shares_tokens_and_conversations_and_stops_cleanl
             assert r.status_code == 200
             h = httpx.get(f"{base}/api/chat/history", params={"conversation_id": cid, "token": ctoken})
             assert h.status_code == 200 and [e["role"] for e in h.json()["events"]] == ["user", "bot"]
+        # Keep-alive connections are shared out by least connections, not by a hash of their ports.
+        kept = []
+        for _ in range(8):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+            kept.append(c)
+        assert connections_per_process(proc.pid, port) == [4, 4]
+        for c in kept:
+            c.close()
+        # A worker that dies: the other answers at once, and its replacement takes its share again.
+        workers = [pid for pid in tree_pids(proc.pid)
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(6):
+            assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        while log().count("accepting connections") < 4:  # 2 workers, the supervisor's line, the replacement
+            assert proc.poll() is None and time.monotonic() < deadline, log()[-2000:]
+            time.sleep(0.3)
+        kept = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        for c in kept:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        assert connections_per_process(proc.pid, port) == [4, 4]
+        for c in kept:
+            c.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -102,7 +130,7 @@ def test_serve_with_two_workers_shares_tokens_and_conversations_and_stops_cleanl
     output = log()
     assert output.count(token) == 1, "the generated token is printed once and never logged"
     assert "Traceback" not in output
-    assert output.count("Application shutdown complete") == 2
+    assert output.count("Application shutdown complete") == 2  # the survivor and the replacement
     with socket.socket() as s:  # no worker outlived the supervisor holding the port
         s.bind(("127.0.0.1", port))
 
