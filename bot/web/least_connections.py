@@ -68,7 +68,10 @@ class LeastConnectionsAcceptor:
         self._stall = stall
         self._retry = retry
         self._attaching = 0  # accepted, transport not made yet
-        self._waiting_since: float | None = None  # since when a connection waits for another worker
+        # While a connection waits for a less-loaded worker: since when the others' loads are unchanged
+        # (no worker accepted anything), and those loads.
+        self._waiting_since: float | None = None
+        self._others_seen: tuple[int, ...] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._publisher: asyncio.TimerHandle | None = None
@@ -133,8 +136,11 @@ class LeastConnectionsAcceptor:
         self.publish()
         if not self._my_turn():
             now = time.monotonic()
-            if self._waiting_since is None:
-                self._waiting_since = now
+            others = tuple(load for i, load in enumerate(self._board) if i != self._index)
+            if self._waiting_since is None or others != self._others_seen:
+                # A burst keeps the socket readable for a while; only a stretch without any other
+                # worker accepting counts as stalling.
+                self._waiting_since, self._others_seen = now, others
             if now - self._waiting_since < self._stall:
                 self._look_again(self._retry)
                 return
