@@ -148,6 +148,12 @@ class ConversationStore(Protocol):
         mine:` gives True to one holder at a time and False to the others (who skip the job)."""
         ...
 
+    def conversation_turn(self, conversation_id: str) -> ContextManager[None]:
+        """A blocking lock shared by every process on this store: one turn of a conversation at a
+        time, also when two of its messages reach two worker processes at once. The caller holds
+        its own in-process lock for the conversation first, so few threads ever wait here."""
+        ...
+
     # The widget's live feed: every server process follows the transcript table itself, so an
     # operator reply written by one worker reaches a browser connected to another.
     def latest_message_id(self) -> int:

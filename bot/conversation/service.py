@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bot.config import Settings
 from bot.conversation import composer as C
@@ -126,9 +127,10 @@ class ConversationService:
         if len(message.text or "") > self.settings.max_text_chars:
             meta["truncated_from"] = len(message.text or "")
         dedupe = f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
-        # One turn at a time per conversation in this process: a second message (a user typing fast,
-        # two webhooks at once) starts from the state the first one saved, so no fact is lost.
-        with self._turns.hold(message.address.conversation_id):
+        # One turn at a time per conversation: a second message (a user typing fast, two webhooks
+        # at once) starts from the state the first one saved, so no fact is lost. The in-process
+        # lock first, then the store's lock, which also covers other worker processes.
+        with self._one_turn(message.address.conversation_id):
             try:
                 stored, prior = self.store.begin_turn(message.address, text, dedupe_key=dedupe, meta=meta)
             except Exception:
@@ -149,6 +151,11 @@ class ConversationService:
             (time.perf_counter() - started) * 1000,
         )
         return replies
+
+    @contextmanager
+    def _one_turn(self, conversation_id: str) -> Iterator[None]:
+        with self._turns.hold(conversation_id), self.store.conversation_turn(conversation_id):
+            yield
 
     def prefetch(self, message: InboundMessage) -> None:
         """The message will wait for a free worker thread: hand the retriever the query a plain
@@ -196,7 +203,8 @@ class ConversationService:
                     replies = [Reply.from_payload(m.meta["reply"]) for m in done]
                     self.store.mark_handled(msg.id)
                 else:
-                    replies = self._answer(address, msg, request_id=msg.meta.get("request_id"))
+                    with self._one_turn(msg.conversation_id):  # not beside a live turn of it
+                        replies = self._answer(address, msg, request_id=msg.meta.get("request_id"))
                 for reply in replies:
                     self.handoff.enqueue(address, reply)
                 count += 1

@@ -7,6 +7,7 @@ a database. Thread-safe (one re-entrant lock); the clock is injectable. Stdlib o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from dataclasses import dataclass, field
@@ -183,6 +184,9 @@ class InMemoryHandoffStore:
 
     def exclusive(self, name: str) -> ContextManager[bool]:
         return self._exclusive.try_hold(name)
+
+    def conversation_turn(self, conversation_id: str) -> ContextManager[None]:
+        return contextlib.nullcontext()  # one process only: the core's own lock is enough
 
     def latest_message_id(self) -> int:
         with self._lock:

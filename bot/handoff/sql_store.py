@@ -45,6 +45,10 @@ from bot.ports import (
 
 log = logging.getLogger(__name__)
 
+# SQLite: conversations share this many turn-lock files (few files beside the database; two
+# turns running at once in two processes share one with a chance of 1 in 16 and then wait a turn).
+TURN_LOCK_SHARDS = 16
+
 
 
 def normalize_url(url: str) -> str:
@@ -366,6 +370,37 @@ class SqlHandoffStore:
             return
         with sqlite_lean.try_lock(path) as got:
             yield got
+
+    @contextmanager
+    def conversation_turn(self, conversation_id: str) -> Iterator[None]:
+        """PostgreSQL: a session advisory lock on a connection of its own, held for the turn;
+        SQLite file: an flock of one of TURN_LOCK_SHARDS files beside the database (two
+        conversations sharing a shard wait for each other now and then: a few ms, rarely).
+        Both are released by the server or the kernel when the holder's process dies."""
+        if self.backend == "postgresql":
+            key = int.from_bytes(hashlib.sha256(b"turn\0" + conversation_id.encode()).digest()[:8], "big", signed=True)
+            # One pool connection more per running turn (at most the core's thread count per
+            # process, well inside the pool's 5 + 10 overflow).
+            with self.engine.connect() as conn:
+                conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    try:
+                        conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except Exception:  # noqa: BLE001 - a dropped connection released it already
+                        log.warning("releasing a conversation lock failed; dropping its connection")
+                        conn.invalidate()
+            return
+        shard = hashlib.sha256(conversation_id.encode()).digest()[0] % TURN_LOCK_SHARDS
+        path = sqlite_lean.lock_path(self.url, f"turn-{shard:02d}")
+        if path is None:  # in-memory database: one process only, the core's own lock is enough
+            yield
+            return
+        with sqlite_lean.hold_lock(path):
+            yield
 
     def latest_message_id(self) -> int:
         with self._read() as conn:

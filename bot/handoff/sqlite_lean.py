@@ -77,6 +77,19 @@ def try_lock(path: Path) -> Iterator[bool]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+@contextmanager
+def hold_lock(path: Path) -> Iterator[None]:
+    """A blocking flock of `path` for the block. A new open file each time: flocks of separate
+    opens exclude each other also between threads of one process (one shared descriptor would
+    let a second thread in and its release would free the first one's lock)."""
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 class WriteGate:
     """The writers of one SQLite file take turns here before BEGIN IMMEDIATE.
 

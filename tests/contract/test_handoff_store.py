@@ -572,3 +572,23 @@ def test_exclusive_admits_one_holder_at_a_time_across_store_instances(backend):
             assert c is True  # names are independent
     with second.exclusive("recover-pending") as again:
         assert again is True  # released when the holder is done
+
+
+def test_conversation_turn_admits_one_turn_of_a_conversation_at_a_time_across_store_instances(backend):
+    if not backend.persistent:
+        pytest.skip("one process only: the core's in-process lock serializes its turns")
+    first, second = backend.make(), backend.make()  # two workers on the same database
+    entered = threading.Event()
+
+    def other_worker():
+        with second.conversation_turn("web:same"):
+            entered.set()
+
+    with first.conversation_turn("web:same"):
+        waiting = threading.Thread(target=other_worker)
+        waiting.start()
+        assert not entered.wait(0.4), "the other worker's turn started while this one ran"
+    assert entered.wait(5), "released when the first turn is done"
+    waiting.join(5)
+    with first.conversation_turn("web:same"):
+        pass  # nothing left held
