@@ -158,3 +158,21 @@ def test_a_stopped_worker_takes_no_connections_and_others_stop_deferring_to_it(l
     assert time.monotonic() - t0 < 1.0, "B accepted at once instead of waiting out the stall (2 s) for A"
     for c in clients:
         c.close()
+
+
+def test_connections_reset_by_their_clients_are_not_counted_and_accepting_goes_on(listener, board, workers):
+    import struct
+
+    workers(0, 1)
+    for _ in range(10):  # each client resets (RST) as soon as it is connected
+        c = socket.create_connection(listener.getsockname(), timeout=5)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    deadline = time.monotonic() + 3
+    while (board[0], board[1]) != (0, 0):  # published as closed within the publication period
+        assert time.monotonic() < deadline, (board[0], board[1])
+        time.sleep(0.05)
+    clients = connect(listener, 4)
+    assert sorted(holder(c) for c in clients) == [b"A", b"A", b"B", b"B"]
+    for c in clients:
+        c.close()
