@@ -59,7 +59,8 @@ class LeastConnectionsAcceptor:
     """
 
     def __init__(self, sock: socket.socket, board, index: int, protocol_factory: Callable[[], asyncio.Protocol],
-                 connections: Sized, *, stall: float = STALL, retry: float = RETRY) -> None:
+                 connections: Sized, *, stall: float = STALL, retry: float = RETRY,
+                 publish_every: float = PUBLISH_EVERY) -> None:
         self._sock = sock
         self._board = board
         self._index = index
@@ -67,6 +68,7 @@ class LeastConnectionsAcceptor:
         self._connections = connections
         self._stall = stall
         self._retry = retry
+        self._publish_every = publish_every
         self._attaching = 0  # accepted, transport not made yet
         # While a connection waits for a less-loaded worker: since when the others' loads are unchanged
         # (no worker accepted anything), and those loads.
@@ -105,7 +107,7 @@ class LeastConnectionsAcceptor:
 
     def _publish_periodically(self) -> None:
         self.publish()
-        self._publisher = self._loop.call_later(PUBLISH_EVERY, self._publish_periodically)
+        self._publisher = self._loop.call_later(self._publish_every, self._publish_periodically)
 
     def _my_turn(self) -> bool:
         mine = self._board[self._index]
@@ -165,10 +167,26 @@ class LeastConnectionsAcceptor:
             if not self._my_turn():
                 return
 
+    def _protocol(self) -> asyncio.Protocol:
+        """The server's protocol, publishing this worker's load as soon as the connection closes:
+        a client that leaves and comes back at once (a load balancer's pool, the bench between its
+        warm-up and its run) would otherwise find a stale count here for up to PUBLISH_EVERY and
+        be sent to the wrong worker. (After a WebSocket upgrade another protocol owns the
+        connection; the periodic publication covers that case.)"""
+        protocol = self._factory()
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            lost(exc)
+            self.publish()
+
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        return protocol
+
     async def _attach(self, conn: socket.socket) -> None:
         try:
             # Sets non-blocking and TCP_NODELAY, makes the transport, calls connection_made.
-            await self._loop.connect_accepted_socket(self._factory, sock=conn)
+            await self._loop.connect_accepted_socket(self._protocol, sock=conn)
         except Exception:  # noqa: BLE001 - one bad connection never stops the accept loop
             log.exception("could not set up an accepted connection")
             conn.close()

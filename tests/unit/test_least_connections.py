@@ -176,3 +176,21 @@ def test_connections_reset_by_their_clients_are_not_counted_and_accepting_goes_o
     assert sorted(holder(c) for c in clients) == [b"A", b"A", b"B", b"B"]
     for c in clients:
         c.close()
+
+
+def test_a_closed_connection_is_published_at_once(listener, board, workers):
+    a, b = workers(0, 1, publish_every=30.0)  # no periodic publication during the test
+    clients = connect(listener, 4)
+    tags = [holder(c) for c in clients]
+    assert sorted(tags) == [b"A", b"A", b"B", b"B"]
+    for c, tag in zip(clients, tags):
+        if tag == b"A":
+            c.close()
+    deadline = time.monotonic() + 1.0
+    while board[0] != 0:
+        assert time.monotonic() < deadline, "the worker's count still includes closed connections"
+        time.sleep(0.01)
+    fresh = connect(listener, 2)  # right away: both go to the worker that has room
+    assert [holder(c) for c in fresh] == [b"A", b"A"]
+    for c in fresh + [c for c, tag in zip(clients, tags) if tag == b"B"]:
+        c.close()
