@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 TURN_LOCK_SHARDS = 16
 
 
-
 def normalize_url(url: str) -> str:
     """Accept postgres:// and postgresql:// (psycopg 3 is the installed driver)."""
     for prefix in ("postgres://", "postgresql://"):

@@ -19,7 +19,6 @@ busy, hung or dying), it takes it anyway: balance is a preference, a waiting cli
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import select
 import socket
@@ -33,7 +32,6 @@ RETRY = 0.002  # seconds between looks while another worker is less loaded
 STALL = 0.05  # after this long waiting for the least-loaded worker, accept anyway
 PUBLISH_EVERY = 0.1  # closed connections are published at least this often
 MAX_ACCEPTS_PER_WAKEUP = 16
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def new_board(context, workers: int):
@@ -79,6 +77,7 @@ class LeastConnectionsAcceptor:
         self._publisher: asyncio.TimerHandle | None = None
         self._watching = False
         self._stopped = False
+        self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -154,16 +153,17 @@ class LeastConnectionsAcceptor:
                 return  # another worker was faster
             except ConnectionAbortedError:
                 continue
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:  # as asyncio does: back off instead of spinning
-                    log.error("accept failed (%s); pausing for 1 s", exc.strerror)
-                    self._look_again(1.0)
-                    return
-                raise
+            except OSError as exc:  # out of file descriptors or memory: back off instead of
+                # spinning on a socket that stays readable (what asyncio's own server does)
+                log.error("accept failed (%s); pausing for 1 s", exc.strerror or exc)
+                self._look_again(1.0)
+                return
             self._waiting_since = None
             self._attaching += 1
             self.publish()
-            self._loop.create_task(self._attach(conn))
+            task = self._loop.create_task(self._attach(conn))
+            self._tasks.add(task)  # a reference until done: the loop keeps only a weak one
+            task.add_done_callback(self._tasks.discard)
             if not self._my_turn():
                 return
 
@@ -196,9 +196,10 @@ class LeastConnectionsAcceptor:
 
 
 def _readable(sock: socket.socket) -> bool:
-    """Is a connection waiting? (a zero-timeout poll; the socket is non-blocking)"""
+    """Is a connection waiting? (a zero-timeout poll; poll() has no limit on descriptor numbers)"""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
+        return bool(poller.poll(0))
+    except OSError:
         return False
-    return bool(ready)

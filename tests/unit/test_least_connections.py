@@ -194,3 +194,35 @@ def test_a_closed_connection_is_published_at_once(listener, board, workers):
     assert [holder(c) for c in fresh] == [b"A", b"A"]
     for c in fresh + [c for c, tag in zip(clients, tags) if tag == b"B"]:
         c.close()
+
+
+class OutOfDescriptors:
+    """A listening socket whose accept() fails as it does when the process has no descriptors left."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.accepts = sock, 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def accept(self):
+        import errno
+
+        self.accepts += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_a_failing_accept_backs_off_instead_of_spinning(listener, board, caplog):
+    failing = OutOfDescriptors(listener)
+    worker = Worker(failing, board, 0)
+    try:
+        pending = socket.create_connection(listener.getsockname(), timeout=5)  # the socket stays readable
+        time.sleep(0.5)
+        assert 1 <= failing.accepts <= 2, f"{failing.accepts} accept calls in 0.5 s"
+        assert "accept failed (Too many open files); pausing for 1 s" in caplog.text
+        pending.close()
+    finally:
+        worker.close()
