@@ -297,9 +297,15 @@ def connections_per_process(root_pid: int, port: int) -> list[int]:
     counts = []
     for pid in tree_pids(root_pid):
         try:
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
+        links = []
+        for fd in fds:
+            try:  # a descriptor closed while we look is skipped, not the whole process
+                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
         held = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
         if held:
             counts.append(held)
