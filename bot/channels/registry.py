@@ -18,11 +18,13 @@ import anyio
 import anyio.to_thread
 
 from bot.channels.base import Channel, DeliveryError, RateLimiter, render_text
+from bot.channels.shared_rate_limit import SharedRateLimiter
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
 
+    from bot.channels.shared_rate_limit import SharedWindowTable
     from bot.config import Settings
     from bot.ports import ConversationCore, Ticket
 
@@ -52,16 +54,27 @@ class UnknownChannel(DeliveryError):
 class ChannelRegistry:
     """Implements bot.ports.ReplySender."""
 
-    def __init__(self, settings: "Settings", core: "ConversationCore | None" = None) -> None:
+    def __init__(self, settings: "Settings", core: "ConversationCore | None" = None, *,
+                 shared_limits: "dict[str, SharedWindowTable] | None" = None) -> None:
         self.settings = settings
         self.core = core
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self._shared_limits = shared_limits or {}
+        self.rate_limiter = self.limiter("user", settings.rate_limit_per_minute)
         self._channels: dict[str, Channel] = {}
         self._tasks: set[asyncio.Task] = set()
         self._ticket_subscribers: list[Callable[[str, "Ticket"], Awaitable[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock = threading.Lock()
+
+    def limiter(self, name: str, per_minute: int) -> RateLimiter | SharedRateLimiter:
+        """A per-key limit of `per_minute` events: counted in shared memory across the worker
+        processes when `pbxbot serve --workers N` made a table for `name`
+        (bot/channels/shared_rate_limit.py), else in this process."""
+        table = self._shared_limits.get(name)
+        if table is not None and table.per_minute == per_minute:
+            return SharedRateLimiter(table)
+        return RateLimiter(per_minute)
 
     # ------------------------------------------------------------ the channels
 

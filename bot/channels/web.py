@@ -84,7 +84,7 @@ class WebChannel(BaseChannel):
         self.feed = WebFeed(store, anyio.to_thread.run_sync, poll_seconds=poll_seconds)
         self._feed_task: asyncio.Task | None = None
         self._closing = False
-        self._address_limiter = type(registry.rate_limiter)(settings.rate_limit_per_minute * PER_ADDRESS_FACTOR)
+        self._address_limiter = registry.limiter("address", settings.rate_limit_per_minute * PER_ADDRESS_FACTOR)
         self.router = self._build_router()
 
     # ------------------------------------------------------------ conversation tokens

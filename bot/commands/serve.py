@@ -120,7 +120,7 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
     sock = _listening_socket(host, port)  # a clear error here when the port is taken
     _announce(host, sock.getsockname()[1], generated, workers)
     try:
-        return supervise_workers(sock, workers, settings.log_level)
+        return supervise_workers(sock, workers, settings)
     finally:
         sock.close()
 
@@ -141,23 +141,28 @@ WORKER_RESTART_DELAY = 1.0
 STARTUP_GRACE = 20.0  # a worker that dies sooner than this after starting failed to start
 
 
-def supervise_workers(sock: socket.socket, workers: int, log_level: str) -> int:
+def supervise_workers(sock: socket.socket, workers: int, settings: Settings) -> int:
     """Runs `workers` processes on the listening `sock`, restarts one that dies, stops them all on
     SIGINT/SIGTERM. Returns the exit code."""
     import multiprocessing
     import signal
     import time
 
+    from bot.channels.shared_rate_limit import new_tables
+    from bot.channels.web import PER_ADDRESS_FACTOR
     from bot.web.least_connections import OFF, all_accepting, new_board
 
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker, like uvicorn's
     board = new_board(ctx, workers)
+    # One rate limit for all workers: the names are those of ChannelRegistry.limiter's callers.
+    per_minute = settings.rate_limit_per_minute
+    limits = new_tables(ctx, {"user": per_minute, "address": per_minute * PER_ADDRESS_FACTOR})
 
     def start(index: int) -> tuple:
         board[index] = OFF  # until the new worker accepts
-        # The socket and the shared board are passed to the child as it is spawned.
-        p = ctx.Process(target=worker_main, args=(sock, board, index, log_level), name=f"pbxbot-worker-{index}",
-                        daemon=False)
+        # The socket and the shared memory are passed to the child as it is spawned.
+        p = ctx.Process(target=worker_main, args=(sock, board, index, settings.log_level, limits),
+                        name=f"pbxbot-worker-{index}", daemon=False)
         p.start()
         return p, time.monotonic()
 
@@ -203,12 +208,12 @@ def supervise_workers(sock: socket.socket, workers: int, log_level: str) -> int:
     return 1 if "failed" in stopping else 0
 
 
-def worker_main(sock: socket.socket, board, index: int, log_level: str) -> None:
+def worker_main(sock: socket.socket, board, index: int, log_level: str, shared_limits: dict) -> None:
     """One worker process: its app (settings from the environment), accepting from the shared socket."""
     from bot.web.app import create_app_from_environment
 
     _die_with_parent()
-    app = create_app_from_environment()
+    app = create_app_from_environment(shared_limits)
     _serve(app, log_level, balanced=(sock, board, index))
 
 

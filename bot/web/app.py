@@ -56,7 +56,9 @@ def create_app(
     outbox_interval: float = 0.5,
     reannounce_interval: float = 30.0,
     recover_interval: float = 60.0,
+    shared_limits: dict | None = None,
 ) -> FastAPI:
+    """shared_limits: rate-limit tables in shared memory (serve --workers; see ChannelRegistry.limiter)."""
     enabled = settings.validate_enabled_channels()
     _ensure_secret_masking(settings)
     secret_key = (settings.session_secret.get_secret_value().encode()
@@ -68,7 +70,7 @@ def create_app(
 
         core = build_conversation_service(settings)
 
-    registry = ChannelRegistry(settings, core)
+    registry = ChannelRegistry(settings, core, shared_limits=shared_limits)
     web = web_channel.register(registry, settings, core, signing_key=secret_key)
     for name in enabled:
         register_platform(name, registry, settings, core)
@@ -190,7 +192,7 @@ def create_app(
     return app
 
 
-def create_app_from_environment() -> FastAPI:
+def create_app_from_environment(shared_limits: dict | None = None) -> FastAPI:
     """uvicorn's app factory for each worker of `pbxbot serve --workers N` (a fresh process: it
     sets up logging with secret masking and reads its settings from the environment)."""
     import os
@@ -209,7 +211,7 @@ def create_app_from_environment() -> FastAPI:
             core.started_at = datetime.fromisoformat(started)
         except ValueError:
             log.warning("ignoring an invalid %s", SERVE_STARTED_ENV)
-    return create_app(settings, core=core)
+    return create_app(settings, core=core, shared_limits=shared_limits)
 
 
 def register_platform(name: str, registry: ChannelRegistry, settings: Settings, core: ConversationCore) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
+import pytest
+
 from bot.channels.base import RateLimiter, SeenCache, guess_language, rate_limited_reply, render_text
+from bot.channels.shared_rate_limit import SharedRateLimiter, new_table
 from bot.messages import Citation, Escalation, Reply
 
 
@@ -14,15 +19,29 @@ class Clock:
         return self.t
 
 
-def test_rate_limiter_is_a_sliding_window_per_key():
+def in_process(per_minute, clock):
+    return RateLimiter(per_minute, clock=clock)
+
+
+def across_workers(per_minute, clock):
+    return SharedRateLimiter(new_table(multiprocessing.get_context("spawn"), per_minute), clock=clock)
+
+
+@pytest.mark.parametrize("make", [in_process, across_workers])
+def test_rate_limiter_is_a_sliding_window_per_key(make):
     clock = Clock()
-    rl = RateLimiter(2, clock=clock)
+    rl = make(2, clock)
     assert rl.check("a") == 0 and rl.check("a") == 0
     wait = rl.check("a")
     assert 59 < wait <= 60
     assert rl.check("b") == 0  # other users are not affected
-    clock.t += 60.01
+    clock.t += 30
+    assert 29 < rl.check("a") <= 30  # a refused message is not counted
+    clock.t += 30.01
     assert rl.check("a") == 0
+    clock.t += 0.5
+    assert rl.check("a") == 0  # the window slides: the first two events have left it
+    assert 59 < rl.check("a") <= 60
 
 
 def test_rate_limiter_forgets_old_keys_and_can_be_disabled():

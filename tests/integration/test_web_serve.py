@@ -70,6 +70,7 @@ def test_serve_with_two_workers_shares_tokens_and_conversations_and_stops_cleanl
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PBXBOT_") or k == "PBXBOT_DATA_DIR"}
     env["PBXBOT_DATABASE_URL"] = f"sqlite:///{tmp_path / 'workers.sqlite3'}"
+    env["PBXBOT_RATE_LIMIT_PER_MINUTE"] = "5"
     err = open(tmp_path / "stderr.txt", "w+b")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -93,6 +94,17 @@ def test_serve_with_two_workers_shares_tokens_and_conversations_and_stops_cleanl
             assert r.status_code == 200
             h = httpx.get(f"{base}/api/chat/history", params={"conversation_id": cid, "token": ctoken})
             assert h.status_code == 200 and [e["role"] for e in h.json()["events"]] == ["user", "bot"]
+        # One rate limit for both workers: two keep-alive clients, one on each worker (least
+        # connections), take turns sending to the conversation; its 6th message of the minute is refused.
+        with httpx.Client(base_url=base, timeout=30) as one, httpx.Client(base_url=base, timeout=30) as two:
+            statuses = []
+            for i in range(6):
+                client = one if i % 2 == 0 else two
+                r = client.post("/api/chat", json={"text": f"Which logs should we keep? ({i})", "conversation_id": cid,
+                                                   "conversation_token": ctoken})
+                statuses.append(r.status_code)
+            assert connections_per_process(proc.pid, port) == [1, 1]
+        assert statuses == [200, 200, 200, 200, 429, 429], statuses
         # Keep-alive connections are shared out by least connections, not by a hash of their ports.
         kept = []
         for _ in range(8):
