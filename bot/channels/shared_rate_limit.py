@@ -20,11 +20,17 @@ high enough to be a guard against floods only, and each process counts them itse
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bot.channels.base import RateLimiter
+
+log = logging.getLogger("bot.channels")
+
 MAX_SHARED_PER_MINUTE = 1000
+LOCK_TIMEOUT = 0.25  # seconds; a check holds the lock for microseconds
 TABLE_BYTES = 4 << 20
 PROBES = 16
 
@@ -75,28 +81,45 @@ class SharedRateLimiter:
     `window` seconds. `check(key)` records the event when allowed and returns 0.0, else returns
     the seconds until the next event would be allowed (and records nothing), like RateLimiter."""
 
-    def __init__(self, table: SharedWindowTable, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, table: SharedWindowTable, *, clock: Callable[[], float] = time.monotonic,
+                 lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.table = table
         self.per_minute = table.per_minute
         self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._fallback: RateLimiter | None = None
 
     def check(self, key: str) -> float:
+        if self._fallback is not None:
+            return self._fallback.check(key)
+        # A worker killed inside the few microseconds it holds the lock would leave it taken for
+        # good (a semaphore has no owner): then this process counts on its own from now on,
+        # rather than stall every message.
+        if not self.table.lock.acquire(timeout=self._lock_timeout):
+            log.error("the shared rate-limit table stays locked; counting in this process from now on")
+            self._fallback = RateLimiter(self.per_minute, window=self.table.window, clock=self._clock)
+            return self._fallback.check(key)
+        try:
+            return self._check(key)
+        finally:
+            self.table.lock.release()
+
+    def _check(self, key: str) -> float:
         t = self.table
         ring, window = t.per_minute, t.window
         h = _hash(key)
         now = self._clock()
-        with t.lock:
-            slot = self._slot(h, now)
-            base, head, count = slot * ring, t.heads[slot], t.counts[slot]
-            while count and t.times[base + head] <= now - window:
-                head, count = (head + 1) % ring, count - 1
-            t.heads[slot] = head
-            if count >= ring:
-                t.counts[slot] = count
-                return max(0.001, t.times[base + head] + window - now)
-            t.times[base + (head + count) % ring] = now
-            t.counts[slot] = count + 1
-            return 0.0
+        slot = self._slot(h, now)
+        base, head, count = slot * ring, t.heads[slot], t.counts[slot]
+        while count and t.times[base + head] <= now - window:
+            head, count = (head + 1) % ring, count - 1
+        t.heads[slot] = head
+        if count >= ring:
+            t.counts[slot] = count
+            return max(0.001, t.times[base + head] + window - now)
+        t.times[base + (head + count) % ring] = now
+        t.counts[slot] = count + 1
+        return 0.0
 
     def _slot(self, h: int, now: float) -> int:
         """The slot of hash `h`: its own, else a free one, else the one idle longest (taken over)."""

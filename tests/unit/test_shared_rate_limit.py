@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 
-from bot.channels.registry import ChannelRegistry
 from bot.channels.base import RateLimiter
+from bot.channels.registry import ChannelRegistry
 from bot.channels.shared_rate_limit import MAX_SHARED_PER_MINUTE, SharedRateLimiter, new_table, new_tables
 from tests.fakes import make_settings
 
@@ -68,3 +69,30 @@ def test_limits_that_are_off_or_too_high_are_not_shared_and_the_registry_counts_
     assert isinstance(registry.rate_limiter, SharedRateLimiter)
     assert isinstance(registry.limiter("address", 1_000_000), RateLimiter)
     assert isinstance(ChannelRegistry(make_settings(rate_limit_per_minute=20)).rate_limiter, RateLimiter)
+
+
+def take_the_lock_and_die(table):
+    import os
+    import signal
+
+    table.lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)  # killed inside the critical section: never released
+
+
+def test_a_lock_left_taken_by_a_killed_worker_does_not_stall_the_others(caplog):
+    table = new_table(SPAWN, 2)
+    limiter = SharedRateLimiter(table, lock_timeout=0.2)
+    assert limiter.check("web:a") == 0.0  # counted in the table
+    dead = SPAWN.Process(target=take_the_lock_and_die, args=(table,))
+    dead.start()
+    dead.join(30)
+    assert dead.exitcode == -9
+    # This process goes on counting by itself: one wait of 0.2 s, then no more waiting.
+    t0 = time.monotonic()
+    assert limiter.check("web:a") == 0.0
+    assert 0.15 < time.monotonic() - t0 < 2
+    t0 = time.monotonic()
+    results = [limiter.check("web:a"), limiter.check("web:a")]
+    assert time.monotonic() - t0 < 0.1
+    assert results[0] == 0.0 and 59 < results[1] <= 60  # the limit of 2 still holds, in this process
+    assert "stays locked; counting in this process" in caplog.text
