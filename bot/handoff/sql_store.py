@@ -351,55 +351,58 @@ class SqlHandoffStore:
         """PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database
         (both non-blocking, both released when the holder's process dies)."""
         if self.backend == "postgresql":
-            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-            with self.engine.connect() as conn:
-                got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-                conn.commit()
-                try:
-                    yield got
-                finally:
-                    if got:
-                        conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
+            with self._advisory_lock(name.encode(), wait=False) as got:
+                yield got
             return
         path = sqlite_lean.lock_path(self.url, name)
         if path is None:
             with self._local_exclusive.try_hold(name) as got:  # one process only: a plain lock
                 yield got
             return
-        with sqlite_lean.try_lock(path) as got:
+        with sqlite_lean.file_lock(path, wait=False) as got:
             yield got
 
     @contextmanager
     def conversation_turn(self, conversation_id: str) -> Iterator[None]:
-        """PostgreSQL: a session advisory lock on a connection of its own, held for the turn;
-        SQLite file: an flock of one of TURN_LOCK_SHARDS files beside the database (two
-        conversations sharing a shard wait for each other now and then: a few ms, rarely).
-        Both are released by the server or the kernel when the holder's process dies."""
+        """PostgreSQL: a session advisory lock, held for the turn (one pool connection more per
+        running turn: at most the core's thread count per process, well inside the pool's 5 + 10
+        overflow); SQLite file: an flock of one of TURN_LOCK_SHARDS files beside the database (two
+        conversations sharing a shard wait for each other now and then: a few ms, rarely). Both
+        are released by the server or the kernel when the holder's process dies."""
         if self.backend == "postgresql":
-            key = int.from_bytes(hashlib.sha256(b"turn\0" + conversation_id.encode()).digest()[:8], "big", signed=True)
-            # One pool connection more per running turn (at most the core's thread count per
-            # process, well inside the pool's 5 + 10 overflow).
-            with self.engine.connect() as conn:
-                conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                conn.commit()
-                try:
-                    yield
-                finally:
-                    try:
-                        conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
-                    except Exception:  # noqa: BLE001 - a dropped connection released it already
-                        log.warning("releasing a conversation lock failed; dropping its connection")
-                        conn.invalidate()
+            with self._advisory_lock(b"turn\0" + conversation_id.encode(), wait=True):
+                yield
             return
         shard = hashlib.sha256(conversation_id.encode()).digest()[0] % TURN_LOCK_SHARDS
         path = sqlite_lean.lock_path(self.url, f"turn-{shard:02d}")
         if path is None:  # in-memory database: one process only, the core's own lock is enough
             yield
             return
-        with sqlite_lean.hold_lock(path):
+        with sqlite_lean.file_lock(path, wait=True):
             yield
+
+    @contextmanager
+    def _advisory_lock(self, name: bytes, *, wait: bool) -> Iterator[bool]:
+        """A PostgreSQL session advisory lock on a connection of its own; True when this holder
+        got it (always, with wait)."""
+        key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        with self.engine.connect() as conn:
+            if wait:
+                conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                got = True
+            else:
+                got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except Exception:  # noqa: BLE001 - a dropped connection released it already
+                        log.warning("releasing an advisory lock failed; dropping its connection")
+                        conn.invalidate()
 
     def latest_message_id(self) -> int:
         with self._read() as conn:

@@ -62,30 +62,20 @@ def lock_path(url: URL, name: str) -> Path | None:
 
 
 @contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """A non-blocking flock of `path` for the block: True when this process got it. The kernel
-    releases it when the holder dies, so a crashed worker never leaves it taken."""
+def file_lock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """An flock of `path` for the block; True when this holder got it (always, with wait). A new
+    open file each time: flocks of separate opens exclude each other also between threads of one
+    process (one shared descriptor would let a second thread in, and its release would free the
+    first one's lock). The kernel releases it when the holder dies, so a crashed worker never
+    leaves it taken."""
     with open(path, "a+b") as fh:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         try:
             yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextmanager
-def hold_lock(path: Path) -> Iterator[None]:
-    """A blocking flock of `path` for the block. A new open file each time: flocks of separate
-    opens exclude each other also between threads of one process (one shared descriptor would
-    let a second thread in and its release would free the first one's lock)."""
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
