@@ -65,6 +65,16 @@ def clean_query(query: Any) -> str:
     return query[:MAX_QUERY_CHARS]
 
 
+def _searchable(q: str) -> bool:
+    """A cleaned query with something to search for (letters or digits, not only punctuation)."""
+    return bool(q) and re.search(r"\w", q) is not None
+
+
+def _dense_text(q: str) -> str:
+    """What the embedder sees of a cleaned query (search and prefetch must agree exactly)."""
+    return q[:MAX_DENSE_CHARS]
+
+
 @dataclass
 class _Store:
     chunk_ids: list[str]
@@ -186,11 +196,11 @@ class HybridRetriever:
 
     def prefetch(self, query: str) -> None:
         """A search for `query` will probably come soon: let the embedder take its dense query
-        along in the next forward pass (batching.py). Mirrors _search's own clean-up, so the text
-        is the one search() will embed; a mismatch costs a wasted slot, never a wrong vector."""
+        along in the next forward pass (batching.py). The text is the one _search will embed
+        (the same helpers); a guess that goes unused costs a slot, never a wrong vector."""
         q = clean_query(query)
-        if q and re.search(r"\w", q):
-            self.embedder.prefetch_query(q[:MAX_DENSE_CHARS])
+        if _searchable(q):
+            self.embedder.prefetch_query(_dense_text(q))
 
     # ------------------------------------------------------------------ internals
     def _search(self, query: str, k: int, language: str | None, carrier: str | None, strict_language: bool) -> SearchResult:
@@ -204,7 +214,7 @@ class HybridRetriever:
                 carrier = None  # unknown carrier: do not filter rather than return nothing
             if carrier == "all":
                 carrier = None
-        if not q or not re.search(r"\w", q):
+        if not _searchable(q):
             return SearchResult(query=q, passages=(), confidence=0.0)
         pref = language or detect_language(q)
         tokens, groups = self.analyzer.analyze(q)
@@ -220,7 +230,7 @@ class HybridRetriever:
         lex_ids = [self.store.chunk_ids[i] for i, _ in lex_hits]
         lex_score = {self.store.chunk_ids[i]: s for i, s in lex_hits}
 
-        qv = self.embedder.embed_query_np(q[:MAX_DENSE_CHARS])
+        qv = self.embedder.embed_query_np(_dense_text(q))
         vector = self.vector
         if self._vectors is not None:  # exact scan (a small corpus, or Chroma still opening)
             sims = np.where(mask, self._vectors @ qv, -np.inf)
