@@ -58,10 +58,10 @@ def load_questions() -> list[str]:
     return out
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (Linux /proc)."""
+def process_table() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, user + system CPU seconds)} of every process (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
+    table: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -71,14 +71,25 @@ def tree_cpu_seconds(root_pid: int) -> float:
         except OSError:
             continue
         fields = raw[raw.rindex(")") + 2:].split()
-        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-    total, todo = 0.0, [root_pid]
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def tree_pids(root_pid: int, table: dict[int, tuple[int, float]] | None = None) -> list[int]:
+    """A process and all its descendants."""
+    table = process_table() if table is None else table
+    out, todo = [], [root_pid]
     while todo:
         pid = todo.pop()
-        if pid in stats:
-            total += stats[pid][1]
-        todo.extend(child for child, (ppid, _) in stats.items() if ppid == pid)
-    return total
+        out.append(pid)
+        todo.extend(child for child, (ppid, _) in table.items() if ppid == pid)
+    return out
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants."""
+    table = process_table()
+    return sum(table[pid][1] for pid in tree_pids(root_pid, table) if pid in table)
 
 
 def free_port() -> int:
@@ -262,23 +273,6 @@ def wait_workers(log_path: Path, workers: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"not all {workers} workers started; see {log_path}")
         time.sleep(0.3)
-
-
-def tree_pids(root_pid: int) -> list[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_bytes().decode("latin-1")
-            except OSError:
-                continue
-            parents[int(entry)] = int(raw[raw.rindex(")") + 2:].split()[1])
-    out, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(child for child, ppid in parents.items() if ppid == pid)
-    return out
 
 
 def connections_per_process(root_pid: int, port: int) -> list[int]:
