@@ -8,7 +8,7 @@ shared socket is worse: the worker that wakes first accepts a whole burst.
 
 Here the supervisor binds one socket and every worker holds it. A worker accepts only while it
 holds no more connections than the least-loaded worker, so connections go where there are fewest,
-the way nginx's `least_conn` does. The counts live in a small shared array (`LoadBoard`), one slot
+the way nginx's `least_conn` does. The counts live in a small shared array (`new_board`), one slot
 per worker, written only by that worker (the supervisor marks a dead worker's slot OFF).
 
 A worker that is not least loaded stops watching the socket and looks again a few milliseconds
