@@ -24,7 +24,7 @@ KINDS = ("source", "guide")
 CARRIERS = ("ntt-east-west", "ntt-com", "kddi", "softbank", "other", "all")
 TOPICS = (
     "symptoms", "containment", "stop-international", "kokusai-center", "attack", "hardening",
-    "refund", "regulator", "police", "glossary", "statistics", "050-ip",
+    "refund", "regulator", "police", "glossary", "statistics", "050-ip", "incoming", "home", "liability", "services",
 )
 REQUIRED = (
     "id", "title", "kind", "language", "counterpart", "publisher", "url", "published",

@@ -63,6 +63,10 @@ TOPICS = {
     "glossary",
     "statistics",
     "050-ip",
+    "incoming",
+    "home",
+    "liability",
+    "services",
 }
 ID_RE = re.compile(r"^[a-z0-9-]+-(ja|en)$")
 P_ID_RE = re.compile(r"^P\d{3}$")
