@@ -51,6 +51,7 @@ def parse_sheet(text: str) -> tuple[dict, dict]:
     for line in main.splitlines():
         if line.startswith("## ") or line.startswith("### "):
             section = line.lstrip("# ").strip()
+            current = None  # a fact's entry ends at the next heading (section 12's notes are no fact)
         m = _FACT.match(line)
         if m:
             current = m.group(1)
