@@ -86,7 +86,7 @@ class Escalation:
     ticket_id: str
 
 
-ReplyKind = Literal["answer", "incident", "handoff", "operator", "notice", "scope", "greeting", "error"]
+ReplyKind = Literal["answer", "incident", "handoff", "operator", "notice", "scope", "greeting", "error", "not_covered", "clarify"]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,11 @@ class Passage:
     heading: str = ""  # section heading path inside the document
     counterpart: str | None = None  # id of the other-language document
     facts: tuple[str, ...] = ()  # fact-sheet ids P... the document rests on
+    # Section-level retrieval (all optional: a retriever that does not know them leaves them empty).
+    section: str = ""  # "<doc_id>#<n>": the section this passage is (0 = the lead)
+    section_facts: tuple[str, ...] = ()  # fact ids this section states
+    question_score: float = 0.0  # cosine of the query to the closest of the section's questions
+    sentence_scores: tuple[float, ...] = ()  # cosine of the query to each sentence (bot.text.split_sentences order)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,16 @@ class ConversationState:
     last_query: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # triage facts gathered: still_happening, noticed_at, vendor, ...
     updated_at: datetime | None = None
+
+
+class TextEncoder(Protocol):
+    """Sentence vectors for texts, as the retriever embeds queries (the intent classifier's
+    features; one embedding of a message serves both)."""
+
+    def encode_queries(self, texts: Sequence[str]) -> Any: ...  # (n, dim) array of unit rows
+
+    @property
+    def encoder_name(self) -> str: ...
 
 
 class ConversationStore(Protocol):
@@ -234,6 +249,10 @@ class HandoffService(Protocol):
         ...
 
     def active_ticket(self, conversation_id: str) -> Ticket | None: ...
+    def merge_facts(self, ticket_id: str, facts: dict[str, Any]) -> Ticket:
+        """Fill the gaps of the ticket's summary with facts the user gave later (never overwrite)."""
+        ...
+
     def claim(self, ticket_id: str, operator: str) -> Ticket: ...
     def reply(self, ticket_id: str, operator: str, text: str) -> Ticket:
         """Record the operator message and enqueue it in the outbox, in one transaction."""

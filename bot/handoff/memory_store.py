@@ -24,6 +24,7 @@ from bot.ports import (
     StoredMessage,
     Ticket,
     TicketDetail,
+    TicketNotFound,
 )
 
 
@@ -202,6 +203,17 @@ class InMemoryHandoffStore:
             return [copy.deepcopy(self._messages[i]) for i in sorted(set(ids)) if i in self._messages]
 
     # ------------------------------------------------------------ HandoffService
+
+    def merge_facts(self, ticket_id: str, facts: dict[str, Any]) -> Ticket:
+        with self._lock:
+            ticket = self._tickets.get(ticket_id)
+            if ticket is None:
+                raise TicketNotFound(ticket_id)
+            merged = common.merge_summary(ticket.summary, common.json_roundtrip(dict(facts or {})))
+            if merged != ticket.summary:
+                ticket.summary, ticket.updated_at = merged, self._now()
+                self._audit_add(ticket.id, "bot", "updated", f"facts from the user: {', '.join(sorted(facts))}")
+            return copy.deepcopy(ticket)
 
     def open_ticket(
         self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]

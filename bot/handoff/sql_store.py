@@ -41,6 +41,7 @@ from bot.ports import (
     StoredMessage,
     Ticket,
     TicketDetail,
+    TicketNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -463,6 +464,22 @@ class SqlHandoffStore:
                           priority=priority, reason=reason, summary=dict(summary), created_at=now,  # type: ignore[arg-type]
                           updated_at=now, operator=None, reannounced_at=None)
 
+    def merge_facts(self, ticket_id: str, facts: dict[str, Any]) -> Ticket:
+        """Facts the user gave after the ticket opened fill the gaps of its summary (never overwrite)."""
+        facts = common.clean_json(dict(facts or {}))
+        with self._turn_write() as conn:
+            row = conn.execute(_Q.ticket_row, {"tid": ticket_id}).first()
+            if row is None:
+                raise TicketNotFound(ticket_id)
+            ticket = _ticket(row)
+            merged = common.merge_summary(ticket.summary, facts)
+            if merged != ticket.summary:
+                now = self._now()
+                conn.execute(_Q.ticket_escalate, {"tid": ticket.id, "priority": ticket.priority, "summary": merged, "now": now})
+                self._insert_audit(conn, ticket.id, "bot", "updated", f"facts from the user: {', '.join(sorted(facts))}")
+                ticket.summary, ticket.updated_at = merged, now
+            return ticket
+
     def active_ticket(self, conversation_id: str) -> Ticket | None:
         with self._read() as conn:
             row = conn.execute(_Q.active_ticket_row, {"cid": conversation_id}).first()
@@ -648,6 +665,7 @@ class _Q:
     active_ticket_row = (select(_T).where(_T.c.conversation_id == bindparam("cid"),
                                           _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
     ticket_exists = select(_T.c.id).where(_T.c.id == bindparam("tid"))
+    ticket_row = select(_T).where(_T.c.id == bindparam("tid"))
     ticket_insert = insert(_T)
     ticket_escalate = (update(_T).where(_T.c.id == bindparam("tid"))
                        .values(priority=bindparam("priority"), summary=bindparam("summary"), updated_at=bindparam("now")))
