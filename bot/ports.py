@@ -48,6 +48,9 @@ class SearchResult:
     # Calibrated 0..1: how likely the top passage answers the query (see retrieval/confidence.py).
     confidence: float
     expanded_terms: tuple[str, ...] = ()
+    # Share of the query's distinct words that no document contains at all ("Vietnam", "Teams"):
+    # a sign that the sources do not cover the question (the answerability gate reads it).
+    unknown_terms: float = 0.0
 
 
 @runtime_checkable

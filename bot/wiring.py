@@ -5,7 +5,7 @@ The only place (with web.create_app) that chooses implementations.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
 
@@ -37,10 +37,31 @@ def build_store(settings: Settings) -> "SqlHandoffStore":
 
 
 def build_conversation_service(
-    settings: Settings, *, retriever: "Retriever | None" = None, store: "SqlHandoffStore | None" = None
+    settings: Settings, *, retriever: "Retriever | None" = None, store: "SqlHandoffStore | None" = None,
+    understander: Any = None,
 ) -> "ConversationService":
     from bot.conversation.service import ConversationService
 
     store = store if store is not None else build_store(settings)
     retriever = retriever if retriever is not None else build_retriever(settings)
-    return ConversationService(retriever=retriever, store=store, handoff=store, settings=settings)
+    return ConversationService(retriever=retriever, store=store, handoff=store, settings=settings,
+                               understander=understander)
+
+
+def prepare_understanding(settings: Settings) -> Any:
+    """Train the intent classifier for the served embedder when knowledge/intents or the embedder
+    changed, so that a start finds it ready (`pbxbot index`, `pbxbot serve --workers` before its
+    workers). Loads only an embedder, and only when it must train. Returns the classifier."""
+    from pathlib import Path
+
+    from bot.conversation.understanding import classifier
+    from bot.conversation.understanding.intents import load_intents
+    from bot.retrieval.service import QueryEncoder
+
+    data = load_intents(settings.knowledge_dir)
+    cache = Path(settings.data_dir) / "models"
+    saved = classifier.saved_model(data, cache, settings.embedder)
+    if saved is not None:
+        return saved
+    encoder = QueryEncoder(settings.embedder, cache_dir=str(Path(settings.data_dir) / "cache"))
+    return classifier.load_or_train(data, cache, encoder.encode_queries, settings.embedder)

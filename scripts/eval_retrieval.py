@@ -7,6 +7,9 @@ Prints hit@1, hit@3 and MRR per language and overall, then every miss (hit@3 = 0
     .venv/bin/python scripts/eval_retrieval.py --embedder e5 --mode dense
     .venv/bin/python scripts/eval_retrieval.py --split-mode A       # SudachiPy mode A instead of C
     .venv/bin/python scripts/eval_retrieval.py --fit-confidence     # refit bot/retrieval/confidence.json
+    .venv/bin/python scripts/eval_retrieval.py --sections knowledge/eval/answerability_dev.jsonl
+        # section-level recall@5: a hit when one of the top 5 passages is a section that states one of
+        # the question's facts (rows with "facts"; the held-out questions.jsonl works the same way)
 
 The index for the evaluation lives in <data_dir>/eval-<embedder>-<mode> (never the served one).
 """
@@ -48,8 +51,13 @@ def main(argv=None) -> int:
     ap.add_argument("--other-language-factor", type=float)
     ap.add_argument("--source-kind-factor", type=float)
     ap.add_argument("--no-language", action="store_true", help="do not pass the question's language")
+    ap.add_argument("--no-question-keys", action="store_true", help="search text rows only (not the sections' questions)")
+    ap.add_argument("--question-weights", type=float, nargs=2, metavar=("DENSE", "LEXICAL"),
+                    help="RRF weights of the question rankings")
     ap.add_argument("--fit-confidence", action="store_true", help="fit and save the confidence calibration")
     ap.add_argument("--quiet-misses", action="store_true")
+    ap.add_argument("--sections", nargs="*", default=None, metavar="JSONL",
+                    help="files of questions labelled with facts: report section-level recall@5 instead")
     args = ap.parse_args(argv)
 
     from bot.config import load_settings
@@ -91,6 +99,14 @@ def main(argv=None) -> int:
         r.source_kind_factor = args.source_kind_factor
     if args.other_language_factor is not None:
         r.other_language_factor = args.other_language_factor
+    if args.no_question_keys:
+        r.question_keys = False
+    if args.question_weights:
+        r.question_dense_weight, r.question_lexical_weight = args.question_weights
+
+    if args.sections is not None:
+        return section_recall(r, [Path(f) for f in args.sections] or [Path(base.knowledge_dir) / "eval" / "answerability_dev.jsonl"],
+                              args.no_language, args.quiet_misses)
 
     feats, labels = [], []
 
@@ -153,6 +169,39 @@ def main(argv=None) -> int:
                                       "files": [os.path.relpath(f, ROOT) for f in files],
                                       "date": time.strftime("%Y-%m-%d")})
             print("saved bot/retrieval/confidence.json")
+    return 0
+
+
+def section_recall(retriever, files: list[Path], no_language: bool, quiet: bool, k: int = 5) -> int:
+    """Section-level recall@k over questions labelled with the facts an answer must rest on."""
+    import json
+
+    from bot.conversation.understanding.text import kana_to_kanji
+
+    rows = []
+    for f in files:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            text = row.get("question") or row.get("text")
+            if text and row.get("facts") and row.get("answerable", True) is not False:
+                rows.append((row.get("id", "?"), row.get("language", "en"), text, set(row["facts"])))
+    stats: dict[str, list[int]] = {}
+    misses = []
+    for rid, lang, text, facts in rows:
+        res = retriever.search(kana_to_kanji(text), k=k, language=None if no_language else lang)
+        hit = any(set(p.section_facts) & facts and p.language == lang for p in res.passages[:k])
+        stats.setdefault(lang, []).append(int(hit))
+        if not hit:
+            misses.append((rid, text, sorted(facts), [p.section for p in res.passages[:3]]))
+    total = [h for v in stats.values() for h in v]
+    for lang, v in sorted(stats.items()):
+        print(f"section recall@{k} {lang:>3}: {sum(v) / len(v):.3f} (n={len(v)})")
+    print(f"section recall@{k} all: {sum(total) / max(1, len(total)):.3f} (n={len(total)})")
+    if not quiet:
+        for rid, text, facts, got in misses:
+            print(f"  MISS {rid} {text[:80]}  facts {facts}  got {got}")
     return 0
 
 

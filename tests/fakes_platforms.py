@@ -381,8 +381,9 @@ def real_retriever() -> Any:
 def real_core(settings: Any) -> Any:
     """The real ConversationService (SQLite store of `settings`) over the shared fixture index."""
     from bot.wiring import build_conversation_service
+    from tests.fakes import shared_understander
 
-    return build_conversation_service(settings, retriever=real_retriever())
+    return build_conversation_service(settings, retriever=real_retriever(), understander=shared_understander())
 
 
 class ServedApp:

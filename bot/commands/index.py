@@ -1,14 +1,19 @@
-"""`pbxbot index [--rebuild]`: build or refresh the retrieval index (only changed documents are re-embedded)."""
+"""`pbxbot index [--rebuild]`: build or refresh the retrieval index (only changed documents are
+re-embedded), then train the intent classifier if knowledge/intents or the embedder changed."""
 
 from __future__ import annotations
 
+import time
 
 from bot.config import Settings
 
 
 def run(args, settings: Settings) -> int:
+    from bot.conversation.understanding.intents import load_intents
     from bot.retrieval.index_builder import build_index
+    from bot.wiring import prepare_understanding
 
+    load_intents(settings.knowledge_dir)  # a malformed intents file stops here, before any work
     report = build_index(settings, rebuild=bool(getattr(args, "rebuild", False)), progress=True)
     if report.up_to_date:
         print(f"index up to date: {report.documents} documents, {report.chunks} chunks (build {report.build_id})")
@@ -18,4 +23,8 @@ def run(args, settings: Settings) -> int:
             f"embedded {report.embedded_documents} documents, reused {report.reused_documents}; "
             f"{report.seconds:.1f} s (build {report.build_id}, embedder {settings.embedder})"
         )
+    started = time.perf_counter()
+    model = prepare_understanding(settings)
+    print(f"intent model: {model.meta.get('examples')} examples, "
+          f"{'up to date' if model.from_cache else 'trained'} in {time.perf_counter() - started:.1f} s")
     return 0

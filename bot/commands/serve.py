@@ -93,13 +93,14 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, generate
     from bot.config import ConfigError
     from bot.messages import utcnow
     from bot.web.app import SERVE_STARTED_ENV
-    from bot.wiring import build_store, prepare_index
+    from bot.wiring import build_store, prepare_index, prepare_understanding
 
     if "telegram" in settings.validate_enabled_channels() and settings.telegram_mode == "polling":
         raise ConfigError("Telegram polling runs in one process: use --workers 1, or "
                           "PBXBOT_TELEGRAM_MODE=webhook with several workers")
     print(f"pbxbot: checking the knowledge index and the store (data dir {settings.data_dir})...", file=sys.stderr)
     prepare_index(settings)
+    prepare_understanding(settings)  # trained once here, not by N workers at once
     build_store(settings).close()  # migrated once here, not by N workers at once
     # The workers read their settings from this environment (spawned processes inherit it).
     os.environ["PBXBOT_WORKERS"] = str(workers)  # each worker sizes its thread pool by it

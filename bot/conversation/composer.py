@@ -14,86 +14,14 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from bot.messages import Citation
 from bot.ports import Passage
 
-# ---------------------------------------------------------------- sentences
+# ---------------------------------------------------------------- sentences (bot/text.py)
 
-_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
-_TABLE = re.compile(r"^\s*\|")
-_LIST_MARK = re.compile(r"^\s*(?:[-*+•・]|\d{1,2}[.)]|[（(]\d{1,2}[)）]|[①-⑳])\s+")
-_LINK = re.compile(r"\[([^\]]+)\]\((?:https?://|/)[^)]*\)")
-_EMPH = re.compile(r"(\*\*|__|`)")
-_SINGLE_EMPH = re.compile(r"(?<![\w*])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![\w*])")
-_EN_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[“‘¥$])")
-_ABBREV = re.compile(
-    r"(?:\b(?:e\.g|i\.e|etc|vs|approx|no|nos|st|mr|ms|dr|inc|ltd|co|corp|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|u\.s|fig|p|pp|cf)\.|\b[A-Z]\.)$",
-    re.IGNORECASE,
-)
-
-
-def clean_line(line: str) -> str:
-    line = _LIST_MARK.sub("", line)
-    line = _LINK.sub(r"\1", line)
-    line = _EMPH.sub("", line)
-    line = _SINGLE_EMPH.sub(r"\1", line)
-    return re.sub(r"\s+", " ", line).strip()
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a Markdown passage: headings and tables dropped, list markers and emphasis removed."""
-    return list(_split_cached(text or ""))
-
-
-@lru_cache(maxsize=4096)
-def _split_cached(text: str) -> tuple[str, ...]:
-    out: list[str] = []
-    for raw in (text or "").splitlines():
-        if not raw.strip() or _HEADING.match(raw) or _TABLE.match(raw) or raw.strip().startswith("---"):
-            continue
-        line = clean_line(raw)
-        if not line:
-            continue
-        for part in _split_ja(line):
-            out.extend(_split_en(part))
-    return tuple(s for s in (x.strip() for x in out) if len(s) >= 4)
-
-
-_OPEN = "(（「『["
-_CLOSE = ")）」』]"
-
-
-def _split_ja(text: str) -> list[str]:
-    """Split after 。！？ (and ! ? right before Japanese text) outside brackets:
-    "NTT Com(2016年6月。OCNも同内容)は…" stays one sentence."""
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    for i, ch in enumerate(text):
-        if ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth = max(0, depth - 1)
-        elif ch in "。！？" and depth == 0:
-            parts.append(text[start : i + 1])
-            start = i + 1
-    parts.append(text[start:])
-    return [p for p in parts if p.strip()]
-
-
-def _split_en(text: str) -> list[str]:
-    pieces: list[str] = []
-    start = 0
-    for m in _EN_END.finditer(text):
-        before = text[start : m.start()]
-        if _ABBREV.search(before):
-            continue
-        pieces.append((before + m.group(0)).strip())
-        start = m.end()
-    pieces.append(text[start:].strip())
-    return [p for p in pieces if p]
+from bot.text import clean_line, split_sentences, split_units  # noqa: E402,F401  (re-exported: tests use them here)
 
 
 # ---------------------------------------------------------------- terms and scores
@@ -197,7 +125,9 @@ class Piece:
     index: int  # sentence position in the passage
     score: float = 0.0
     overlap: float = 0.0
-
+    leans_on: int = -1  # index of the sentence (same passage) it cannot be shown without
+    similarity: float | None = None  # cosine to the question (the retriever's sentence vectors), when known
+    typed: bool = False  # gives the kind of answer the question asks for (a duration, a number...)
 
 
 def pack(pieces: Sequence[Piece]) -> dict[str, Any]:
@@ -223,27 +153,40 @@ def measure(text: str, lang: str) -> int:
     return len(text) if lang == "ja" else len(text.split())
 
 
+# Sentences about the document rather than the subject ("this page explains...") never answer.
+_META = re.compile(r"(this (page|document|guide|section) (explains|describes|covers|lists|summari[sz]es)|"
+                   r"(この|本)(ページ|資料|ガイド|文書)(で|は)[^。]{0,20}(説明|紹介|まとめ))", re.IGNORECASE)
+# A sentence that opens by pointing back cannot stand alone (documents are written to avoid them;
+# this keeps an old or a missed one next to the sentence it leans on).
+_LEANING = re.compile(
+    r"^(this|these|that|those|such|it|they|also|however|in (that|this|such) case|as a result|otherwise|instead)\b|"
+    r"^(これ|それ|その|この|こう|そう|また、|なお、|ただし、|そのため|このため|そこで|一方、)", re.IGNORECASE)
+Cue = Callable[[str], bool]  # does a sentence give the kind of answer asked for?
+
+
 def pieces_of(
     passages: Sequence[Passage],
     query: str = "",
     *,
     focus: str | None = None,
-    boost: re.Pattern[str] | None = None,
+    cue: Cue | None = None,
     max_passages: int = 3,
 ) -> list[Piece]:
     """Scored sentences of the top passages (distinct chunks), in retrieval order.
 
-    Score: overlap with the query (and again with `focus`, the words of this very message),
-    an action bonus (lead with the action), the passage rank, the opening of a section, and a
-    bonus for sentences matching `boost` (a phone number when the user asked for one)."""
+    With the retriever's sentence similarities (the usual case) a sentence scores by how close it
+    is to the question, its word overlap with the question, and whether it gives the kind of answer
+    asked (`cue`: a duration for "how long", a number for "which number"); the passage's rank counts
+    only a little, so the answering sentence leads whatever its passage's rank. Without them (test
+    doubles), word overlap, actions and the position in the passage decide, as they used to."""
     q = terms(query)
     fq = terms(focus) if focus and focus != query else frozenset()
     out: list[Piece] = []
     seen: set[str] = set()
     rank = 0
     # A document's one-line summary passage (chunk id "<doc>#s", see retrieval/chunking.py) lists
-    # topics rather than saying what to do: it goes after the sections.
-    # It is left out when a section of the same document was retrieved (it would repeat it).
+    # topics rather than saying what to do: it goes after the sections, and is left out when a
+    # section of the same document was retrieved (it would repeat it).
     sections = {p.doc_id for p in passages if not p.chunk_id.endswith("#s")}
     passages = sorted((p for p in passages if not (p.chunk_id.endswith("#s") and p.doc_id in sections)),
                       key=lambda p: p.chunk_id.endswith("#s"))
@@ -255,47 +198,123 @@ def pieces_of(
         lead_section = not p.heading and not p.chunk_id.endswith("#s")
         # "<doc>#2.1" continues section 2: its first sentence does not open anything
         continuation = bool(re.search(r"#\d+\.[1-9]\d*$", p.chunk_id))
-        for i, s in enumerate(split_sentences(p.text)):
-            st = terms(s)
+        units = split_units(p.text)
+        sims = p.sentence_scores if len(p.sentence_scores) == len(units) else ()
+        for i, (sentence, leans_on) in enumerate(units):
+            if leans_on < 0 and i > 0 and _LEANING.search(sentence):
+                leans_on = i - 1
+            st = terms(sentence)
             overlap = len(q & st) / math.sqrt(len(q) + 1) if q else 0.0
             if fq:
                 overlap += len(fq & st) / math.sqrt(len(fq) + 1)
-            score = overlap + (0.5 if is_action(s) else 0.0) + 1.0 / (1 + rank)
-            if i == 0 and not continuation:
-                score += 0.6 if lead_section else 0.3
-            elif i == 1 and lead_section:
-                score += 0.3
-            if boost is not None and boost.search(s):
-                score += 1.5
-            out.append(Piece(s, src, rank, i, score, overlap))
+            typed = bool(cue and cue(sentence))
+            if sims:
+                sim = float(sims[i])
+                score = sim + 0.25 * min(overlap, 1.5) + (0.15 if typed else 0.0) + 0.06 / (1 + rank)
+            else:
+                sim = None
+                score = overlap + (0.5 if is_action(sentence) else 0.0) + 1.0 / (1 + rank) + (0.4 if typed else 0.0)
+                if i == 0 and not continuation:
+                    score += 0.6 if lead_section else 0.3
+                elif i == 1 and lead_section:
+                    score += 0.3
+            if _META.search(sentence):
+                score -= 1.0
+            out.append(Piece(sentence, src, rank, i, score, overlap, leans_on, sim, typed))
         rank += 1
         if rank >= max_passages:
             break
     return out
 
 
+def _redundant(piece: Piece, chosen: Sequence[Piece]) -> bool:
+    """Says again what a chosen sentence says (word overlap): the same fact is told once."""
+    a = terms(piece.text)
+    if not a:
+        return False
+    for c in chosen:
+        b = terms(c.text)
+        if b and len(a & b) / min(len(a), len(b)) >= 0.7:
+            return True
+    return False
+
+
 def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece], list[Piece]]:
-    """Best sentences within the budget, shown in document order (top passage first); the rest
-    (in document order) is kept for "more". Lower-ranked passages contribute only sentences about
-    as relevant as the top passage's best one."""
+    """The sentences that answer, best first, within the budget; the rest (related sentences, in
+    document order) is kept for "more".
+
+    The best sentence leads. Others follow when they are about as relevant (with similarities:
+    within 0.12 of the best, or typed answers within 0.2; without: the old overlap bar), say
+    something not said yet (no near-duplicates) and fit; a sentence that leans on another (a list
+    item on its lead line) comes with it, right before it."""
+    if not pieces:
+        return [], []
+    min_len = 25 if lang == "ja" else 8  # a short line out of its context says little
+    ranked = sorted(pieces, key=lambda p: (-p.score, p.rank, p.index))
+    best = ranked[0]
+    by_key = {(p.rank, p.index): p for p in pieces}
+    with_sims = best.similarity is not None
     top_overlap = max((p.overlap for p in pieces if p.rank == 0), default=0.0)
     bar = max(0.15, 0.6 * top_overlap)
-    min_len = 25 if lang == "ja" else 8  # a short line out of its context says little
-    useful = [p for p in pieces if p.rank == 0 or (p.overlap >= bar and measure(p.text, lang) >= min_len)]
+
+    def relevant(p: Piece) -> bool:
+        if p is best:
+            return True
+        if with_sims:
+            return p.score >= best.score - (0.2 if p.typed else 0.12) and measure(p.text, lang) >= min_len
+        return p.rank == 0 or (p.overlap >= bar and measure(p.text, lang) >= min_len)
+
+    items_of: dict[tuple[int, int], list[Piece]] = {}
+    for p in pieces:
+        if p.leans_on >= 0:
+            items_of.setdefault((p.rank, p.leans_on), []).append(p)
     chosen: list[Piece] = []
     used = 0
-    for p in sorted(useful, key=lambda p: (-p.score, p.rank, p.index)):
-        cost = measure(p.text, lang) + (4 if lang == "ja" else 1)
-        if chosen and used + cost > budget:
+
+    def cost_of(group: Sequence[Piece]) -> int:
+        return sum(measure(x.text, lang) + (4 if lang == "ja" else 1) for x in group)
+
+    for p in ranked:
+        if not relevant(p) or p in chosen or (chosen and _redundant(p, chosen)):
             continue
-        chosen.append(p)
-        used += cost
-    order = lambda p: (p.rank, p.index)  # noqa: E731
-    chosen.sort(key=order)
+        group = [p]
+        lead = by_key.get((p.rank, p.leans_on)) if p.leans_on >= 0 else None
+        if lead is not None and lead not in chosen:
+            group.insert(0, lead)
+        # A line that announces a list ("...asks for the following measures.") says nothing
+        # without its items: it comes with as many of them as fit, at least one.
+        items = [x for x in items_of.get((p.rank, p.index), []) if x not in chosen]
+        if items:
+            group.append(items[0])
+        if chosen and used + cost_of(group) > budget:
+            continue
+        chosen.extend(group)
+        used += cost_of(group)
+        for x in items[1:]:
+            if used + cost_of([x]) > budget:
+                break
+            chosen.append(x)
+            used += cost_of([x])
+    if not with_sims:
+        chosen.sort(key=lambda p: (p.rank, p.index))  # the old composer's order: document order
+    else:
+        chosen = _best_first(chosen)
     chosen_keys = {(p.rank, p.index) for p in chosen}
+    order = lambda p: (p.rank, p.index)  # noqa: E731
     related = [p for p in pieces if p.rank == 0 or (p.overlap > 0 and measure(p.text, lang) >= min_len)]
-    rest = [p for p in sorted(related, key=order) if (p.rank, p.index) not in chosen_keys]
+    rest = [p for p in sorted(related, key=order) if (p.rank, p.index) not in chosen_keys and not _META.search(p.text)]
     return chosen, rest
+
+
+def _best_first(chosen: list[Piece]) -> list[Piece]:
+    """The best sentence first (with the lead it leans on), then the others grouped by passage in
+    document order, the passage of the best sentence first."""
+    if not chosen:
+        return chosen
+    top = max(chosen, key=lambda p: p.score)
+    head = [p for p in chosen if p.rank == top.rank and p.index == top.leans_on] + [top]
+    others = sorted((p for p in chosen if p not in head), key=lambda p: (p.rank != top.rank, p.rank, p.index))
+    return head + others
 
 
 def take_in_order(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece], list[Piece]]:

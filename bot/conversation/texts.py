@@ -51,6 +51,24 @@ TEXTS: dict[str, dict[str, str]] = {
         "ja": "申し訳ありません。この質問に出典付きでお答えできる情報がナレッジベースにありません。",
         "en": "Sorry, the knowledge base has no sourced answer to this question.",
     },
+    "not_covered": {
+        "ja": "申し訳ありません。この質問に答える情報は、このボットの出典(通信会社・総務省などの注意喚起)にはありません。",
+        "en": "Sorry, the sources I answer from (carrier and regulator advisories) do not cover this question.",
+    },
+    "closest_facts": {"ja": "近い内容として、出典にあるのは次のことです:", "en": "The closest the sources come is this:"},
+    "offer_person": {
+        "ja": "担当者に確認をご希望なら「担当者と話したい」と送るか、下のボタンを押してください。",
+        "en": "If you want a person to look into it, say 'talk to a person' or press the button below.",
+    },
+    "clarify": {
+        "ja": "もう少し詳しく教えてください。たとえば「今も海外への発信が続いている」「高額な請求が届いた」「国際電話を止めたい」など、状況がわかるとお答えできます。",
+        "en": "Could you tell me a little more? For example: calls abroad are going out now, a big bill arrived, or you want to block international calls.",
+    },
+    "dispute_header": {
+        "ja": "請求についての申し立ては担当者が確認します。出典にある料金の扱いは次のとおりです:",
+        "en": "A person will look at your claim about the bill. What the sources say about who pays:",
+    },
+    "also_asked": {"ja": "ご質問について:", "en": "On your question:"},
     "not_helped": {
         "ja": "お役に立てずすみません。言い方を変えて質問していただくか、「担当者と話したい」と送ってください。",
         "en": "Sorry that did not help. Try asking another way, or say 'talk to a person'.",

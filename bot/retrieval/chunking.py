@@ -5,7 +5,10 @@
 - each list item is one unit (an intro line ending in ：/: stays with the items when they fit);
 - units are packed into chunks up to a size budget (characters for Japanese, about 120 words for English);
   a single over-long sentence is cut at 、/，/spaces as a last resort;
-- chunk ids are `<doc_id>#<section>.<piece>`: stable while the document's structure is stable.
+- chunk ids are `<doc_id>#<section>.<piece>`: stable while the document's structure is stable;
+- every question a section lists (`<!-- q: ... -->`, bot/retrieval/sections.py) is one more row,
+  `<doc_id>#<section>.q<i>`, a retrieval key that points at its section (like the alternate
+  questions of FAQ tools): a user's question often resembles another question more than any text.
 
 Changing this module's behaviour: bump CHUNKER_VERSION so cached embeddings are not reused.
 """
@@ -16,8 +19,9 @@ import re
 from dataclasses import dataclass
 
 from bot.retrieval.documents import Document
+from bot.retrieval.sections import parse_sections
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"
 MAX_CHARS = {"ja": 320, "en": 900}
 MIN_CHARS = {"ja": 60, "en": 160}
 
@@ -35,9 +39,18 @@ class Chunk:
     heading: str
     text: str
     language: str
+    kind: str = "text"  # "text" | "question" (a section's alternate question) | "summary"
+    section: int = 0  # -1 for the document's summary
+
+    @property
+    def section_key(self) -> str:
+        return f"{self.doc_id}#s" if self.kind == "summary" else f"{self.doc_id}#{self.section}"
 
     def index_text(self, doc: Document) -> str:
-        """What the dense and lexical indexes see: title and heading path give the passage its context."""
+        """What the dense and lexical indexes see: title and heading path give a passage its
+        context; a question is indexed as it is (it is already a whole question)."""
+        if self.kind == "question":
+            return self.text
         head = doc.title if not self.heading else f"{doc.title} / {self.heading}"
         return f"{head}\n{self.text}"
 
@@ -138,35 +151,26 @@ def _join(units: list[str], sep: str) -> str:
 def chunk_document(doc: Document) -> list[Chunk]:
     language = doc.language if doc.language in MAX_CHARS else "en"
     limit = MAX_CHARS[language]
-    sections: list[tuple[list[str], list[str]]] = []  # (heading path, lines)
-    path: list[tuple[int, str]] = []
-    lines: list[str] = []
-    in_code = False
-    for raw in doc.body.splitlines():
-        if raw.strip().startswith("```"):
-            in_code = not in_code
-            continue
-        m = None if in_code else _HEADING_RE.match(raw)
-        if m:
-            sections.append(([h for _, h in path], lines))
-            level = len(m.group(1))
-            path = [(lv, h) for lv, h in path if lv < level] + [(level, m.group(2).strip())]
-            lines = []
-        else:
-            lines.append(raw)
-    sections.append(([h for _, h in path], lines))
-
     chunks: list[Chunk] = []
     ordinal = 0
     if doc.summary:
         # A document-level passage (title + one-line summary): matches broad questions ("what do I do first?")
         # that no single section answers on its own.
-        chunks.append(Chunk(f"{doc.id}#s", doc.id, ordinal, "", doc.summary.strip(), doc.language))
+        chunks.append(Chunk(f"{doc.id}#s", doc.id, ordinal, "", doc.summary.strip(), doc.language, "summary", -1))
         ordinal += 1
-    for s_no, (heading_path, sec_lines) in enumerate(sections):
-        units = _units(sec_lines, language, limit)
-        heading = " > ".join(h for h in heading_path if h and h != doc.title)
-        for p_no, text in enumerate(_pack(units, language)):
-            chunks.append(Chunk(f"{doc.id}#{s_no}.{p_no}", doc.id, ordinal, heading, text, doc.language))
+    path: list[tuple[int, str]] = []
+    for section in parse_sections(doc.body):
+        if section.level:
+            path = [(lv, h) for lv, h in path if lv < section.level] + [(section.level, section.heading)]
+        heading = " > ".join(h for _, h in path if h and h != doc.title)
+        for p_no, text in enumerate(_pack(_units(section.text.splitlines(), language, limit), language)):
+            chunks.append(Chunk(f"{doc.id}#{section.number}.{p_no}", doc.id, ordinal, heading, text, doc.language,
+                                "text", section.number))
+            ordinal += 1
+        if not section.has_text:
+            continue
+        for q_no, question in enumerate(section.questions):
+            chunks.append(Chunk(f"{doc.id}#{section.number}.q{q_no}", doc.id, ordinal, heading, question, doc.language,
+                                "question", section.number))
             ordinal += 1
     return chunks

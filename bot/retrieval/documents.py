@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from bot.config import ConfigError
+from bot.retrieval.sections import parse_sections, section_problems
 
 LANGUAGES = ("ja", "en")
 KINDS = ("source", "guide")
@@ -211,6 +212,15 @@ def parse_document(path: Path) -> Document:
     return Document(**{**doc.__dict__, "content_hash": digest[:24]})
 
 
+def _registry_facts(knowledge_dir: Path) -> frozenset[str] | None:
+    """The fact ids of knowledge/facts.yaml; None where a corpus has no registry (test fixtures)."""
+    from bot.retrieval.fact_registry import FactRegistry
+
+    if not (knowledge_dir / "facts.yaml").exists():
+        return None
+    return FactRegistry.load(knowledge_dir).fact_ids
+
+
 def sources_dir(knowledge_dir: Path | str) -> Path:
     knowledge_dir = Path(knowledge_dir)
     sub = knowledge_dir / "sources"
@@ -234,6 +244,12 @@ def load_documents(knowledge_dir: Path | str) -> list[Document]:
         docs.append(doc)
     if not docs:
         raise DocumentError(folder, "sources", "no documents (*.md) found")
+    known = _registry_facts(Path(knowledge_dir))
+    for d in docs:
+        problems = section_problems(parse_sections(d.body), d.facts, known)
+        if problems:
+            field_name, problem = problems[0]
+            raise DocumentError(d.path, field_name, problem)
     by_id = {d.id: d for d in docs}
     for d in docs:
         other = by_id.get(d.counterpart)

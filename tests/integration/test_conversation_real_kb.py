@@ -17,6 +17,7 @@ from bot.conversation.service import ConversationService
 from bot.conversation.texts import is_template_line
 from bot.handoff.memory_store import InMemoryHandoffStore
 from bot.messages import Address, InboundMessage
+from tests.fakes import shared_understander
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,8 @@ def test_development_conversation_set_meets_its_targets(real_retriever):
     from scripts.eval_conversations import run
 
     store = InMemoryHandoffStore()
-    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings())
+    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings(),
+                                  understander=shared_understander())
     report = run(cases(), service)
     failures = {r["id"]: r["failures"] for r in report["results"] if r["failures"]}
     assert report["pass_rate"] >= 0.95, failures
@@ -76,7 +78,8 @@ def unsupported_text(line: str, allowed: set[str]) -> str:
 def test_every_answer_sentence_comes_from_a_passage_retrieved_this_turn(real_retriever):
     store = InMemoryHandoffStore()
     rec = RecordingRetriever(real_retriever)
-    service = ConversationService(retriever=rec, store=store, handoff=store, settings=load_settings())
+    service = ConversationService(retriever=rec, store=store, handoff=store, settings=load_settings(),
+                                  understander=shared_understander())
     checked = 0
     for case in cases():
         address = Address("eval", f"grounding:{case['id']}")
@@ -87,12 +90,12 @@ def test_every_answer_sentence_comes_from_a_passage_retrieved_this_turn(real_ret
                 if reply.kind == "answer" and reply.answer.startswith(("続き", "Continued")):
                     allowed = pending_more  # "more" shows sentences retrieved in an earlier turn
                 else:
-                    memo = [p for res in service._fixed_results.values() for p in res.passages]
+                    memo = [p for res in service.kit.fixed_results.values() for p in res.passages]
                     allowed = {s for p in rec.returned + memo for s in C.split_sentences(p.text)}
                     pending_more = allowed
                 # fixed queries (containment steps, stop lines) are searched once per process and
                 # their result reused: identical query, identical index, identical passages
-                memo = [p for res in service._fixed_results.values() for p in res.passages]
+                memo = [p for res in service.kit.fixed_results.values() for p in res.passages]
                 retrieved_docs = {p.doc_id for p in rec.returned + memo}
                 if not reply.answer.startswith(("続き", "Continued")):
                     assert {c.doc_id for c in reply.citations} <= retrieved_docs
@@ -135,7 +138,8 @@ def test_a_waiting_question_announces_exactly_the_query_its_turn_embeds(real_ret
     turn takes the vector from the shared pass instead of running a pass of its own."""
     batcher = real_retriever.embedder._queries
     store = InMemoryHandoffStore()
-    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings())
+    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings(),
+                                  understander=shared_understander())
     message = InboundMessage(address=Address("web", f"web:prefetch:{hash(text)}"), text=text)
     hits, passes = batcher.prefetch_hits, batcher.passes
     service.prefetch(message)

@@ -48,7 +48,7 @@ def test_malformed_lines_give_an_error_line_and_the_batch_goes_on():
 
 def test_a_message_that_joins_a_ticket_silently_still_gets_its_line():
     rows, _ = batch([json.dumps({"id": str(i), "text": t, "conversation_id": "c"}) for i, t in
-                     enumerate(["Can I talk to a real person?", "hello?", "anyone?"])])
+                     enumerate(["Can I talk to a real person?", "It is about our KDDI line", "The PBX is a Panasonic"])])
     assert len(rows) == 3 and rows[2]["answer"] == "" and rows[2]["escalation"] is None
 
 

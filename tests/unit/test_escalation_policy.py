@@ -1,17 +1,20 @@
 from bot.conversation.escalation import (
     BILLING_DISPUTE,
     INCIDENT,
-    LOW_CONFIDENCE,
     REPEATED_FAILURE,
     USER_REQUEST,
     EscalationPolicy,
-    Signals,
-    is_billing_dispute,
+    TurnSignals as Signals,
 )
+from tests.fakes import shared_understander
 
 
-def test_nothing_to_escalate_for_a_confident_answer():
-    assert EscalationPolicy().decide(Signals(confidence=0.9)) is None
+def is_billing_dispute(text: str) -> bool:
+    return shared_understander().predict(text).has("dispute")
+
+
+def test_nothing_to_escalate_for_a_plain_question():
+    assert EscalationPolicy().decide(Signals()) is None
 
 
 def test_incident_is_urgent():
@@ -44,18 +47,11 @@ def test_failures_threshold_is_configurable():
     assert EscalationPolicy(failures_to_escalate=3).decide(Signals(failures=2)) is None
 
 
-def test_low_confidence_in_scope_escalates_but_out_of_scope_does_not():
-    p = EscalationPolicy(min_confidence=0.35)
-    assert p.decide(Signals(confidence=0.2)).reason == LOW_CONFIDENCE
-    assert p.decide(Signals(confidence=0.2, in_scope=False)) is None
-    assert p.decide(Signals(confidence=0.9, answered=False)).reason == LOW_CONFIDENCE
-
-
 def test_a_rule_can_be_switched_off_or_reprioritised():
     p = EscalationPolicy()
-    p.rules[LOW_CONFIDENCE] = None
+    p.rules[REPEATED_FAILURE] = None
     p.rules[BILLING_DISPUTE] = "urgent"
-    assert p.decide(Signals(confidence=0.1)) is None
+    assert p.decide(Signals(failures=5)) is None
     assert p.decide(Signals(billing_dispute=True)).priority == "urgent"
 
 

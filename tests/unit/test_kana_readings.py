@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.conversation import signals as S
+from bot.conversation.understanding import text as S
+from tests.fakes import shared_understander
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,9 +24,9 @@ def test_everyday_kana_is_left_alone():
         assert S.kana_to_kanji(text) == text
 
 
-def test_kana_only_question_counts_as_in_scope():
-    vocab = S.DomainVocabulary.load(ROOT / "knowledge" / "lexicon" / "terms.yaml")
-    assert S.in_domain(S.normalize("ふせいりようされた"), vocab)
+def test_kana_only_question_is_understood_as_in_scope():
+    prediction = shared_understander().predict(S.kana_to_kanji("ふせいりようされた"))
+    assert not prediction.has("off_topic") and prediction.labels
 
 
 def test_the_generated_readings_match_the_lexicon():

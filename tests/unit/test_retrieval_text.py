@@ -35,7 +35,13 @@ def test_chunks_follow_headings_lists_and_carry_metadata(docs):
     chunks = chunk_document(docs["fx-first-steps-ja"])
     assert chunks[0].chunk_id == "fx-first-steps-ja#s" and chunks[0].text == docs["fx-first-steps-ja"].summary
     chunks = chunks[1:]
-    assert [c.chunk_id for c in chunks] == [f"fx-first-steps-ja#{i}.0" for i in range(4)]
+    texts = [c for c in chunks if c.kind == "text"]
+    assert [c.chunk_id for c in texts] == [f"fx-first-steps-ja#{i}.0" for i in range(4)]
+    questions = [c for c in chunks if c.kind == "question"]
+    assert questions[0].chunk_id == "fx-first-steps-ja#0.q0" and questions[0].section_key == "fx-first-steps-ja#0"
+    assert {c.section_key for c in questions} == {c.section_key for c in texts}, "every section has its questions"
+    assert not any("<!--" in c.text for c in chunks), "markers never reach indexed or shown text"
+    chunks = texts
     assert chunks[1].heading == "国際電話を止める"
     assert chunks[3].text.count("\n") == 2 and chunks[3].text.startswith("- 管理画面")
     for c in chunks:

@@ -1,0 +1,156 @@
+"""Answering a question from the knowledge base: search, pick the sentences that answer, and say
+whether they do (the answerability gate).
+
+    answer = answerer.answer(turn, query, focus=turn.text, carrier=None, budget=...)
+    answer.covered    # False: say the sources do not cover it, show the closest facts, offer a person
+
+The gate is a logistic model over what the search and the composer saw (how close the best
+sentence and the best section question are to the query, the retrieval confidence, the word
+overlap, whether the kind of answer asked for was found). Its coefficients and threshold are
+fitted on development questions, some answerable and some not (scripts/fit_answerability.py), and
+live in answerability.json next to this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from bot.conversation import composer
+from bot.conversation.passages import for_carrier, in_language
+from bot.ports import Passage, SearchResult
+
+GATE_PATH = Path(__file__).with_name("answerability.json")
+FEATURES = ("sentence", "question", "confidence", "overlap", "typed", "coverage", "unknown")
+# Until a fit exists: a close sentence or section question with a confident search answers.
+DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0, "overlap": 0.5,
+                                                "typed": 0.5, "coverage": 1.0, "unknown": -2.0}, "threshold": 0.5}
+
+
+class AnswerTypes:
+    """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
+
+    def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str]]]):
+        self.types = types
+
+    @classmethod
+    def load(cls, knowledge_dir: Path | str) -> "AnswerTypes":
+        path = Path(knowledge_dir) / "lexicon" / "answer_types.yaml"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return cls({})
+        types = {}
+        for name, spec in (data.get("types") or {}).items():
+            words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in spec.get("question") or []}, key=len, reverse=True)
+            parts = [rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w) for w in words]
+            try:
+                answer = re.compile(spec["answer"], re.IGNORECASE)
+            except (KeyError, re.error):
+                continue
+            types[name] = (re.compile("|".join(parts)) if parts else None, answer)
+        return cls(types)
+
+    def asked(self, question: str) -> list[str]:
+        q = unicodedata.normalize("NFKC", question or "").lower()
+        return [name for name, (rx, _) in self.types.items() if rx is not None and rx.search(q)]
+
+    def cue(self, question: str) -> composer.Cue | None:
+        """A test of "does this sentence give the asked kind of answer", or None when none is asked.
+        `steps` and `yesno` are weak cues: used only when nothing more specific is asked."""
+        asked = self.asked(question)
+        specific = [a for a in asked if a not in ("steps", "yesno")]
+        names = specific or asked
+        if not names:
+            return None
+        patterns = [self.types[n][1] for n in names]
+        return lambda sentence: any(p.search(sentence) for p in patterns)
+
+
+@dataclass
+class Gate:
+    intercept: float
+    weights: dict[str, float]
+    threshold: float
+
+    @classmethod
+    def load(cls, path: Path = GATE_PATH) -> "Gate":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = DEFAULT_GATE
+        return cls(float(data.get("intercept", DEFAULT_GATE["intercept"])),
+                   {k: float(v) for k, v in (data.get("weights") or DEFAULT_GATE["weights"]).items()},
+                   float(data.get("threshold", DEFAULT_GATE["threshold"])))
+
+    def score(self, features: dict[str, float]) -> float:
+        z = self.intercept + sum(self.weights.get(k, 0.0) * features.get(k, 0.0) for k in FEATURES)
+        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+@dataclass
+class Answer:
+    query: str
+    result: SearchResult
+    passages: list[Passage]
+    other_language: bool
+    shown: list[composer.Piece]
+    rest: list[composer.Piece]
+    features: dict[str, float] = field(default_factory=dict)
+    answerability: float = 0.0
+    covered: bool = False
+
+    @property
+    def confidence(self) -> float:
+        return self.result.confidence
+
+
+def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequence[Passage],
+                  result: SearchResult, cue_asked: bool) -> dict[str, float]:
+    """What the gate looks at: how close the best shown sentence and the best section question are
+    to the question, the search's confidence, word overlap, whether the kind of answer asked for was
+    found, and how many of the question's words the top sections contain at all ("Vietnam" and
+    "calling plan" appear in no document: a sign the sources do not cover the question)."""
+    sims = [p.similarity for p in shown if p.similarity is not None]
+    typed = 0.0
+    if cue_asked:
+        typed = 1.0 if any(p.typed for p in shown) else -1.0
+    q_terms = composer.terms(question)
+    found = composer.terms(" ".join(p.text + " " + p.title for p in passages[:3])) if q_terms else frozenset()
+    return {
+        "sentence": max(sims) if sims else 0.0,
+        "question": max((p.question_score for p in passages[:3]), default=0.0),
+        "confidence": float(result.confidence),
+        "overlap": max((min(p.overlap, 1.5) for p in shown), default=0.0),
+        "typed": typed,
+        "coverage": len(q_terms & found) / len(q_terms) if q_terms else 0.0,
+        "unknown": float(result.unknown_terms),
+    }
+
+
+class Answerer:
+    def __init__(self, answer_types: AnswerTypes, gate: Gate | None = None, *, min_confidence: float = 0.35) -> None:
+        self.answer_types = answer_types
+        self.gate = gate or Gate.load()
+        self.min_confidence = min_confidence  # the bar when there are no sentence similarities
+
+    def answer(self, result: SearchResult, lang: str, *, query: str, focus: str | None, budget: int,
+               carrier: str | None = None) -> Answer:
+        passages, other_language = in_language(result.passages, lang)
+        passages = for_carrier(passages, carrier)
+        cue = self.answer_types.cue(focus or query)
+        pieces = composer.pieces_of(passages, query, focus=focus, cue=cue, max_passages=max(3, len(passages)))
+        shown, rest = composer.select(pieces, lang, budget)
+        features = gate_features(focus or query, shown, passages, result, cue is not None)
+        with_sims = any(p.similarity is not None for p in shown)
+        # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.
+        score = self.gate.score(features) if with_sims else float(result.confidence)
+        covered = bool(shown) and score >= (self.gate.threshold if with_sims else self.min_confidence)
+        return Answer(query, result, passages, other_language, shown, rest, features, round(score, 4), covered)

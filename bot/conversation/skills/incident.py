@@ -1,0 +1,64 @@
+"""An incident: fraudulent calls going out now, or a bill just found with calls nobody made.
+
+The reply gives the containment steps first (for the user's carrier when known), asks only for the
+facts still missing, answers the other question the same message asked (who pays, how long a
+block takes...), and opens an urgent ticket."""
+
+from __future__ import annotations
+
+from bot.conversation import composer
+from bot.conversation.answering import Answerer
+from bot.conversation.containment import containment
+from bot.conversation.escalation import TurnSignals
+from bot.conversation.skills.base import PLACEHOLDER_TICKET, Toolkit, Turn
+from bot.conversation.texts import LIST_SEP, t
+from bot.conversation.understanding.facts import FactExtractor, IncidentFacts, missing_facts
+from bot.messages import Reply
+
+# Labels that mean "and I also ask something" next to an incident; answer types that do too.
+_QUESTION_LABELS = frozenset({"billing_question", "dispute", "question", "incoming_scam"})
+_QUESTION_TYPES = ("payment", "duration", "cost", "number")
+
+
+class Incident:
+    name = "incident"
+    claims = frozenset({"fraud_now", "fraud_bill"})
+    searches_own_text = False  # fixed containment searches; the second question searches its own words
+
+    def __init__(self, answerer: Answerer, extractor: FactExtractor) -> None:
+        self.answerer = answerer
+        self.extractor = extractor
+
+    def applies(self, turn: Turn) -> bool:
+        return turn.meaning.incident
+
+    def asks_more(self, turn: Turn) -> bool:
+        return bool(turn.meaning.intents & _QUESTION_LABELS) or any(
+            a in _QUESTION_TYPES for a in self.answerer.answer_types.asked(turn.text))
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        st, lang = turn.state, turn.lang
+        facts = IncidentFacts.from_dict(st.facts)
+        carrier = facts.carrier or st.carrier
+        missing = missing_facts(IncidentFacts.from_dict({**st.facts, "carrier": carrier}))
+        ask = t("ask_facts", lang, items=LIST_SEP[lang].join(t(f"fact_{m}", lang) for m in missing)) if missing else ""
+        decision = kit.policy.decide(TurnSignals(incident=True, requested_human=turn.requested_human))
+        fixed = [t("incident_header", lang), ask, t("handoff_urgent", lang, ticket=PLACEHOLDER_TICKET)]
+        second, reserve = None, 0
+        if self.asks_more(turn):
+            reserve = kit.budget(lang, fixed) // 3  # a third of the reply answers the other question
+            result = kit.search(turn.text, lang, None)
+            second = self.answerer.answer(result, lang, query=turn.text, focus=turn.text, budget=reserve)
+        name = self.extractor.carrier_name(carrier, lang) if carrier else ""
+        book = composer.CitationBook()
+        steps = containment(kit, lang, carrier, "050" in turn.norm, fixed, name, book=book, reserve=reserve)
+        kit.keep_more(st, steps.rest, lang)
+        parts = [t("incident_header", lang), steps.text]
+        if second is not None and second.covered and second.shown:
+            parts += [t("also_asked", lang), composer.render(second.shown, lang, book)]
+        citations = book.citations()
+        if ask:
+            parts.append(ask)
+        st.last_query = turn.text
+        return [kit.escalate(turn, "\n".join(x for x in parts if x), citations, steps.confidence, decision, kind="incident")]
+

@@ -1,0 +1,104 @@
+"""A question: search, answer with the sentences that answer it, or say the sources do not cover it.
+
+Short follow-ups lean on the conversation: "KDDIの場合は？" asks the last question again for
+another carrier; "それって個人でも？" is searched both alone and with the last question, and the
+reading the gate finds better answered wins. A question the sources do not cover gets "not
+covered", the closest facts there are, and the talk-to-a-person button; no ticket unless asked.
+"""
+
+from __future__ import annotations
+
+from bot.conversation import composer
+from bot.conversation.answering import Answer, Answerer
+from bot.conversation.skills.base import MORE_KEY, Toolkit, Turn
+from bot.conversation.texts import t
+from bot.conversation.understanding.facts import FactExtractor
+from bot.conversation.understanding.text import kana_to_kanji, normalize
+from bot.messages import Reply
+
+SHORT = {"ja": 25, "en": 8}  # a message this short may lean on the previous question (characters / words)
+CARRIER_ONLY = {"ja": 8, "en": 3}  # what is left of "KDDIの場合は？" once the carrier is taken out
+CLOSEST_MIN_SIMILARITY = 0.3  # below this, the "closest facts" are not close: none are shown
+VAGUE_MAX_TERMS = 2  # "どうすればいいの？": too few content words to search without a context
+
+
+class Question:
+    name = "question"
+    claims = frozenset({"question", "billing_question", "incoming_scam", "domestic_billing", "off_topic"})
+    searches_own_text = True
+
+    def __init__(self, answerer: Answerer, extractor: FactExtractor) -> None:
+        self.answerer = answerer
+        self.extractor = extractor
+
+    def applies(self, turn: Turn) -> bool:
+        return True  # the default skill: last in the precedence
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        st, lang = turn.state, turn.lang
+        query, header, carrier = kana_to_kanji(turn.text), "", None
+        carriers = list(turn.meaning.carriers)
+        if st.last_query and carriers and self._carrier_only(turn):
+            carrier = carriers[0]
+            name = self.extractor.carrier_name(carrier, lang)
+            query = f"{self.extractor.strip_carriers(normalize(st.last_query))} {name}"
+            header = t("carrier_header", lang, carrier=name)
+        elif carriers:
+            carrier = carriers[0]
+        off_topic = turn.meaning.has("off_topic") and not (turn.meaning.intents - {"off_topic"})
+        fixed = [header, t("more_hint", lang)]
+        budget = kit.budget(lang, fixed)
+        answer = self._best(turn, kit, query, carrier, budget)
+        if off_topic and not (answer.covered and answer.answerability >= 0.8):
+            st.facts.pop(MORE_KEY, None)
+            return [kit.reply(turn, t("scope", lang), kind="scope", confidence=answer.confidence)]
+        if not answer.covered:
+            st.facts.pop(MORE_KEY, None)
+            if not st.last_query and len(composer.terms(turn.text)) <= VAGUE_MAX_TERMS and not carriers:
+                return [kit.reply(turn, t("clarify", lang), kind="clarify", confidence=answer.confidence)]
+            return [self._not_covered(turn, kit, answer)]
+        st.last_query = answer.query[-300:]
+        if answer.passages:
+            st.topics = (st.topics + [tp for tp in answer.passages[0].topics if tp not in st.topics])[-6:]
+        book = composer.CitationBook()
+        lines = [header, t("other_language_note", lang) if answer.other_language else "",
+                 composer.render(answer.shown, lang, book)]
+        kit.keep_more(st, answer.rest, lang)
+        if answer.rest:
+            lines.append(t("more_hint", lang))
+        return [kit.reply(turn, "\n".join(x for x in lines if x), kind="answer", citations=book.citations(),
+                          confidence=answer.confidence, offer_human=True)]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _carrier_only(self, turn: Turn) -> bool:
+        rest = self.extractor.strip_carriers(turn.text)
+        return composer.measure(rest, turn.lang) <= CARRIER_ONLY[turn.lang] if turn.lang == "en" else len(
+            [c for c in rest if c.isalnum()]) <= CARRIER_ONLY["ja"]
+
+    def _best(self, turn: Turn, kit: Toolkit, query: str, carrier: str | None, budget: int) -> Answer:
+        """The message searched on its own; a short one also with the last question, keeping the
+        reading the gate finds better answered (the message's own reading on a tie)."""
+        lang = turn.lang
+        own = self._answer(kit, query, turn.text, lang, carrier, budget)
+        last = turn.state.last_query
+        if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
+            joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget)
+            if joined.covered and (not own.covered or joined.answerability > own.answerability + 0.05):
+                return joined
+        return own
+
+    def _answer(self, kit: Toolkit, query: str, focus: str, lang: str, carrier: str | None, budget: int) -> Answer:
+        result = kit.search(query, lang, carrier)
+        return self.answerer.answer(result, lang, query=query, focus=focus, budget=budget, carrier=carrier)
+
+    def _not_covered(self, turn: Turn, kit: Toolkit, answer: Answer) -> Reply:
+        lang = turn.lang
+        lines = [t("not_covered", lang)]
+        book = composer.CitationBook()
+        close = [p for p in answer.shown if (p.similarity or 0.0) >= CLOSEST_MIN_SIMILARITY][:2]
+        if close:
+            lines += [t("closest_facts", lang), composer.render(close, lang, book)]
+        lines.append(t("offer_person", lang))
+        return kit.reply(turn, "\n".join(lines), kind="not_covered", citations=book.citations(),
+                         confidence=answer.confidence, offer_human=True)

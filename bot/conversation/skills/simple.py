@@ -1,0 +1,131 @@
+"""The short skills: an empty message, a refusal, a language the bot does not speak, smalltalk, a
+request for a person, "more", "that did not help"."""
+
+from __future__ import annotations
+
+from bot.conversation import composer
+from bot.conversation.escalation import TurnSignals
+from bot.conversation.skills.base import MORE_KEY, PLACEHOLDER_TICKET, Toolkit, Turn, claims
+from bot.conversation.texts import t
+from bot.messages import Reply
+
+
+class Empty:
+    name = "empty"
+    claims = frozenset()
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        return not turn.text and not turn.requested_human
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        text = t("empty", turn.lang) if turn.state.language else f"{t('empty', 'en')}\n{t('empty', 'ja')}"
+        return [kit.reply(turn, text, kind="notice")]
+
+
+class Refusal:
+    """Attempts to get the bot's configuration, secrets or instructions: a polite refusal."""
+
+    name = "refusal"
+    claims = frozenset({"config_extraction"})
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        return claims(turn, self.claims)
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        return [kit.reply(turn, t("refusal", turn.lang), kind="scope")]
+
+
+class UnknownLanguage:
+    name = "unknown_language"
+    claims = frozenset()
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        return turn.meaning.unknown_language and not turn.requested_human
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        note = f"{t('unknown_language', 'en')} / {t('unknown_language', 'ja')}"
+        return [kit.reply(turn, f"{note}\n{t('intro', 'en')}", kind="notice", lang="en")]
+
+
+class HumanRequest:
+    name = "human_request"
+    claims = frozenset({"human_request"})
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        return turn.requested_human
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        return [kit.escalate(turn, "", (), 0.0, kit.policy.decide(TurnSignals(requested_human=True)), kind="handoff")]
+
+
+class Smalltalk:
+    """Greetings and "what can you do": the introduction. Thanks: "you're welcome" (and the count of
+    "that did not help" starts again)."""
+
+    name = "smalltalk"
+    claims = frozenset({"smalltalk", "thanks"})
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        return claims(turn, self.claims) and not (turn.meaning.intents - self.claims - {"off_topic"})
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        if turn.meaning.has("thanks"):
+            turn.state.failures = 0
+            return [kit.reply(turn, t("thanks", turn.lang), kind="greeting")]
+        return [kit.reply(turn, t("intro", turn.lang), kind="greeting")]
+
+
+class More:
+    name = "more"
+    claims = frozenset({"more"})
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        """"More" when there is more to show; with nothing pending, a message that also reads as
+        something else ("何ができるの？" next to "もっと") is left to the skill of that."""
+        if not claims(turn, self.claims) or turn.meaning.incident:
+            return False
+        return bool(turn.state.facts.get(MORE_KEY)) or not (turn.meaning.intents - self.claims)
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        st, lang = turn.state, turn.lang
+        pending = st.facts.get(MORE_KEY) or {}
+        pieces = composer.unpack(pending)
+        if not pieces:
+            return [kit.reply(turn, t("no_more", lang), kind="notice")]
+        lang = pending.get("lang", lang)
+        shown, rest = composer.take_in_order(pieces, lang, kit.budget(lang, [t("more_header", lang), t("more_hint", lang)]))
+        book = composer.CitationBook()
+        lines = [t("more_header", lang), composer.render(shown, lang, book)]
+        kit.keep_more(st, rest, lang)
+        if rest:
+            lines.append(t("more_hint", lang))
+        return [kit.reply(turn, "\n".join(lines), kind="answer", citations=book.citations(), lang=lang)]
+
+
+class NotHelped:
+    """"That did not help": the count grows with each one (a rephrased question in between keeps
+    it: the same unmet need); at the policy's limit a person takes over."""
+
+    name = "not_helped"
+    claims = frozenset({"not_helped"})
+    searches_own_text = False
+
+    def applies(self, turn: Turn) -> bool:
+        return claims(turn, self.claims) and bool(turn.state.last_query) and not turn.meaning.incident
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        st = turn.state
+        st.failures += 1
+        decision = kit.policy.decide(TurnSignals(failures=st.failures))
+        if decision:
+            return [kit.escalate(turn, "", (), 0.0, decision, kind="handoff")]
+        return [kit.reply(turn, t("not_helped", turn.lang), kind="notice", offer_human=True)]
+
+
+__all__ = ["Empty", "Refusal", "UnknownLanguage", "HumanRequest", "Smalltalk", "More", "NotHelped", "PLACEHOLDER_TICKET"]

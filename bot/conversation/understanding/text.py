@@ -1,0 +1,45 @@
+"""User text as the core stores and reads it: cleaned, normalised, kana-only key words in kanji."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from bot.conversation.kana_readings import KANA_READINGS
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
+def clean_text(text: str | None, max_chars: int) -> str:
+    """User text as stored and processed: control characters removed, whitespace folded, capped."""
+    t = _CONTROL.sub(" ", text or "")
+    t = re.sub(r"[ \t\r\f\v]+", " ", t)
+    t = re.sub(r"\n{3,}", "\n\n", t).strip()
+    return t[:max_chars]
+
+
+# Words frightened users type in kana only; mapped to the kanji the documents use.
+_HAND_WRITTEN = (
+    ("こくさいでんわ", "国際電話"), ("かいがい", "海外"), ("こくさい", "国際"), ("でんわ", "電話"), ("かってに", "勝手に"),
+    ("いまも", "今も"), ("いますぐ", "今すぐ"), ("はっしん", "発信"), ("つうわ", "通話"), ("のっとられ", "乗っ取られ"),
+    ("のっとり", "乗っ取り"), ("せいきゅう", "請求"), ("とまらない", "止まらない"), ("とめたい", "止めたい"),
+    ("とめかた", "止め方"), ("たすけて", "助けて"), ("ひかりでんわ", "ひかり電話"),
+)
+# The hand-written words plus the kana spelling of every Japanese lexicon term (generated:
+# scripts/build_kana_readings.py), longest first so that a whole term wins.
+_KANA_WORDS = tuple(sorted({**dict(KANA_READINGS), **dict(_HAND_WRITTEN)}.items(), key=lambda kv: (-len(kv[0]), kv[0])))
+
+
+def kana_to_kanji(text: str) -> str:
+    """Only the kana-only key words replaced (for retrieval queries: case and spacing kept)."""
+    t = unicodedata.normalize("NFKC", text or "")
+    for kana, kanji in _KANA_WORDS:
+        if kana in t:
+            t = t.replace(kana, kanji)
+    return t
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, kana-only key words in kanji, spaces between Japanese words removed."""
+    t = kana_to_kanji(text).lower()
+    return re.sub(r"(?<=[\u3040-\u30ff\u4e00-\u9fff])\s+(?=[\u3040-\u30ff\u4e00-\u9fff])", "", t)
