@@ -28,6 +28,7 @@ from bot.conversation.passages import for_carrier, in_language
 from bot.ports import Passage, SearchResult
 
 GATE_PATH = Path(__file__).with_name("answerability.json")
+WEAK_TYPES = ("steps", "yesno")
 FEATURES = ("sentence", "question", "confidence", "overlap", "typed", "coverage", "unknown")
 # Until a fit exists: a close sentence or section question with a confident search answers.
 DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0, "overlap": 0.5,
@@ -64,10 +65,9 @@ class AnswerTypes:
 
     def cue(self, question: str) -> composer.Cue | None:
         """A test of "does this sentence give the asked kind of answer", or None when none is asked.
-        `steps` and `yesno` are weak cues: used only when nothing more specific is asked."""
-        asked = self.asked(question)
-        specific = [a for a in asked if a not in ("steps", "yesno")]
-        names = specific or asked
+        `steps` and `yesno` are too weak to pick a sentence by (nearly every sentence of a guide
+        gives a step): they never count here."""
+        names = [a for a in self.asked(question) if a not in WEAK_TYPES]
         if not names:
             return None
         patterns = [self.types[n][1] for n in names]

@@ -162,6 +162,7 @@ _LEANING = re.compile(
     r"^(this|these|that|those|such|it|they|also|however|in (that|this|such) case|as a result|otherwise|instead)\b|"
     r"^(これ|それ|その|この|こう|そう|また、|なお、|ただし、|そのため|このため|そこで|一方、)", re.IGNORECASE)
 Cue = Callable[[str], bool]  # does a sentence give the kind of answer asked for?
+STANDING_POOL = 0.8  # with the retriever's scores: sections this close to the best one may contribute sentences
 
 
 def pieces_of(
@@ -187,6 +188,7 @@ def pieces_of(
     # A document's one-line summary passage (chunk id "<doc>#s", see retrieval/chunking.py) lists
     # topics rather than saying what to do: it goes after the sections, and is left out when a
     # section of the same document was retrieved (it would repeat it).
+    top_score = max((p.score for p in passages), default=0.0)
     sections = {p.doc_id for p in passages if not p.chunk_id.endswith("#s")}
     passages = sorted((p for p in passages if not (p.chunk_id.endswith("#s") and p.doc_id in sections)),
                       key=lambda p: p.chunk_id.endswith("#s"))
@@ -194,6 +196,8 @@ def pieces_of(
         if p.chunk_id in seen:
             continue
         seen.add(p.chunk_id)
+        if p.sentence_scores and rank > 0 and top_score > 0 and p.score < STANDING_POOL * top_score:
+            continue  # a section well behind the best one in this search does not answer the question
         src = Source.of(p)
         lead_section = not p.heading and not p.chunk_id.endswith("#s")
         # "<doc>#2.1" continues section 2: its first sentence does not open anything
@@ -210,7 +214,10 @@ def pieces_of(
             typed = bool(cue and cue(sentence))
             if sims:
                 sim = float(sims[i])
-                score = sim + 0.25 * min(overlap, 1.5) + (0.15 if typed else 0.0) + 0.06 / (1 + rank)
+                # the section's own standing in this search counts too: a sentence of the best
+                # section leads unless another section has a clearly closer one
+                standing = p.score / top_score if top_score > 0 else 0.0
+                score = sim + 0.25 * min(overlap, 1.5) + (0.2 if typed else 0.0) + 0.2 * standing
             else:
                 sim = None
                 score = overlap + (0.5 if is_action(sentence) else 0.0) + 1.0 / (1 + rank) + (0.4 if typed else 0.0)
@@ -234,7 +241,7 @@ def _redundant(piece: Piece, chosen: Sequence[Piece]) -> bool:
         return False
     for c in chosen:
         b = terms(c.text)
-        if b and len(a & b) / min(len(a), len(b)) >= 0.7:
+        if b and len(a & b) / min(len(a), len(b)) >= 0.6:
             return True
     return False
 
@@ -261,7 +268,7 @@ def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece]
         if p is best:
             return True
         if with_sims:
-            return p.score >= best.score - (0.2 if p.typed else 0.12) and measure(p.text, lang) >= min_len
+            return p.score >= best.score - (0.15 if p.typed else 0.1) and measure(p.text, lang) >= min_len
         return p.rank == 0 or (p.overlap >= bar and measure(p.text, lang) >= min_len)
 
     items_of: dict[tuple[int, int], list[Piece]] = {}

@@ -28,7 +28,10 @@ from bot.ports import Passage, SearchResult
 from bot.retrieval.analysis import Analyzer
 from bot.retrieval.confidence import Calibrator, Features
 from bot.retrieval.documents import CARRIERS, DocumentError, load_documents
-from bot.retrieval.fusion import max_rrf, rrf
+from bot.retrieval.fusion import RRF_K, max_rrf, rrf
+from bot.retrieval.rerank import CANDIDATES as RERANK_CANDIDATES
+from bot.retrieval.rerank import FEATURES as RERANK_FEATURES
+from bot.retrieval.rerank import Reranker
 from bot.retrieval.lexical_index import LexicalIndex
 from bot.retrieval.lexicon import Lexicon, default_lexicon_path
 from bot.retrieval.sections import strip_markers
@@ -112,6 +115,8 @@ class HybridRetriever:
         self.question_keys = True  # sections' questions as retrieval keys (False: text rows only, for comparison)
         self.question_dense_weight = QUESTION_DENSE_WEIGHT
         self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
+        self.reranker = Reranker.load()  # None: the fused order stands (bot/retrieval/rerank.py)
+        self.last_candidates: tuple[list[str], np.ndarray] | None = None  # for scripts/fit_reranker.py
         # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
         # for good when the corpus is small (settings.dense_exact_max_chunks).
         self._vectors: np.ndarray | None = None
@@ -297,7 +302,17 @@ class HybridRetriever:
                 fused[key] *= self.other_language_factor
             if self.source_kind_factor != 1.0 and doc.get("kind") == "source":
                 fused[key] *= self.source_kind_factor
-        ranked = _give_way(sorted(fused.items(), key=lambda kv: (-kv[1], kv[0])), self.store.sections)
+        ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        sentence_sims: dict[str, np.ndarray] = {}
+        head = ranked[:RERANK_CANDIDATES]
+        features = self._candidate_features([key for key, _ in head], rankings, weights, dense_hits, lex_score,
+                                            qv, pref, sentence_sims)
+        self.last_candidates = ([key for key, _ in head], features)
+        if self.reranker is not None and head:
+            order = np.argsort(-self.reranker.scores(features), kind="stable")
+            ranked = [head[i] for i in order] + ranked[RERANK_CANDIDATES:]
+        else:
+            ranked = _give_way(ranked, self.store.sections)
 
         passages: list[Passage] = []
         per_doc: dict[str, int] = {}
@@ -311,7 +326,7 @@ class HybridRetriever:
             if len(passages) >= k or per_doc.get(did, 0) >= self.max_per_doc:
                 continue
             per_doc[did] = per_doc.get(did, 0) + 1
-            passages.append(self._section_passage(key, score, qv, dense_hits))
+            passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims))
 
         conf = 0.0
         if passages:
@@ -335,18 +350,56 @@ class HybridRetriever:
         """A ranking of rows as a ranking of their sections (each at its best row's rank)."""
         return list(dict.fromkeys(self.store.rows[self.store.row_of[cid]]["section"] for cid in row_ids))
 
-    def _section_passage(self, key: str, score: float, qv: np.ndarray, dense_hits: list[tuple[str, float]]) -> Passage:
-        sec = self.store.sections[key]
-        d = self.store.docs.get(sec["doc_id"], {})
-        n = len(sec.get("sentences") or ())
-        start = int(sec.get("sentence_offset", 0))
-        sims = self.store.sentence_vectors[start:start + n] @ qv if n else np.zeros(0)
+    def _sentence_sims(self, key: str, qv: np.ndarray, cache: dict[str, np.ndarray]) -> np.ndarray:
+        if key not in cache:
+            sec = self.store.sections[key]
+            n = len(sec.get("sentences") or ())
+            start = int(sec.get("sentence_offset", 0))
+            cache[key] = self.store.sentence_vectors[start:start + n] @ qv if n else np.zeros(0)
+        return cache[key]
+
+    def _question_score(self, key: str, qv: np.ndarray, dense_hits: list[tuple[str, float]]) -> float:
         q_rows = self.store.questions_of.get(key, ())
         if self._vectors is not None and q_rows:
-            q_score = float(np.max(self._vectors[list(q_rows)] @ qv))
-        else:  # without the row vectors in memory (a large Chroma index): the dense hits say what they can
-            q_ids = {self.store.chunk_ids[i] for i in q_rows}
-            q_score = max((s for cid, s in dense_hits if cid in q_ids), default=0.0)
+            return float(np.max(self._vectors[list(q_rows)] @ qv))
+        # without the row vectors in memory (a large Chroma index): the dense hits say what they can
+        q_ids = {self.store.chunk_ids[i] for i in q_rows}
+        return max((s for cid, s in dense_hits if cid in q_ids), default=0.0)
+
+    def _candidate_features(self, keys: list[str], rankings: list[list[str]], weights: tuple[float, ...],
+                            dense_hits: list[tuple[str, float]], lex_score: dict[str, float], qv: np.ndarray,
+                            pref: str, sentence_sims: dict[str, np.ndarray]) -> np.ndarray:
+        """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py)."""
+        contribution = []
+        for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)), list(weights) + [0.0] * (4 - len(weights))):
+            contribution.append({key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)})
+        dense_text: dict[str, float] = {}
+        for cid, score in dense_hits:
+            row = self.store.rows[self.store.row_of[cid]]
+            if row.get("kind") != "question":
+                dense_text[row["section"]] = max(dense_text.get(row["section"], -1.0), score)
+        bm25: dict[str, float] = {}
+        for cid, score in lex_score.items():
+            sec = self.store.rows[self.store.row_of[cid]]["section"]
+            bm25[sec] = max(bm25.get(sec, 0.0), score)
+        out = np.zeros((len(keys), len(RERANK_FEATURES)))
+        for i, key in enumerate(keys):
+            doc = self.store.docs.get(self.store.sections[key]["doc_id"], {})
+            sims = self._sentence_sims(key, qv, sentence_sims)
+            b = bm25.get(key, 0.0)
+            out[i] = (contribution[0].get(key, 0.0) * 60, contribution[1].get(key, 0.0) * 60,
+                      contribution[2].get(key, 0.0) * 60, contribution[3].get(key, 0.0) * 60,
+                      max(0.0, dense_text.get(key, 0.0)), self._question_score(key, qv, dense_hits), b / (b + 5.0),
+                      float(sims.max()) if len(sims) else 0.0, float(key.endswith("#0")), float(key.endswith("#s")),
+                      float(doc.get("kind") == "source"), float(doc.get("language") != pref))
+        return out
+
+    def _section_passage(self, key: str, score: float, qv: np.ndarray, dense_hits: list[tuple[str, float]],
+                         sentence_sims: dict[str, np.ndarray]) -> Passage:
+        sec = self.store.sections[key]
+        d = self.store.docs.get(sec["doc_id"], {})
+        sims = self._sentence_sims(key, qv, sentence_sims)
+        q_score = self._question_score(key, qv, dense_hits)
         return Passage(
             chunk_id=key, doc_id=sec["doc_id"], text=sec["text"], score=round(float(score), 6),
             title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),
