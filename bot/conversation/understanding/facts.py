@@ -73,7 +73,7 @@ _AMOUNT = re.compile("|".join((
     r"\b\d[\d,.]*\s*(?:million|thousand|k|m)?\s*(?:yen|jpy)\b", r"\b(?:usd|us\$|\$)\s*\d[\d,.]*", r"(?:数十|数百|数千)万円",
 )))
 # A calling code as dialled: +232, 00232, 010-232 (Japan's international prefix), 国番号232.
-_CODE = re.compile(r"(?:\+|(?<!\d)00|(?<!\d)010-?|国番号\s*|country code\s*)([1-9]\d{0,2})(?!\d)")
+_CODE = re.compile(r"(?:\+|(?<![\d-])00|(?<![\d-])010-?|国番号\s*|country code\s*)([1-9]\d{0,14})")
 
 
 class FactExtractor:
@@ -85,8 +85,8 @@ class FactExtractor:
         self._country_codes = {str(c.get("code")) for c in countries if c.get("code")}
         self._vendors = [(v["name"], rx) for v in vendors if (rx := _phrase_rx([v["name"], *(v.get("aliases") or [])]))]
         still = status.get("still_happening") or {}
-        self._still_yes = _phrase_rx(still.get("yes") or [])
-        self._still_no = _phrase_rx(still.get("no") or [])
+        self._still_yes = _phrase_rx(still.get("ongoing") or [])
+        self._still_no = _phrase_rx(still.get("over") or [])
         self._vendor_unknown = _phrase_rx(status.get("vendor_unknown") or [])
 
     @classmethod
@@ -163,9 +163,13 @@ class FactExtractor:
                 if (v := m.group(0)) not in f.destinations:
                     f.destinations.append(v)
         for m in _CODE.finditer(norm):
-            code = m.group(1)
-            # the longest known calling code that the digits start with ("2325..." -> +232)
-            known_code = next((code[:n] for n in (3, 2, 1) if code[:n] in self._country_codes), code)
+            digits = m.group(1)
+            # the longest known calling code the digits start with ("2325..." -> +232)
+            known_code = next((digits[:n] for n in (3, 2, 1) if digits[:n] in self._country_codes), None)
+            if known_code is None:
+                if len(digits) > 3:
+                    continue  # a long number with no known code: not a destination we can name
+                known_code = digits
             if (v := "+" + known_code) not in f.destinations:
                 f.destinations.append(v)
         for name, rx in self._vendors:
