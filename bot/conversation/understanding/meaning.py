@@ -21,4 +21,5 @@ class Meaning:
 
     @property
     def incident(self) -> bool:
+        """Fraud going on now, or a bill just found with calls nobody made."""
         return bool(self.intents & {"fraud_now", "fraud_bill"})
