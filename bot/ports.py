@@ -39,6 +39,9 @@ class Passage:
     section_facts: tuple[str, ...] = ()  # fact ids this section states
     question_score: float = 0.0  # cosine of the query to the closest of the section's questions
     sentence_scores: tuple[float, ...] = ()  # cosine of the query to each sentence (bot.text.split_sentences order)
+    # Share of the query's words (weighted by rarity) each sentence contains, as the search analyses
+    # words (Japanese inflections and synonyms included); same order as sentence_scores.
+    sentence_coverage: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

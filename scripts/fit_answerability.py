@@ -3,8 +3,9 @@
     python scripts/fit_answerability.py            # fit, report, save
     python scripts/fit_answerability.py --check    # report the saved gate on the same data, save nothing
 
-Data (development only, never the held-out set): knowledge/eval/answerability_dev.jsonl (questions
-the sources answer and questions they do not), the retrieval development questions
+Data (development only, never the held-out set): knowledge/eval/answerability_dev.jsonl and the
+questions of knowledge/eval/dev_labelled/ (questions the sources answer and questions they do not,
+incidents left out), the retrieval development questions
 (knowledge/eval/retrieval*.jsonl: all answered by the sources) and off-topic questions (not
 answered). Each question is searched and composed as the question skill does; the gate's features
 are what the composer saw. L2 logistic regression, classes weighted to balance; the threshold is
@@ -46,6 +47,14 @@ def load_rows() -> list[tuple[str, str, int]]:
             if line.strip():
                 r = json.loads(line)
                 rows.append((r["language"], r["question"], 1))
+    labelled = ROOT / "knowledge" / "eval" / "dev_labelled" / "questions.jsonl"
+    if labelled.exists():  # the development set in the held-out format: questions as users ask them
+        for line in labelled.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("answerable") in (True, False) and r.get("language") in ("ja", "en") and \
+                        not ({"fraud_now", "fraud_bill"} & set(r.get("intents") or [])):
+                    rows.append((r["language"], r["text"], 1 if r["answerable"] else 0))
     rows += [(lang, q, 0) for lang, q in OFF_TOPIC]
     return rows
 

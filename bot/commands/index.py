@@ -10,11 +10,14 @@ from bot.config import Settings
 
 def run(args, settings: Settings) -> int:
     from bot.conversation.understanding.intents import load_intents
+    from bot.retrieval.documents import load_documents
     from bot.retrieval.index_builder import build_index
     from bot.wiring import prepare_understanding
 
-    load_intents(settings.knowledge_dir)  # a malformed intents file stops here, before any work
-    report = build_index(settings, rebuild=bool(getattr(args, "rebuild", False)), progress=True)
+    # A malformed document or intents file stops here with one line, before any work is done.
+    documents = load_documents(settings.knowledge_dir)
+    load_intents(settings.knowledge_dir)
+    report = build_index(settings, rebuild=bool(getattr(args, "rebuild", False)), progress=True, documents=documents)
     if report.up_to_date:
         print(f"index up to date: {report.documents} documents, {report.chunks} chunks (build {report.build_id})")
     else:

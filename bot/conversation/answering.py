@@ -29,10 +29,10 @@ from bot.ports import Passage, SearchResult
 
 GATE_PATH = Path(__file__).with_name("answerability.json")
 WEAK_TYPES = ("steps", "yesno")
-FEATURES = ("sentence", "question", "confidence", "overlap", "typed", "coverage", "unknown")
+FEATURES = ("sentence", "question", "confidence", "typed", "coverage", "unknown")
 # Until a fit exists: a close sentence or section question with a confident search answers.
-DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0, "overlap": 0.5,
-                                                "typed": 0.5, "coverage": 1.0, "unknown": -2.0}, "threshold": 0.5}
+DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0,
+                                                "typed": 0.5, "coverage": 2.0, "unknown": -2.0}, "threshold": 0.5}
 
 
 class AnswerTypes:
@@ -106,6 +106,7 @@ class Answer:
     features: dict[str, float] = field(default_factory=dict)
     answerability: float = 0.0
     covered: bool = False
+    followup: bool = False  # read together with the conversation's last question
 
     @property
     def confidence(self) -> float:
@@ -115,22 +116,26 @@ class Answer:
 def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequence[Passage],
                   result: SearchResult, cue_asked: bool) -> dict[str, float]:
     """What the gate looks at: how close the best shown sentence and the best section question are
-    to the question, the search's confidence, word overlap, whether the kind of answer asked for was
-    found, and how many of the question's words the top sections contain at all ("Vietnam" and
-    "calling plan" appear in no document: a sign the sources do not cover the question)."""
+    to the question, the search's confidence, whether the kind of answer asked for was found, how
+    much of the question's words (rare ones weigh more) the best shown sentence contains, and the
+    share of its words no document contains at all ("Docomo", "Teams": a sign the sources do not
+    cover the question)."""
     sims = [p.similarity for p in shown if p.similarity is not None]
     typed = 0.0
     if cue_asked:
         typed = 1.0 if any(p.typed for p in shown) else -1.0
-    q_terms = composer.terms(question)
-    found = composer.terms(" ".join(p.text + " " + p.title for p in passages[:3])) if q_terms else frozenset()
+    if any(p.coverage for p in shown):
+        coverage = max(p.coverage for p in shown)
+    else:  # a retriever without word analysis: the composer's word overlap over the top sections
+        q_terms = composer.terms(question)
+        found = composer.terms(" ".join(p.text + " " + p.title for p in passages[:3])) if q_terms else frozenset()
+        coverage = len(q_terms & found) / len(q_terms) if q_terms else 0.0
     return {
         "sentence": max(sims) if sims else 0.0,
         "question": max((p.question_score for p in passages[:3]), default=0.0),
         "confidence": float(result.confidence),
-        "overlap": max((min(p.overlap, 1.5) for p in shown), default=0.0),
         "typed": typed,
-        "coverage": len(q_terms & found) / len(q_terms) if q_terms else 0.0,
+        "coverage": coverage,
         "unknown": float(result.unknown_terms),
     }
 
@@ -142,12 +147,12 @@ class Answerer:
         self.min_confidence = min_confidence  # the bar when there are no sentence similarities
 
     def answer(self, result: SearchResult, lang: str, *, query: str, focus: str | None, budget: int,
-               carrier: str | None = None) -> Answer:
+               carrier: str | None = None, seen: frozenset[str] = frozenset()) -> Answer:
         passages, other_language = in_language(result.passages, lang)
         passages = for_carrier(passages, carrier)
         cue = self.answer_types.cue(focus or query)
         pieces = composer.pieces_of(passages, query, focus=focus, cue=cue, max_passages=max(3, len(passages)))
-        shown, rest = composer.select(pieces, lang, budget)
+        shown, rest = composer.select(pieces, lang, budget, seen)
         features = gate_features(focus or query, shown, passages, result, cue is not None)
         with_sims = any(p.similarity is not None for p in shown)
         # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.

@@ -9,11 +9,13 @@ never cut or rewritten.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from bot.messages import Citation
@@ -128,6 +130,7 @@ class Piece:
     leans_on: int = -1  # index of the sentence (same passage) it cannot be shown without
     similarity: float | None = None  # cosine to the question (the retriever's sentence vectors), when known
     typed: bool = False  # gives the kind of answer the question asks for (a duration, a number...)
+    coverage: float = 0.0  # share of the question's words (weighted by rarity) the sentence contains, when known
 
 
 def pack(pieces: Sequence[Piece]) -> dict[str, Any]:
@@ -163,6 +166,36 @@ _LEANING = re.compile(
     r"^(これ|それ|その|この|こう|そう|また、|なお、|ただし、|そのため|このため|そこで|一方、)", re.IGNORECASE)
 Cue = Callable[[str], bool]  # does a sentence give the kind of answer asked for?
 STANDING_POOL = 0.8  # with the retriever's scores: sections this close to the best one may contribute sentences
+SENTENCE_FEATURES = ("similarity", "coverage", "overlap", "typed", "standing", "rank", "first", "question", "lead", "length")
+SCORER_PATH = Path(__file__).with_name("sentence_scorer.json")
+
+
+class SentenceScorer:
+    """How well a sentence answers the question: a linear model over SENTENCE_FEATURES (fitted by
+    scripts/fit_sentence_scorer.py on the labelled development set: a sentence answers when it
+    contains what the answer must contain), or the hand-set weights below until one is fitted."""
+
+    HAND_SET = {"similarity": 1.0, "coverage": 0.6, "typed": 0.2, "standing": 0.2}
+
+    def __init__(self, weights: dict[str, float], intercept: float = 0.0) -> None:
+        self.w = [float(weights.get(f, 0.0)) for f in SENTENCE_FEATURES]
+        self.intercept = float(intercept)
+
+    @classmethod
+    def load(cls, path: Path = SCORER_PATH) -> "SentenceScorer":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(data["weights"], data.get("intercept", 0.0))
+        except (OSError, ValueError, KeyError):
+            return cls(cls.HAND_SET)
+
+    def __call__(self, features: Sequence[float]) -> float:
+        return self.intercept + sum(w * x for w, x in zip(self.w, features))
+
+
+SENTENCE_SCORER = SentenceScorer.load()
+SAME_SECTION_SLACK = 0.25  # how far below the best sentence another sentence of its section may be, and follow
+SEEN_PENALTY = 0.3  # a sentence the conversation was shown in the last answer
 
 
 def pieces_of(
@@ -204,6 +237,7 @@ def pieces_of(
         continuation = bool(re.search(r"#\d+\.[1-9]\d*$", p.chunk_id))
         units = split_units(p.text)
         sims = p.sentence_scores if len(p.sentence_scores) == len(units) else ()
+        covers = p.sentence_coverage if len(p.sentence_coverage) == len(units) else ()
         for i, (sentence, leans_on) in enumerate(units):
             if leans_on < 0 and i > 0 and _LEANING.search(sentence):
                 leans_on = i - 1
@@ -212,12 +246,15 @@ def pieces_of(
             if fq:
                 overlap += len(fq & st) / math.sqrt(len(fq) + 1)
             typed = bool(cue and cue(sentence))
+            coverage = float(covers[i]) if covers else 0.0
             if sims:
                 sim = float(sims[i])
                 # the section's own standing in this search counts too: a sentence of the best
                 # section leads unless another section has a clearly closer one
                 standing = p.score / top_score if top_score > 0 else 0.0
-                score = sim + 0.25 * min(overlap, 1.5) + (0.2 if typed else 0.0) + 0.2 * standing
+                features = (sim, coverage, min(overlap, 1.5), float(typed), standing, 1.0 / (1 + rank),
+                            float(i == 0), p.question_score, float(lead_section), min(measure(sentence, p.language), 120) / 120)
+                score = SENTENCE_SCORER(features)
             else:
                 sim = None
                 score = overlap + (0.5 if is_action(sentence) else 0.0) + 1.0 / (1 + rank) + (0.4 if typed else 0.0)
@@ -227,7 +264,7 @@ def pieces_of(
                     score += 0.3
             if _META.search(sentence):
                 score -= 1.0
-            out.append(Piece(sentence, src, rank, i, score, overlap, leans_on, sim, typed))
+            out.append(Piece(sentence, src, rank, i, score, overlap, leans_on, sim, typed, coverage))
         rank += 1
         if rank >= max_passages:
             break
@@ -246,7 +283,14 @@ def _redundant(piece: Piece, chosen: Sequence[Piece]) -> bool:
     return False
 
 
-def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece], list[Piece]]:
+def fingerprint(text: str) -> str:
+    """A short key of a sentence, to remember what a conversation was already shown."""
+    import hashlib
+
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+
+
+def select(pieces: Sequence[Piece], lang: str, budget: int, seen: frozenset[str] = frozenset()) -> tuple[list[Piece], list[Piece]]:
     """The sentences that answer, best first, within the budget; the rest (related sentences, in
     document order) is kept for "more".
 
@@ -256,6 +300,9 @@ def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece]
     item on its lead line) comes with it, right before it."""
     if not pieces:
         return [], []
+    if seen:
+        # A follow-up asks something new: what this conversation was just shown comes last.
+        pieces = [replace(p, score=p.score - SEEN_PENALTY) if fingerprint(p.text) in seen else p for p in pieces]
     min_len = 25 if lang == "ja" else 8  # a short line out of its context says little
     ranked = sorted(pieces, key=lambda p: (-p.score, p.rank, p.index))
     best = ranked[0]
@@ -268,7 +315,9 @@ def select(pieces: Sequence[Piece], lang: str, budget: int) -> tuple[list[Piece]
         if p is best:
             return True
         if with_sims:
-            return p.score >= best.score - (0.15 if p.typed else 0.1) and measure(p.text, lang) >= min_len
+            # a section is written to answer as a whole: its other sentences may follow more freely
+            slack = SAME_SECTION_SLACK if p.rank == best.rank else (0.15 if p.typed else 0.1)
+            return p.score >= best.score - slack and measure(p.text, lang) >= min_len
         return p.rank == 0 or (p.overlap >= bar and measure(p.text, lang) >= min_len)
 
     items_of: dict[tuple[int, int], list[Piece]] = {}

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -40,7 +41,7 @@ from bot.retrieval.vector_index import ChromaVectorIndex, chunk_metadata, make_c
 
 log = logging.getLogger(__name__)
 
-ANALYZER_VERSION = "1"
+ANALYZER_VERSION = "2"  # 2: sentence tokens and word rarity in the build
 SPLIT_MODE = "C"  # SudachiPy split mode, chosen by measurement (docs/retrieval.md)
 
 
@@ -214,6 +215,10 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
                 for r in records:
                     n = len(r["sentences"])
                     r["sentence_offset"] = sum(len(v) for v in sentence_vectors)
+                    # each sentence's words as the search analyses them: how much of a question a
+                    # sentence covers is read from these (bot/retrieval/service.py, sentence coverage)
+                    r["sentence_tokens"] = [sorted(set(t for t in analyzer.tokenize(x) if not t.startswith("syn:")))
+                                            for x in r["sentences"]]
                     sentence_vectors.append(vecs[start:start + n])
                     start += n
                     sections.append(r)
@@ -226,6 +231,15 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
                 for r in sections:
                     fh.write(json.dumps(r, ensure_ascii=False) + "\n")
             LexicalIndex.build(token_lists).save(tmp / "bm25")
+            # inverse document frequency of every word over the rows: a rare word of a question
+            # ("Docomo", "Teams") weighs more in how much of it a sentence covers
+            df: dict[str, int] = {}
+            for toks in token_lists:
+                for t in set(toks):
+                    df[t] = df.get(t, 0) + 1
+            n_rows = len(token_lists)
+            idf = {t: round(math.log((n_rows + 1) / (c + 0.5)), 4) for t, c in df.items()}
+            (tmp / "idf.json").write_text(json.dumps(idf, ensure_ascii=False), encoding="utf-8")
             # row-aligned copy of the vectors: lets a fresh process answer before chromadb is imported
             # (service.HybridRetriever.load(defer_chroma=True)); Chroma stays the index of record.
             np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))

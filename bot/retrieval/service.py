@@ -89,9 +89,10 @@ class _Store:
     lang: np.ndarray  # (n,) "ja"/"en"
     carrier_mask: dict[str, np.ndarray]  # carrier -> (n,) bool, including "all"
     docs: dict[str, dict]
-    sections: dict[str, dict]  # section key -> text, facts, sentences, sentence_offset
+    sections: dict[str, dict]  # section key -> text, facts, sentences, sentence_offset, sentence_tokens
     sentence_vectors: np.ndarray  # (sentences, dim)
     questions_of: dict[str, list[int]]  # section key -> rows of its questions
+    idf: dict[str, float]  # word -> inverse document frequency over the rows
 
 
 class HybridRetriever:
@@ -194,6 +195,12 @@ class HybridRetriever:
         return cls(store=store, lexical=lexical, vector=vector, embedder=embedder, analyzer=analyzer, manifest=manifest)
 
     # ------------------------------------------------------------------ Retriever protocol
+    def get_section(self, section_key: str) -> Passage | None:
+        """One section as a passage ("<doc_id>#0": the document's lead), whatever a search returned."""
+        if section_key not in self.store.sections:
+            return None
+        return self._section_passage(section_key, 0.0, None, [], {}, None)
+
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
         """Front matter and body (without the section markers, which only retrieval reads)."""
         d = self.store.docs.get(doc_id)
@@ -304,6 +311,9 @@ class HybridRetriever:
                 fused[key] *= self.source_kind_factor
         ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
         sentence_sims: dict[str, np.ndarray] = {}
+        # the query's words with their rarity (words no document has weigh like the rarest)
+        max_idf = max(self.store.idf.values(), default=1.0)
+        weights_q = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(tokens) if not t.startswith("syn:")}
         head = ranked[:RERANK_CANDIDATES]
         features = self._candidate_features([key for key, _ in head], rankings, weights, dense_hits, lex_score,
                                             qv, pref, sentence_sims)
@@ -326,7 +336,7 @@ class HybridRetriever:
             if len(passages) >= k or per_doc.get(did, 0) >= self.max_per_doc:
                 continue
             per_doc[did] = per_doc.get(did, 0) + 1
-            passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims))
+            passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims, weights_q))
 
         conf = 0.0
         if passages:
@@ -350,7 +360,9 @@ class HybridRetriever:
         """A ranking of rows as a ranking of their sections (each at its best row's rank)."""
         return list(dict.fromkeys(self.store.rows[self.store.row_of[cid]]["section"] for cid in row_ids))
 
-    def _sentence_sims(self, key: str, qv: np.ndarray, cache: dict[str, np.ndarray]) -> np.ndarray:
+    def _sentence_sims(self, key: str, qv: np.ndarray | None, cache: dict[str, np.ndarray]) -> np.ndarray:
+        if qv is None:
+            return np.zeros(0)  # no query: a section fetched by its key
         if key not in cache:
             sec = self.store.sections[key]
             n = len(sec.get("sentences") or ())
@@ -358,7 +370,9 @@ class HybridRetriever:
             cache[key] = self.store.sentence_vectors[start:start + n] @ qv if n else np.zeros(0)
         return cache[key]
 
-    def _question_score(self, key: str, qv: np.ndarray, dense_hits: list[tuple[str, float]]) -> float:
+    def _question_score(self, key: str, qv: np.ndarray | None, dense_hits: list[tuple[str, float]]) -> float:
+        if qv is None:
+            return 0.0
         q_rows = self.store.questions_of.get(key, ())
         if self._vectors is not None and q_rows:
             return float(np.max(self._vectors[list(q_rows)] @ qv))
@@ -394,9 +408,12 @@ class HybridRetriever:
                       float(doc.get("kind") == "source"), float(doc.get("language") != pref))
         return out
 
-    def _section_passage(self, key: str, score: float, qv: np.ndarray, dense_hits: list[tuple[str, float]],
-                         sentence_sims: dict[str, np.ndarray]) -> Passage:
+    def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
+                         sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None) -> Passage:
         sec = self.store.sections[key]
+        total = sum((query_weights or {}).values())
+        coverage = tuple(round(sum(w for t, w in query_weights.items() if t in set(toks)) / total, 4)
+                         for toks in sec.get("sentence_tokens") or ()) if query_weights and total > 0 else ()
         d = self.store.docs.get(sec["doc_id"], {})
         sims = self._sentence_sims(key, qv, sentence_sims)
         q_score = self._question_score(key, qv, dense_hits)
@@ -407,7 +424,7 @@ class HybridRetriever:
             carriers=tuple(d.get("carriers", ())), topics=tuple(d.get("topics", ())), heading=sec.get("heading", ""),
             counterpart=d.get("counterpart"), facts=tuple(d.get("facts", ())), section=key,
             section_facts=tuple(sec.get("facts") or ()), question_score=round(q_score, 4),
-            sentence_scores=tuple(round(float(x), 4) for x in sims),
+            sentence_scores=tuple(round(float(x), 4) for x in sims), sentence_coverage=coverage,
         )
 
 def encode_queries(embedder, texts: list[str]) -> np.ndarray:
@@ -483,6 +500,7 @@ def _load_store(folder: Path) -> _Store:
     sections = {r["section"]: r for r in (json.loads(line) for line in
                 (folder / "sections.jsonl").read_text(encoding="utf-8").splitlines() if line)}
     sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
+    idf = json.loads((folder / "idf.json").read_text(encoding="utf-8"))
     questions_of: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         if r.get("kind") == "question":
@@ -496,7 +514,7 @@ def _load_store(folder: Path) -> _Store:
     return _Store(
         chunk_ids=[r["chunk_id"] for r in rows], rows=rows, row_of={r["chunk_id"]: i for i, r in enumerate(rows)},
         lang=np.array([r["language"] for r in rows]), carrier_mask=carrier_mask, docs=docs,
-        sections=sections, sentence_vectors=sentence_vectors, questions_of=questions_of,
+        sections=sections, sentence_vectors=sentence_vectors, questions_of=questions_of, idf=idf,
     )
 
 

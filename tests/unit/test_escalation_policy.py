@@ -10,7 +10,7 @@ from tests.fakes import shared_understander
 
 
 def is_billing_dispute(text: str) -> bool:
-    return shared_understander().predict(text).has("dispute")
+    return shared_understander().understand(text, None).has("dispute")
 
 
 def test_nothing_to_escalate_for_a_plain_question():

@@ -13,6 +13,7 @@ from bot.conversation.escalation import TurnSignals
 from bot.conversation.skills.base import PLACEHOLDER_TICKET, Toolkit, Turn
 from bot.conversation.texts import LIST_SEP, t
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts, missing_facts
+from bot.conversation.understanding.text import kana_to_kanji
 from bot.messages import Reply
 
 # Labels that mean "and I also ask something" next to an incident; answer types that do too.
@@ -32,9 +33,15 @@ class Incident:
     def applies(self, turn: Turn) -> bool:
         return turn.meaning.incident
 
-    def asks_more(self, turn: Turn) -> bool:
-        return bool(turn.meaning.intents & _QUESTION_LABELS) or any(
-            a in _QUESTION_TYPES for a in self.answerer.answer_types.asked(turn.text))
+    def second_question(self, turn: Turn) -> str:
+        """What the message asks besides "what do I do": its question sentences, or the whole message
+        when it is one sentence that also asks (who pays, how long, which number); "" when none."""
+        if turn.meaning.questions:
+            return " ".join(turn.meaning.questions)
+        if turn.meaning.intents & _QUESTION_LABELS or any(
+                a in _QUESTION_TYPES for a in self.answerer.answer_types.asked(turn.text)):
+            return turn.text
+        return ""
 
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
         st, lang = turn.state, turn.lang
@@ -45,10 +52,12 @@ class Incident:
         decision = kit.policy.decide(TurnSignals(incident=True, requested_human=turn.requested_human))
         fixed = [t("incident_header", lang), ask, t("handoff_urgent", lang, ticket=PLACEHOLDER_TICKET)]
         second, reserve = None, 0
-        if self.asks_more(turn):
-            reserve = kit.budget(lang, fixed) // 3  # a third of the reply answers the other question
-            result = kit.search(turn.text, lang, None)
-            second = self.answerer.answer(result, lang, query=turn.text, focus=turn.text, budget=reserve)
+        question = self.second_question(turn)
+        if question:
+            reserve = kit.budget(lang, fixed) * 2 // 5  # two fifths of the reply answer the other question
+            query = kana_to_kanji(question)
+            result = kit.search(query, lang, None)
+            second = self.answerer.answer(result, lang, query=query, focus=question, budget=reserve)
         name = self.extractor.carrier_name(carrier, lang) if carrier else ""
         book = composer.CitationBook()
         steps = containment(kit, lang, carrier, "050" in turn.norm, fixed, name, book=book, reserve=reserve)

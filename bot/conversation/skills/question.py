@@ -20,6 +20,8 @@ SHORT = {"ja": 25, "en": 8}  # a message this short may lean on the previous que
 CARRIER_ONLY = {"ja": 8, "en": 3}  # what is left of "KDDIの場合は？" once the carrier is taken out
 CLOSEST_MIN_SIMILARITY = 0.3  # below this, the "closest facts" are not close: none are shown
 VAGUE_MAX_TERMS = 2  # "どうすればいいの？": too few content words to search without a context
+SHOWN_KEY = "_shown"  # state.facts: fingerprints of the sentences of the last answer
+SHOWN_MAX = 20
 
 
 class Question:
@@ -56,8 +58,12 @@ class Question:
             st.facts.pop(MORE_KEY, None)
             if not st.last_query and len(composer.terms(turn.text)) <= VAGUE_MAX_TERMS and not carriers:
                 return [kit.reply(turn, t("clarify", lang), kind="clarify", confidence=answer.confidence)]
+            if not answer.followup:
+                st.last_query = answer.query[-300:]  # the topic stays, for the follow-up that rephrases it
             return [self._not_covered(turn, kit, answer)]
-        st.last_query = answer.query[-300:]
+        if not answer.followup:
+            st.last_query = answer.query[-300:]  # a follow-up keeps the topic it leaned on
+        st.facts[SHOWN_KEY] = [composer.fingerprint(p.text) for p in answer.shown][:SHOWN_MAX]
         if answer.passages:
             st.topics = (st.topics + [tp for tp in answer.passages[0].topics if tp not in st.topics])[-6:]
         book = composer.CitationBook()
@@ -77,20 +83,24 @@ class Question:
             [c for c in rest if c.isalnum()]) <= CARRIER_ONLY["ja"]
 
     def _best(self, turn: Turn, kit: Toolkit, query: str, carrier: str | None, budget: int) -> Answer:
-        """The message searched on its own; a short one also with the last question, keeping the
-        reading the gate finds better answered (the message's own reading on a tie)."""
+        """The message searched on its own; a short one in a conversation also with the last
+        question ("how long does it take?" is about what was just discussed). The reading the gate
+        finds better answered wins (the message's own on a tie)."""
         lang = turn.lang
-        own = self._answer(kit, query, turn.text, lang, carrier, budget)
+        seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
+        own = self._answer(kit, query, turn.text, lang, carrier, budget, seen)
         last = turn.state.last_query
         if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
-            joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget)
-            if joined.covered and (not own.covered or joined.answerability > own.answerability + 0.05):
+            joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
+            if joined.covered and (not own.covered or joined.answerability > own.answerability):
+                joined.followup = True
                 return joined
         return own
 
-    def _answer(self, kit: Toolkit, query: str, focus: str, lang: str, carrier: str | None, budget: int) -> Answer:
+    def _answer(self, kit: Toolkit, query: str, focus: str, lang: str, carrier: str | None, budget: int,
+                seen: frozenset[str]) -> Answer:
         result = kit.search(query, lang, carrier)
-        return self.answerer.answer(result, lang, query=query, focus=focus, budget=budget, carrier=carrier)
+        return self.answerer.answer(result, lang, query=query, focus=focus, budget=budget, carrier=carrier, seen=seen)
 
     def _not_covered(self, turn: Turn, kit: Toolkit, answer: Answer) -> Reply:
         lang = turn.lang

@@ -123,15 +123,23 @@ class IntentClassifier:
 
     def predict(self, text: str, vector: np.ndarray | None = None) -> Prediction:
         text = prepare(text)
+        if vector is None and self.w_emb.shape[1] and self.encoder is not None:
+            vector = self.encoder([text])[0]
+        return self._predict(text, vector)
+
+    def predict_many(self, texts: Sequence[str]) -> list[Prediction]:
+        """Several texts (the sentences of one message), embedded in one pass."""
+        prepared = [prepare(t) for t in texts]
+        vectors = self.encoder(prepared) if self.w_emb.shape[1] and self.encoder is not None and prepared else None
+        return [self._predict(t, vectors[i] if vectors is not None else None) for i, t in enumerate(prepared)]
+
+    def _predict(self, text: str, vector: np.ndarray | None) -> Prediction:
         z = self.bias.copy()
         idx, val = self._ngram_vector(text)
         if len(idx):
             z += self.w_ng[:, idx] @ val
-        if self.w_emb.shape[1]:
-            if vector is None:
-                vector = self.encoder([text])[0] if self.encoder is not None else None
-            if vector is not None:
-                z += self.w_emb @ (EMBEDDING_WEIGHT * np.asarray(vector, dtype=np.float64))
+        if self.w_emb.shape[1] and vector is not None:
+            z += self.w_emb @ (EMBEDDING_WEIGHT * np.asarray(vector, dtype=np.float64))
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
         scores = {lab: float(x) for lab, x in zip(self.labels, p)}
         ratios = {lab: float(x / t) for lab, x, t in zip(self.labels, p, self.thresholds)}

@@ -15,6 +15,9 @@ class Meaning:
     unknown_language: bool = False  # letters of a language other than ja/en
     carriers: tuple[str, ...] = ()  # carriers named in this very message, in order
     facts: IncidentFacts = field(default_factory=IncidentFacts)  # this message's facts over what was known
+    # The sentences of the message that ask something (a question label, or a question mark), when
+    # it has several: an incident report's "...and who pays for this?" is answered from these.
+    questions: tuple[str, ...] = ()
 
     def has(self, label: str) -> bool:
         return label in self.intents

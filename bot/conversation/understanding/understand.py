@@ -8,6 +8,7 @@ by the tables of knowledge/lexicon/ (facts.py).
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ class Understander:
         carriers = tuple(self.extractor.carriers(text))
         intents: frozenset[str]
         scores: dict[str, float] = {}
+        questions: tuple[str, ...] = ()
         guard = self.data.command(action or "") or self.data.command(text)
         if guard:
             intents = frozenset([guard])
@@ -44,11 +46,50 @@ class Understander:
             intents = frozenset()
         else:
             pred = self.classifier.predict(text)
+            segments = sentences_of(text)
+            if len(segments) > 1:
+                parts = self.classifier.predict_many(segments)
+                pred = combine(pred, parts)
+                questions = tuple(seg for seg, part in zip(segments, parts)
+                                  if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
+                                  and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred), pred.scores
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
         facts = self.extractor.extract(text, known, ongoing=ongoing)
         return Meaning(intents=intents, scores=scores, detected_language=detected, unknown_language=unknown,
-                       carriers=carriers, facts=facts)
+                       carriers=carriers, facts=facts, questions=questions)
+
+
+SEGMENT_FLOOR = 0.5  # a sentence's label counts when the whole message gives it at least half its threshold
+# Labels a single sentence may add: an incident, and the questions asked beside it. A claim or a
+# request that opens a normal ticket is read on the whole message only ("we were hacked last year,
+# it is fixed" is no dispute, whatever one sentence of it looks like).
+SEGMENT_LABELS = frozenset({"fraud_now", "fraud_bill", "question", "billing_question", "incoming_scam", "thanks"})
+QUESTION_LABELS = frozenset({"question", "billing_question", "incoming_scam", "domestic_billing"})
+MAX_SEGMENTS = 6
+_SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+|\n+")
+
+
+def sentences_of(text: str) -> list[str]:
+    """The sentences of a message ("Calls to Somalia are going out now. Who pays for them?")."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text or "") if p and p.strip()]
+    return [p for p in parts if len(p) >= 4][:MAX_SEGMENTS]
+
+
+def combine(whole: Prediction, parts: list[Prediction]) -> Prediction:
+    """A message often says two things ("calls are going out right now! and who pays?"): its
+    vector mixes them and may pass neither threshold. A label that one of its sentences passes
+    counts too, as long as the whole message gives it some weight (SEGMENT_FLOOR): the whole
+    message keeps the context a single sentence lacks ("last year... now it is fine")."""
+    ratios = dict(whole.ratios)
+    for label, r in whole.ratios.items():
+        if label not in SEGMENT_LABELS:
+            continue
+        best = max((p.ratios[label] for p in parts), default=0.0)
+        if best >= 1.0 and r >= SEGMENT_FLOOR:
+            ratios[label] = max(r, best)
+    labels = frozenset(label for label, r in ratios.items() if r >= 1.0)
+    return Prediction(whole.scores, labels, ratios)
 
 
 def decide(pred) -> frozenset[str]:
@@ -56,8 +97,10 @@ def decide(pred) -> frozenset[str]:
     thresholds, the one that passes it by more wins (near the line, the model's small wobble must
     not open a ticket): a claim about one's own bill against a general question about who pays."""
     labels = set(pred.labels)
-    if {"dispute", "billing_question"} <= labels:
-        labels.discard("billing_question" if pred.ratios["dispute"] > pred.ratios["billing_question"] else "dispute")
+    for general in ("billing_question", "question"):
+        # a claim about one's own bill against a general question (about who pays, or how to prevent it)
+        if {"dispute", general} <= labels:
+            labels.discard(general if pred.ratios["dispute"] > pred.ratios[general] else "dispute")
     # A bill contested as it arrives is both fraud_bill and dispute (an incident: the PBX may still be
     # open); a bill for an incident that is over is a dispute. Calls going on now always win.
     if {"dispute", "fraud_bill"} <= labels and "fraud_now" not in labels and pred.ratios["dispute"] > pred.ratios["fraud_bill"]:
