@@ -149,7 +149,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "body_too_large"}.get(exc.status_code, "http_error")
         if exc.status_code == 400 and "parsing the body" in str(exc.detail):
             code = "invalid_json"
@@ -196,7 +196,8 @@ def create_app(
 
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "x-request-id"], allow_credentials=False, max_age=600)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.http_body_timeout)
     return app
 
 
