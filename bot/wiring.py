@@ -16,10 +16,43 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def build_retriever(settings: Settings, *, progress: bool = False) -> "Retriever":
-    """Open the index (embedded or Chroma server); build it first when there is none."""
+    """Open the index (embedded or Chroma server); build it first when there is none. Searches go
+    through BoundedRetriever (a query's retrieval work is bounded by settings.max_search_chars)."""
     from bot.retrieval.service import open_retriever
 
-    return open_retriever(settings, progress=progress)
+    return BoundedRetriever(open_retriever(settings, progress=progress), settings.max_search_chars)
+
+
+class BoundedRetriever:
+    """A Retriever whose work per query is bounded: a query longer than `max_chars` is cut to its
+    first characters and its last TAIL_CHARS (what a long paste is about is at its start; the
+    core puts the current message after earlier context and retrieval hints at the end, so
+    both ends matter). Analysis, BM25 and the embedding then see at most `max_chars`: a
+    4000-character message costs what a `max_chars` one does. The message itself is recorded
+    and answered whole. Everything else is the wrapped retriever's."""
+
+    TAIL_CHARS = 80
+
+    def __init__(self, inner: "Retriever", max_chars: int) -> None:
+        self.inner = inner
+        self.max_chars = max_chars
+
+    def bound(self, query: str) -> str:
+        if not isinstance(query, str) or len(query) <= self.max_chars:
+            return query
+        tail = min(self.TAIL_CHARS, self.max_chars // 4)
+        return query[: self.max_chars - tail - 1] + " " + query[-tail:]
+
+    def search(self, query: str, k: int = 5, **kwargs):  # noqa: ANN201 - the inner retriever's SearchResult
+        return self.inner.search(self.bound(query), k, **kwargs)
+
+    def prefetch(self, query: str) -> None:
+        prefetch = getattr(self.inner, "prefetch", None)
+        if prefetch is not None:
+            prefetch(self.bound(query))
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - health(), get_document(), wait_ready(), ...
+        return getattr(self.inner, name)
 
 
 def prepare_index(settings: Settings, *, progress: bool = False) -> dict:
