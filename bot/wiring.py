@@ -5,9 +5,13 @@ The only place (with web.create_app) that chooses implementations.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
+
+log = logging.getLogger("bot.wiring")
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.conversation.service import ConversationService
@@ -62,11 +66,61 @@ def prepare_index(settings: Settings, *, progress: bool = False) -> dict:
     return ensure_index(settings, progress=progress)
 
 
-def build_store(settings: Settings) -> "SqlHandoffStore":
-    """SQLite in the data dir, or PostgreSQL when PBXBOT_DATABASE_URL is set; migrated to head."""
+def build_store(settings: Settings, *, attempts: int | None = None,
+                sleep: Callable[[float], None] = time.sleep) -> "SqlHandoffStore":
+    """SQLite in the data dir, or PostgreSQL when PBXBOT_DATABASE_URL is set; migrated to head.
+
+    A database that cannot be reached (not up yet, restarting) is tried `attempts` times
+    (settings.database_start_attempts), 1, 2, 4, then 5 s apart, with one log line per failed
+    attempt; then a ConfigError (one line, never a traceback). A refused login, a missing
+    database or a schema newer than this code is a ConfigError at once: waiting will not help."""
+    from sqlalchemy.exc import DBAPIError
+
+    from bot.handoff.migrate import SchemaError
     from bot.handoff.sql_store import SqlHandoffStore
 
-    return SqlHandoffStore.from_settings(settings)
+    attempts = max(1, attempts or settings.database_start_attempts)
+    where = _database_label(settings)
+    for attempt in range(1, attempts + 1):
+        try:
+            return SqlHandoffStore.from_settings(settings)
+        except SchemaError as exc:
+            raise ConfigError(str(exc)) from None
+        except DBAPIError as exc:
+            reason = _database_error(exc)
+            if _hopeless(reason) or attempt == attempts:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise ConfigError(f"cannot use the database at {where}{tries}: {reason}") from None
+            delay = min(5.0, 2.0 ** (attempt - 1))
+            log.warning("database at %s not reachable (%s); attempt %d of %d, trying again in %.0f s",
+                        where, reason, attempt, attempts, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_HOPELESS = ("password authentication failed", "authentication failed", "does not exist", "no password supplied",
+             "permission denied", "unable to open database file", "role ")
+
+
+def _hopeless(reason: str) -> bool:
+    low = reason.lower()
+    return any(h in low for h in _HOPELESS)
+
+
+def _database_error(exc: Exception) -> str:
+    """The driver's first line (no SQL, no parameters, no password)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return text[:200]
+
+
+def _database_label(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse fails later with its own message
+        return "PBXBOT_DATABASE_URL"
 
 
 def build_conversation_service(
