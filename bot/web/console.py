@@ -41,6 +41,30 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 _TICKET_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 ACTIONS = ("claim", "reply", "resolve")
 
+# What the handlers read themselves, described for the OpenAPI schema (app.openapi(); the fuzz tests
+# generate requests from it): credentials, CSRF values and bodies.
+_STR = {"type": "string"}
+_OPERATOR = [{"name": "Authorization", "in": "header", "required": False, "schema": _STR,
+              "description": "Bearer <operator token>"},
+             {"name": "X-Operator-Name", "in": "header", "required": False, "schema": _STR},
+             {"name": "pbxbot_console", "in": "cookie", "required": False, "schema": _STR}]
+_CSRF = [{"name": "X-CSRF-Token", "in": "header", "required": False, "schema": _STR}]
+
+
+def _form(**fields: dict) -> dict:
+    return {"requestBody": {"content": {"application/x-www-form-urlencoded": {
+        "schema": {"type": "object", "properties": fields}}}}}
+
+
+API_DOC = {"parameters": _OPERATOR}
+API_ACTION_DOC = {"parameters": _OPERATOR + _CSRF, "requestBody": {"content": {"application/json": {
+    "schema": {"type": "object", "properties": {"text": _STR}}}}}}
+LOGIN_DOC = {"parameters": [{"name": "pbxbot_login", "in": "cookie", "required": False, "schema": _STR},
+                            {"name": "pbxbot_device", "in": "cookie", "required": False, "schema": _STR}],
+             **_form(csrf=_STR, name=_STR, secret=_STR)}
+FORM_DOC = {"parameters": [_OPERATOR[2]], **_form(csrf=_STR, text=_STR)}
+PAGE_DOC = {"parameters": [_OPERATOR[2]]}
+
 
 def _iso(dt: datetime | None) -> str | None:
     if dt is None:
@@ -200,7 +224,7 @@ def build_console_router(
                         secure=_secure(request), path="/console")
         return resp
 
-    @router.post("/console/login")
+    @router.post("/console/login", openapi_extra=LOGIN_DOC)
     async def login(request: Request) -> Response:
         form = await request.form()
         if not auth.login_nonce_ok(request, _str(form.get("csrf"))):
@@ -234,7 +258,7 @@ def build_console_router(
         resp.delete_cookie(LOGIN_COOKIE, path="/console", secure=_secure(request), httponly=True, samesite="strict")
         return resp
 
-    @router.post("/console/logout")
+    @router.post("/console/logout", openapi_extra=FORM_DOC)
     async def logout(request: Request) -> Response:
         op = await auth.current_session(request)
         form = await request.form()
@@ -249,7 +273,7 @@ def build_console_router(
 
     # ------------------------------------------------------------ pages
 
-    @router.get("/console")
+    @router.get("/console", openapi_extra=PAGE_DOC)
     async def queue_page(request: Request) -> Response:
         op = await auth.current_session(request)
         if op is None:
@@ -264,7 +288,7 @@ def build_console_router(
 <tbody>{_queue_rows(tickets)}</tbody></table>"""
         return _page("Queue", body, operator=op)
 
-    @router.get("/console/tickets/{ticket_id}")
+    @router.get("/console/tickets/{ticket_id}", openapi_extra=PAGE_DOC)
     async def ticket_page(request: Request, ticket_id: str, notice: str | None = None,
                           error: str | None = None) -> Response:
         op = await auth.current_session(request)
@@ -278,7 +302,7 @@ def build_console_router(
 
     # ------------------------------------------------------------ form actions
 
-    @router.post("/console/tickets/{ticket_id}/{action}")
+    @router.post("/console/tickets/{ticket_id}/{action}", openapi_extra=FORM_DOC)
     async def ticket_action_form(request: Request, ticket_id: str, action: str) -> Response:
         op = await auth.current_session(request)
         if op is None:
@@ -329,7 +353,7 @@ def build_console_router(
         return JSONResponse({"error": "unauthorized", "message": "operator token or console session required"},
                             status_code=401, headers={"WWW-Authenticate": 'Bearer realm="pbxbot"'})
 
-    @router.get("/console/api/tickets")
+    @router.get("/console/api/tickets", openapi_extra=API_DOC)
     async def api_tickets(request: Request, all: bool = False) -> Response:
         op = await _api_operator(request)
         if isinstance(op, Response):
@@ -339,7 +363,7 @@ def build_console_router(
         now = datetime.now(timezone.utc)
         return JSONResponse({"tickets": [ticket_json(t, now) for t in tickets]}, headers={"Cache-Control": "no-store"})
 
-    @router.get("/console/api/tickets/{ticket_id}")
+    @router.get("/console/api/tickets/{ticket_id}", openapi_extra=API_DOC)
     async def api_ticket(request: Request, ticket_id: str) -> Response:
         op = await _api_operator(request)
         if isinstance(op, Response):
@@ -349,7 +373,7 @@ def build_console_router(
             return JSONResponse({"error": "not_found", "message": f"no ticket {ticket_id}"}, status_code=404)
         return JSONResponse(detail_json(detail), headers={"Cache-Control": "no-store"})
 
-    @router.post("/console/api/tickets/{ticket_id}/{action}")
+    @router.post("/console/api/tickets/{ticket_id}/{action}", openapi_extra=API_ACTION_DOC)
     async def api_ticket_action(request: Request, ticket_id: str, action: str) -> Response:
         op = await _api_operator(request)
         if isinstance(op, Response):
