@@ -209,9 +209,6 @@ def run_fuzz(requests: int, *, seed: int = 1, real_core: bool = False, data_dir:
         places = ["bearer", "session", "csrf-api", "csrf-form", "login-nonce", "login-secret", "history", "events",
                   "chat"]
 
-        @hseed(next(seeds))
-        @given(place=st.sampled_from(places), token=_hostile_tokens())
-        @hsettings(quick, max_examples=max(len(places), requests - report.total))
         def hostile(place: str, token: str) -> None:
             try:
                 status = hit(place, token)
@@ -221,7 +218,10 @@ def run_fuzz(requests: int, *, seed: int = 1, real_core: bool = False, data_dir:
                 raise
             report.record(status, f"hostile token in {place}: {token[:40]!r}")
 
-        hostile()
+        while report.total < requests:  # (a few cases the test client cannot send do not count)
+            given(place=st.sampled_from(places), token=_hostile_tokens())(
+                hsettings(quick, max_examples=max(len(places), requests - report.total))(
+                    hseed(next(seeds))(hostile)))()
     report.seconds = time.monotonic() - started
     progress(f"hostile tokens: {report.summary()}")
     return report
