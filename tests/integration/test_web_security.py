@@ -302,3 +302,14 @@ def test_last_event_id_is_bounded(core, last_id, status, caplog):
         if status == 200:
             assert r.text.startswith("retry:")  # not a number of ours: ignored, the stream starts
     no_traceback(caplog)
+
+
+def test_the_widget_limits_each_client_behind_the_proxy_not_the_proxy(core):
+    # 1 message a minute per conversation, 15 per address (PER_ADDRESS_FACTOR): new conversations each time
+    app = create_app(make_settings(trusted_proxies=PROXY, rate_limit_per_minute=1), core=core)
+    with TestClient(app, client=(PROXY, 40000)) as c:
+        one = [c.post("/api/chat", json={"text": "hello"}, headers={"X-Forwarded-For": "198.51.100.1"}).status_code
+               for _ in range(16)]
+        assert one.count(200) == 15 and one[-1] == 429
+        other = c.post("/api/chat", json={"text": "hello"}, headers={"X-Forwarded-For": "198.51.100.2"})
+        assert other.status_code == 200  # another user behind the same proxy is not capped
