@@ -104,7 +104,18 @@ def _header_value(token: str) -> bytes:
 
 def run_fuzz(requests: int, *, seed: int = 1, real_core: bool = False, data_dir: str | None = None,
              progress: Callable[[str], None] = lambda s: None) -> Report:
-    """About `requests` requests in all; returns the statuses seen."""
+    """About `requests` requests in all (at least that many); returns the statuses seen."""
+    bot_log = logging.getLogger("bot")
+    level = bot_log.level
+    bot_log.setLevel(logging.CRITICAL)  # thousands of expected 4xx lines
+    try:
+        return _run_fuzz(requests, seed=seed, real_core=real_core, data_dir=data_dir, progress=progress)
+    finally:
+        bot_log.setLevel(level)
+
+
+def _run_fuzz(requests: int, *, seed: int, real_core: bool, data_dir: str | None,
+              progress: Callable[[str], None]) -> Report:
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, seed as hseed, settings as hsettings, strategies as st
     from hypothesis.errors import Unsatisfiable
@@ -114,7 +125,6 @@ def run_fuzz(requests: int, *, seed: int = 1, real_core: bool = False, data_dir:
 
     report = Report()
     started = time.monotonic()
-    logging.getLogger("bot").setLevel(logging.CRITICAL)  # thousands of expected 4xx lines
     quick = hsettings(max_examples=1, deadline=None, database=None, phases=[Phase.generate],
                       suppress_health_check=list(HealthCheck), print_blob=False)
     seeds = iter(range(seed * 1000, seed * 1000 + 1000))
