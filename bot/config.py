@@ -72,6 +72,26 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     max_text_chars: int = 4000
     rate_limit_per_minute: int = 20
+    # Operator credentials (login form and bearer API): guesses a minute per client address and per
+    # account before further guesses are refused with 429 (bot/web/guesses.py).
+    login_attempts_per_minute: int = Field(default=10, ge=1, le=1000)
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or networks,
+    # "10.0.0.5,192.168.0.0/24,::1" (bot/proxy.py). Unset: forwarded headers are ignored.
+    trusted_proxies: str = ""
+    # Console cookies always get Secure (else: when the request came over https, directly or
+    # through a trusted proxy's X-Forwarded-Proto).
+    secure_cookies: bool = False
+    # Seconds a client may take to send a request's headers / its body before the server gives up
+    # (closes the connection / answers 408). Idle keep-alive connections close after keep_alive.
+    http_header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    http_body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    http_keep_alive_timeout: float = Field(default=5.0, gt=0, le=3600)
+    # Characters of a search query the retrieval work (analysis, BM25, embedding) looks at: its start
+    # and its end (bot/wiring.py: BoundedRetriever). The message itself is recorded and answered
+    # whole. 200 leaves every evaluation case as it was (scripts/bench_message_cost.py).
+    max_search_chars: int = Field(default=200, ge=50, le=100_000)
+    # An unreachable database at start: tries, with a pause of 1, 2, 4, then 5 s between them.
+    database_start_attempts: int = Field(default=10, ge=1, le=1000)
     public_base_url: str | None = None
     # Other origins allowed to call /api/chat from a page embedding widget.js ("https://a,https://b" or "*").
     widget_origins: str = ""

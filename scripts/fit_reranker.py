@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     from bot.retrieval.service import _give_way
-    from bot.wiring import build_retriever
+    from bot.retrieval.service import open_retriever as build_retriever  # the retriever itself, no wrapper
 
     settings = load_settings()
     r = build_retriever(settings)

@@ -112,6 +112,33 @@ def parse_delivery(body: bytes, kind: str) -> tuple[bool, str | None]:
     return True, trigger[0] if trigger else None
 
 
+def response_url_allowed(url: Any, api_url: str | None = None) -> bool:
+    """Whether the bot may POST to a `response_url` from a (signed) request: only Slack's own
+    https://hooks.slack.com, or the host of a configured PBXBOT_SLACK_API_URL other than Slack's
+    (the tests' fake API). Anything else (loopback, the metadata service, another site) is never
+    contacted; the reply goes through chat.postMessage instead."""
+    if not isinstance(url, str) or len(url) > 2048 or not url.isascii() or any(c in url for c in " \r\n\t\\"):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    if parts.username or parts.password:
+        return False
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme == "https" and parts.hostname == "hooks.slack.com" and port in (None, 443):
+        return True
+    if api_url:
+        api = urllib.parse.urlsplit(api_url)
+        if api.hostname and api.hostname != "slack.com" and (parts.scheme, parts.hostname, port) == (
+                api.scheme, api.hostname, api.port):
+            return True
+    return False
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -328,7 +355,10 @@ class SlackChannel(BaseChannel):
         team, user = str(team_id or "T"), str(user_id or "")
         route: dict[str, Any] = {"team_id": team, "user_id": user, "channel": str(channel_id or "")}
         cid = f"slack:{team}:{user}"
-        if isinstance(response_url, str) and response_url.startswith(("https://", "http://")):
+        if response_url and not response_url_allowed(response_url, self.settings.slack_api_url):
+            log.warning("slack: ignoring a response_url outside hooks.slack.com")
+            response_url = None
+        if isinstance(response_url, str):
             route["response_url"] = response_url
             route["response_url_at"] = int(time.time())
             self._response_urls[cid] = [response_url, time.time(), 0]
@@ -363,6 +393,8 @@ class SlackChannel(BaseChannel):
             return None
         url, at, uses = entry
         if time.time() - at > RESPONSE_URL_TTL or uses >= RESPONSE_URL_MAX_USES:
+            return None
+        if not response_url_allowed(url, self.settings.slack_api_url):  # e.g. stored before this check
             return None
         if address.conversation_id in self._response_urls:
             self._response_urls[address.conversation_id][2] += 1

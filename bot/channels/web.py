@@ -13,8 +13,10 @@ Routes (mounted under /api):
   a widget that was disconnected (or reloaded) loses nothing.
 
 The conversation token is an HMAC of the conversation id: only the browser that started the
-conversation can read its events. It is issued with a new id, or echoed when a valid one is
-presented (API clients that choose their own ids can talk but get no token).
+conversation can read its events or write into it. It is issued with a new id, or echoed when a
+valid one is presented. A client may choose its own id: the first message creates the
+conversation and returns its token, and every later message needs that token (403 without it),
+so nobody who learns a conversation's id can write into it.
 
 Events come from the conversation's transcript in the store (bot/channels/web_feed.py): an
 event's ``seq`` is its message id, so history survives restarts and any worker process can serve
@@ -43,6 +45,8 @@ from pydantic import BaseModel, Field
 from bot.channels.base import BaseChannel, guess_language, rate_limited_reply
 from bot.channels.web_feed import POLL_SECONDS, WebFeed, reply_event
 from bot.messages import Address, InboundMessage, Reply
+from bot.proxy import client_address
+from bot.tokens import tokens_equal
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.channels.registry import ChannelRegistry
@@ -57,6 +61,8 @@ KEEPALIVE_SECONDS = 15.0
 # Many users may share one address (an office NAT): this only stops one client from minting
 # a fresh conversation id for every message to escape the per-user limit.
 PER_ADDRESS_FACTOR = 15
+# Event numbers are message ids: a signed 64-bit integer in both databases.
+MAX_SEQ = 2**63 - 1
 
 
 class ChatRequest(BaseModel):
@@ -93,7 +99,7 @@ class WebChannel(BaseChannel):
         return hmac.new(self._key, conversation_id.encode(), hashlib.sha256).hexdigest()[:40]
 
     def token_ok(self, conversation_id: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.token_for(conversation_id), token or "")
+        return tokens_equal(self.token_for(conversation_id), token)
 
     # ------------------------------------------------------------ outbound (ReplySender side)
 
@@ -145,13 +151,18 @@ class WebChannel(BaseChannel):
                 cid = "web:" + cid
         else:
             cid, issued = f"web:{uuid.uuid4()}", True
-        token = self.token_for(cid) if issued or self.token_ok(cid, body.conversation_token) else None
         language = guess_language(text, default=_accept_language(request))
+        if not issued and not self.token_ok(cid, body.conversation_token):
+            # before the per-conversation limit: a stranger's refused posts must not use up its budget
+            if await anyio.to_thread.run_sync(self._exists, cid):
+                log.info("web: write into %s without its token refused", cid)
+                return api_error(403, "invalid_token", "conversation token missing or invalid")
+            issued = True  # a new conversation under an id the client chose: its token goes to this client
+        token = self.token_for(cid)
 
         wait = self.registry.rate_limiter.check(cid)
         if not wait:
-            client = request.client.host if request.client else "-"
-            wait = self._address_limiter.check(f"addr:{client}")
+            wait = self._address_limiter.check(f"addr:{client_address(request, self.settings)}")
         if wait:
             reply = rate_limited_reply(cid, language, wait)
             data = {**reply.to_json(), "error": "rate_limited", "message": reply.answer,
@@ -177,6 +188,9 @@ class WebChannel(BaseChannel):
         first.update(conversation_id=cid, replies=events, conversation_token=token, user_seq=user_seq)
         return JSONResponse(first)
 
+    def _exists(self, conversation_id: str) -> bool:
+        return bool(self.feed.store.transcript(conversation_id, 1))
+
     def _check_access(self, conversation_id: str, token: str | None) -> JSONResponse | None:
         if not _CONV_ID.match(conversation_id) or not conversation_id.startswith("web:"):
             return api_error(422, "invalid_conversation_id", "conversation_id must be a web conversation")
@@ -186,7 +200,7 @@ class WebChannel(BaseChannel):
 
     async def get_history(
         self, conversation_id: str = Query(max_length=128), token: str = Query("", max_length=128),
-        after: int = Query(0, ge=0),
+        after: int = Query(0, ge=0, le=MAX_SEQ),
     ) -> JSONResponse:
         denied = self._check_access(conversation_id, token)
         if denied is not None:
@@ -197,13 +211,16 @@ class WebChannel(BaseChannel):
 
     async def get_events(
         self, request: Request, conversation_id: str = Query(max_length=128),
-        token: str = Query("", max_length=128), after: int = Query(0, ge=0),
+        token: str = Query("", max_length=128), after: int = Query(0, ge=0, le=MAX_SEQ),
         last_event_id: str | None = Header(None, max_length=32),
     ):
         denied = self._check_access(conversation_id, token)
         if denied is not None:
             return denied
-        if last_event_id and last_event_id.isdigit():
+        last_event_id = (last_event_id or "").strip()
+        if last_event_id.isascii() and last_event_id.isdigit():  # anything else: not one of our ids, ignored
+            if int(last_event_id) > MAX_SEQ:
+                return api_error(400, "invalid_last_event_id", f"Last-Event-ID must be at most {MAX_SEQ}")
             after = max(after, int(last_event_id))
         return StreamingResponse(
             self._stream(conversation_id, after),

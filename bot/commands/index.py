@@ -18,6 +18,8 @@ def run(args, settings: Settings) -> int:
     documents = load_documents(settings.knowledge_dir)
     load_intents(settings.knowledge_dir)
     report = build_index(settings, rebuild=bool(getattr(args, "rebuild", False)), progress=True, documents=documents)
+    if report.details.get("repaired"):
+        print(f"the index was damaged ({report.details['repaired']}); rebuilt it from the knowledge base")
     if report.up_to_date:
         print(f"index up to date: {report.documents} documents, {report.chunks} chunks (build {report.build_id})")
     else:

@@ -73,18 +73,27 @@ def _serve(app, log_level: str, *, balanced=None, **where) -> None:
     """uvicorn on `where` (host, port), or accepting by least connections from a socket shared with
     other workers (`balanced` = (socket, board, worker index)); open event streams end as shutdown
     starts."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, log_level=log_level.lower(), access_log=False, proxy_headers=False, server_header=False,
-        timeout_graceful_shutdown=3, log_config=None,  # keep the root handlers (and their secret-masking filter)
-        **where,
-    )
-    server = _Server(config)
+    server = _Server(uvicorn_config(app, log_level, **where))
     server.on_exit = app.state.web_channel.close_streams
     server.balanced = balanced
     # With `balanced`, sockets=[] makes uvicorn build everything but a listener of its own.
     server.run(sockets=[] if balanced else None)
+
+
+def uvicorn_config(app, log_level: str, **where):
+    """uvicorn's configuration for the app (create_app's; its settings on app.state)."""
+    import uvicorn
+
+    from bot.web.timeouts import http_protocol
+
+    settings = app.state.settings
+    return uvicorn.Config(
+        app, log_level=log_level.lower(), access_log=False, proxy_headers=False, server_header=False,
+        timeout_graceful_shutdown=3, log_config=None,  # keep the root handlers (and their secret-masking filter)
+        # slow clients: headers (bot/web/timeouts.py), idle keep-alive; the body's is in the middleware
+        http=http_protocol(settings.http_header_timeout), timeout_keep_alive=settings.http_keep_alive_timeout,
+        **where,
+    )
 
 
 def run_workers(settings: Settings, host: str, port: int, workers: int, generated: str | None) -> int:

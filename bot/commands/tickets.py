@@ -75,7 +75,7 @@ def run(args: Any, settings: Settings, *, out: TextIO | None = None, err: TextIO
 def _open_store(settings: Settings):
     from bot.wiring import build_store
 
-    return build_store(settings)
+    return build_store(settings, attempts=1)  # an operator at a terminal: say so at once, no waiting
 
 
 # ---------------------------------------------------------------- list

@@ -70,6 +70,7 @@ class InMemoryHandoffStore:
         self._next_message_id = 1
         self._exclusive = common.TryLocks()
         self._next_outbox_id = 1
+        self._revoked_sessions: dict[str, datetime] = {}
 
     def _now(self) -> datetime:
         return common.as_utc(self._clock())
@@ -380,6 +381,16 @@ class InMemoryHandoffStore:
             if o.ticket_id and o.ticket_id in self._tickets:
                 self._audit_add(o.ticket_id, "system", "delivery_failed",
                                 f"outbox #{o.id} attempt {o.attempts}: {o.last_error[:200]}")
+
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        with self._lock:
+            now = self._now()
+            self._revoked_sessions = {k: v for k, v in self._revoked_sessions.items() if v >= now}
+            self._revoked_sessions[sid[:64]] = common.as_utc(expires_at)
+
+    def session_revoked(self, sid: str) -> bool:
+        with self._lock:
+            return sid[:64] in self._revoked_sessions
 
     def outbox_status(self, item_id: int) -> dict[str, Any] | None:
         """status, attempts, last_error, sent_at of one outbox item (for tests and the console)."""

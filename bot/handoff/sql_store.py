@@ -31,7 +31,7 @@ from sqlalchemy.pool import StaticPool
 
 from bot.handoff import common, sqlite_lean
 from bot.handoff.migrate import current_revision, upgrade_to_head
-from bot.handoff.models import AuditRow, ConversationRow, MessageRow, OutboxRow, TicketRow
+from bot.handoff.models import AuditRow, ConversationRow, MessageRow, OutboxRow, RevokedSessionRow, TicketRow
 from bot.messages import Address, Reply, utcnow
 from bot.ports import (
     AuditEntry,
@@ -646,6 +646,24 @@ class SqlHandoffStore:
                 return None
             return {"status": r.status, "attempts": r.attempts, "last_error": r.last_error,
                     "sent_at": r.sent_at, "ticket_id": r.ticket_id}
+
+    # ------------------------------------------------------------ console sessions
+
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        """Refuse the console session `sid` from now until `expires_at` (logout); forgets expired ones."""
+        now, table = self._now(), RevokedSessionRow.__table__
+        try:
+            with self._write() as conn:
+                conn.execute(table.delete().where(table.c.expires_at < now))
+                if conn.execute(select(table.c.sid).where(table.c.sid == sid[:64])).first() is None:
+                    conn.execute(insert(table).values(sid=sid[:64], expires_at=common.as_utc(expires_at)))
+        except IntegrityError:  # the same session revoked at once by another worker
+            pass
+
+    def session_revoked(self, sid: str) -> bool:
+        with self._read() as conn:
+            row = conn.execute(select(RevokedSessionRow.sid).where(RevokedSessionRow.sid == sid[:64])).first()
+        return row is not None
 
 
 # ---------------------------------------------------------------- prebuilt Core statements

@@ -9,6 +9,12 @@ Layout under settings.index_dir:
   embcache/<embedder>/     per-document vectors keyed by the document's content hash + chunker version:
                            re-indexing re-embeds only documents whose content changed.
 A build takes an exclusive lock (index_dir/.build.lock) so two processes never build at once.
+
+Damage: the manifest lists a SHA-256 of every file of its build. `verify_build` checks them (a few
+ms; every start does, through service.ensure_index): a damaged build stops start-up with one line
+naming the fix, `pbxbot index` rebuilds it instead of calling it up to date, and `pbxbot index
+--rebuild` recovers from any damaged file: the build, the embedding cache (not read), or the
+embedded Chroma database (moved aside to chroma.damaged and made anew).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.retrieval.analysis import Analyzer
 from bot.retrieval.chunking import CHUNKER_VERSION, Chunk, chunk_document
 from bot.retrieval.documents import Document, load_documents
@@ -43,6 +49,49 @@ log = logging.getLogger(__name__)
 
 ANALYZER_VERSION = "2"  # 2: sentence tokens and word rarity in the build
 SPLIT_MODE = "C"  # SudachiPy split mode, chosen by measurement (docs/retrieval.md)
+
+
+class IndexDamaged(ConfigError):
+    """A file of the served index is missing or damaged; the message names it and the fix."""
+
+
+REBUILD_HINT = "run `pbxbot index --rebuild`"
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """{path relative to the build folder: sha256} of every file of a build but its manifest."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            out[p.relative_to(folder).as_posix()] = _sha256(p)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_build(index_dir: Path, manifest: dict) -> str | None:
+    """None when every file of the build is there and intact; else what is wrong, naming the file.
+    A build made before checksums were recorded is checked for its files only."""
+    folder = Path(index_dir) / "builds" / str(manifest.get("build_id"))
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        files = {name: None for name in ("chunks.jsonl", "documents.json", "bm25/params.index.json")}
+    for rel, digest in files.items():
+        path = folder / rel
+        try:
+            if not path.is_file():
+                return f"{path} is missing"
+            if digest is not None and _sha256(path) != digest:
+                return f"{path} is damaged (its checksum does not match)"
+        except OSError as exc:
+            return f"{path} cannot be read ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 @dataclass
@@ -184,9 +233,15 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
     fp = fingerprint(docs, spec, lexicon, chroma_target(settings), split_mode)
     with build_lock(index_dir):
         current = read_current(index_dir)
+        repaired = None
         if current and current.get("fingerprint") == fp and not rebuild:
-            return BuildReport(current["build_id"], len(docs), current["chunks"], 0, len(docs),
-                               time.perf_counter() - t0, up_to_date=True, collection=current["collection"])
+            repaired = verify_build(index_dir, current) or _chroma_problem(settings, current)
+            if repaired is None and "files" in current:
+                return BuildReport(current["build_id"], len(docs), current["chunks"], 0, len(docs),
+                                   time.perf_counter() - t0, up_to_date=True, collection=current["collection"])
+            if repaired is not None:  # nothing it was made from is trusted: re-embed everything
+                log.warning("the index is damaged (%s); rebuilding it", repaired)
+                rebuild = True
         build_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
         builds = index_dir / "builds"
         tmp = builds / f".tmp-{build_id}"
@@ -249,15 +304,15 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             (tmp / "documents.json").write_text(
                 json.dumps([d.to_json() for d in docs], ensure_ascii=False), encoding="utf-8")
             collection = f"pbxbot-{build_id}"
-            client = make_client(settings)
-            vindex = ChromaVectorIndex.create(client, collection, spec)
-            vindex.add([r["chunk_id"] for r in rows], vectors, metas)
+            _store_vectors(settings, collection, spec, [r["chunk_id"] for r in rows], vectors, metas,
+                           repair=rebuild)
             manifest = {
                 "build_id": build_id, "fingerprint": fp, "embedder": spec, "dim": int(vectors.shape[1]) if rows else 0,
                 "collection": collection, "chroma": chroma_target(settings), "documents": len(docs), "chunks": len(rows),
                 "chunker_version": CHUNKER_VERSION, "analyzer_version": ANALYZER_VERSION, "split_mode": split_mode,
                 "lexicon": lexicon.version_key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "doc_hashes": {d.id: d.content_hash for d in docs}, "files_stamp": stamp,
+                "files": file_checksums(tmp),
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
             final = builds / build_id
@@ -270,7 +325,49 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             raise
         _cleanup(settings, index_dir, keep={build_id, (current or {}).get("build_id")})
         return BuildReport(build_id, len(docs), len(rows), embedded, reused, time.perf_counter() - t0,
-                           collection=collection)
+                           collection=collection, details={"repaired": repaired} if repaired else {})
+
+
+def _chroma_problem(settings: Settings, manifest: dict) -> str | None:
+    """What is wrong with the build's collection in the embedded Chroma database, or None."""
+    if settings.chroma_url:
+        return None  # a server's health is the server's; serving reports a missing collection
+    try:
+        vindex = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
+        count = vindex.collection.count()
+    except Exception as exc:  # noqa: BLE001 - reported, then rebuilt
+        return f"the Chroma database in {Path(settings.index_dir) / 'chroma'} cannot be used ({type(exc).__name__})"
+    if count != manifest.get("chunks"):
+        return f"the Chroma collection {manifest['collection']} holds {count} of {manifest.get('chunks')} chunks"
+    return None
+
+
+def _store_vectors(settings: Settings, collection: str, spec: str, ids: list[str], vectors: np.ndarray,
+                   metas: list[dict], *, repair: bool) -> None:
+    """The build's collection in Chroma. An embedded Chroma database that cannot be used: with
+    `repair` (pbxbot index --rebuild) moved aside to chroma.damaged and made anew (it holds
+    nothing the knowledge base cannot rebuild); without, a clear IndexDamaged."""
+    try:
+        ChromaVectorIndex.create(make_client(settings), collection, spec).add(ids, vectors, metas)
+        return
+    except ConfigError:
+        raise
+    except Exception as exc:
+        if settings.chroma_url:
+            raise
+        folder = Path(settings.index_dir) / "chroma"
+        if not repair:
+            raise IndexDamaged(f"the Chroma database in {folder} cannot be used ({type(exc).__name__}: "
+                               f"{str(exc)[:120]}); {REBUILD_HINT}") from None
+        log.warning("the Chroma database in %s cannot be used (%s); moving it aside and starting a new one",
+                    folder, type(exc).__name__)
+    from bot.retrieval.vector_index import forget_client
+
+    forget_client(settings)
+    aside = folder.with_name("chroma.damaged")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    ChromaVectorIndex.create(make_client(settings), collection, spec).add(ids, vectors, metas)
 
 
 def _cleanup(settings: Settings, index_dir: Path, keep: set) -> None:

@@ -167,9 +167,10 @@ class HybridRetriever:
                     r.vector = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
                     if not exact:
                         r._vectors = None
-                except Exception:  # keep answering from our own vectors; say why in the log
-                    log.exception("could not open the Chroma collection %s; dense search stays on numpy",
-                                  manifest["collection"])
+                except Exception as exc:  # keep answering from our own vectors; say why in one line
+                    log.error("could not open the Chroma collection %s (%s: %s); dense search stays on the "
+                              "build's own vectors; run `pbxbot index --rebuild`", manifest["collection"],
+                              type(exc).__name__, str(exc)[:160])
 
             r._attach_thread = threading.Thread(target=attach, name="pbxbot-chroma-open", daemon=True)
             r._attach_thread.start()
@@ -548,7 +549,16 @@ def ensure_index(settings: Settings, *, progress: bool = False, manifest: dict |
     """The current index's manifest, after building or refreshing the index when the documents,
     lexicon or embedder changed (`pbxbot serve --workers N` calls this once before starting the
     workers, so they never build it N times at once)."""
-    from bot.retrieval.index_builder import build_index, chroma_target, files_stamp, fingerprint, read_current
+    from bot.retrieval.index_builder import (
+        REBUILD_HINT,
+        IndexDamaged,
+        build_index,
+        chroma_target,
+        files_stamp,
+        fingerprint,
+        read_current,
+        verify_build,
+    )
 
     index_dir = Path(settings.index_dir)
     if manifest is None:
@@ -572,4 +582,7 @@ def ensure_index(settings: Settings, *, progress: bool = False, manifest: dict |
             manifest = read_current(index_dir)
     if manifest is None:
         raise ConfigError(f"no retrieval index in {index_dir}; run `pbxbot index`")
+    damage = verify_build(index_dir, manifest)
+    if damage:
+        raise IndexDamaged(f"the retrieval index is damaged: {damage}; {REBUILD_HINT}")
     return manifest

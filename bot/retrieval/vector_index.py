@@ -137,6 +137,19 @@ def make_client(settings) -> Any:
         return client
 
 
+def forget_client(settings) -> None:
+    """Drop this process's embedded client for settings' index (before its folder is replaced)."""
+    path = str((Path(settings.index_dir) / "chroma").resolve())
+    with _CLIENT_LOCK:
+        _PERSISTENT.pop(path, None)
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+    except Exception:  # noqa: BLE001 - older or newer chromadb: a fresh process does it anyway
+        pass
+
+
 def _where(language: str | None, carrier: str | None) -> dict | None:
     clauses: list[dict] = []
     if language:

@@ -31,6 +31,7 @@ from bot.channels import web as web_channel
 from bot.channels.registry import ChannelRegistry
 from bot.config import ConfigError, Settings
 from bot.ports import ConversationCore
+from bot.proxy import parse_trusted_proxies
 from bot.web.auth import OperatorAuth
 from bot.web import background
 from bot.web.console import build_console_router
@@ -64,6 +65,10 @@ def create_app(
     secret_key = (settings.session_secret.get_secret_value().encode()
                   if settings.session_secret and settings.session_secret.get_secret_value()
                   else secrets.token_bytes(32))
+    try:
+        parse_trusted_proxies(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     auth = OperatorAuth(settings, secret_key=secret_key)  # validates PBXBOT_OPERATORS
     if core is None:
         from bot.wiring import build_conversation_service
@@ -71,6 +76,9 @@ def create_app(
         core = build_conversation_service(settings)
 
     registry = ChannelRegistry(settings, core, shared_limits=shared_limits)
+    if hasattr(core.handoff, "session_revoked"):  # revoked sessions in the store: every worker sees them
+        auth.revocations = core.handoff
+    auth.run_sync = registry.run_sync
     web = web_channel.register(registry, settings, core, signing_key=secret_key)
     for name in enabled:
         register_platform(name, registry, settings, core)
@@ -141,7 +149,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "body_too_large"}.get(exc.status_code, "http_error")
         if exc.status_code == 400 and "parsing the body" in str(exc.detail):
             code = "invalid_json"
@@ -188,7 +196,8 @@ def create_app(
 
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "x-request-id"], allow_credentials=False, max_age=600)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.http_body_timeout)
     return app
 
 

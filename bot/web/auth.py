@@ -1,39 +1,52 @@
 """Operator authentication for the console and its API.
 
 * The operator token (PBXBOT_OPERATOR_TOKEN): `Authorization: Bearer <token>` on the API, or
-  typed into the login form. Compared with hmac.compare_digest.
+  typed into the login form. Every token, nonce and CSRF value is compared as bytes in constant
+  time (bot/tokens.py): a non-ASCII value is "wrong", never an error.
 * Operator accounts (PBXBOT_OPERATORS="alice:<bcrypt hash>,bob:<bcrypt hash>"): name and
-  password in the login form, checked with bcrypt (in a worker thread; an unknown name costs
-  the same as a wrong password). Make a hash with
+  password in the login form, checked with bcrypt (in a worker thread). An unknown name is
+  checked against a dummy hash of the same cost as the configured ones, so timing does not tell
+  which names exist. Make a hash with
   ``python -c 'import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())'``.
+* Guesses are limited per client address and per account (bot/web/guesses.py); a browser that
+  logged in as an account keeps a signed known-device cookie, so an attack on the account does
+  not lock that operator out.
 * A console session is a cookie signed with itsdangerous (PBXBOT_SESSION_SECRET, random per
-  process if unset): {"op": name, "csrf": random}; HttpOnly, SameSite=Strict, Secure when the
-  request came over https; 12 hours. Every console POST carries the csrf value (form field
-  `csrf` or header `X-CSRF-Token`), compared in constant time.
+  process if unset): {"op": name, "csrf": random, "sid": random}; HttpOnly, SameSite=Strict,
+  Secure behind https (directly, through a trusted proxy, or PBXBOT_SECURE_COOKIES); 12 hours.
+  Logging out revokes the session id in the store, so a copy of the cookie is dead everywhere
+  (every worker, every machine on one database). Every console POST carries the csrf value
+  (form field `csrf` or header `X-CSRF-Token`).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, Protocol
 
 import bcrypt
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 
 from bot.config import ConfigError, Settings
+from bot.proxy import client_address
+from bot.tokens import tokens_equal
+from bot.web.guesses import TOKEN_ACCOUNT, GuessLimiter
 
 log = logging.getLogger("bot.web.auth")
 
 SESSION_COOKIE = "pbxbot_console"
 LOGIN_COOKIE = "pbxbot_login"
+DEVICE_COOKIE = "pbxbot_device"
 SESSION_MAX_AGE = 12 * 3600
+DEVICE_MAX_AGE = 90 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9._@\-]{1,64}$")
-# Checked against when the name is unknown, so that timing does not tell which names exist.
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=10))
+_COST = re.compile(r"^\$2[abxy]?\$(\d\d)\$")
+DEFAULT_COST = 12  # bcrypt.gensalt()'s
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,30 @@ class Operator:
     name: str
     csrf: str | None  # None for bearer-token API calls (no cookie, so no CSRF exposure)
     via: str  # "session" | "bearer"
+    sid: str | None = None  # the session's id (revoked at logout)
+
+
+class SessionRevocations(Protocol):
+    """Where revoked session ids live (the store: SqlHandoffStore / InMemoryHandoffStore)."""
+
+    def revoke_session(self, sid: str, expires_at: datetime) -> None: ...
+
+    def session_revoked(self, sid: str) -> bool: ...
+
+
+class InProcessRevocations:
+    """Fallback when the store keeps none (one process only)."""
+
+    def __init__(self) -> None:
+        self._revoked: dict[str, datetime] = {}
+
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        now = datetime.now(timezone.utc)
+        self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+        self._revoked[sid] = expires_at
+
+    def session_revoked(self, sid: str) -> bool:
+        return sid in self._revoked
 
 
 def parse_operator_accounts(spec: str | None) -> dict[str, bytes]:
@@ -52,38 +89,63 @@ def parse_operator_accounts(spec: str | None) -> dict[str, bytes]:
             continue
         name, sep, hashed = entry.partition(":")
         name, hashed = name.strip(), hashed.strip()
-        if not sep or not _NAME.match(name) or not hashed.startswith("$2"):
+        if not sep or not _NAME.match(name) or not _COST.match(hashed):
             raise ConfigError(f"PBXBOT_OPERATORS: entry for {name or '?'!r} is not 'name:bcrypt-hash'")
         accounts[name] = hashed.encode()
     return accounts
 
 
+def dummy_hash_for(accounts: dict[str, bytes]) -> bytes:
+    """A hash of the highest cost among the accounts (bcrypt's default without accounts): checking
+    an unknown name then costs what checking the slowest real one does."""
+    costs = [int(m.group(1)) for h in accounts.values() if (m := _COST.match(h.decode("ascii", "replace")))]
+    cost = max(costs) if costs else DEFAULT_COST
+    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=min(max(cost, 4), 31)))
+
+
 class OperatorAuth:
-    def __init__(self, settings: Settings, *, secret_key: bytes) -> None:
+    def __init__(self, settings: Settings, *, secret_key: bytes,
+                 revocations: SessionRevocations | None = None,
+                 run_sync: Callable[..., Awaitable[Any]] | None = None,
+                 guesses: GuessLimiter | None = None) -> None:
+        self.settings = settings
         token = settings.operator_token.get_secret_value().strip() if settings.operator_token else ""
         self._token = token.encode() if token else None
         operators = getattr(settings, "operators", None)
         spec = operators.get_secret_value() if hasattr(operators, "get_secret_value") else operators
         self.accounts = parse_operator_accounts(spec)
+        self._dummy_hash: bytes | None = dummy_hash_for(self.accounts) if self.accounts else None
         self._serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-session")
         self._login_serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-login")
+        self._device_serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-device")
+        self.revocations = revocations if revocations is not None else InProcessRevocations()
+        self.run_sync = run_sync
+        self.guesses = guesses or GuessLimiter(per_minute=settings.login_attempts_per_minute)
 
     @property
     def configured(self) -> bool:
         return self._token is not None or bool(self.accounts)
+
+    async def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        if self.run_sync is None:
+            return func(*args)
+        return await self.run_sync(func, *args)
 
     # ------------------------------------------------------------ credentials
 
     def token_ok(self, token: str | None) -> bool:
         if self._token is None or not token:
             return False
-        return hmac.compare_digest(self._token, token.strip().encode())
+        return tokens_equal(self._token, token.strip())
 
     def password_ok(self, name: str, password: str) -> bool:
-        """Slow (bcrypt): call in a worker thread."""
+        """Slow (bcrypt): call in a worker thread. The same cost for unknown names."""
         hashed = self.accounts.get(name)
+        if hashed is None and self._dummy_hash is None:
+            self._dummy_hash = dummy_hash_for(self.accounts)
+        pw = password.encode("utf-8", "surrogatepass")[:72]
         try:
-            ok = bcrypt.checkpw(password.encode()[:72], hashed or _DUMMY_HASH)
+            ok = bcrypt.checkpw(pw, hashed or self._dummy_hash)  # type: ignore[arg-type]
         except ValueError:
             log.error("operator %s has an unusable password hash", name)
             return False
@@ -92,49 +154,97 @@ class OperatorAuth:
     def login(self, name: str, secret: str) -> str | None:
         """Operator name when `secret` is the operator token or `name`'s password; else None. Slow."""
         name = (name or "").strip()
-        if name and not _NAME.match(name):
-            return None
         if self.token_ok(secret):
-            return name or "operator"
-        if name and self.password_ok(name, secret or ""):
-            return name
+            return name if name and _NAME.match(name) else "operator"
+        if name:
+            # an invalid name costs a check too: timing tells nothing about names
+            ok = self.password_ok(name if _NAME.match(name) else "", secret or "")
+            return name if ok else None
         return None
+
+    @staticmethod
+    def account_of(name: str) -> str:
+        """The account a login-form guess is aimed at (the guess limits count per account)."""
+        name = (name or "").strip()
+        return name if name and _NAME.match(name) else TOKEN_ACCOUNT
 
     # ------------------------------------------------------------ sessions
 
     def new_session(self, name: str) -> tuple[str, str]:
         """(cookie value, csrf token)."""
         csrf = secrets.token_urlsafe(24)
-        return self._serializer.dumps({"op": name, "csrf": csrf}), csrf
+        return self._serializer.dumps({"op": name, "csrf": csrf, "sid": secrets.token_urlsafe(18)}), csrf
 
     def session(self, request: Request) -> Operator | None:
+        """The session the cookie claims (signature and age only; see current_session)."""
         raw = request.cookies.get(SESSION_COOKIE)
         if not raw:
             return None
         try:
             data = self._serializer.loads(raw, max_age=SESSION_MAX_AGE)
-        except BadSignature:
+        except (BadSignature, UnicodeError, ValueError):
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("op"), str) or not isinstance(data.get("csrf"), str):
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("op", "csrf", "sid")):
             return None
-        return Operator(name=data["op"], csrf=data["csrf"], via="session")
+        return Operator(name=data["op"], csrf=data["csrf"], via="session", sid=data["sid"])
 
-    def operator(self, request: Request) -> Operator | None:
-        """From `Authorization: Bearer <operator token>` or the session cookie."""
+    async def current_session(self, request: Request) -> Operator | None:
+        """The cookie's session unless it was revoked (logged out)."""
+        op = self.session(request)
+        if op is None or op.sid is None:
+            return None
+        if await self._call(self.revocations.session_revoked, op.sid):
+            return None
+        return op
+
+    async def revoke(self, op: Operator) -> None:
+        if op.sid:
+            until = datetime.now(timezone.utc) + timedelta(seconds=SESSION_MAX_AGE + 60)
+            await self._call(self.revocations.revoke_session, op.sid, until)
+
+    async def authenticate(self, request: Request) -> tuple[Operator | None, float]:
+        """(operator, 0) from `Authorization: Bearer <operator token>` or the session cookie;
+        (None, 0) when neither; (None, seconds) when bearer guesses from this client are refused."""
         header = request.headers.get("authorization", "")
         if header:
             scheme, _, value = header.partition(" ")
-            if scheme.lower() == "bearer" and self.token_ok(value):
-                name = request.headers.get("x-operator-name", "").strip()
-                return Operator(name=name if _NAME.match(name) else "api", csrf=None, via="bearer")
-            return None  # a wrong token is not rescued by a cookie
-        return self.session(request)
+            address = client_address(request, self.settings)
+            with self.guesses.attempt(address, TOKEN_ACCOUNT) as attempt:
+                if attempt.wait:
+                    log.warning("operator API: bearer guesses from %s refused for %.0f s", address, attempt.wait)
+                    return None, attempt.wait
+                if scheme.lower() == "bearer" and self.token_ok(value):
+                    self.guesses.succeeded(address, TOKEN_ACCOUNT)
+                    name = request.headers.get("x-operator-name", "").strip()
+                    return Operator(name=name if _NAME.match(name) else "api", csrf=None, via="bearer"), 0.0
+                attempt.failed()
+            return None, 0.0  # a wrong token is not rescued by a cookie
+        return await self.current_session(request), 0.0
 
     @staticmethod
     def csrf_ok(operator: Operator, presented: str | None) -> bool:
         if operator.via == "bearer":
             return True
-        return bool(presented) and operator.csrf is not None and hmac.compare_digest(operator.csrf, presented or "")
+        return tokens_equal(operator.csrf, presented)
+
+    # ------------------------------------------------------------ known devices
+
+    def new_device(self, account: str) -> str:
+        """The known-device cookie for a browser that just logged in as `account`."""
+        return self._device_serializer.dumps({"acct": account, "dev": secrets.token_urlsafe(12)})
+
+    def device_id(self, request: Request, account: str) -> str | None:
+        """This browser's device id when it holds a valid known-device cookie for `account`."""
+        raw = request.cookies.get(DEVICE_COOKIE)
+        if not raw:
+            return None
+        try:
+            data = self._device_serializer.loads(raw, max_age=DEVICE_MAX_AGE)
+        except (BadSignature, UnicodeError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("acct") != account or not isinstance(data.get("dev"), str):
+            return None
+        return data["dev"]
 
     # ------------------------------------------------------------ the login form's own CSRF (double submit)
 
@@ -149,10 +259,6 @@ class OperatorAuth:
             return False
         try:
             nonce = self._login_serializer.loads(form_value, max_age=3600)
-        except BadSignature:
+        except (BadSignature, UnicodeError, ValueError):
             return False
-        return isinstance(nonce, str) and hmac.compare_digest(nonce, cookie)
-
-
-def cookie_secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+        return isinstance(nonce, str) and tokens_equal(nonce, cookie)

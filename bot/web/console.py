@@ -22,9 +22,17 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from bot.channels.base import RateLimiter
 from bot.ports import ConversationCore, HandoffError, Ticket, TicketDetail
-from bot.web.auth import LOGIN_COOKIE, SESSION_COOKIE, SESSION_MAX_AGE, Operator, OperatorAuth, cookie_secure
+from bot.proxy import client_address, cookie_secure
+from bot.web.auth import (
+    DEVICE_COOKIE,
+    DEVICE_MAX_AGE,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    Operator,
+    OperatorAuth,
+)
 
 log = logging.getLogger("bot.web.console")
 
@@ -32,6 +40,30 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 _TICKET_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 ACTIONS = ("claim", "reply", "resolve")
+
+# What the handlers read themselves, described for the OpenAPI schema (app.openapi(); the fuzz tests
+# generate requests from it): credentials, CSRF values and bodies.
+_STR = {"type": "string"}
+_OPERATOR = [{"name": "Authorization", "in": "header", "required": False, "schema": _STR,
+              "description": "Bearer <operator token>"},
+             {"name": "X-Operator-Name", "in": "header", "required": False, "schema": _STR},
+             {"name": "pbxbot_console", "in": "cookie", "required": False, "schema": _STR}]
+_CSRF = [{"name": "X-CSRF-Token", "in": "header", "required": False, "schema": _STR}]
+
+
+def _form(**fields: dict) -> dict:
+    return {"requestBody": {"content": {"application/x-www-form-urlencoded": {
+        "schema": {"type": "object", "properties": fields}}}}}
+
+
+API_DOC = {"parameters": _OPERATOR}
+API_ACTION_DOC = {"parameters": _OPERATOR + _CSRF, "requestBody": {"content": {"application/json": {
+    "schema": {"type": "object", "properties": {"text": _STR}}}}}}
+LOGIN_DOC = {"parameters": [{"name": "pbxbot_login", "in": "cookie", "required": False, "schema": _STR},
+                            {"name": "pbxbot_device", "in": "cookie", "required": False, "schema": _STR}],
+             **_form(csrf=_STR, name=_STR, secret=_STR)}
+FORM_DOC = {"parameters": [_OPERATOR[2]], **_form(csrf=_STR, text=_STR)}
+PAGE_DOC = {"parameters": [_OPERATOR[2]]}
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -155,18 +187,22 @@ def build_console_router(
     on_reply: Callable[[], None] = lambda: None,
 ) -> APIRouter:
     router = APIRouter(tags=["console"])
-    login_limiter = RateLimiter(10)
     handoff = core.handoff
+    settings = auth.settings
+
+    def _secure(request: Request) -> bool:
+        return cookie_secure(request, settings)
 
     # ------------------------------------------------------------ login / logout
 
     @router.get("/console/login")
     async def login_page(request: Request, error: str | None = None) -> Response:
-        if auth.session(request) is not None:
+        if await auth.current_session(request) is not None:
             return RedirectResponse("/console", status_code=303)
         return _login_form(request, error=error)
 
-    def _login_form(request: Request, *, error: str | None = None, status: int = 200) -> Response:
+    def _login_form(request: Request, *, error: str | None = None, status: int = 200,
+                    headers: dict[str, str] | None = None) -> Response:
         nonce, signed = auth.new_login_nonce()
         note = "" if auth.configured else (
             '<p class="warn" role="alert">No operator credentials are configured (PBXBOT_OPERATOR_TOKEN or '
@@ -183,47 +219,63 @@ def build_console_router(
 <button type="submit">Log in / ログイン</button>
 </form>"""
         resp = _page("Log in", body, status=status)
+        resp.headers.update(headers or {})
         resp.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, httponly=True, samesite="strict",
-                        secure=cookie_secure(request), path="/console")
+                        secure=_secure(request), path="/console")
         return resp
 
-    @router.post("/console/login")
+    @router.post("/console/login", openapi_extra=LOGIN_DOC)
     async def login(request: Request) -> Response:
         form = await request.form()
         if not auth.login_nonce_ok(request, _str(form.get("csrf"))):
             return _login_form(request, error="The form expired; please try again. / もう一度お試しください。",
                                status=403)
-        client = request.client.host if request.client else "-"
-        if login_limiter.check(f"login:{client}"):
-            return _login_form(request, error="Too many attempts; please wait a minute. / しばらくお待ちください。",
-                               status=429)
-        name = await run_sync(auth.login, _str(form.get("name"))[:64], _str(form.get("secret"))[:512])
+        client = client_address(request, settings)
+        typed = _str(form.get("name"))[:64]
+        account = auth.account_of(typed)
+        with auth.guesses.attempt(client, account, auth.device_id(request, account)) as attempt:
+            if attempt.wait:
+                seconds = max(1, int(attempt.wait + 0.999))
+                log.warning("console login from %s refused for %d s: too many guesses", client, seconds)
+                return _login_form(request, status=429, headers={"Retry-After": str(seconds)},
+                                   error=f"Too many attempts; please wait {seconds} s. / "
+                                         f"{seconds}秒ほどお待ちください。")
+            name = await run_sync(auth.login, typed, _str(form.get("secret"))[:512])
+            if name is None:
+                attempt.failed()
         if name is None:
             log.warning("console login failed from %s", client)
             return _login_form(request, error="Wrong name, password or token. / 認証に失敗しました。", status=401)
+        auth.guesses.succeeded(client, account)
         cookie, _csrf = auth.new_session(name)
         log.info("operator %s logged in", name)
         resp = RedirectResponse("/console", status_code=303)
         resp.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_MAX_AGE, httponly=True, samesite="strict",
-                        secure=cookie_secure(request), path="/console")
-        resp.delete_cookie(LOGIN_COOKIE, path="/console")
+                        secure=_secure(request), path="/console")
+        if auth.device_id(request, account) is None:
+            resp.set_cookie(DEVICE_COOKIE, auth.new_device(account), max_age=DEVICE_MAX_AGE, httponly=True,
+                            samesite="strict", secure=_secure(request), path="/console")
+        resp.delete_cookie(LOGIN_COOKIE, path="/console", secure=_secure(request), httponly=True, samesite="strict")
         return resp
 
-    @router.post("/console/logout")
+    @router.post("/console/logout", openapi_extra=FORM_DOC)
     async def logout(request: Request) -> Response:
-        op = auth.session(request)
+        op = await auth.current_session(request)
         form = await request.form()
         if op is not None and not auth.csrf_ok(op, _str(form.get("csrf"))):
             return _page("Forbidden", "<p>Invalid CSRF token.</p>", status=403)
+        if op is not None:
+            await auth.revoke(op)  # the cookie is dead everywhere, not only in this browser
+            log.info("operator %s logged out", op.name)
         resp = RedirectResponse("/console/login", status_code=303)
-        resp.delete_cookie(SESSION_COOKIE, path="/console")
+        resp.delete_cookie(SESSION_COOKIE, path="/console", secure=_secure(request), httponly=True, samesite="strict")
         return resp
 
     # ------------------------------------------------------------ pages
 
-    @router.get("/console")
+    @router.get("/console", openapi_extra=PAGE_DOC)
     async def queue_page(request: Request) -> Response:
-        op = auth.session(request)
+        op = await auth.current_session(request)
         if op is None:
             return RedirectResponse("/console/login", status_code=303)
         tickets = [ticket_json(t) for t in await run_sync(handoff.list_queue)]
@@ -236,22 +288,23 @@ def build_console_router(
 <tbody>{_queue_rows(tickets)}</tbody></table>"""
         return _page("Queue", body, operator=op)
 
-    @router.get("/console/tickets/{ticket_id}")
+    @router.get("/console/tickets/{ticket_id}", openapi_extra=PAGE_DOC)
     async def ticket_page(request: Request, ticket_id: str, notice: str | None = None,
                           error: str | None = None) -> Response:
-        op = auth.session(request)
+        op = await auth.current_session(request)
         if op is None:
             return RedirectResponse("/console/login", status_code=303)
         detail = await run_sync(handoff.get_detail, ticket_id) if _TICKET_ID.match(ticket_id) else None
         if detail is None:
             return _page("Not found", "<h1>Ticket not found / 見つかりません</h1>", operator=op, status=404)
-        return _page(detail.ticket.id, _ticket_body(detail, op, notice=notice, error=error), operator=op)
+        return _page(detail.ticket.id, _ticket_body(detail, op, notice=notice, error=(error or "")[:300] or None),
+                     operator=op)
 
     # ------------------------------------------------------------ form actions
 
-    @router.post("/console/tickets/{ticket_id}/{action}")
+    @router.post("/console/tickets/{ticket_id}/{action}", openapi_extra=FORM_DOC)
     async def ticket_action_form(request: Request, ticket_id: str, action: str) -> Response:
-        op = auth.session(request)
+        op = await auth.current_session(request)
         if op is None:
             return RedirectResponse("/console/login", status_code=303)
         form = await request.form()
@@ -287,36 +340,44 @@ def build_console_router(
 
     # ------------------------------------------------------------ JSON API
 
-    def _api_operator(request: Request) -> Operator | None:
-        return auth.operator(request)
+    async def _api_operator(request: Request) -> Operator | Response:
+        op, wait = await auth.authenticate(request)
+        if wait:
+            seconds = max(1, int(wait + 0.999))
+            return JSONResponse({"error": "rate_limited", "retry_after": seconds,
+                                 "message": f"too many wrong tokens from this address; retry in {seconds} s"},
+                                status_code=429, headers={"Retry-After": str(seconds)})
+        return op if op is not None else _unauthorized()
 
     def _unauthorized() -> JSONResponse:
         return JSONResponse({"error": "unauthorized", "message": "operator token or console session required"},
                             status_code=401, headers={"WWW-Authenticate": 'Bearer realm="pbxbot"'})
 
-    @router.get("/console/api/tickets")
+    @router.get("/console/api/tickets", openapi_extra=API_DOC)
     async def api_tickets(request: Request, all: bool = False) -> Response:
-        if _api_operator(request) is None:
-            return _unauthorized()
+        op = await _api_operator(request)
+        if isinstance(op, Response):
+            return op
         statuses = ("open", "claimed", "resolved") if all else ("open", "claimed")
         tickets = await run_sync(handoff.list_queue, statuses)
         now = datetime.now(timezone.utc)
         return JSONResponse({"tickets": [ticket_json(t, now) for t in tickets]}, headers={"Cache-Control": "no-store"})
 
-    @router.get("/console/api/tickets/{ticket_id}")
+    @router.get("/console/api/tickets/{ticket_id}", openapi_extra=API_DOC)
     async def api_ticket(request: Request, ticket_id: str) -> Response:
-        if _api_operator(request) is None:
-            return _unauthorized()
+        op = await _api_operator(request)
+        if isinstance(op, Response):
+            return op
         detail = await run_sync(handoff.get_detail, ticket_id) if _TICKET_ID.match(ticket_id) else None
         if detail is None:
             return JSONResponse({"error": "not_found", "message": f"no ticket {ticket_id}"}, status_code=404)
         return JSONResponse(detail_json(detail), headers={"Cache-Control": "no-store"})
 
-    @router.post("/console/api/tickets/{ticket_id}/{action}")
+    @router.post("/console/api/tickets/{ticket_id}/{action}", openapi_extra=API_ACTION_DOC)
     async def api_ticket_action(request: Request, ticket_id: str, action: str) -> Response:
-        op = _api_operator(request)
-        if op is None:
-            return _unauthorized()
+        op = await _api_operator(request)
+        if isinstance(op, Response):
+            return op
         if not auth.csrf_ok(op, request.headers.get("x-csrf-token")):
             return JSONResponse({"error": "csrf", "message": "X-CSRF-Token header missing or wrong"}, status_code=403)
         text = ""

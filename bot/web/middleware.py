@@ -1,10 +1,12 @@
-"""Pure ASGI middleware: request ids, the body size limit, the last-resort error handler, security headers.
+"""Pure ASGI middleware: request ids, the body size limit and read timeout, the last-resort error handler,
+security headers.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses (SSE) pass through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -42,6 +44,14 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail="body_too_large")
 
 
+class BodyTimeout(HTTPException):
+    """Raised from receive() when the body did not arrive within the body timeout (slow clients)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(status_code=408, detail=f"the request body did not arrive within {seconds:g} s",
+                         headers={"Connection": "close"})
+
+
 def _json_body(status: int, payload: dict[str, Any], rid: str) -> tuple[dict, bytes]:
     body = json.dumps(payload, ensure_ascii=False).encode()
     start = {
@@ -68,14 +78,17 @@ class RequestContextMiddleware:
     * takes X-Request-ID from the request when it is sane, else makes one; echoes it on every
       response and puts it in a context variable for log lines;
     * enforces max_body_bytes (Content-Length up front, streamed bodies while reading) → 413 JSON;
+    * gives a client body_timeout seconds from the end of the headers to send the body → 408 JSON,
+      connection closed (the header timeout is uvicorn's part: bot/web/timeouts.py);
     * turns any unhandled exception into a 500 JSON with the request id, logged with the traceback
       (the secret-masking filter on the root handlers sees it like every other record);
     * adds security headers and an access log line.
     """
 
-    def __init__(self, app, *, max_body_bytes: int) -> None:
+    def __init__(self, app, *, max_body_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -107,14 +120,24 @@ class RequestContextMiddleware:
                 return
 
         received = 0
+        body_done = False
+        deadline = started + self.body_timeout
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body: only http.disconnect is left to wait for, untimed (event streams)
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.001, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                raise BodyTimeout(self.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLarge()
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         async def send_wrapper(message):
@@ -132,6 +155,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_wrapper)
+        except BodyTimeout as exc:
+            log.warning("rid=%s %s %s rejected: %s", rid, scope.get("method"), path, exc.detail)
+            if not state["started"]:
+                start, body = _json_body(408, {"error": "request_timeout", "message": exc.detail, "request_id": rid}, rid)
+                start["headers"].append((b"connection", b"close"))
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
+                state["status"] = 408
         except BodyTooLarge:
             log.warning("rid=%s %s %s rejected: body over %d bytes", rid, scope.get("method"), path,
                         self.max_body_bytes)

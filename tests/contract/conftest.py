@@ -21,7 +21,7 @@ import pytest
 PG_ADMIN_DSN = os.environ.get(
     "PBXBOT_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 )
-TABLES = "audit, messages, outbox, tickets, conversations"
+TABLES = "audit, messages, outbox, tickets, conversations, revoked_sessions"
 
 
 class FakeClock:

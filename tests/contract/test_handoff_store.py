@@ -592,3 +592,15 @@ def test_conversation_turn_admits_one_turn_of_a_conversation_at_a_time_across_st
     waiting.join(5)
     with first.conversation_turn("web:same"):
         pass  # nothing left held
+
+
+def test_a_revoked_console_session_is_refused_by_every_store_instance(backend, clock):
+    first = backend.make(clock=clock)
+    second = backend.make(clock=clock) if backend.persistent else first  # another worker, one database
+    assert not second.session_revoked("sid-1")
+    first.revoke_session("sid-1", clock() + timedelta(hours=12))
+    first.revoke_session("sid-1", clock() + timedelta(hours=12))  # twice (two logouts at once): no error
+    assert second.session_revoked("sid-1") and not second.session_revoked("sid-2")
+    clock.advance(hours=13)
+    first.revoke_session("sid-2", clock() + timedelta(hours=12))  # forgets the expired ones on the way
+    assert second.session_revoked("sid-2")

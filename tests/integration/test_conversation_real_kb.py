@@ -147,3 +147,29 @@ def test_a_waiting_question_announces_exactly_the_query_its_turn_embeds(real_ret
     assert replies and replies[0].kind == "answer" and replies[0].citations
     assert batcher.prefetch_hits == hits + 1
     assert batcher.passes == passes + 1  # the announced query's pass; the turn ran none of its own
+
+
+def test_a_4000_character_message_embeds_and_analyses_no_more_than_the_bound(real_retriever):
+    retriever = real_retriever
+    inner = retriever.inner
+    seen: list[tuple[str, int]] = []
+    embed, analyze = inner.embedder.embed_query_np, inner.analyzer.analyze
+
+    def recording_embed(text, *a, **kw):
+        seen.append(("embed", len(text)))
+        return embed(text, *a, **kw)
+
+    def recording_analyze(text, *a, **kw):
+        seen.append(("analyze", len(text)))
+        return analyze(text, *a, **kw)
+
+    inner.embedder.embed_query_np, inner.analyzer.analyze = recording_embed, recording_analyze
+    try:
+        store = InMemoryHandoffStore()
+        service = ConversationService(retriever=retriever, store=store, handoff=store, settings=load_settings())
+        text = ("ひかり電話で国際電話を止めるには？\n" + "社内の電話設備について補足します。" * 300)[:4000]
+        service.handle(InboundMessage(address=Address("web", "web:long", user_id="u"), text=text))
+    finally:
+        inner.embedder.embed_query_np, inner.analyzer.analyze = embed, analyze
+    bound = load_settings().max_search_chars
+    assert seen and all(n <= bound for _, n in seen), seen

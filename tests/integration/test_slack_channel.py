@@ -300,3 +300,30 @@ async def test_signed_odd_commands_never_get_5xx(slack, fake, fields):
     resp = await post_command(slack, body)
     assert resp.status_code < 500
     await slack.settle()
+
+
+@pytest.mark.parametrize("where", ["http://localhost:{port}/slack/response/evil", "http://169.254.169.254/latest/meta-data",
+                                   "https://hooks.slack.com.evil.example/x", "http://hooks.slack.com/commands/1",
+                                   "https://user@hooks.slack.com/x", "file:///etc/passwd", "ftp://hooks.slack.com/x"])
+async def test_a_response_url_outside_slack_is_never_contacted(slack, fake, where):
+    url = where.format(port=fake.port)
+    resp = await post_command(slack, slack_command_body("国際電話を止めるには？", response_url=url))
+    assert resp.status_code == 200
+    [posted] = await fake.wait_for(lambda r: r.platform == "slack" and r.method == "chat.postMessage")
+    assert posted.data["channel"] == "D0DM0001"  # the answer went to the user's DM through the Web API instead
+    assert not fake.calls("slack_response")
+
+
+def test_response_url_allowed_only_for_slack_hooks_or_the_configured_fake():
+    from bot.channels.slack import response_url_allowed
+
+    assert response_url_allowed("https://hooks.slack.com/commands/T1/2/abc")
+    assert response_url_allowed("https://hooks.slack.com:443/actions/T1/2/abc")
+    for bad in ("https://hooks.slack.com:8443/x", "http://hooks.slack.com/x", "https://127.0.0.1/x",
+                "https://hooks.slack.com@127.0.0.1/x", "https://hooks.slack.com\\@evil/x", "https://hooks.slack.com/\n",
+                "https://ｈooks.slack.com/x", None, 5, "", "https://[::1]/x", "https://hooks.slack.com:99999/x"):
+        assert not response_url_allowed(bad), bad
+    fake_api = "http://127.0.0.1:8765/api/"
+    assert response_url_allowed("http://127.0.0.1:8765/slack/response/1", fake_api)
+    assert not response_url_allowed("http://127.0.0.1:8766/slack/response/1", fake_api)
+    assert not response_url_allowed("https://slack.com/x", "https://slack.com/api/")

@@ -100,8 +100,13 @@ def test_a_client_chosen_conversation_id_stays_in_the_web_channel(client, core):
     r = client.post("/api/chat", json={"text": "hi there", "conversation_id": "telegram:12345"})
     assert r.status_code == 200
     assert r.json()["conversation_id"] == "web:telegram:12345"
-    assert r.json()["conversation_token"] is None  # no token for an id the server did not issue
-    assert core.handled[-1].address.channel == "web"
+    token = r.json()["conversation_token"]  # the client that created it holds its token
+    assert token and core.handled[-1].address.channel == "web"
+    again = client.post("/api/chat", json={"text": "and then?", "conversation_id": "telegram:12345",
+                                           "conversation_token": token})
+    assert again.status_code == 200
+    stranger = client.post("/api/chat", json={"text": "me too", "conversation_id": "telegram:12345"})
+    assert stranger.status_code == 403 and stranger.json()["error"] == "invalid_token"
 
 
 @pytest.mark.parametrize("payload", [{"text": ""}, {"text": "   \n "}, {}])

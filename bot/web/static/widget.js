@@ -273,13 +273,13 @@
     return Array.prototype.map.call(a, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
   }
 
-  function send(text, action) {
+  function send(text, action, again) {
     if (state.busy) return;
     text = (text || "").trim();
     if (!text && !action) return;
     var clientId = newClientId();
     state.clientIds[clientId] = true;
-    render({ role: "user", text: text, action: action });
+    if (!again) render({ role: "user", text: text, action: action });
     state.busy = true;
     sendBtn.disabled = true;
     status.textContent = T[lang].thinking;
@@ -294,6 +294,12 @@
       var data = res.data;
       status.textContent = "";
       if (!data) throw new Error("bad response");
+      if (res.r.status === 403 && data.error === "invalid_token" && state.cid && !again) {
+        // the stored conversation cannot be written into any more (the server's key changed): a new one
+        if (state.es) { state.es.close(); state.es = null; }
+        state.cid = null; state.token = null; state.lastSeq = 0; save();
+        return "again";
+      }
       if (data.conversation_id && data.conversation_token) {
         var fresh = state.cid !== data.conversation_id;
         state.cid = data.conversation_id; state.token = data.conversation_token; save();
@@ -307,9 +313,10 @@
     }).catch(function () {
       status.textContent = "";
       render({ role: "bot", kind: "error", answer: T[lang].error });
-    }).then(function () {
+    }).then(function (next) {
       state.busy = false;
       sendBtn.disabled = false;
+      if (next === "again") send(text, action, true);
     });
   }
 

@@ -1,0 +1,166 @@
+"""Limits on guessing operator credentials (the console login form and the bearer API).
+
+Policy (limit = PBXBOT_LOGIN_ATTEMPTS_PER_MINUTE, 10 by default, over any 60 s):
+* per client address (bot.proxy.client_address): at most `limit` guesses, whatever the account;
+* per account (the name typed in the login form; "operator-token" for the operator token and
+  the bearer API): at most `limit` guesses from clients the account does not recognise.
+A recognised client is a browser holding this account's known-device cookie (set at a
+successful console login) or an address that authenticated as this account within
+RECOGNISED_SECONDS; its guesses count on a budget of its own (device or address), not on the
+account's. So an attacker, from however many addresses, gets at most `limit` guesses a minute
+per account, but cannot lock out an operator who has logged in before from that browser or
+that address: the lockout only reaches clients that never authenticated as the account.
+
+Only wrong guesses are counted (an office behind one address may log in many operators at
+nine, scripts poll the bearer API); a guess being checked holds its place in every budget, so
+a burst of parallel guesses cannot overshoot. A refused guess is answered 429 with Retry-After
+before any credential is checked, so it costs no bcrypt time either.
+
+Counting sits behind `AttemptStore` (four calls), so it can move to the `limits` library with
+Redis (PBXBOT_REDIS_URL) for several processes or machines; `InProcessAttemptStore` counts in
+this process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from contextlib import contextmanager
+from typing import Iterator, Protocol
+
+TOKEN_ACCOUNT = "operator-token"
+WINDOW_SECONDS = 60.0
+RECOGNISED_SECONDS = 30 * 24 * 3600.0
+
+
+class AttemptStore(Protocol):
+    """Sliding-window counters and remembered keys (maps onto `limits` + Redis)."""
+
+    def wait(self, key: str, limit: int) -> float:
+        """Seconds until `key` has fewer than `limit` counted events in the window (0: it has)."""
+        ...
+
+    def add(self, key: str) -> None:
+        """Count one event for `key` now."""
+        ...
+
+    def remember(self, key: str, seconds: float) -> None: ...
+
+    def remembers(self, key: str) -> bool: ...
+
+
+class InProcessAttemptStore:
+    """AttemptStore in this process's memory; bounded (least recently used keys are forgotten)."""
+
+    def __init__(self, *, window: float = WINDOW_SECONDS, max_keys: int = 100_000, clock=time.monotonic) -> None:
+        self.window, self.max_keys, self._clock = window, max_keys, clock
+        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+        self._marks: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait(self, key: str, limit: int) -> float:
+        now = self._clock()
+        with self._lock:
+            q = self._events.get(key)
+            if q is None:
+                return 0.0
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            if len(q) < limit:
+                return 0.0
+            return max(0.001, q[-limit] + self.window - now)
+
+    def add(self, key: str) -> None:
+        now = self._clock()
+        with self._lock:
+            q = self._events.get(key)
+            if q is None:
+                q = self._events[key] = deque(maxlen=1000)
+                if len(self._events) > self.max_keys:
+                    self._events.popitem(last=False)
+            else:
+                self._events.move_to_end(key)
+            q.append(now)
+
+    def remember(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self._marks[key] = self._clock() + seconds
+            self._marks.move_to_end(key)
+            if len(self._marks) > self.max_keys:
+                self._marks.popitem(last=False)
+
+    def remembers(self, key: str) -> bool:
+        with self._lock:
+            until = self._marks.get(key)
+            return until is not None and until > self._clock()
+
+
+class Attempt:
+    """One credential check: `wait` > 0 means refused (do not check); call failed() when wrong."""
+
+    def __init__(self, wait: float, keys: list[str]) -> None:
+        self.wait = wait
+        self.keys = keys
+        self.wrong = False
+
+    def failed(self) -> None:
+        self.wrong = True
+
+
+class GuessLimiter:
+    """The policy above over an AttemptStore."""
+
+    def __init__(self, store: AttemptStore | None = None, *, per_minute: int = 10) -> None:
+        self.store = store or InProcessAttemptStore()
+        self.limit = per_minute
+        self._inflight: dict[str, int] = {}  # checks running now (bcrypt runs in a worker thread)
+        self._lock = threading.Lock()
+
+    def _keys(self, address: str, account: str, device: str | None) -> list[str]:
+        account = account or TOKEN_ACCOUNT
+        keys = [f"addr:{address}"]
+        if device:
+            keys.append(f"dev:{account}:{device}")
+        elif not self.store.remembers(f"known:{account}:{address}"):
+            keys.append(f"acct:{account}")
+        return keys
+
+    def _wait(self, keys: list[str]) -> float:
+        waits = [0.0]
+        for key in keys:
+            room = self.limit - self._inflight.get(key, 0)
+            waits.append(self.store.wait(key, room) if room > 0 else WINDOW_SECONDS)
+        return max(waits)
+
+    @contextmanager
+    def attempt(self, address: str, account: str, device: str | None = None) -> Iterator[Attempt]:
+        """A guess at `account` from `address`. Refused (attempt.wait > 0) when a budget is spent;
+        else reserved while it is checked (so a burst of parallel guesses cannot overshoot) and
+        counted at the end when attempt.failed() was called."""
+        keys = self._keys(address, account, device)
+        with self._lock:
+            wait = self._wait(keys)
+            if not wait:
+                for key in keys:
+                    self._inflight[key] = self._inflight.get(key, 0) + 1
+        attempt = Attempt(wait, keys)
+        if wait:
+            yield attempt
+            return
+        try:
+            yield attempt
+        finally:
+            with self._lock:
+                for key in keys:
+                    if attempt.wrong:
+                        self.store.add(key)
+                    left = self._inflight.get(key, 1) - 1
+                    if left > 0:
+                        self._inflight[key] = left
+                    else:
+                        self._inflight.pop(key, None)
+
+    def succeeded(self, address: str, account: str) -> None:
+        """`address` authenticated as `account`: from now on that account recognises it."""
+        self.store.remember(f"known:{account or TOKEN_ACCOUNT}:{address}", RECOGNISED_SECONDS)
