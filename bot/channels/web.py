@@ -148,10 +148,10 @@ class WebChannel(BaseChannel):
         token = self.token_for(cid) if issued or self.token_ok(cid, body.conversation_token) else None
         language = guess_language(text, default=_accept_language(request))
 
-        wait = self.registry.rate_limiter.check(cid)
+        wait = await self.registry.rate_limiter.check(cid)
         if not wait:
             client = request.client.host if request.client else "-"
-            wait = self._address_limiter.check(f"addr:{client}")
+            wait = await self._address_limiter.check(f"addr:{client}")
         if wait:
             reply = rate_limited_reply(cid, language, wait)
             data = {**reply.to_json(), "error": "rate_limited", "message": reply.answer,
