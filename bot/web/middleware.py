@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, the body size limit, the last-resort error handler, security headers.
+"""Pure ASGI middleware: request ids, the client address behind trusted proxies, the body size limit,
+the last-resort error handler, security headers.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses (SSE) pass through untouched.
 """
@@ -14,6 +15,8 @@ import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
+
+from bot.web.proxies import Network, client_address
 
 log = logging.getLogger("bot.web")
 access_log = logging.getLogger("bot.web.access")
@@ -67,20 +70,26 @@ class RequestContextMiddleware:
 
     * takes X-Request-ID from the request when it is sane, else makes one; echoes it on every
       response and puts it in a context variable for log lines;
+    * behind a trusted proxy, sets the request's client to the address it forwarded (proxies.py);
     * enforces max_body_bytes (Content-Length up front, streamed bodies while reading) → 413 JSON;
     * turns any unhandled exception into a 500 JSON with the request id, logged with the traceback
       (the secret-masking filter on the root handlers sees it like every other record);
     * adds security headers and an access log line.
     """
 
-    def __init__(self, app, *, max_body_bytes: int) -> None:
+    def __init__(self, app, *, max_body_bytes: int, trusted_proxies: tuple[Network, ...] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        peer = scope.get("client")
+        if self.trusted_proxies and peer and b"x-forwarded-for" in headers:
+            forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            scope = {**scope, "client": (client_address(peer[0], forwarded, self.trusted_proxies), 0)}
         rid_in = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = rid_in if _VALID_RID.match(rid_in) else uuid.uuid4().hex
         request_id_var.set(rid)
