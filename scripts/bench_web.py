@@ -2,6 +2,8 @@
 
     python scripts/bench_web.py                      # starts `pbxbot serve` on a free loopback port
     python scripts/bench_web.py --url http://127.0.0.1:8000 --duration 20 --concurrency 16
+    python scripts/bench_web.py --nodes 2 --database-url postgresql://postgres@127.0.0.1/pbxbot_bench \
+        --redis-url redis://127.0.0.1:6379/0     # nginx (least_conn) in front of two `pbxbot serve`
 
 Targets (issue 5): >= 150 requests/s on the 2-core machine, p95 <= 150 ms, no errors.
 The server runs as a subprocess with its own SQLite file in a temporary folder, the index of
@@ -86,10 +88,24 @@ def tree_pids(root_pid: int, table: dict[int, tuple[int, float]] | None = None) 
     return out
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants."""
+def tree_cpu_seconds(root_pids: int | list[int]) -> float:
+    """User + system CPU seconds of processes and all their descendants."""
     table = process_table()
-    return sum(table[pid][1] for pid in tree_pids(root_pid, table) if pid in table)
+    roots = [root_pids] if isinstance(root_pids, int) else root_pids
+    return sum(table[pid][1] for root in roots for pid in tree_pids(root, table) if pid in table)
+
+
+def wait_idle(root_pids: list[int], timeout: float, *, quiet: float = 0.05, period: float = 0.5) -> None:
+    """Until the processes have started up: two periods in a row in which they used almost no CPU
+    (every worker of `serve --workers N` has loaded its index)."""
+    deadline = time.monotonic() + timeout
+    calm, last = 0, tree_cpu_seconds(root_pids)
+    while calm < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit("the server did not settle after start-up")
+        time.sleep(period)
+        now = tree_cpu_seconds(root_pids)
+        calm, last = (calm + 1 if now - last < quiet else 0), now
 
 
 def free_port() -> int:
@@ -197,7 +213,7 @@ async def user_loop(host: str, port: int, deadline: float, latencies: list[float
 
 
 async def drive(url: str, concurrency: int, duration: float, turns: int, seed: int,
-                server_pid: int | None = None) -> dict:
+                server_pids: list[int] | None = None) -> dict:
     host, port = check_loopback(url)
     rng = random.Random(seed)
     # warm-up (first queries load lazy parts of the retriever)
@@ -207,22 +223,22 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
                                      random.Random(rng.random()), turns) for _ in range(4)))
     latencies: list[float] = []
     errors: list[str] = []
-    cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
+    cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
     started = time.monotonic()
     deadline = started + duration
     split: list[int] = []
 
     async def sample_split() -> None:  # once every user has connected
         await asyncio.sleep(min(1.0, duration / 2))
-        split.extend(connections_per_process(server_pid, port))
+        split.extend(connections_per_process(server_pids[0], port))
 
-    sampler = asyncio.create_task(sample_split()) if server_pid else None
+    sampler = asyncio.create_task(sample_split()) if server_pids and len(server_pids) == 1 else None
     await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
                            for _ in range(concurrency)))
     if sampler is not None:
         await sampler
     elapsed = time.monotonic() - started
-    cpu = tree_cpu_seconds(server_pid) - cpu0 if server_pid and cpu0 is not None else None
+    cpu = tree_cpu_seconds(server_pids) - cpu0 if server_pids and cpu0 is not None else None
     lat = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -251,28 +267,45 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=
 
 
 def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1,
-                 database_url: str | None = None) -> subprocess.Popen:
+                 database_url: str | None = None, extra_env: dict[str, str] | None = None,
+                 log_name: str = "server.log") -> subprocess.Popen:
     env = dict(os.environ)
     env.update({
         "PBXBOT_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.sqlite3'}",
         "PBXBOT_RATE_LIMIT_PER_MINUTE": "1000000",
         "PBXBOT_OPERATOR_TOKEN": "bench-operator-token-not-secret",
         "PBXBOT_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     })
     cmd = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if core == "fake":  # the web layer alone: tests/web_fakes.FakeCore instead of retrieval + SQL
         cmd = [sys.executable, "-c", FAKE_CORE_SERVER.format(root=str(ROOT), port=port)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / log_name, "wb"),
                             start_new_session=True)
 
 
-def wait_workers(log_path: Path, workers: int, timeout: float) -> None:
-    """Every worker accepts (the supervisor says so once each has loaded its app)."""
-    deadline = time.monotonic() + timeout
-    while f"all {workers} workers are accepting connections" not in log_path.read_text(errors="replace"):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not all {workers} workers started; see {log_path}")
-        time.sleep(0.3)
+def start_nodes(port: int, tmp: Path, nodes: int, database_url: str | None, redis_url: str | None
+                ) -> list[subprocess.Popen]:
+    """`nodes` separate `pbxbot serve` processes (own ports, sharing only the database and Redis)
+    behind nginx on `port`; the nginx process comes last."""
+    try:
+        from scripts.nginx_lb import start_nginx
+    except ImportError:  # run as `python scripts/bench_web.py`
+        from nginx_lb import start_nginx
+
+    if not database_url or database_url.startswith("sqlite"):
+        raise SystemExit("--nodes needs --database-url postgresql://... (SQLite serves one process)")
+    env = {"PBXBOT_TRUSTED_PROXIES": "127.0.0.1", "PBXBOT_SESSION_SECRET": "bench-session-secret-not-secret"}
+    if redis_url:
+        env["PBXBOT_REDIS_URL"] = redis_url
+    ports = [free_port() for _ in range(nodes)]
+    procs = []
+    for i, node_port in enumerate(ports):  # one after another: the first migrates the schema
+        procs.append(start_server(node_port, tmp, workers=1, database_url=database_url, extra_env=env,
+                                  log_name=f"server-{i}.log"))
+        wait_healthy(f"http://127.0.0.1:{node_port}", 900)
+    procs.append(start_nginx(port, ports, tmp / "nginx"))
+    return procs
 
 
 def connections_per_process(root_pid: int, port: int) -> list[int]:
@@ -318,14 +351,19 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="server processes (pbxbot serve --workers)")
     ap.add_argument("--database-url", help="the server's store (default: a new SQLite file); e.g. "
                     "postgresql://postgres@127.0.0.1/bench for the scale-out setup (its tables get bench rows)")
+    ap.add_argument("--nodes", type=int, default=0, help="this many one-process `pbxbot serve` nodes behind "
+                    "nginx (least_conn); needs --database-url postgresql://...")
+    ap.add_argument("--redis-url", help="the nodes' PBXBOT_REDIS_URL (shared rate limits)")
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args()
+    if args.nodes and (args.url or args.core == "fake" or args.workers > 1):
+        ap.error("--nodes starts its own one-process nodes on the real core")
     if args.core == "fake" and args.workers > 1:
         ap.error("--core fake runs one plain uvicorn process; it cannot be combined with --workers")
     duration = min(max(args.duration, 1.0), 120.0)
 
-    server = None
+    servers: list[subprocess.Popen] = []
     tmpdir = tempfile.TemporaryDirectory(prefix="pbxbot-bench-")
     url = args.url
     try:
@@ -333,32 +371,39 @@ def main() -> int:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             print(f"starting pbxbot serve on {url} ...", file=sys.stderr)
-            server = start_server(port, Path(tmpdir.name), args.core, args.workers, args.database_url)
+            if args.nodes:
+                servers = start_nodes(port, Path(tmpdir.name), args.nodes, args.database_url, args.redis_url)
+            else:
+                servers = [start_server(port, Path(tmpdir.name), args.core, args.workers, args.database_url,
+                                        {"PBXBOT_REDIS_URL": args.redis_url} if args.redis_url else None)]
         check_loopback(url)
         wait_healthy(url, args.startup_timeout)
-        if server is not None and args.workers > 1:
-            wait_workers(Path(tmpdir.name) / "server.log", args.workers, args.startup_timeout)
+        if servers:
+            wait_idle([p.pid for p in servers], args.startup_timeout)
         result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed,
-                                   server.pid if server is not None else None))
+                                   [p.pid for p in servers] or None))
     finally:
-        if server is not None:
+        for server in servers:
             server.send_signal(signal.SIGTERM)
+        for server in servers:
             try:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
-            log = Path(tmpdir.name, "server.log").read_text(errors="replace")
-            errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+        for log_path in Path(tmpdir.name).glob("server*.log"):
+            errors = [line for line in log_path.read_text(errors="replace").splitlines()
+                      if " ERROR " in line or "Traceback" in line]
             if errors:
-                print(f"server logged {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
+                print(f"{log_path.name}: {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
         tmpdir.cleanup()
 
     ok = result["rps"] >= 150 and result["p95_ms"] <= 150 and result["errors"] == 0
     if args.json:
         print(json.dumps({**result, "targets_met": ok}))
     else:
+        setup = (f"nginx + {args.nodes} nodes" if args.nodes else f"{args.workers} process(es)") if not args.url else "external"
         print(f"POST /api/chat  {result['requests']} requests in {result['seconds']} s, "
-              f"concurrency {result['concurrency']}, core {args.core if not args.url else '(external)'}")
+              f"concurrency {result['concurrency']}, core {args.core}, {setup}")
         print(f"  throughput  {result['rps']} req/s   (target >= 150)")
         print(f"  latency     p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
               f"max {result['max_ms']} ms   (target p95 <= 150)")
