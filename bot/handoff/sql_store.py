@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,6 +85,7 @@ class SqlHandoffStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
         self._local_exclusive = common.TryLocks()
+        self._turn = threading.local()  # .conn: the connection holding this thread's turn lock (PostgreSQL)
         self.revision = upgrade_to_head(self.engine) if migrate else None
 
     @classmethod
@@ -133,10 +135,25 @@ class SqlHandoffStore:
         return common.as_utc(self._clock())
 
     @contextmanager
+    def _turn_transaction(self) -> Iterator[Connection | None]:
+        """Inside a turn on PostgreSQL (conversation_turn): a transaction on the connection that
+        holds the turn's lock (one pool checkout a turn, not one a transaction). None elsewhere."""
+        conn: Connection | None = getattr(self._turn, "conn", None)
+        if conn is None or conn.in_transaction():
+            yield None
+            return
+        with conn.begin():
+            yield conn
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A read-only transaction. On SQLite it begins DEFERRED, not IMMEDIATE: under WAL a reader
         sees a consistent snapshot without taking the write lock, so the console's polling and
-        the widget's event feed never queue behind (or block) the writers of other workers."""
+        the widget's event feed never queue behind the writer."""
+        with self._turn_transaction() as turn:
+            if turn is not None:
+                yield turn
+                return
         with self.engine.connect().execution_options(pbxbot_read_only=True) as conn, conn.begin():
             yield conn
 
@@ -148,6 +165,10 @@ class SqlHandoffStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction (BEGIN IMMEDIATE on SQLite)."""
+        with self._turn_transaction() as turn:
+            if turn is not None:
+                yield turn
+                return
         with self.engine.begin() as conn:
             yield conn
 
@@ -347,21 +368,38 @@ class SqlHandoffStore:
     @contextmanager
     def conversation_turn(self, conversation_id: str) -> Iterator[None]:
         """PostgreSQL: a session advisory lock held for the turn, so that two messages of one
-        conversation reaching two processes or nodes at once are answered one after the other
-        (one pool connection more per running turn: at most the core's thread count per process,
-        inside the pool's 5 + 10 overflow); released by the server if the holder dies. SQLite
-        serves one process, where the core's own lock is enough."""
-        if self.backend == "postgresql":
-            with self._advisory_lock(b"turn\0" + conversation_id.encode(), wait=True):
-                yield
+        conversation reaching two processes or nodes at once are answered one after the other;
+        released by the server if the holder dies. Lock and unlock are one statement each outside
+        any transaction, and the turn's store calls in this thread run on the lock's connection
+        (_turn_transaction). SQLite serves one process, where the core's own lock is enough."""
+        if self.backend != "postgresql":
+            yield
             return
-        yield
+        key = {"k": _lock_key(b"turn\0" + conversation_id.encode())}
+        with self.engine.connect() as conn:
+            default_level = conn.default_isolation_level
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sql_text("SELECT pg_advisory_lock(:k)"), key)
+            conn.commit()  # ends SQLAlchemy's autobegun transaction; nothing is sent in autocommit
+            conn.execution_options(isolation_level=default_level)
+            previous = getattr(self._turn, "conn", None)
+            self._turn.conn = conn
+            try:
+                yield
+            finally:
+                self._turn.conn = previous
+                try:  # the pool resets the isolation level when the connection goes back
+                    conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                        sql_text("SELECT pg_advisory_unlock(:k)"), key)
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - a dropped connection released it already
+                    log.warning("releasing a turn lock failed; dropping its connection")
+                    conn.invalidate()
 
     @contextmanager
     def _advisory_lock(self, name: bytes, *, wait: bool) -> Iterator[bool]:
         """A PostgreSQL session advisory lock on a connection of its own; True when this holder
         got it (always, with wait)."""
-        key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        key = _lock_key(name)
         with self.engine.connect() as conn:
             if wait:
                 conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -626,6 +664,9 @@ class SqlHandoffStore:
 # ---------------------------------------------------------------- prebuilt Core statements
 
 _C, _M, _T, _A = ConversationRow.__table__, MessageRow.__table__, TicketRow.__table__, AuditRow.__table__
+# open or claimed; spelled with plain comparisons, not IN: an IN list is rendered anew at every
+# execution (an "expanding" parameter), these compile once.
+_ACTIVE = or_(*(_T.c.status == status for status in common.ACTIVE_STATUSES))
 
 
 class _Q:
@@ -636,9 +677,9 @@ class _Q:
     dedupe_select = select(_M.c.id).where(_M.c.conversation_id == bindparam("cid"),
                                           _M.c.dedupe_key == bindparam("key"))
     active_ticket_id = (select(_T.c.id).where(_T.c.conversation_id == bindparam("cid"),
-                                              _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
+                                              _ACTIVE).limit(1))
     active_ticket_row = (select(_T).where(_T.c.conversation_id == bindparam("cid"),
-                                          _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
+                                          _ACTIVE).limit(1))
     ticket_exists = select(_T.c.id).where(_T.c.id == bindparam("tid"))
     ticket_row = select(_T).where(_T.c.id == bindparam("tid"))
     ticket_insert = insert(_T)
@@ -659,7 +700,7 @@ class _Q:
     messages_by_id = select(_M).where(_M.c.id.in_(bindparam("ids", expanding=True))).order_by(_M.c.id)
     conversation_context = (
         select(_C.c.address, _C.c.state, _C.c.updated_at,
-               select(_T.c.id).where(_T.c.conversation_id == _C.c.id, _T.c.status.in_(common.ACTIVE_STATUSES))
+               select(_T.c.id).where(_T.c.conversation_id == _C.c.id, _ACTIVE)
                .limit(1).scalar_subquery().label("ticket_id"),
                select(_M.c.id).where(_M.c.conversation_id == _C.c.id, _M.c.dedupe_key == bindparam("key"))
                .limit(1).scalar_subquery().label("dup_id"))
@@ -667,6 +708,10 @@ class _Q:
     )
     messages_after = (select(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.id > bindparam("after"))
                       .order_by(_M.c.id))
+
+
+def _lock_key(name: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
 class _NewConversation:
@@ -695,7 +740,9 @@ def _create_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") -> Engi
     if synchronous not in ("NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"sqlite_synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+        # A turn holds one connection (its advisory lock, its transactions); the pool keeps one per
+        # core thread and the background loops without opening and closing overflow connections.
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, future=True)
 
     database = url.database or ""
     memory = database in ("", ":memory:") or database.startswith("file::memory:")
