@@ -92,7 +92,21 @@ def tree_cpu_seconds(root_pids: int | list[int]) -> float:
     """User + system CPU seconds of processes and all their descendants."""
     table = process_table()
     roots = [root_pids] if isinstance(root_pids, int) else root_pids
-    return sum(table[pid][1] for root in roots for pid in tree_pids(root, table) if pid in table)
+    pids = {pid for root in roots for pid in tree_pids(root, table)}
+    return sum(table[pid][1] for pid in pids if pid in table)
+
+
+def service_pids(names: tuple[str, ...] = ("postgres", "redis-server")) -> list[int]:
+    """The processes of the local database services (their CPU is part of a node set-up's cost)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() in names:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
 
 
 def wait_idle(root_pids: list[int], timeout: float, *, quiet: float = 0.05, period: float = 0.5) -> None:
@@ -232,7 +246,7 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
         await asyncio.sleep(min(1.0, duration / 2))
         split.extend(connections_per_process(server_pids[0], port))
 
-    sampler = asyncio.create_task(sample_split()) if server_pids and len(server_pids) == 1 else None
+    sampler = asyncio.create_task(sample_split()) if server_pids else None
     await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
                            for _ in range(concurrency)))
     if sampler is not None:
@@ -380,8 +394,10 @@ def main() -> int:
         wait_healthy(url, args.startup_timeout)
         if servers:
             wait_idle([p.pid for p in servers], args.startup_timeout)
-        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed,
-                                   [p.pid for p in servers] or None))
+        measured = [p.pid for p in servers]
+        if args.nodes or (args.database_url and not args.database_url.startswith("sqlite")):
+            measured += service_pids()  # PostgreSQL's and Redis's CPU counts too
+        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed, measured or None))
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
