@@ -204,6 +204,14 @@ def test_an_operator_reply_reaches_a_widget_stream_held_by_the_other_node(cluste
         assert [e["answer"] for e in found if e.get("role") == "operator"] == ["Calling you now."], url
 
 
+def test_every_node_reports_the_index_build_it_serves_and_hears_the_database(cluster):
+    health = [httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json() for port in cluster.ports]
+    builds = {h["index"]["build_id"] for h in health}
+    assert len(builds) == 1 and None not in builds  # a rolling update shows here, node by node
+    assert all(h["widget_feed"]["notifications"] is True for h in health)  # LISTEN is up
+    assert all(h["rate_limits"] == {"storage": "redis", "last_error": None} for h in health)
+
+
 def test_killing_a_node_mid_run_loses_no_acknowledged_message(cluster):
     acknowledged: list[tuple[str, str]] = []  # (conversation id, client id) of every 200
     after_kill: list[int] = []
