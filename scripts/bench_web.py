@@ -96,17 +96,36 @@ def tree_cpu_seconds(root_pids: int | list[int]) -> float:
     return sum(table[pid][1] for pid in pids if pid in table)
 
 
-def service_pids(names: tuple[str, ...] = ("postgres", "redis-server")) -> list[int]:
-    """The processes of the local database services (their CPU is part of a node set-up's cost)."""
-    out = []
+PG_SHARED = (b"walwriter", b"checkpointer", b"background writer")
+
+
+def service_pids(database: str | None = None) -> dict[str, list[int]]:
+    """The local services' processes whose CPU is part of a set-up's cost: Redis, and PostgreSQL's
+    backends of `database` plus its WAL writer, checkpointer and background writer (not the
+    backends of other databases on the same server)."""
+    out: dict[str, list[int]] = {"postgres": [], "redis": []}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() in names:
-                    out.append(int(entry))
-            except OSError:
-                pass
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if comm == "postgres" else b""
+        except OSError:
+            continue
+        if comm == "redis-server":
+            out["redis"].append(int(entry))
+        elif comm == "postgres" and ((database and database.encode() in cmdline) or any(k in cmdline for k in PG_SHARED)):
+            out["postgres"].append(int(entry))
     return out
+
+
+def cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds of each named group of processes (each with its descendants), now. A process
+    that starts later (a new PostgreSQL backend) is seen by the next call only: compare calls
+    made around a run whose connections are already open."""
+    table = process_table()
+    return {name: sum(table[pid][1] for root in pids for pid in tree_pids(root, table) if pid in table)
+            for name, pids in groups.items()}
 
 
 def wait_idle(root_pids: list[int], timeout: float, *, quiet: float = 0.05, period: float = 0.5) -> None:
@@ -227,7 +246,7 @@ async def user_loop(host: str, port: int, deadline: float, latencies: list[float
 
 
 async def drive(url: str, concurrency: int, duration: float, turns: int, seed: int,
-                server_pids: list[int] | None = None) -> dict:
+                server_pids: list[int] | None = None, groups: dict[str, list[int]] | None = None) -> dict:
     host, port = check_loopback(url)
     rng = random.Random(seed)
     # warm-up (first queries load lazy parts of the retriever)
@@ -238,21 +257,25 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
     latencies: list[float] = []
     errors: list[str] = []
     cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
+    by_process0 = cpu_by_group(groups) if groups else None
     started = time.monotonic()
     deadline = started + duration
     split: list[int] = []
 
     async def sample_split() -> None:  # once every user has connected
         await asyncio.sleep(min(1.0, duration / 2))
-        split.extend(connections_per_process(server_pids[0], port))
+        split.extend(connections_per_process(groups["server"][0] if groups else server_pids[0], port))
 
-    sampler = asyncio.create_task(sample_split()) if server_pids else None
+    one_server = server_pids and (not groups or "server" in groups)  # not through a load balancer
+    sampler = asyncio.create_task(sample_split()) if one_server else None
     await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
                            for _ in range(concurrency)))
     if sampler is not None:
         await sampler
     elapsed = time.monotonic() - started
     cpu = tree_cpu_seconds(server_pids) - cpu0 if server_pids and cpu0 is not None else None
+    by_process = ({k: round((v - by_process0[k]) * 1000 / max(1, len(latencies)), 2)
+                   for k, v in cpu_by_group(groups).items()} if groups else None)
     lat = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -266,7 +289,8 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
             "concurrency": concurrency,
             "connections_per_process": split or None,
             # CPU the server spent per request: independent of whatever else the machine is doing
-            "server_cpu_ms_per_request": round(cpu * 1000 / len(lat), 2) if cpu is not None and lat else None}
+            "server_cpu_ms_per_request": round(cpu * 1000 / len(lat), 2) if cpu is not None and lat else None,
+            "cpu_ms_per_request_by_process": by_process}
 
 
 FAKE_CORE_SERVER = """
@@ -394,10 +418,16 @@ def main() -> int:
         wait_healthy(url, args.startup_timeout)
         if servers:
             wait_idle([p.pid for p in servers], args.startup_timeout)
-        measured = [p.pid for p in servers]
-        if args.nodes or (args.database_url and not args.database_url.startswith("sqlite")):
-            measured += service_pids()  # PostgreSQL's and Redis's CPU counts too
-        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed, measured or None))
+        groups = {"server": [p.pid for p in servers]} if servers else {}
+        if args.nodes:
+            groups = {"nodes": [p.pid for p in servers[:-1]], "nginx": [servers[-1].pid]}
+        if groups and args.database_url and not args.database_url.startswith("sqlite"):
+            groups.update(service_pids(urlsplit(args.database_url).path.lstrip("/")))  # their CPU counts too
+        if not args.redis_url:
+            groups.pop("redis", None)
+        measured = sorted({pid for pids in groups.values() for pid in pids})
+        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed, measured or None,
+                                   groups or None))
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
@@ -427,6 +457,9 @@ def main() -> int:
         if result["server_cpu_ms_per_request"] is not None:
             print(f"  server CPU  {result['server_cpu_ms_per_request']} ms per request "
                   f"(2 cores: at most ~{2000 / result['server_cpu_ms_per_request']:.0f} req/s if the server had both)")
+        if result["cpu_ms_per_request_by_process"] and len(result["cpu_ms_per_request_by_process"]) > 1:
+            print("  CPU split   " + ", ".join(f"{k} {v} ms" for k, v in result["cpu_ms_per_request_by_process"].items())
+                  + " per request")
         if result["connections_per_process"]:
             print(f"  connections {'/'.join(map(str, result['connections_per_process']))} "
                   "(keep-alive connections held by each server process)")
