@@ -72,6 +72,10 @@ def main() -> int:
     for name, r in rows:
         print(f"{name:46} {r['rps']:7.1f} {r['p50_ms']:7.1f} {r['p95_ms']:7.1f} {r['errors']:6d} "
               f"{r['server_cpu_ms_per_request'] or float('nan'):10.2f}")
+    for name, r in rows:
+        if r.get("cpu_ms_per_request_by_process") and len(r["cpu_ms_per_request_by_process"]) > 1:
+            print(f"CPU split of '{name}': " + ", ".join(
+                f"{k} {v} ms" for k, v in r["cpu_ms_per_request_by_process"].items()) + " per request")
     before, after = rows[0][1], rows[-1][1]
     ratio = after["rps"] / before["rps"] if before["rps"] else float("nan")
     ok = after["rps"] >= 150 and after["p95_ms"] <= 150 and after["errors"] == 0

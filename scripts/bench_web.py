@@ -322,8 +322,8 @@ def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1,
                             start_new_session=True)
 
 
-def start_nodes(port: int, tmp: Path, nodes: int, database_url: str | None, redis_url: str | None
-                ) -> list[subprocess.Popen]:
+def start_nodes(port: int, tmp: Path, nodes: int, database_url: str | None, redis_url: str | None,
+                node_workers: int = 1) -> list[subprocess.Popen]:
     """`nodes` separate `pbxbot serve` processes (own ports, sharing only the database and Redis)
     behind nginx on `port`; the nginx process comes last."""
     try:
@@ -339,7 +339,7 @@ def start_nodes(port: int, tmp: Path, nodes: int, database_url: str | None, redi
     ports = [free_port() for _ in range(nodes)]
     procs = []
     for i, node_port in enumerate(ports):  # one after another: the first migrates the schema
-        procs.append(start_server(node_port, tmp, workers=1, database_url=database_url, extra_env=env,
+        procs.append(start_server(node_port, tmp, workers=node_workers, database_url=database_url, extra_env=env,
                                   log_name=f"server-{i}.log"))
         wait_healthy(f"http://127.0.0.1:{node_port}", 900)
     procs.append(start_nginx(port, ports, tmp / "nginx"))
@@ -391,6 +391,7 @@ def main() -> int:
                     "postgresql://postgres@127.0.0.1/bench for the scale-out setup (its tables get bench rows)")
     ap.add_argument("--nodes", type=int, default=0, help="this many one-process `pbxbot serve` nodes behind "
                     "nginx (least_conn); needs --database-url postgresql://...")
+    ap.add_argument("--node-workers", type=int, default=1, help="--workers of each node (uvicorn's processes)")
     ap.add_argument("--redis-url", help="the nodes' PBXBOT_REDIS_URL (shared rate limits)")
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -410,7 +411,8 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             print(f"starting pbxbot serve on {url} ...", file=sys.stderr)
             if args.nodes:
-                servers = start_nodes(port, Path(tmpdir.name), args.nodes, args.database_url, args.redis_url)
+                servers = start_nodes(port, Path(tmpdir.name), args.nodes, args.database_url, args.redis_url,
+                                      args.node_workers)
             else:
                 servers = [start_server(port, Path(tmpdir.name), args.core, args.workers, args.database_url,
                                         {"PBXBOT_REDIS_URL": args.redis_url} if args.redis_url else None)]
@@ -447,7 +449,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({**result, "targets_met": ok}))
     else:
-        setup = (f"nginx + {args.nodes} nodes" if args.nodes else f"{args.workers} process(es)") if not args.url else "external"
+        setup = (f"nginx + {args.nodes} nodes x {args.node_workers} process(es)" if args.nodes else f"{args.workers} process(es)") if not args.url else "external"
         print(f"POST /api/chat  {result['requests']} requests in {result['seconds']} s, "
               f"concurrency {result['concurrency']}, core {args.core}, {setup}")
         print(f"  throughput  {result['rps']} req/s   (target >= 150)")
