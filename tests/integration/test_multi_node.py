@@ -161,9 +161,9 @@ def test_a_users_limit_holds_across_nodes(cluster):
     assert sum(answered) == PER_MINUTE and min(answered) > 0, f"turns per node {answered}: not spread"
 
 
-def read_events(url: str, params: dict, found: list, stop: threading.Event) -> None:
+def read_events(url: str, params: dict, found: list, stop: threading.Event, headers: dict | None = None) -> None:
     try:
-        with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(30, read=30)) as r:
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=httpx.Timeout(30, read=30)) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     found.append(json.loads(line[6:]))
@@ -174,12 +174,25 @@ def read_events(url: str, params: dict, found: list, stop: threading.Event) -> N
 
 
 def test_an_operator_reply_reaches_a_widget_stream_held_by_the_other_node(cluster):
-    conv = start_conversation(cluster.base, "10.3.0.1", "Can I talk to a real person?")
+    conv = start_conversation(cluster.base, "10.3.0.1", "Which logs should we keep?")
+    # the console's queue page on each node: a ticket opened through either node is pushed to both
+    consoles = [(f"http://127.0.0.1:{port}/console/api/events", []) for port in cluster.ports]
+    console_stop = threading.Event()
+    for url, found in consoles:
+        threading.Thread(target=read_events, args=(url, {}, found, console_stop),
+                         kwargs={"headers": {"Authorization": f"Bearer {OPERATOR_TOKEN}"}}, daemon=True).start()
+    time.sleep(1.0)
     r = post(cluster.base, {"action": "request_human", "text": "", "conversation_id": conv["conversation_id"],
                             "conversation_token": conv["conversation_token"]}, "10.3.0.1")
     assert r.status_code == 200
     queue = httpx.get(f"{cluster.base}/console/api/tickets", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}).json()
     ticket = next(t["id"] for t in queue["tickets"] if t["conversation_id"] == conv["conversation_id"])
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline and not all(any(e.get("id") == ticket for e in found) for _u, found in consoles):
+        time.sleep(0.05)
+    console_stop.set()
+    for url, found in consoles:
+        assert any(e.get("id") == ticket and e.get("status") == "open" for e in found), (url, found)
     params = {"conversation_id": conv["conversation_id"], "token": conv["conversation_token"],
               "after": max(e["seq"] for e in transcript(cluster.base, conv))}
     # one event stream on each node: whichever node writes the reply, the other one must carry it
