@@ -96,7 +96,10 @@ class Settings(BaseSettings):
     # Other origins allowed to call /api/chat from a page embedding widget.js ("https://a,https://b" or "*").
     widget_origins: str = ""
 
-    # Server processes for `pbxbot serve` (one per core serves the most; see README "Scale-out").
+    # Redis for the rate limits shared by every process and node (redis://host:6379/0); unset: in-process.
+    redis_url: str | None = None
+
+    # Server processes for `pbxbot serve` (uvicorn's --workers; more than one needs PostgreSQL).
     workers: int = Field(default=1, ge=1, le=64)
     # Threads per server process running conversation turns (0: the built-in default).
     core_threads: int = Field(default=0, ge=0, le=64)

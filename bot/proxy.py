@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.config import Settings
@@ -59,12 +59,22 @@ def _peer(request: Any) -> str:
 
 def client_address(request: Any, settings: "Settings") -> str:
     """The client's address: the peer's, or (from a trusted proxy) the nearest untrusted hop of
-    X-Forwarded-For."""
-    peer = _peer(request)
-    networks = parse_trusted_proxies(settings.trusted_proxies)
+    X-Forwarded-For. (The middleware already puts that address in the request's scope; this is
+    for code that is handed a request from elsewhere, and gives the same answer.)"""
+    return forwarded_client(_peer(request), request.headers.getlist("x-forwarded-for"),
+                            parse_trusted_proxies(settings.trusted_proxies))
+
+
+def trusted_peer(peer: str, networks: tuple[Network, ...]) -> bool:
+    return _trusted(_ip(peer), networks)
+
+
+def forwarded_client(peer: str, forwarded_for: Iterable[str], networks: tuple[Network, ...]) -> str:
+    """`peer` unless it is a trusted proxy; else the right-most X-Forwarded-For hop that is not a
+    trusted proxy (the left-most when all are; the last good one before garbage)."""
     if not networks or not _trusted(_ip(peer), networks):
         return peer
-    hops = [h for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    hops = [h for h in ",".join(forwarded_for).split(",") if h.strip()]
     address = peer
     for hop in reversed(hops[-32:]):
         ip = _ip(hop)

@@ -2,6 +2,8 @@
 
     python scripts/bench_web.py                      # starts `pbxbot serve` on a free loopback port
     python scripts/bench_web.py --url http://127.0.0.1:8000 --duration 20 --concurrency 16
+    python scripts/bench_web.py --nodes 2 --database-url postgresql://postgres@127.0.0.1/pbxbot_bench \
+        --redis-url redis://127.0.0.1:6379/0     # nginx (least_conn) in front of two `pbxbot serve`
 
 Targets (issue 5): >= 150 requests/s on the 2-core machine, p95 <= 150 ms, no errors.
 The server runs as a subprocess with its own SQLite file in a temporary folder, the index of
@@ -86,10 +88,57 @@ def tree_pids(root_pid: int, table: dict[int, tuple[int, float]] | None = None) 
     return out
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants."""
+def tree_cpu_seconds(root_pids: int | list[int]) -> float:
+    """User + system CPU seconds of processes and all their descendants."""
     table = process_table()
-    return sum(table[pid][1] for pid in tree_pids(root_pid, table) if pid in table)
+    roots = [root_pids] if isinstance(root_pids, int) else root_pids
+    pids = {pid for root in roots for pid in tree_pids(root, table)}
+    return sum(table[pid][1] for pid in pids if pid in table)
+
+
+PG_SHARED = (b"walwriter", b"checkpointer", b"background writer")
+
+
+def service_pids(database: str | None = None) -> dict[str, list[int]]:
+    """The local services' processes whose CPU is part of a set-up's cost: Redis, and PostgreSQL's
+    backends of `database` plus its WAL writer, checkpointer and background writer (not the
+    backends of other databases on the same server)."""
+    out: dict[str, list[int]] = {"postgres": [], "redis": []}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if comm == "postgres" else b""
+        except OSError:
+            continue
+        if comm == "redis-server":
+            out["redis"].append(int(entry))
+        elif comm == "postgres" and ((database and database.encode() in cmdline) or any(k in cmdline for k in PG_SHARED)):
+            out["postgres"].append(int(entry))
+    return out
+
+
+def cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds of each named group of processes (each with its descendants), now. A process
+    that starts later (a new PostgreSQL backend) is seen by the next call only: compare calls
+    made around a run whose connections are already open."""
+    table = process_table()
+    return {name: sum(table[pid][1] for root in pids for pid in tree_pids(root, table) if pid in table)
+            for name, pids in groups.items()}
+
+
+def wait_idle(root_pids: list[int], timeout: float, *, quiet: float = 0.05, period: float = 0.5) -> None:
+    """Until the processes have started up: two periods in a row in which they used almost no CPU
+    (every worker of `serve --workers N` has loaded its index)."""
+    deadline = time.monotonic() + timeout
+    calm, last = 0, tree_cpu_seconds(root_pids)
+    while calm < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit("the server did not settle after start-up")
+        time.sleep(period)
+        now = tree_cpu_seconds(root_pids)
+        calm, last = (calm + 1 if now - last < quiet else 0), now
 
 
 def free_port() -> int:
@@ -197,7 +246,7 @@ async def user_loop(host: str, port: int, deadline: float, latencies: list[float
 
 
 async def drive(url: str, concurrency: int, duration: float, turns: int, seed: int,
-                server_pid: int | None = None) -> dict:
+                server_pids: list[int] | None = None, groups: dict[str, list[int]] | None = None) -> dict:
     host, port = check_loopback(url)
     rng = random.Random(seed)
     # warm-up (first queries load lazy parts of the retriever)
@@ -207,22 +256,26 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
                                      random.Random(rng.random()), turns) for _ in range(4)))
     latencies: list[float] = []
     errors: list[str] = []
-    cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
+    cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
+    by_process0 = cpu_by_group(groups) if groups else None
     started = time.monotonic()
     deadline = started + duration
     split: list[int] = []
 
     async def sample_split() -> None:  # once every user has connected
         await asyncio.sleep(min(1.0, duration / 2))
-        split.extend(connections_per_process(server_pid, port))
+        split.extend(connections_per_process(groups["server"][0] if groups else server_pids[0], port))
 
-    sampler = asyncio.create_task(sample_split()) if server_pid else None
+    one_server = server_pids and (not groups or "server" in groups)  # not through a load balancer
+    sampler = asyncio.create_task(sample_split()) if one_server else None
     await asyncio.gather(*(user_loop(host, port, deadline, latencies, errors, random.Random(rng.random()), turns)
                            for _ in range(concurrency)))
     if sampler is not None:
         await sampler
     elapsed = time.monotonic() - started
-    cpu = tree_cpu_seconds(server_pid) - cpu0 if server_pid and cpu0 is not None else None
+    cpu = tree_cpu_seconds(server_pids) - cpu0 if server_pids and cpu0 is not None else None
+    by_process = ({k: round((v - by_process0[k]) * 1000 / max(1, len(latencies)), 2)
+                   for k, v in cpu_by_group(groups).items()} if groups else None)
     lat = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -236,7 +289,8 @@ async def drive(url: str, concurrency: int, duration: float, turns: int, seed: i
             "concurrency": concurrency,
             "connections_per_process": split or None,
             # CPU the server spent per request: independent of whatever else the machine is doing
-            "server_cpu_ms_per_request": round(cpu * 1000 / len(lat), 2) if cpu is not None and lat else None}
+            "server_cpu_ms_per_request": round(cpu * 1000 / len(lat), 2) if cpu is not None and lat else None,
+            "cpu_ms_per_request_by_process": by_process}
 
 
 FAKE_CORE_SERVER = """
@@ -251,28 +305,45 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=
 
 
 def start_server(port: int, tmp: Path, core: str = "real", workers: int = 1,
-                 database_url: str | None = None) -> subprocess.Popen:
+                 database_url: str | None = None, extra_env: dict[str, str] | None = None,
+                 log_name: str = "server.log") -> subprocess.Popen:
     env = dict(os.environ)
     env.update({
         "PBXBOT_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.sqlite3'}",
         "PBXBOT_RATE_LIMIT_PER_MINUTE": "1000000",
         "PBXBOT_OPERATOR_TOKEN": "bench-operator-token-not-secret",
         "PBXBOT_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     })
     cmd = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if core == "fake":  # the web layer alone: tests/web_fakes.FakeCore instead of retrieval + SQL
         cmd = [sys.executable, "-c", FAKE_CORE_SERVER.format(root=str(ROOT), port=port)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / log_name, "wb"),
                             start_new_session=True)
 
 
-def wait_workers(log_path: Path, workers: int, timeout: float) -> None:
-    """Every worker accepts (the supervisor says so once each has loaded its app)."""
-    deadline = time.monotonic() + timeout
-    while f"all {workers} workers are accepting connections" not in log_path.read_text(errors="replace"):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not all {workers} workers started; see {log_path}")
-        time.sleep(0.3)
+def start_nodes(port: int, tmp: Path, nodes: int, database_url: str | None, redis_url: str | None,
+                node_workers: int = 1) -> list[subprocess.Popen]:
+    """`nodes` separate `pbxbot serve` processes (own ports, sharing only the database and Redis)
+    behind nginx on `port`; the nginx process comes last."""
+    try:
+        from scripts.nginx_lb import start_nginx
+    except ImportError:  # run as `python scripts/bench_web.py`
+        from nginx_lb import start_nginx
+
+    if not database_url or database_url.startswith("sqlite"):
+        raise SystemExit("--nodes needs --database-url postgresql://... (SQLite serves one process)")
+    env = {"PBXBOT_TRUSTED_PROXIES": "127.0.0.1", "PBXBOT_SESSION_SECRET": "bench-session-secret-not-secret"}
+    if redis_url:
+        env["PBXBOT_REDIS_URL"] = redis_url
+    ports = [free_port() for _ in range(nodes)]
+    procs = []
+    for i, node_port in enumerate(ports):  # one after another: the first migrates the schema
+        procs.append(start_server(node_port, tmp, workers=node_workers, database_url=database_url, extra_env=env,
+                                  log_name=f"server-{i}.log"))
+        wait_healthy(f"http://127.0.0.1:{node_port}", 900)
+    procs.append(start_nginx(port, ports, tmp / "nginx"))
+    return procs
 
 
 def connections_per_process(root_pid: int, port: int) -> list[int]:
@@ -318,14 +389,20 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="server processes (pbxbot serve --workers)")
     ap.add_argument("--database-url", help="the server's store (default: a new SQLite file); e.g. "
                     "postgresql://postgres@127.0.0.1/bench for the scale-out setup (its tables get bench rows)")
+    ap.add_argument("--nodes", type=int, default=0, help="this many one-process `pbxbot serve` nodes behind "
+                    "nginx (least_conn); needs --database-url postgresql://...")
+    ap.add_argument("--node-workers", type=int, default=1, help="--workers of each node (uvicorn's processes)")
+    ap.add_argument("--redis-url", help="the nodes' PBXBOT_REDIS_URL (shared rate limits)")
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args()
+    if args.nodes and (args.url or args.core == "fake" or args.workers > 1):
+        ap.error("--nodes starts its own one-process nodes on the real core")
     if args.core == "fake" and args.workers > 1:
         ap.error("--core fake runs one plain uvicorn process; it cannot be combined with --workers")
     duration = min(max(args.duration, 1.0), 120.0)
 
-    server = None
+    servers: list[subprocess.Popen] = []
     tmpdir = tempfile.TemporaryDirectory(prefix="pbxbot-bench-")
     url = args.url
     try:
@@ -333,32 +410,48 @@ def main() -> int:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             print(f"starting pbxbot serve on {url} ...", file=sys.stderr)
-            server = start_server(port, Path(tmpdir.name), args.core, args.workers, args.database_url)
+            if args.nodes:
+                servers = start_nodes(port, Path(tmpdir.name), args.nodes, args.database_url, args.redis_url,
+                                      args.node_workers)
+            else:
+                servers = [start_server(port, Path(tmpdir.name), args.core, args.workers, args.database_url,
+                                        {"PBXBOT_REDIS_URL": args.redis_url} if args.redis_url else None)]
         check_loopback(url)
         wait_healthy(url, args.startup_timeout)
-        if server is not None and args.workers > 1:
-            wait_workers(Path(tmpdir.name) / "server.log", args.workers, args.startup_timeout)
-        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed,
-                                   server.pid if server is not None else None))
+        if servers:
+            wait_idle([p.pid for p in servers], args.startup_timeout)
+        groups = {"server": [p.pid for p in servers]} if servers else {}
+        if args.nodes:
+            groups = {"nodes": [p.pid for p in servers[:-1]], "nginx": [servers[-1].pid]}
+        if groups and args.database_url and not args.database_url.startswith("sqlite"):
+            groups.update(service_pids(urlsplit(args.database_url).path.lstrip("/")))  # their CPU counts too
+        if not args.redis_url:
+            groups.pop("redis", None)
+        measured = sorted({pid for pids in groups.values() for pid in pids})
+        result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed, measured or None,
+                                   groups or None))
     finally:
-        if server is not None:
+        for server in servers:
             server.send_signal(signal.SIGTERM)
+        for server in servers:
             try:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
-            log = Path(tmpdir.name, "server.log").read_text(errors="replace")
-            errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+        for log_path in Path(tmpdir.name).glob("server*.log"):
+            errors = [line for line in log_path.read_text(errors="replace").splitlines()
+                      if " ERROR " in line or "Traceback" in line]
             if errors:
-                print(f"server logged {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
+                print(f"{log_path.name}: {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
         tmpdir.cleanup()
 
     ok = result["rps"] >= 150 and result["p95_ms"] <= 150 and result["errors"] == 0
     if args.json:
         print(json.dumps({**result, "targets_met": ok}))
     else:
+        setup = (f"nginx + {args.nodes} nodes x {args.node_workers} process(es)" if args.nodes else f"{args.workers} process(es)") if not args.url else "external"
         print(f"POST /api/chat  {result['requests']} requests in {result['seconds']} s, "
-              f"concurrency {result['concurrency']}, core {args.core if not args.url else '(external)'}")
+              f"concurrency {result['concurrency']}, core {args.core}, {setup}")
         print(f"  throughput  {result['rps']} req/s   (target >= 150)")
         print(f"  latency     p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
               f"max {result['max_ms']} ms   (target p95 <= 150)")
@@ -366,6 +459,9 @@ def main() -> int:
         if result["server_cpu_ms_per_request"] is not None:
             print(f"  server CPU  {result['server_cpu_ms_per_request']} ms per request "
                   f"(2 cores: at most ~{2000 / result['server_cpu_ms_per_request']:.0f} req/s if the server had both)")
+        if result["cpu_ms_per_request_by_process"] and len(result["cpu_ms_per_request_by_process"]) > 1:
+            print("  CPU split   " + ", ".join(f"{k} {v} ms" for k, v in result["cpu_ms_per_request_by_process"].items())
+                  + " per request")
         if result["connections_per_process"]:
             print(f"  connections {'/'.join(map(str, result['connections_per_process']))} "
                   "(keep-alive connections held by each server process)")

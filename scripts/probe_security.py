@@ -103,7 +103,7 @@ def probe_slow_clients() -> None:
     app = _app("")
     settings = app.state.settings
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, "warning", host="127.0.0.1", port=port))
+    server = uvicorn.Server(uvicorn_config(app, app.state.settings, "warning", host="127.0.0.1", port=port))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)

@@ -38,7 +38,7 @@ starts. The channel object (subclass :class:`BaseChannel` or satisfy :class:`Cha
 
 Inside a webhook route, use the registry's helpers instead of calling the core directly:
 
-* ``registry.rate_limiter.check(key)`` → seconds to wait (0 when allowed); reply
+* ``await registry.rate_limiter.check(key)`` → seconds to wait (0 when allowed); reply
   :func:`rate_limited_reply` when > 0;
 * ``await registry.handle(message)`` runs the (synchronous, possibly slow) core in a worker
   thread and returns the replies;
@@ -54,7 +54,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bot.messages import Address, Reply
@@ -151,46 +151,6 @@ def rate_limited_reply(conversation_id: str, language: str, retry_after: float) 
     seconds = max(1, int(retry_after + 0.999))
     return Reply(conversation_id=conversation_id, language=lang,  # type: ignore[arg-type]
                  answer=RATE_LIMIT_MESSAGE[lang].format(seconds=seconds), kind="notice")
-
-
-# ---------------------------------------------------------------- per-user rate limit
-
-
-class RateLimiter:
-    """Sliding-window limit per key (a user): at most `per_minute` events in any 60 s.
-
-    `check(key)` records the event when allowed and returns 0.0, else returns the seconds
-    until the next event would be allowed (and records nothing). Thread-safe; memory is
-    bounded by `max_keys` (least recently used keys are forgotten). per_minute <= 0 disables it.
-    """
-
-    def __init__(self, per_minute: int, *, window: float = 60.0, max_keys: int = 50_000,
-                 clock=time.monotonic) -> None:
-        self.per_minute = per_minute
-        self.window = window
-        self.max_keys = max_keys
-        self._clock = clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> float:
-        if self.per_minute <= 0:
-            return 0.0
-        now = self._clock()
-        with self._lock:
-            q = self._hits.get(key)
-            if q is None:
-                q = self._hits[key] = deque()
-                if len(self._hits) > self.max_keys:
-                    self._hits.popitem(last=False)
-            else:
-                self._hits.move_to_end(key)
-            while q and q[0] <= now - self.window:
-                q.popleft()
-            if len(q) >= self.per_minute:
-                return max(0.001, q[0] + self.window - now)
-            q.append(now)
-            return 0.0
 
 
 class SeenCache:

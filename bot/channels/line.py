@@ -249,7 +249,7 @@ class LineChannel(BaseChannel):
         else:
             return  # unfollow, join, stickers in groups...
 
-        wait = self.registry.rate_limiter.check(address.conversation_id)
+        wait = await self.registry.rate_limiter.check(address.conversation_id)
         if wait:
             reply = rate_limited_reply(address.conversation_id, guess_language(inbound.text), wait)
             await self._answer(address, [reply], reply_token, issued)

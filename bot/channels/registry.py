@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 import anyio
 import anyio.to_thread
 
-from bot.channels.base import Channel, DeliveryError, RateLimiter, render_text
-from bot.channels.shared_rate_limit import SharedRateLimiter
+from bot.channels.base import Channel, DeliveryError, render_text
+from bot.channels.rate_limit import RateLimit, limit_storage
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
 
-    from bot.channels.shared_rate_limit import SharedWindowTable
     from bot.config import Settings
     from bot.ports import ConversationCore, Ticket
 
@@ -54,11 +53,10 @@ class UnknownChannel(DeliveryError):
 class ChannelRegistry:
     """Implements bot.ports.ReplySender."""
 
-    def __init__(self, settings: "Settings", core: "ConversationCore | None" = None, *,
-                 shared_limits: "dict[str, SharedWindowTable] | None" = None) -> None:
+    def __init__(self, settings: "Settings", core: "ConversationCore | None" = None) -> None:
         self.settings = settings
         self.core = core
-        self._shared_limits = shared_limits or {}
+        self.limit_storage = limit_storage(settings.redis_url)
         self.rate_limiter = self.limiter("user", settings.rate_limit_per_minute)
         self._channels: dict[str, Channel] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -67,14 +65,10 @@ class ChannelRegistry:
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock = threading.Lock()
 
-    def limiter(self, name: str, per_minute: int) -> RateLimiter | SharedRateLimiter:
-        """A per-key limit of `per_minute` events: counted in shared memory across the worker
-        processes when `pbxbot serve --workers N` made a table for `name`
-        (bot/channels/shared_rate_limit.py), else in this process."""
-        table = self._shared_limits.get(name)
-        if table is not None and table.per_minute == per_minute:
-            return SharedRateLimiter(table)
-        return RateLimiter(per_minute)
+    def limiter(self, name: str, per_minute: int) -> RateLimit:
+        """A per-key limit of `per_minute` events a minute, named `name`: counted in Redis by every
+        process and node when PBXBOT_REDIS_URL is set, else in this process."""
+        return RateLimit(name, per_minute, self.limit_storage)
 
     # ------------------------------------------------------------ the channels
 

@@ -329,7 +329,7 @@ class SlackChannel(BaseChannel):
         if not text:
             await ack(text=HELP_TEXT[lang])
             return
-        wait = self.registry.rate_limiter.check(address.conversation_id)
+        wait = await self.registry.rate_limiter.check(address.conversation_id)
         if wait:
             await ack(text=rate_limited_reply(address.conversation_id, lang, wait).answer)
             return

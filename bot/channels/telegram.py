@@ -323,7 +323,7 @@ class TelegramChannel(BaseChannel):
         await self._handle(InboundMessage(address=address, text=text, message_id=message_id), lang)
 
     async def _handle(self, inbound: InboundMessage, lang: str) -> None:
-        wait = self.registry.rate_limiter.check(inbound.conversation_id)
+        wait = await self.registry.rate_limiter.check(inbound.conversation_id)
         if wait:
             await self.send(inbound.address, rate_limited_reply(inbound.conversation_id, lang, wait))
             return

@@ -160,9 +160,9 @@ class WebChannel(BaseChannel):
             issued = True  # a new conversation under an id the client chose: its token goes to this client
         token = self.token_for(cid)
 
-        wait = self.registry.rate_limiter.check(cid)
+        wait = await self.registry.rate_limiter.check(cid)
         if not wait:
-            wait = self._address_limiter.check(f"addr:{client_address(request, self.settings)}")
+            wait = await self._address_limiter.check(f"addr:{client_address(request, self.settings)}")
         if wait:
             reply = rate_limited_reply(cid, language, wait)
             data = {**reply.to_json(), "error": "rate_limited", "message": reply.answer,

@@ -9,7 +9,10 @@ serve one set of widgets: an operator's reply written by one worker reaches a br
 another within one poll interval, and a widget reloaded after a restart still gets its history.
 
 A process that writes a message itself (a reply through the outbox) calls wake() so its own
-widgets get it at once rather than at the next poll.
+widgets get it at once rather than at the next poll. On PostgreSQL the database announces every
+committed message to every node (LISTEN/NOTIFY, bot/handoff/changes.py): `notify()` wakes the
+feed when the message belongs to a conversation with a widget connected here, and the poll
+becomes a slow safety net (LIVE_POLL_SECONDS) for as long as notifications flow.
 
 PostgreSQL hands out ids at insert time, so a transaction can commit id 41 after id 42 was seen.
 Missing ids below the cursor are therefore asked for again for a while (GAP_SECONDS) before being
@@ -29,6 +32,7 @@ log = logging.getLogger("bot.channels.web.feed")
 
 RunSync = Callable[..., Awaitable[Any]]
 POLL_SECONDS = 0.5
+LIVE_POLL_SECONDS = 5.0  # with change notifications flowing (PostgreSQL)
 GAP_SECONDS = 10.0
 INDEX_BATCH = 1000
 HISTORY_LIMIT = 200  # events a reconnecting widget gets back at most (the newest)
@@ -70,6 +74,7 @@ class WebFeed:
         self._wake = asyncio.Event()
         self._stopping = False
         self.last_error: str | None = None
+        self.live: Callable[[], bool] = lambda: False  # are change notifications flowing?
 
     # ------------------------------------------------------------ reading
 
@@ -96,6 +101,12 @@ class WebFeed:
         """Poll now (this process just wrote something a widget may be waiting for)."""
         self._wake.set()
 
+    def notify(self, message_id: int, conversation_id: str) -> None:
+        """A message was committed somewhere (a change notification): poll now if a widget here
+        follows its conversation. Event-loop thread only."""
+        if conversation_id in self._subscribers:
+            self._wake.set()
+
     def close_streams(self) -> None:
         """End every open stream (shutdown); widgets reconnect elsewhere. Event-loop thread only."""
         self._stopping = True
@@ -118,7 +129,7 @@ class WebFeed:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("widget feed poll failed: %s", self.last_error)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), LIVE_POLL_SECONDS if self.live() else self.poll_seconds)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()

@@ -69,6 +69,10 @@ class ConversationService:
     def started_at(self):
         return self.turns.started_at
 
+    @started_at.setter
+    def started_at(self, at) -> None:
+        self.turns.started_at = at  # serve --workers: one recovery cutoff for every worker
+
     @property
     def after_record_hook(self) -> Callable[[StoredMessage], None] | None:
         return self.turns.after_record_hook

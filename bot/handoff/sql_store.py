@@ -2,11 +2,10 @@
 
 - Every public method is one transaction, committed before it returns: a user message recorded
   by `record_message` survives a crash one instruction later.
-- SQLite (the default, a file in the data dir): WAL journal, busy_timeout, and every transaction
-  begins with BEGIN IMMEDIATE, so the CLI and a running server can share the file without
-  "database is locked" upgrades failing half way. Writers, threads and processes alike, queue
-  on a gate (an flock beside the file) before that BEGIN; the turn's two transactions run on the
-  lean path of sqlite_lean.py (the same Core statements without SQLAlchemy's execution layer).
+- SQLite (the default, a file in the data dir; one server process): WAL journal, busy_timeout,
+  and every write transaction begins with BEGIN IMMEDIATE (SQLAlchemy's documented event
+  recipe), so the CLI and a running server can share the file without "database is locked"
+  upgrades failing half way.
 - PostgreSQL (`postgresql+psycopg://...`): row locks (SELECT ... FOR UPDATE) on the conversation
   or ticket a method changes, so concurrent workers cannot open two tickets for one conversation
   or claim one ticket twice; a partial unique index backs the first rule in both databases.
@@ -17,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from contextlib import contextmanager, nullcontext
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from bot.handoff import common, sqlite_lean
+from bot.handoff import common
 from bot.handoff.migrate import current_revision, upgrade_to_head
 from bot.handoff.models import AuditRow, ConversationRow, MessageRow, OutboxRow, RevokedSessionRow, TicketRow
 from bot.messages import Address, Reply, utcnow
@@ -46,9 +46,7 @@ from bot.ports import (
 
 log = logging.getLogger(__name__)
 
-# SQLite: conversations share this many turn-lock files (few files beside the database; two
-# turns running at once in two processes share one with a chance of 1 in 16 and then wait a turn).
-TURN_LOCK_SHARDS = 16
+SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
 def normalize_url(url: str) -> str:
@@ -86,12 +84,8 @@ class SqlHandoffStore:
         self.engine: Engine = _create_engine(self.url, echo=echo, synchronous=synchronous)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
-        self._gate = sqlite_lean.WriteGate(sqlite_lean.lock_path(self.url, "write")) if self.backend == "sqlite" else None
-        self._write_lock: Any = self._gate or nullcontext()
-        # the turn's write transactions skip SQLAlchemy's execution layer on a SQLite file
-        self._lean = (sqlite_lean.LeanSqlite.for_engine(self.url, self.engine.dialect, self._gate, synchronous=synchronous)
-                      if self._gate else None)
         self._local_exclusive = common.TryLocks()
+        self._turn = threading.local()  # .conn: the connection holding this thread's turn lock (PostgreSQL)
         self.revision = upgrade_to_head(self.engine) if migrate else None
 
     @classmethod
@@ -105,11 +99,7 @@ class SqlHandoffStore:
         return self.engine.dialect.name  # "sqlite" | "postgresql"
 
     def close(self) -> None:
-        if self._lean is not None:
-            self._lean.close()
         self.engine.dispose()
-        if self._gate is not None:
-            self._gate.close()
 
     def __enter__(self) -> "SqlHandoffStore":
         return self
@@ -119,6 +109,16 @@ class SqlHandoffStore:
 
     def __repr__(self) -> str:  # never the password
         return f"SqlHandoffStore({self.url.render_as_string(hide_password=True)!r})"
+
+    def change_listener(self, **callbacks: Any) -> Any:
+        """PostgreSQL: a bot.handoff.changes.ChangeListener (LISTEN/NOTIFY) with these callbacks
+        (on_message, on_ticket, on_connect); SQLite: None (one process, its followers poll)."""
+        if self.backend != "postgresql":
+            return None
+        from bot.handoff.changes import ChangeListener
+
+        conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return ChangeListener(conninfo, **callbacks)
 
     def health(self) -> dict[str, Any]:
         """For /healthz: {"ok", "backend", "revision"}; never raises, never shows the URL."""
@@ -135,10 +135,25 @@ class SqlHandoffStore:
         return common.as_utc(self._clock())
 
     @contextmanager
+    def _turn_transaction(self) -> Iterator[Connection | None]:
+        """Inside a turn on PostgreSQL (conversation_turn): a transaction on the connection that
+        holds the turn's lock (one pool checkout a turn, not one a transaction). None elsewhere."""
+        conn: Connection | None = getattr(self._turn, "conn", None)
+        if conn is None or conn.in_transaction():
+            yield None
+            return
+        with conn.begin():
+            yield conn
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A read-only transaction. On SQLite it begins DEFERRED, not IMMEDIATE: under WAL a reader
         sees a consistent snapshot without taking the write lock, so the console's polling and
-        the widget's event feed never queue behind (or block) the writers of other workers."""
+        the widget's event feed never queue behind the writer."""
+        with self._turn_transaction() as turn:
+            if turn is not None:
+                yield turn
+                return
         with self.engine.connect().execution_options(pbxbot_read_only=True) as conn, conn.begin():
             yield conn
 
@@ -149,33 +164,24 @@ class SqlHandoffStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction (BEGIN IMMEDIATE on SQLite). On SQLite the writers take turns through
-        sqlite_lean.WriteGate first, so they rarely meet SQLite's own busy handler (see there)."""
-        with self._write_lock, self.engine.begin() as conn:
+        """A write transaction (BEGIN IMMEDIATE on SQLite)."""
+        with self._turn_transaction() as turn:
+            if turn is not None:
+                yield turn
+                return
+        with self.engine.begin() as conn:
             yield conn
-
-    @contextmanager
-    def _turn_write(self) -> Iterator[Any]:
-        """A write transaction for the per-turn statements (_Q, Core only): on a SQLite file the
-        lean path (sqlite_lean: the same SQL and processors without SQLAlchemy's execution
-        layer), elsewhere _write(). Its connection offers execute(...).first/scalar/rowcount."""
-        if self._lean is None:
-            with self._write() as conn:
-                yield conn
-        else:
-            with self._lean.write() as conn:
-                yield conn
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         """An ORM session in one write transaction (ticket operations)."""
-        with self._write_lock, self._sessions() as session, session.begin():
+        with self._sessions() as session, session.begin():
             yield session
 
     # The per-turn hot path (record_message, get/save_state, active_ticket, mark_handled, transcript)
     # uses Core statements built once (_Q) on a plain connection: a third of the ORM's CPU cost.
 
-    def _ensure_conversation(self, conn: Any, address: Address, now: datetime, *, refresh: bool,
+    def _ensure_conversation(self, conn: Connection, address: Address, now: datetime, *, refresh: bool,
                              dedupe_key: str | None = None) -> Any:
         """The conversation row exists and is locked for this transaction (FOR UPDATE on PostgreSQL,
         the BEGIN IMMEDIATE write lock on SQLite); with refresh, it holds the newest address.
@@ -198,7 +204,7 @@ class SqlHandoffStore:
             conn.execute(_Q.conversation_set_address, {"cid": cid, "address": addr_json})
         return row
 
-    def _insert_message(self, conn: Any, conversation_id: str, role: str, text: str, *, handled: bool,
+    def _insert_message(self, conn: Connection, conversation_id: str, role: str, text: str, *, handled: bool,
                         meta: dict[str, Any] | None, ticket_id: str | None,
                         dedupe_key: str | None = None) -> StoredMessage:
         values = {"conversation_id": conversation_id, "role": role, "text": common.clean_text(text),
@@ -208,7 +214,7 @@ class SqlHandoffStore:
         values.pop("dedupe_key")
         return StoredMessage(id=int(new_id), **values)
 
-    def _insert_audit(self, conn: Any, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
+    def _insert_audit(self, conn: Connection, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
         conn.execute(_Q.audit_insert, {"ticket_id": ticket_id, "actor": actor, "action": action,
                                        "detail": detail, "at": self._now()})
 
@@ -280,7 +286,7 @@ class SqlHandoffStore:
         if dedupe_key is not None:
             dedupe_key = common.clean_text(dedupe_key)
         try:
-            with self._turn_write() as conn:
+            with self._write() as conn:
                 row = self._ensure_conversation(conn, address, self._now(), refresh=True, dedupe_key=dedupe_key)
                 state = common.state_from_json(row.state, row.updated_at) if row.state else None
                 if row.dup_id is not None:
@@ -310,7 +316,7 @@ class SqlHandoffStore:
         now = self._now()
         data = common.clean_json(common.state_to_json(state)) if state is not None else None
         out: list[StoredMessage] = []
-        with self._turn_write() as conn:
+        with self._write() as conn:
             # No _ensure_conversation: record_message created the row earlier in this turn, and
             # this transaction only updates that row and inserts after it.
             if data is not None:
@@ -327,7 +333,7 @@ class SqlHandoffStore:
         return out
 
     def mark_handled(self, message_id: int) -> None:
-        with self._turn_write() as conn:
+        with self._write() as conn:
             conn.execute(_Q.message_mark_handled, {"mid": message_id})
 
     def unhandled_messages(self) -> list[StoredMessage]:
@@ -349,44 +355,51 @@ class SqlHandoffStore:
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database
-        (both non-blocking, both released when the holder's process dies)."""
+        """PostgreSQL: a session advisory lock (non-blocking, released when the holder's process
+        dies), so that one process of all the nodes runs the job; SQLite: a lock in this process
+        (SQLite serves one server process)."""
         if self.backend == "postgresql":
             with self._advisory_lock(name.encode(), wait=False) as got:
                 yield got
             return
-        path = sqlite_lean.lock_path(self.url, name)
-        if path is None:
-            with self._local_exclusive.try_hold(name) as got:  # one process only: a plain lock
-                yield got
-            return
-        with sqlite_lean.file_lock(path, wait=False) as got:
+        with self._local_exclusive.try_hold(name) as got:
             yield got
 
     @contextmanager
     def conversation_turn(self, conversation_id: str) -> Iterator[None]:
-        """PostgreSQL: a session advisory lock, held for the turn (one pool connection more per
-        running turn: at most the core's thread count per process, well inside the pool's 5 + 10
-        overflow); SQLite file: an flock of one of TURN_LOCK_SHARDS files beside the database (two
-        conversations sharing a shard wait for each other now and then: a few ms, rarely). Both
-        are released by the server or the kernel when the holder's process dies."""
-        if self.backend == "postgresql":
-            with self._advisory_lock(b"turn\0" + conversation_id.encode(), wait=True):
+        """PostgreSQL: a session advisory lock held for the turn, so that two messages of one
+        conversation reaching two processes or nodes at once are answered one after the other;
+        released by the server if the holder dies. Lock and unlock are one statement each outside
+        any transaction, and the turn's store calls in this thread run on the lock's connection
+        (_turn_transaction). SQLite serves one process, where the core's own lock is enough."""
+        if self.backend != "postgresql":
+            yield
+            return
+        key = {"k": _lock_key(b"turn\0" + conversation_id.encode())}
+        with self.engine.connect() as conn:
+            default_level = conn.default_isolation_level
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sql_text("SELECT pg_advisory_lock(:k)"), key)
+            conn.commit()  # ends SQLAlchemy's autobegun transaction; nothing is sent in autocommit
+            conn.execution_options(isolation_level=default_level)
+            previous = getattr(self._turn, "conn", None)
+            self._turn.conn = conn
+            try:
                 yield
-            return
-        shard = hashlib.sha256(conversation_id.encode()).digest()[0] % TURN_LOCK_SHARDS
-        path = sqlite_lean.lock_path(self.url, f"turn-{shard:02d}")
-        if path is None:  # in-memory database: one process only, the core's own lock is enough
-            yield
-            return
-        with sqlite_lean.file_lock(path, wait=True):
-            yield
+            finally:
+                self._turn.conn = previous
+                try:  # the pool resets the isolation level when the connection goes back
+                    conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                        sql_text("SELECT pg_advisory_unlock(:k)"), key)
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - a dropped connection released it already
+                    log.warning("releasing a turn lock failed; dropping its connection")
+                    conn.invalidate()
 
     @contextmanager
     def _advisory_lock(self, name: bytes, *, wait: bool) -> Iterator[bool]:
         """A PostgreSQL session advisory lock on a connection of its own; True when this holder
         got it (always, with wait)."""
-        key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        key = _lock_key(name)
         with self.engine.connect() as conn:
             if wait:
                 conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -430,7 +443,7 @@ class SqlHandoffStore:
         common.check_priority(priority)
         cid = address.conversation_id
         summary = common.clean_json(dict(summary or {}))
-        with self._turn_write() as conn:
+        with self._write() as conn:
             now = self._now()
             self._ensure_conversation(conn, address, now, refresh=True)  # locks: one opener at a time
             row = conn.execute(_Q.active_ticket_row, {"cid": cid}).first()
@@ -467,7 +480,7 @@ class SqlHandoffStore:
     def merge_facts(self, ticket_id: str, facts: dict[str, Any]) -> Ticket:
         """Facts the user gave after the ticket opened fill the gaps of its summary (never overwrite)."""
         facts = common.clean_json(dict(facts or {}))
-        with self._turn_write() as conn:
+        with self._write() as conn:
             row = conn.execute(_Q.ticket_row, {"tid": ticket_id}).first()
             if row is None:
                 raise TicketNotFound(ticket_id)
@@ -669,6 +682,9 @@ class SqlHandoffStore:
 # ---------------------------------------------------------------- prebuilt Core statements
 
 _C, _M, _T, _A = ConversationRow.__table__, MessageRow.__table__, TicketRow.__table__, AuditRow.__table__
+# open or claimed; spelled with plain comparisons, not IN: an IN list is rendered anew at every
+# execution (an "expanding" parameter), these compile once.
+_ACTIVE = or_(*(_T.c.status == status for status in common.ACTIVE_STATUSES))
 
 
 class _Q:
@@ -679,9 +695,9 @@ class _Q:
     dedupe_select = select(_M.c.id).where(_M.c.conversation_id == bindparam("cid"),
                                           _M.c.dedupe_key == bindparam("key"))
     active_ticket_id = (select(_T.c.id).where(_T.c.conversation_id == bindparam("cid"),
-                                              _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
+                                              _ACTIVE).limit(1))
     active_ticket_row = (select(_T).where(_T.c.conversation_id == bindparam("cid"),
-                                          _T.c.status.in_(common.ACTIVE_STATUSES)).limit(1))
+                                          _ACTIVE).limit(1))
     ticket_exists = select(_T.c.id).where(_T.c.id == bindparam("tid"))
     ticket_row = select(_T).where(_T.c.id == bindparam("tid"))
     ticket_insert = insert(_T)
@@ -702,7 +718,7 @@ class _Q:
     messages_by_id = select(_M).where(_M.c.id.in_(bindparam("ids", expanding=True))).order_by(_M.c.id)
     conversation_context = (
         select(_C.c.address, _C.c.state, _C.c.updated_at,
-               select(_T.c.id).where(_T.c.conversation_id == _C.c.id, _T.c.status.in_(common.ACTIVE_STATUSES))
+               select(_T.c.id).where(_T.c.conversation_id == _C.c.id, _ACTIVE)
                .limit(1).scalar_subquery().label("ticket_id"),
                select(_M.c.id).where(_M.c.conversation_id == _C.c.id, _M.c.dedupe_key == bindparam("key"))
                .limit(1).scalar_subquery().label("dup_id"))
@@ -710,6 +726,10 @@ class _Q:
     )
     messages_after = (select(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.id > bindparam("after"))
                       .order_by(_M.c.id))
+
+
+def _lock_key(name: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
 class _NewConversation:
@@ -738,7 +758,9 @@ def _create_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") -> Engi
     if synchronous not in ("NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"sqlite_synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+        # A turn holds one connection (its advisory lock, its transactions); the pool keeps one per
+        # core thread and the background loops without opening and closing overflow connections.
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, future=True)
 
     database = url.database or ""
     memory = database in ("", ":memory:") or database.startswith("file::memory:")
@@ -748,11 +770,20 @@ def _create_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") -> Engi
     else:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False,
-                                                             "timeout": sqlite_lean.SQLITE_BUSY_TIMEOUT_MS / 1000})
+                                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-        sqlite_lean.configure_connection(dbapi_conn, memory=memory, synchronous=synchronous)
+        dbapi_conn.isolation_level = None  # the "begin" listener issues BEGIN itself
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL under WAL: a commit survives the process dying (kill -9, crash); FULL also
+            # survives the machine losing power, at one more fsync per commit.
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001

@@ -4,10 +4,11 @@ It chooses the implementations from settings (the conversation core from bot.wir
 is given), validates the enabled channels (a half-configured one is a clear ConfigError at
 start-up), registers the channels (the widget's "web" channel always; each platform module
 `bot.channels.<name>` whose settings are present, through its `register(registry, settings, core)`),
-mounts their routes, the widget, the operator console and /healthz, and runs three things in the
-background while the app lives: recovery of messages left unanswered by a crash (at start, then
-every 60 s for workers that died mid-turn), the outbox dispatcher (every 0.5 s) and the
-urgent-ticket re-announcer (every 30 s). The synchronous core is
+mounts their routes, the widget, the operator console and /healthz, and runs in the background
+while the app lives: recovery of messages left unanswered by a crash (at start, then every 60 s
+for workers that died mid-turn), the outbox dispatcher (every 0.5 s), the urgent-ticket
+re-announcer (every 30 s) and, on PostgreSQL, the change listener (LISTEN/NOTIFY) that tells the
+widget feed and the console of messages and tickets written by any node. The synchronous core is
 always called in worker threads so the event loop stays responsive.
 """
 
@@ -34,9 +35,10 @@ from bot.ports import ConversationCore
 from bot.proxy import parse_trusted_proxies
 from bot.web.auth import OperatorAuth
 from bot.web import background
-from bot.web.console import build_console_router
+from bot.web.console import QueueEvents, build_console_router
 from bot.web.health import HealthCheck
 from bot.web.middleware import RequestContextMiddleware, current_request_id
+from bot.web import timeouts
 
 log = logging.getLogger("bot.web")
 
@@ -57,25 +59,24 @@ def create_app(
     outbox_interval: float = 0.5,
     reannounce_interval: float = 30.0,
     recover_interval: float = 60.0,
-    shared_limits: dict | None = None,
 ) -> FastAPI:
-    """shared_limits: rate-limit tables in shared memory (serve --workers; see ChannelRegistry.limiter)."""
     enabled = settings.validate_enabled_channels()
     _ensure_secret_masking(settings)
     secret_key = (settings.session_secret.get_secret_value().encode()
                   if settings.session_secret and settings.session_secret.get_secret_value()
                   else secrets.token_bytes(32))
     try:
-        parse_trusted_proxies(settings.trusted_proxies)
+        trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     auth = OperatorAuth(settings, secret_key=secret_key)  # validates PBXBOT_OPERATORS
+    timeouts.configure(settings.http_header_timeout)  # this process's HTTP protocol (bot/web/timeouts.py)
     if core is None:
         from bot.wiring import build_conversation_service
 
         core = build_conversation_service(settings)
 
-    registry = ChannelRegistry(settings, core, shared_limits=shared_limits)
+    registry = ChannelRegistry(settings, core)
     if hasattr(core.handoff, "session_revoked"):  # revoked sessions in the store: every worker sees them
         auth.revocations = core.handoff
     auth.run_sync = registry.run_sync
@@ -83,6 +84,9 @@ def create_app(
     for name in enabled:
         register_platform(name, registry, settings, core)
     core.add_ticket_listener(registry.ticket_listener)
+    queue_events = QueueEvents()
+    registry.add_ticket_subscriber(_publish_ticket(queue_events))
+    listener = _change_listener(core, web, queue_events)
 
     async def run_background(func, *args):  # store calls of the loops: not behind the chat traffic
         return await anyio.to_thread.run_sync(func, *args)
@@ -97,6 +101,8 @@ def create_app(
     async def lifespan(app: FastAPI):
         await registry.start()
         tasks = [asyncio.create_task(dispatcher.run(), name="outbox-dispatcher")]
+        if listener is not None:
+            tasks.append(asyncio.create_task(listener.run(), name="change-listener"))
         tasks += [asyncio.create_task(job.run(), name=job.name) for job in jobs]
         log.info("pbxbot web ready; channels: %s", ", ".join(registry.names))
         try:
@@ -128,7 +134,9 @@ def create_app(
         feed_ok = web.feed.last_error is None
         return {"outbox": {"ok": dispatcher.last_error is None, "delivered": dispatcher.delivered,
                            "failed_attempts": dispatcher.failed},
-                "widget_feed": {"ok": feed_ok},
+                "widget_feed": {"ok": feed_ok, **({} if listener is None else {"notifications": listener.connected})},
+                "rate_limits": {"storage": "redis" if settings.redis_url else "memory",
+                                "last_error": registry.rate_limiter.last_error},
                 "channels": registry.names,
                 "ok": dispatcher.last_error is None and feed_ok}
 
@@ -187,7 +195,7 @@ def create_app(
         return RedirectResponse("/console", status_code=308)
 
     app.include_router(build_console_router(auth, core, registry.run_sync, max_text_chars=settings.max_text_chars,
-                                            on_reply=dispatcher.wake))
+                                            on_reply=dispatcher.wake, events=queue_events))
     registry.mount(app)
 
     origins = [o.strip() for o in settings.widget_origins.split(",") if o.strip()]
@@ -197,11 +205,11 @@ def create_app(
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "x-request-id"], allow_credentials=False, max_age=600)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.http_body_timeout)
+                       body_timeout=settings.http_body_timeout, trusted_proxies=trusted_proxies)
     return app
 
 
-def create_app_from_environment(shared_limits: dict | None = None) -> FastAPI:
+def create_app_from_environment() -> FastAPI:
     """uvicorn's app factory for each worker of `pbxbot serve --workers N` (a fresh process: it
     sets up logging with secret masking and reads its settings from the environment)."""
     import os
@@ -220,7 +228,31 @@ def create_app_from_environment(shared_limits: dict | None = None) -> FastAPI:
             core.started_at = datetime.fromisoformat(started)
         except ValueError:
             log.warning("ignoring an invalid %s", SERVE_STARTED_ENV)
-    return create_app(settings, core=core, shared_limits=shared_limits)
+    return create_app(settings, core=core)
+
+
+def _change_listener(core: ConversationCore, web: "web_channel.WebChannel", queue_events: QueueEvents):
+    """The store's LISTEN/NOTIFY listener (PostgreSQL), wired to the widget feed and the console's
+    queue; None when the store has none (SQLite: the feed polls)."""
+    make = getattr(core.store, "change_listener", None)
+    if not callable(make):
+        return None
+
+    def on_connect() -> None:  # catch up on whatever happened while not listening
+        web.feed.wake()
+        queue_events.publish("", "resync")
+
+    listener = make(on_message=web.feed.notify, on_ticket=queue_events.publish, on_connect=on_connect)
+    if listener is not None:
+        web.feed.live = queue_events.live = lambda: listener.connected
+    return listener
+
+
+def _publish_ticket(queue_events: QueueEvents):
+    async def publish(_event: str, ticket: Any) -> None:
+        queue_events.publish(ticket.id, ticket.status)
+
+    return publish
 
 
 def register_platform(name: str, registry: ChannelRegistry, settings: Settings, core: ConversationCore) -> None:

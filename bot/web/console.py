@@ -1,7 +1,10 @@
 """The operator console (/console) and its JSON API (/console/api/...).
 
 Pages are rendered on the server (escaped f-strings, no inline script or style, a strict CSP);
-console.js refreshes the queue and the open ticket every 2 s through the JSON API. Every POST
+console.js refreshes the queue and the open ticket every 2 s through the JSON API. The queue page
+also follows /console/api/events (server-sent events): a ticket opened or changed on any node is
+pushed at once (PostgreSQL's change notifications, else this process's own ticket events), and
+while those notifications flow the page polls only every 16 s. Every POST
 form carries the session's CSRF token. Nothing but the login page is visible without a session:
 pages redirect to /console/login, the API answers 401.
 
@@ -12,7 +15,9 @@ channel (the registry's ReplySender).
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
 import logging
 import re
 from datetime import datetime, timezone
@@ -20,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from bot.ports import ConversationCore, HandoffError, Ticket, TicketDetail
 from bot.proxy import client_address, cookie_secure
@@ -178,6 +183,34 @@ def _age(seconds: int) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+class QueueEvents:
+    """Ticket changes for the console pages that follow /console/api/events (event-loop thread)."""
+
+    def __init__(self, live: Callable[[], bool] = lambda: False) -> None:
+        self.live = live  # are changes of other processes and nodes pushed too?
+        self._queues: set[asyncio.Queue] = set()
+
+    def publish(self, ticket_id: str, status: str) -> None:
+        for q in list(self._queues):
+            if q.qsize() < 100:  # a client that stopped reading misses events, and polls
+                q.put_nowait({"id": ticket_id, "status": status})
+
+    async def stream(self, keepalive: float = 15.0):
+        q: asyncio.Queue = asyncio.Queue()
+        self._queues.add(q)
+        try:
+            yield f"retry: 3000\nevent: hello\ndata: {json.dumps({'live': self.live()})}\n\n"
+            while True:
+                try:
+                    event = await asyncio.wait_for(q.get(), keepalive)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: ticket\ndata: {json.dumps(event)}\n\n"
+        finally:
+            self._queues.discard(q)
+
+
 def build_console_router(
     auth: OperatorAuth,
     core: ConversationCore,
@@ -185,8 +218,11 @@ def build_console_router(
     *,
     max_text_chars: int,
     on_reply: Callable[[], None] = lambda: None,
+    events: QueueEvents | None = None,
 ) -> APIRouter:
+    """Login guesses are limited by auth.guesses (bot/web/guesses.py); events: the queue's push stream."""
     router = APIRouter(tags=["console"])
+    events = events or QueueEvents()
     handoff = core.handoff
     settings = auth.settings
 
@@ -336,6 +372,7 @@ def build_console_router(
         except HandoffError as exc:
             return str(exc), None
         log.info("operator %s: %s %s", op.name, action, ticket_id)
+        events.publish(ticket.id, ticket.status)
         return None, ticket
 
     # ------------------------------------------------------------ JSON API
@@ -362,6 +399,14 @@ def build_console_router(
         tickets = await run_sync(handoff.list_queue, statuses)
         now = datetime.now(timezone.utc)
         return JSONResponse({"tickets": [ticket_json(t, now) for t in tickets]}, headers={"Cache-Control": "no-store"})
+
+    @router.get("/console/api/events", openapi_extra=API_DOC)
+    async def api_events(request: Request) -> Response:
+        op = await _api_operator(request)
+        if isinstance(op, Response):
+            return op
+        return StreamingResponse(events.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
 
     @router.get("/console/api/tickets/{ticket_id}", openapi_extra=API_DOC)
     async def api_ticket(request: Request, ticket_id: str) -> Response:

@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: request ids, the body size limit and read timeout, the last-resort error handler,
-security headers.
+"""Pure ASGI middleware: request ids, the client address behind trusted proxies, the body size limit and
+read timeout, the last-resort error handler, security headers.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses (SSE) pass through untouched.
 """
@@ -16,6 +16,8 @@ import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
+
+from bot.proxy import Network, forwarded_client, trusted_peer
 
 log = logging.getLogger("bot.web")
 access_log = logging.getLogger("bot.web.access")
@@ -77,6 +79,7 @@ class RequestContextMiddleware:
 
     * takes X-Request-ID from the request when it is sane, else makes one; echoes it on every
       response and puts it in a context variable for log lines;
+    * behind a trusted proxy, sets the request's client and scheme to what it forwarded (bot/proxy.py);
     * enforces max_body_bytes (Content-Length up front, streamed bodies while reading) → 413 JSON;
     * gives a client body_timeout seconds from the end of the headers to send the body → 408 JSON,
       connection closed (the header timeout is uvicorn's part: bot/web/timeouts.py);
@@ -85,15 +88,26 @@ class RequestContextMiddleware:
     * adds security headers and an access log line.
     """
 
-    def __init__(self, app, *, max_body_bytes: int, body_timeout: float = 30.0) -> None:
+    def __init__(self, app, *, max_body_bytes: int, body_timeout: float = 30.0,
+                 trusted_proxies: tuple[Network, ...] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        peer = scope.get("client")
+        if self.trusted_proxies and peer and trusted_peer(peer[0], self.trusted_proxies):
+            # What the trusted proxy saw: the client's address, and https when it terminated TLS
+            # (so that cookies get `Secure` and links use https).
+            forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            scope = {**scope, "client": (forwarded_client(peer[0], forwarded, self.trusted_proxies), 0)}
+            proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[-1].strip().lower()
+            if proto in ("http", "https"):
+                scope["scheme"] = proto
         rid_in = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = rid_in if _VALID_RID.match(rid_in) else uuid.uuid4().hex
         request_id_var.set(rid)

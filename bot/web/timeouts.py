@@ -8,7 +8,8 @@ when installed, else h11) with one timer: armed when a connection opens and when
 ends, it closes the connection unless a new request's headers were complete in time (with a
 408 when part of a request had arrived). The body read timeout is in bot/web/middleware.py (an ASGI concern).
 
-Use: ``uvicorn.Config(app, http=http_protocol(settings.http_header_timeout), ...)``.
+Use: ``uvicorn.Config(app, http=http_protocol(settings.http_header_timeout), ...)`` in one process,
+``http=PROTOCOL_PATH`` with uvicorn's workers (each worker's create_app calls configure()).
 """
 
 from __future__ import annotations
@@ -33,59 +34,72 @@ def _base_protocol() -> type:
         return H11Protocol
 
 
-def http_protocol(header_timeout: float, base: type | None = None) -> type:
-    """uvicorn's HTTP protocol class with a `header_timeout` (seconds) for each request's headers."""
-    base = base or _base_protocol()
+HEADER_TIMEOUT = 10.0  # seconds; set from the settings by configure() (create_app calls it in every process)
 
-    class HeaderTimeoutProtocol(base):  # type: ignore[misc, valid-type]
-        _header_timer: Any = None
-        _timed_cycle: Any = None
-        _partial = False  # bytes of a request arrived since the timer was armed
 
-        def data_received(self, data: bytes) -> None:
-            self._partial = True
-            super().data_received(data)
+def configure(header_timeout: float) -> None:
+    global HEADER_TIMEOUT
+    HEADER_TIMEOUT = float(header_timeout)
 
-        def connection_made(self, transport) -> None:  # noqa: ANN001
-            super().connection_made(transport)
-            self._arm_header_timer()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_header_timer()  # the next request on this connection
+class HeaderTimeoutProtocol(_base_protocol()):  # type: ignore[misc]
+    """uvicorn's HTTP protocol with a timeout for each request's headers (HEADER_TIMEOUT). A class of
+    this module, so that uvicorn's worker processes can import it by name
+    (``http="bot.web.timeouts:HeaderTimeoutProtocol"``)."""
 
-        def connection_lost(self, exc) -> None:  # noqa: ANN001
-            self._disarm_header_timer()
-            super().connection_lost(exc)
+    _header_timer: Any = None
+    _timed_cycle: Any = None
+    _partial = False  # bytes of a request arrived since the timer was armed
 
-        def _arm_header_timer(self) -> None:
-            self._disarm_header_timer()
-            self._timed_cycle = self.cycle  # a new request replaces self.cycle once its headers are in
-            self._partial = False
-            self._header_timer = self.loop.call_later(header_timeout, self._header_timeout)
+    def data_received(self, data: bytes) -> None:
+        self._partial = True
+        super().data_received(data)
 
-        def _disarm_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+    def connection_made(self, transport) -> None:  # noqa: ANN001
+        super().connection_made(transport)
+        self._arm_header_timer()
 
-        def _header_timeout(self) -> None:
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()  # the next request on this connection
+
+    def connection_lost(self, exc) -> None:  # noqa: ANN001
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._timed_cycle = self.cycle  # a new request replaces self.cycle once its headers are in
+        self._partial = False
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
-            if self.cycle is not self._timed_cycle or self.transport.is_closing():
-                return  # a request arrived in time
-            if self.cycle is not None and not self.cycle.response_complete:
-                return  # still answering the previous request (pipelining)
-            if not self._partial:  # idle: close quietly (a 408 could be taken as the next request's answer)
-                self.transport.close()
-                return
-            client = "%s:%s" % self.client if self.client else "-"
-            log.info("closed a connection from %s: no complete request headers within %.0f s", client,
-                     header_timeout)
-            try:
-                self.transport.write(TIMEOUT_RESPONSE)
-            finally:
-                self.transport.close()
 
-    HeaderTimeoutProtocol.__name__ = f"HeaderTimeout{base.__name__}"
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.cycle is not self._timed_cycle or self.transport.is_closing():
+            return  # a request arrived in time
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # still answering the previous request (pipelining)
+        if not self._partial:  # idle: close quietly (a 408 could be taken as the next request's answer)
+            self.transport.close()
+            return
+        client = "%s:%s" % self.client if self.client else "-"
+        log.info("closed a connection from %s: no complete request headers within %.0f s", client, HEADER_TIMEOUT)
+        try:
+            self.transport.write(TIMEOUT_RESPONSE)
+        finally:
+            self.transport.close()
+
+
+PROTOCOL_PATH = "bot.web.timeouts:HeaderTimeoutProtocol"
+
+
+def http_protocol(header_timeout: float) -> type:
+    """The protocol class, its timeout set (one process: uvicorn.Config(http=...))."""
+    configure(header_timeout)
     return HeaderTimeoutProtocol

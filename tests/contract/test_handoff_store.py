@@ -563,7 +563,8 @@ def test_a_failed_delivery_waits_out_its_back_off_for_every_worker(store, clock)
 
 def test_exclusive_admits_one_holder_at_a_time_across_store_instances(backend):
     first = backend.make()
-    second = backend.make() if backend.persistent else first  # another worker on the same database
+    # another worker on the same database (PostgreSQL); SQLite and memory serve one process
+    second = backend.make() if backend.name == "postgres" else first
     with first.exclusive("recover-pending") as a:
         assert a is True
         with second.exclusive("recover-pending") as b:
@@ -575,8 +576,8 @@ def test_exclusive_admits_one_holder_at_a_time_across_store_instances(backend):
 
 
 def test_conversation_turn_admits_one_turn_of_a_conversation_at_a_time_across_store_instances(backend):
-    if not backend.persistent:
-        pytest.skip("one process only: the core's in-process lock serializes its turns")
+    if backend.name != "postgres":
+        pytest.skip("one process only (SQLite, memory): the core's in-process lock serializes its turns")
     first, second = backend.make(), backend.make()  # two workers on the same database
     entered = threading.Event()
 

@@ -27,7 +27,7 @@ DRIVER = textwrap.dedent(
     from bot.messages import Address, InboundMessage
     from tests.fakes import FakeRetriever, make_settings
 
-    settings = make_settings(data_dir=Path({data!r}), database_url=None)
+    settings = make_settings(data_dir=Path({data!r}), database_url={url!r})
     store = SqlHandoffStore.from_settings(settings)
     service = ConversationService(retriever=FakeRetriever(), store=store, handoff=store, settings=settings)
     address = Address("telegram", "telegram:4242", route={{"chat_id": 4242}})
@@ -41,16 +41,16 @@ DRIVER = textwrap.dedent(
 )
 
 
-def run_driver(data: Path, *texts: str) -> subprocess.CompletedProcess:
-    code = DRIVER.format(root=str(ROOT), data=str(data))
+def run_driver(data: Path, *texts: str, url: str | None = None) -> subprocess.CompletedProcess:
+    code = DRIVER.format(root=str(ROOT), data=str(data), url=url)
     return subprocess.run([sys.executable, "-c", code, *texts], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-def open_store(data: Path) -> tuple[SqlHandoffStore, object]:
+def open_store(data: Path, url: str | None = None) -> tuple[SqlHandoffStore, object]:
     from bot.conversation.service import ConversationService
     from tests.fakes import FakeRetriever
 
-    settings = make_settings(data_dir=data, database_url=None)
+    settings = make_settings(data_dir=data, database_url=url)
     store = SqlHandoffStore.from_settings(settings)
     return store, ConversationService(retriever=FakeRetriever(), store=store, handoff=store, settings=settings)
 
@@ -101,11 +101,12 @@ def test_a_retried_delivery_after_recovery_is_not_answered_twice(tmp_path):
         store.close()
 
 
-def test_workers_recovering_together_answer_a_left_over_message_once(tmp_path):
+def test_workers_recovering_together_answer_a_left_over_message_once(tmp_path, new_pg_database):
     from concurrent.futures import ThreadPoolExecutor
 
-    assert run_driver(tmp_path, "--die", "How do I stop international calls?").returncode == 17
-    workers = [open_store(tmp_path) for _ in range(3)]  # three worker processes start at once
+    url = new_pg_database()  # several processes share a store: PostgreSQL (SQLite serves one)
+    assert run_driver(tmp_path, "--die", "How do I stop international calls?", url=url).returncode == 17
+    workers = [open_store(tmp_path, url) for _ in range(3)]  # three worker processes start at once
     with ThreadPoolExecutor(max_workers=3) as pool:
         counts = list(pool.map(lambda w: w[1].recover_pending(), workers))
     store = workers[0][0]

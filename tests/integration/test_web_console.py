@@ -154,3 +154,22 @@ def test_a_tampered_session_cookie_is_ignored(client):
 def test_bad_operator_accounts_setting_is_a_clear_error():
     with pytest.raises(ConfigError, match="PBXBOT_OPERATORS"):
         create_app(make_settings(operators="alice-without-hash"), core=FakeCore())
+
+
+def test_queue_events_need_an_operator(client):
+    assert client.get("/console/api/events").status_code == 401
+
+
+async def test_queue_events_push_each_ticket_change_to_every_open_page():
+    from bot.web.console import QueueEvents
+
+    events = QueueEvents(live=lambda: True)
+    first, second = events.stream(keepalive=60), events.stream(keepalive=60)
+    assert "event: hello" in await first.__anext__() and '"live": true' in await second.__anext__()
+    events.publish("T-20261207-ab12", "claimed")
+    for page in (first, second):
+        chunk = await page.__anext__()
+        assert chunk.startswith("event: ticket\n") and '"T-20261207-ab12"' in chunk and '"claimed"' in chunk
+    await first.aclose()
+    await second.aclose()
+    assert not events._queues  # a closed page stops receiving

@@ -27,7 +27,7 @@ def server():
     app = create_app(make_settings(http_header_timeout=TIMEOUT, http_body_timeout=TIMEOUT,
                                    http_keep_alive_timeout=5.0), core=FakeCore())
     port = free_port()
-    srv = uvicorn.Server(uvicorn_config(app, "warning", host="127.0.0.1", port=port))
+    srv = uvicorn.Server(uvicorn_config(app, app.state.settings, "warning", host="127.0.0.1", port=port))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -1,13 +1,13 @@
-"""Two worker processes sharing one SQLite store answer one conversation's messages in turn.
+"""Two worker processes (or nodes) sharing one PostgreSQL store answer one conversation's messages
+in turn.
 
-Each "worker" here is its own ConversationService with its own SqlHandoffStore on the same file,
-as `pbxbot serve --workers 2` runs them; their in-process locks know nothing of each other, so
-only the store's conversation lock keeps the turns apart.
+Each "worker" here is its own ConversationService with its own SqlHandoffStore on the same
+database, as two nodes run them; their in-process locks know nothing of each other, so only the
+store's conversation lock (an advisory lock) keeps the turns apart.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from bot.conversation.service import ConversationService
-from bot.handoff.sql_store import TURN_LOCK_SHARDS, SqlHandoffStore
+from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address, InboundMessage
 from tests.fakes import FakeRetriever, make_settings
 
@@ -31,9 +31,12 @@ class SlowRetriever(FakeRetriever):
         return super().search(*args, **kwargs)
 
 
+pytestmark = pytest.mark.integration
+
+
 @pytest.fixture
-def workers(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+def workers(new_pg_database):
+    url = new_pg_database()
     stores = [SqlHandoffStore(url), SqlHandoffStore(url, migrate=False)]
     services = [ConversationService(retriever=SlowRetriever(), store=s, handoff=s, settings=make_settings())
                 for s in stores]
@@ -61,11 +64,7 @@ def test_a_second_message_on_another_worker_waits_for_the_first_turn(workers):
 
 def test_other_conversations_do_not_wait(workers):
     (a, b), _ = workers
-    # a conversation whose lock file differs from the first one's
-    def shard(cid: str) -> int:
-        return hashlib.sha256(cid.encode()).digest()[0] % TURN_LOCK_SHARDS
-
-    other = next(f"web:other-{i}" for i in range(100) if shard(f"web:other-{i}") != shard("web:fast-typist"))
+    other = "web:someone-else"
     a.retriever.delay = 1.0  # waiting for it would take 0.9 s or more
     first = threading.Thread(target=a.handle, args=(message("How do I stop international calls?"),))
     first.start()
