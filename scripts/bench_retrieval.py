@@ -124,7 +124,7 @@ def synthetic(settings, base_manifest: dict, n_chunks: int, rows: list[dict]) ->
         did = f"synth-{i // 20:05d}-{base['language']}"
         cid = f"{did}#{i % 20}.0"
         ids.append(cid)
-        rows_syn.append({**base, "chunk_id": cid, "doc_id": did})
+        rows_syn.append({**base, "chunk_id": cid, "doc_id": did, "kind": "text", "section": cid.rsplit(".", 1)[0]})
         d = store.docs[base["doc_id"]]
         docs_syn.setdefault(did, {**d, "id": did})
         metas.append(chunk_metadata(did, base["language"], d["kind"], d["carriers"]))
@@ -146,8 +146,14 @@ def synthetic(settings, base_manifest: dict, n_chunks: int, rows: list[dict]) ->
         for c in docs_syn[r["doc_id"]].get("carriers", ()):
             if c in cmask:
                 cmask[c][i] = True
+    # every synthetic row is a section of its own (no sentence vectors: the search's cost is the point)
+    sections = {r["section"]: {"section": r["section"], "doc_id": r["doc_id"], "heading": r.get("heading", ""),
+                               "text": r["text"], "facts": [], "questions": [], "sentences": [], "sentence_offset": 0,
+                               "sentence_tokens": []} for r in rows_syn}
     syn_store = _Store(chunk_ids=ids, rows=rows_syn, row_of={c: i for i, c in enumerate(ids)},
-                       lang=_np.array([r["language"] for r in rows_syn]), carrier_mask=cmask, docs=docs_syn)
+                       lang=_np.array([r["language"] for r in rows_syn]), carrier_mask=cmask, docs=docs_syn,
+                       sections=sections, sentence_vectors=_np.zeros((0, vecs.shape[1]), _np.float32),
+                       questions_of={}, idf=store.idf)
     r = HybridRetriever(store=syn_store, lexical=lexical, vector=vindex, embedder=emb, analyzer=analyzer)
     for row in rows[:10]:
         r.search(row["question"], k=5, language=row["language"])

@@ -56,9 +56,12 @@ class IntentData:
         return any(p.search(norm) for p in self.extraction_patterns)
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: about 20 times faster than pure Python
+
+
 def _load_yaml(path: Path) -> object:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a safe loader
     except OSError as exc:
         raise IntentDataError(path, "file", f"unreadable ({exc.strerror})") from None
     except UnicodeDecodeError:
