@@ -38,7 +38,7 @@ DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0,
 class AnswerTypes:
     """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
 
-    def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str]]]):
+    def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]]):
         self.types = types
 
     @classmethod
@@ -56,22 +56,23 @@ class AnswerTypes:
                 answer = re.compile(spec["answer"], re.IGNORECASE)
             except (KeyError, re.error):
                 continue
-            types[name] = (re.compile("|".join(parts)) if parts else None, answer)
+            types[name] = (re.compile("|".join(parts)) if parts else None, answer, float(spec.get("strength", 1.0)))
         return cls(types)
 
     def asked(self, question: str) -> list[str]:
         q = unicodedata.normalize("NFKC", question or "").lower()
-        return [name for name, (rx, _) in self.types.items() if rx is not None and rx.search(q)]
+        return [name for name, (rx, _, _) in self.types.items() if rx is not None and rx.search(q)]
 
     def cue(self, question: str) -> composer.Cue | None:
-        """A test of "does this sentence give the asked kind of answer", or None when none is asked.
+        """How strongly a sentence gives the asked kind of answer (0: not at all; a type's `strength`,
+        1 unless the table says more: a phone number asked for is the answer), or None when none is asked.
         `steps` and `yesno` are too weak to pick a sentence by (nearly every sentence of a guide
         gives a step): they never count here."""
         names = [a for a in self.asked(question) if a not in WEAK_TYPES]
         if not names:
             return None
-        patterns = [self.types[n][1] for n in names]
-        return lambda sentence: any(p.search(sentence) for p in patterns)
+        patterns = [(self.types[n][1], self.types[n][2]) for n in names]
+        return lambda sentence: max((w for p, w in patterns if p.search(sentence)), default=0.0)
 
 
 @dataclass

@@ -164,7 +164,8 @@ _META = re.compile(r"(this (page|document|guide|section) (explains|describes|cov
 _LEANING = re.compile(
     r"^(this|these|that|those|such|it|they|also|however|in (that|this|such) case|as a result|otherwise|instead)\b|"
     r"^(これ|それ|その|この|こう|そう|また、|なお、|ただし、|そのため|このため|そこで|一方、)", re.IGNORECASE)
-Cue = Callable[[str], bool]  # does a sentence give the kind of answer asked for?
+Cue = Callable[[str], float]  # how strongly a sentence gives the kind of answer asked for (0: not at all)
+STRONG_CUE = 2.0  # a sentence this strongly of the asked kind is looked for in every retrieved section
 STANDING_POOL = 0.8  # with the retriever's scores: sections this close to the best one may contribute sentences
 SENTENCE_FEATURES = ("similarity", "coverage", "overlap", "typed", "standing", "rank", "first", "question", "lead", "length")
 SCORER_PATH = Path(__file__).with_name("sentence_scorer.json")
@@ -229,8 +230,7 @@ def pieces_of(
         if p.chunk_id in seen:
             continue
         seen.add(p.chunk_id)
-        if p.sentence_scores and rank > 0 and top_score > 0 and p.score < STANDING_POOL * top_score:
-            continue  # a section well behind the best one in this search does not answer the question
+        behind = bool(p.sentence_scores and rank > 0 and top_score > 0 and p.score < STANDING_POOL * top_score)
         src = Source.of(p)
         lead_section = not p.heading and not p.chunk_id.endswith("#s")
         # "<doc>#2.1" continues section 2: its first sentence does not open anything
@@ -245,19 +245,22 @@ def pieces_of(
             overlap = len(q & st) / math.sqrt(len(q) + 1) if q else 0.0
             if fq:
                 overlap += len(fq & st) / math.sqrt(len(fq) + 1)
-            typed = bool(cue and cue(sentence))
+            strength = float(cue(sentence)) if cue else 0.0
+            typed = strength > 0
+            if behind and strength < STRONG_CUE:
+                continue  # a section well behind the best one does not answer, unless it has what was asked
             coverage = float(covers[i]) if covers else 0.0
             if sims:
                 sim = float(sims[i])
                 # the section's own standing in this search counts too: a sentence of the best
                 # section leads unless another section has a clearly closer one
                 standing = p.score / top_score if top_score > 0 else 0.0
-                features = (sim, coverage, min(overlap, 1.5), float(typed), standing, 1.0 / (1 + rank),
+                features = (sim, coverage, min(overlap, 1.5), strength, standing, 1.0 / (1 + rank),
                             float(i == 0), p.question_score, float(lead_section), min(measure(sentence, p.language), 120) / 120)
                 score = SENTENCE_SCORER(features)
             else:
                 sim = None
-                score = overlap + (0.5 if is_action(sentence) else 0.0) + 1.0 / (1 + rank) + (0.4 if typed else 0.0)
+                score = overlap + (0.5 if is_action(sentence) else 0.0) + 1.0 / (1 + rank) + 0.4 * strength
                 if i == 0 and not continuation:
                     score += 0.6 if lead_section else 0.3
                 elif i == 1 and lead_section:
