@@ -131,10 +131,11 @@ def build_conversation_service(
     understander: Any = None,
 ) -> "ConversationService":
     from bot.conversation.service import ConversationService
+    from bot.handoff.service import HandoffService
 
     store = store if store is not None else build_store(settings)
     retriever = retriever if retriever is not None else build_retriever(settings)
-    return ConversationService(retriever=retriever, store=store, handoff=store, settings=settings,
+    return ConversationService(retriever=retriever, store=store, handoff=HandoffService(store), settings=settings,
                                understander=understander)
 
 

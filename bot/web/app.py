@@ -77,8 +77,8 @@ def create_app(
         core = build_conversation_service(settings)
 
     registry = ChannelRegistry(settings, core)
-    if hasattr(core.handoff, "session_revoked"):  # revoked sessions in the store: every worker sees them
-        auth.revocations = core.handoff
+    if hasattr(core.store, "session_revoked"):  # revoked sessions in the store: every worker sees them
+        auth.revocations = core.store
     auth.run_sync = registry.run_sync
     web = web_channel.register(registry, settings, core, signing_key=secret_key)
     for name in enabled:

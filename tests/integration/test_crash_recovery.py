@@ -12,6 +12,7 @@ import pytest
 
 from bot.handoff.sql_store import SqlHandoffStore
 from tests.fakes import make_settings
+from bot.handoff.service import HandoffService
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +67,14 @@ def test_crash_between_user_message_and_reply_is_recovered(tmp_path):
     try:
         pending = store.unhandled_messages()
         assert [(m.role, m.text) for m in pending] == [("user", incident)]
-        ticket = store.active_ticket("telegram:4242")
+        ticket = HandoffService(store).active_ticket("telegram:4242")
         assert ticket.priority == "normal"  # the crash came before the incident was understood
 
         assert service.recover_pending() == 1
         assert store.unhandled_messages() == []
-        ticket = store.active_ticket("telegram:4242")
+        ticket = HandoffService(store).active_ticket("telegram:4242")
         assert ticket.priority == "urgent"
-        detail = store.get_detail(ticket.id)
+        detail = HandoffService(store).get_detail(ticket.id)
         roles = [(m.role, m.text[:20]) for m in detail.transcript]
         assert [r for r, _ in roles] == ["user", "bot", "user", "bot"]
         assert detail.transcript[2].text == incident
