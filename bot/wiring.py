@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def build_retriever(settings: Settings, *, progress: bool = False) -> "Retriever":
     """Open the index (embedded or Chroma server); build it first when there is none. Searches go
     through BoundedRetriever (a query's retrieval work is bounded by settings.max_search_chars)."""
-    from bot.retrieval.service import open_retriever
+    from bot.retrieval.hybrid import open_retriever
 
     return BoundedRetriever(open_retriever(settings, progress=progress), settings.max_search_chars)
 
@@ -64,7 +64,7 @@ class BoundedRetriever:
 
 def prepare_index(settings: Settings, *, progress: bool = False) -> dict:
     """Build or refresh the index when needed, without loading it (the manifest)."""
-    from bot.retrieval.service import ensure_index
+    from bot.retrieval.hybrid import ensure_index
 
     return ensure_index(settings, progress=progress)
 
@@ -147,7 +147,7 @@ def prepare_understanding(settings: Settings) -> Any:
 
     from bot.conversation.understanding import classifier
     from bot.conversation.understanding.intents import load_intents
-    from bot.retrieval.service import QueryEncoder
+    from bot.retrieval.hybrid import QueryEncoder
 
     data = load_intents(settings.knowledge_dir)
     cache = Path(settings.data_dir) / "models"
