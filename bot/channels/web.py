@@ -42,7 +42,9 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from bot.channels.base import BaseChannel, guess_language, rate_limited_reply
+from bot.channels.base import BaseChannel
+from bot.channels.pipeline import rate_limited_reply
+from bot.conversation.understanding.language import detect_language
 from bot.channels.web_feed import POLL_SECONDS, WebFeed, reply_event
 from bot.messages import Address, InboundMessage, Reply
 from bot.proxy import client_address
@@ -151,7 +153,7 @@ class WebChannel(BaseChannel):
                 cid = "web:" + cid
         else:
             cid, issued = f"web:{uuid.uuid4()}", True
-        language = guess_language(text, default=_accept_language(request))
+        language = detect_language(text) or _accept_language(request)
         if not issued and not self.token_ok(cid, body.conversation_token):
             # before the per-conversation limit: a stranger's refused posts must not use up its budget
             if await anyio.to_thread.run_sync(self._exists, cid):

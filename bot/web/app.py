@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.channels import web as web_channel
-from bot.channels.registry import ChannelRegistry
+from bot.channels.registry import ChannelRegistry, enabled_platforms
 from bot.config import ConfigError, Settings
 from bot.ports import ConversationCore
 from bot.proxy import parse_trusted_proxies
@@ -45,7 +45,6 @@ log = logging.getLogger("bot.web")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
-PLATFORM_MODULES = ("telegram", "line", "slack")
 # Set by `pbxbot serve --workers N` for its workers: when this server generation started (ISO,
 # UTC). A message recorded before it belongs to a previous run; after it, a live worker may be
 # answering it (ConversationService.started_at, the crash-recovery cutoff).
@@ -60,7 +59,7 @@ def create_app(
     reannounce_interval: float = 30.0,
     recover_interval: float = 60.0,
 ) -> FastAPI:
-    enabled = settings.validate_enabled_channels()
+    enabled = enabled_platforms(settings)
     _ensure_secret_masking(settings)
     secret_key = (settings.session_secret.get_secret_value().encode()
                   if settings.session_secret and settings.session_secret.get_secret_value()
@@ -82,7 +81,7 @@ def create_app(
     auth.run_sync = registry.run_sync
     web = web_channel.register(registry, settings, core, signing_key=secret_key)
     for name in enabled:
-        register_platform(name, registry, settings, core)
+        registry.register_platform(name)
     core.add_ticket_listener(registry.ticket_listener)
     queue_events = QueueEvents()
     registry.add_ticket_subscriber(_publish_ticket(queue_events))
@@ -253,19 +252,6 @@ def _publish_ticket(queue_events: QueueEvents):
         queue_events.publish(ticket.id, ticket.status)
 
     return publish
-
-
-def register_platform(name: str, registry: ChannelRegistry, settings: Settings, core: ConversationCore) -> None:
-    """Import bot.channels.<name> and call its register(registry, settings, core)."""
-    module_name = f"bot.channels.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise ConfigError(f"channel '{name}' is configured (PBXBOT_{name.upper()}_*) but this build has no "
-                              f"{module_name} adapter") from None
-        raise ConfigError(f"channel '{name}' needs a package that is not installed: {exc.name}") from None
-    module.register(registry, settings, core)
 
 
 def _ensure_secret_masking(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Slack channel: the real slack-bolt AsyncApp and slack_sdk clients against a local fake Slack API.
+"""Slack channel: the adapter and slack_sdk clients against a local fake Slack API.
 
 Requests carry real v0 signatures computed as Slack does; forged, replayed and malformed ones are
 rejected with 4xx; answers are observed at the fake response_url, operator messages and ticket
