@@ -330,13 +330,14 @@ class ChannelApp:
         from fastapi import FastAPI
 
         from bot.channels.registry import ChannelRegistry
+        from bot.web.routes.webhooks import include_channel_routes
 
         self.core = core
         self.registry = ChannelRegistry(settings, core)
         core.add_ticket_listener(self.registry.ticket_listener)
         self.channel = module.register(self.registry, settings, core)
         self.app = FastAPI()
-        self.registry.mount(self.app)
+        include_channel_routes(self.app, self.registry)
         self.client: Any = None
 
     async def __aenter__(self) -> "ChannelApp":

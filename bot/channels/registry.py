@@ -22,8 +22,6 @@ from bot.config import ConfigError
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastapi import FastAPI
-
     from bot.config import Settings
     from bot.ports import ConversationCore, Ticket
 
@@ -113,14 +111,6 @@ class ChannelRegistry:
     @property
     def names(self) -> list[str]:
         return list(self._channels)
-
-    def mount(self, app: "FastAPI") -> None:
-        """Include every channel's router under its prefix (/webhooks/<name> unless it says otherwise)."""
-        for ch in self:
-            router = getattr(ch, "router", None)
-            if router is not None:
-                prefix = getattr(ch, "prefix", None)
-                app.include_router(router, prefix=f"/webhooks/{ch.name}" if prefix is None else prefix)
 
     # ------------------------------------------------------------ ReplySender
 

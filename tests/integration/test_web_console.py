@@ -161,7 +161,7 @@ def test_queue_events_need_an_operator(client):
 
 
 async def test_queue_events_push_each_ticket_change_to_every_open_page():
-    from bot.web.console import QueueEvents
+    from bot.web.queue import QueueEvents
 
     events = QueueEvents(live=lambda: True)
     first, second = events.stream(keepalive=60), events.stream(keepalive=60)
