@@ -139,6 +139,9 @@ def make_settings(**overrides: Any):
         line_channel_access_token=f"{CANARY}-line-access",
         operator_token=f"{CANARY}-operator",
         database_url=f"postgresql+psycopg://bot:{CANARY}-dbpass@127.0.0.1/none",
+        # enabled by the canary secrets above: their APIs on a closed local port, never the internet
+        telegram_api_url="http://127.0.0.1:9/bot", line_api_url="http://127.0.0.1:9",
+        slack_api_url="http://127.0.0.1:9/api/",
     )
     base.update(overrides)
     return Settings(**base)

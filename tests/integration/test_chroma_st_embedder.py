@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.integration  # the optional `st` extra: torch and a packaged model (seconds to load)
 def test_sentence_transformers_backend_loads_packaged_model_offline(monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")

@@ -35,7 +35,8 @@ def redis_up() -> bool:
 
 
 STORAGES = [pytest.param(None, id="memory"),
-            pytest.param(REDIS_URL, id="redis", marks=pytest.mark.skipif(not redis_up(), reason="no Redis on 6379"))]
+            pytest.param(REDIS_URL, id="redis", marks=[pytest.mark.integration,  # the Redis server on 6379
+                                                       pytest.mark.skipif(not redis_up(), reason="no Redis on 6379")])]
 
 
 @pytest.mark.parametrize("redis_url", STORAGES)

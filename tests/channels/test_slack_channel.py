@@ -24,7 +24,7 @@ from tests.fakes_platforms import (
 )
 from tests.web_fakes import FakeCore
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.local_server  # the fake platform API listens on loopback
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TOKEN = "xoxb-test-token-123"

@@ -24,7 +24,7 @@ from tests.fakes_platforms import (
 )
 from tests.web_fakes import FakeCore
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.local_server  # the fake platform API listens on loopback
 
 TOKEN = "123456:TEST-telegram-token_abcdef"
 SECRET = "webhook-secret_TOKEN-42"
