@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from bot.ports import Ticket, TicketDetail
+from bot.web.sse import KEEPALIVE, KEEPALIVE_LINE, with_keepalive
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -81,12 +82,7 @@ class QueueEvents:
         self._queues.add(q)
         try:
             yield f"retry: 3000\nevent: hello\ndata: {json.dumps({'live': self.live()})}\n\n"
-            while True:
-                try:
-                    event = await asyncio.wait_for(q.get(), keepalive)
-                except asyncio.TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield f"event: ticket\ndata: {json.dumps(event)}\n\n"
+            async for event in with_keepalive(q, keepalive):
+                yield KEEPALIVE_LINE if event is KEEPALIVE else f"event: ticket\ndata: {json.dumps(event)}\n\n"
         finally:
             self._queues.discard(q)

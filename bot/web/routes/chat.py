@@ -13,7 +13,6 @@ message id, so history survives restarts and any worker process can serve any wi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -32,6 +31,7 @@ from bot.proxy import client_address
 from bot.web.deps import State, WebState
 from bot.web.feed import reply_event
 from bot.web.models import ApiError, ChatHistory, ChatReply, ChatRequest
+from bot.web.sse import KEEPALIVE, KEEPALIVE_LINE, with_keepalive
 
 log = logging.getLogger("bot.web.chat")
 
@@ -162,11 +162,9 @@ async def _stream(state: WebState, conversation_id: str, after: int) -> AsyncIte
         for event in await anyio.to_thread.run_sync(feed.history, conversation_id, after):
             sent.add(event["seq"])
             yield _sse(event)
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-            except asyncio.TimeoutError:
-                yield ": keep-alive\n\n"
+        async for event in with_keepalive(queue, KEEPALIVE_SECONDS):
+            if event is KEEPALIVE:
+                yield KEEPALIVE_LINE
                 continue
             if event is None:  # shutting down
                 return
