@@ -98,9 +98,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # unset: SQLite in data_dir
     chroma_url: str | None = None  # unset: embedded PersistentClient in data_dir
     # Embedded index with at most this many chunks: dense search is an exact scan of the build's
-    # vectors in memory (0.05 ms, and exact) instead of a Chroma query (2.4 ms of API overhead a
-    # query, measured on 403 chunks). Chroma stays the index of record and serves larger corpora
-    # and every PBXBOT_CHROMA_URL deployment. 0: always query Chroma.
+    # vectors in memory instead of a Chroma query (cheaper and exact; docs/retrieval.md). Chroma
+    # stays the index of record and serves larger corpora and every PBXBOT_CHROMA_URL deployment.
+    # 0: always query Chroma.
     dense_exact_max_chunks: int = Field(default=20_000, ge=0)
     chroma_token: SecretStr | None = None  # Chroma server token auth (server mode)
     knowledge_dir: Path = PROJECT_ROOT / "knowledge"

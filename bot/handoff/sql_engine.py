@@ -54,8 +54,8 @@ def in_memory(url: URL) -> bool:
 
 
 def copy_migrated_memory_database(engine: Engine) -> str:
-    """An in-memory database (tests, `pbxbot chat`) gets the schema by copying one migrated once per
-    process (SQLite's backup API): running the migrations for each of them costs ~20 ms a store."""
+    """An in-memory database (tests, the evaluation scripts) gets the schema by copying one migrated
+    once per process (SQLite's backup API), far cheaper than running the migrations for each store."""
     with _MEMORY_TEMPLATE_LOCK:
         if "engine" not in _MEMORY_TEMPLATE:
             template = create_store_engine(make_url("sqlite://"), echo=False)
