@@ -83,8 +83,7 @@ class HandoffService:
             return tx.save_ticket(replace(ticket, summary=merged, updated_at=tx.now))
 
     def active_ticket(self, conversation_id: str) -> Ticket | None:
-        active = self.tickets.tickets(ACTIVE_STATUSES, conversation_id=conversation_id)  # type: ignore[call-arg]
-        return active[0] if active else None
+        return self.tickets.active_ticket(conversation_id)
 
     # ------------------------------------------------------------ operators
 

@@ -132,7 +132,7 @@ class SqlHandoffStore:
     def health(self) -> dict[str, Any]:
         """For /healthz: {"ok", "backend", "revision"}; never raises, never shows the URL."""
         try:
-            with self.engine.connect() as conn:
+            with self._one_connection, self.engine.connect() as conn:
                 rev = current_revision(conn)
             return {"ok": rev is not None, "backend": self.backend, "revision": rev}
         except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -446,12 +446,15 @@ class SqlHandoffStore:
                 self._ensure_conversation(conn, conversation, now, refresh=True)
             yield SqlTicketTransaction(self, conn, now, conversation)
 
-    def tickets(self, statuses: Sequence[str], *, conversation_id: str | None = None) -> list[Ticket]:
-        stmt = select(_T).where(_T.c.status.in_(tuple(statuses)))
-        if conversation_id is not None:
-            stmt = stmt.where(_T.c.conversation_id == conversation_id)
+    def tickets(self, statuses: Sequence[str]) -> list[Ticket]:
+        stmt = select(_T).where(_T.c.status.in_(tuple(statuses))).order_by(_T.c.created_at, _T.c.id)
         with self._read() as conn:
-            return [_ticket(r) for r in conn.execute(stmt.order_by(_T.c.created_at, _T.c.id))]
+            return [_ticket(r) for r in conn.execute(stmt)]
+
+    def active_ticket(self, conversation_id: str) -> Ticket | None:
+        with self._read() as conn:
+            row = conn.execute(_Q.active_ticket_row, {"cid": conversation_id}).first()
+        return _ticket(row) if row else None
 
     def ticket_detail(self, ticket_id: str) -> TicketDetail | None:
         with self._read() as conn:
