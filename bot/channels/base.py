@@ -77,8 +77,11 @@ class BaseChannel:
         raise NotImplementedError
 
     async def reply(self, inbound: Inbound, replies: list[Reply]) -> None:
-        for reply in replies:
-            await self.send(inbound.address, reply)
+        for i, reply in enumerate(replies):
+            try:
+                await self.send(inbound.address, reply)
+            except Exception as exc:
+                raise Undelivered(replies[i:]) from exc
 
     async def start(self) -> None:
         return None
@@ -92,3 +95,11 @@ class BaseChannel:
 
 class DeliveryError(Exception):
     """A channel could not deliver a reply (the outbox dispatcher retries later)."""
+
+
+class Undelivered(DeliveryError):
+    """Some replies of a turn went out, these did not (they go to the outbox, the others do not)."""
+
+    def __init__(self, replies: list[Reply]) -> None:
+        super().__init__(f"{len(replies)} replies not delivered")
+        self.replies = replies

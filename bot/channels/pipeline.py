@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import anyio
 import anyio.to_thread
 
-from bot.channels.base import Inbound
+from bot.channels.base import Inbound, Undelivered
 from bot.channels.rate_limit import RateLimit
 from bot.conversation.texts import t
 from bot.messages import InboundMessage, Reply
@@ -170,9 +170,10 @@ class InboundPipeline:
         try:
             await channel.reply(inbound, replies)
         except Exception as exc:
-            log.warning("%s: delivery failed (%s); queued in the outbox", channel.name, type(exc).__name__)
+            cause = exc.__cause__ if isinstance(exc, Undelivered) and exc.__cause__ else exc
+            log.warning("%s: delivery failed (%s); queued in the outbox", channel.name, type(cause).__name__)
             if self.core is not None:
-                for reply in replies:
+                for reply in exc.replies if isinstance(exc, Undelivered) else replies:
                     await self.run_sync(self.core.handoff.enqueue, inbound.address, reply)
 
     # ------------------------------------------------------------ threads and tasks
