@@ -1,9 +1,9 @@
 """The small interfaces (roles) the conversation core depends on, and their value types.
 
-Implementations: retrieval.HybridRetriever (Retriever); handoff.SqlHandoffStore
-(ConversationStore + HandoffService); channels.ChannelRegistry (ReplySender).
-In-memory fakes live next to the real things for unit tests and `pbxbot chat`.
-Stdlib only.
+Implementations: retrieval.HybridRetriever (Retriever); handoff.SqlHandoffStore (ConversationStore,
+TicketStore, Outbox) and handoff.HandoffService (Handoff: the ticket rules over a TicketStore);
+channels.ChannelRegistry (ReplySender). Unit tests and `pbxbot chat` run the SQL store on an
+in-memory SQLite database. Stdlib only.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class OutboxItem:
 
 
 class HandoffError(Exception):
-    """Base of the errors a HandoffService raises for operator mistakes (never for user input)."""
+    """Base of the errors the HandoffService raises for operator mistakes (never for user input)."""
 
 
 class TicketNotFound(HandoffError, LookupError):
@@ -247,7 +247,68 @@ class TicketStateError(HandoffError):
     """The lifecycle open -> claimed -> resolved forbids this action in the ticket's current state."""
 
 
-class HandoffService(Protocol):
+class TicketTransaction(Protocol):
+    """One write transaction of a TicketStore: what it reads is locked until it ends (committed
+    when the `with` block ends, rolled back when it raises). No rules: the HandoffService decides."""
+
+    now: datetime  # the store's clock when the transaction began
+
+    def active_ticket(self) -> Ticket | None:
+        """The open or claimed ticket of the transaction's conversation."""
+        ...
+
+    def ticket(self, ticket_id: str) -> Ticket | None: ...
+    def ticket_id_taken(self, ticket_id: str) -> bool: ...
+    def add_ticket(self, ticket: Ticket) -> tuple[Ticket, int]:
+        """Insert it and link the conversation's messages that have no ticket yet: (as stored, linked)."""
+        ...
+
+    def save_ticket(self, ticket: Ticket) -> Ticket:
+        """Write its status, priority, summary, operator, updated_at and reannounced_at; as stored."""
+        ...
+
+    def audit(self, ticket_id: str, actor: str, action: str, detail: str = "") -> None: ...
+    def conversation(self, conversation_id: str) -> tuple[Address | None, str | None]:
+        """The conversation's newest address and its state's language (None when unknown)."""
+        ...
+
+    def add_message(self, address: Address, role: Role, text: str, meta: dict[str, Any],
+                    ticket_id: str | None) -> StoredMessage: ...
+    def enqueue(self, address: Address, reply: Reply, ticket_id: str | None) -> int: ...
+
+
+class TicketStore(Protocol):
+    """Where tickets live: plain reads and writes (bot.handoff.HandoffService holds the rules)."""
+
+    def ticket_transaction(self, conversation: Address | None = None) -> ContextManager[TicketTransaction]:
+        """A write transaction; with `conversation`, its row exists, holds the newest address and is
+        locked (one ticket opener per conversation at a time, across processes)."""
+        ...
+
+    def tickets(self, statuses: Sequence[str]) -> list[Ticket]: ...
+    def active_ticket(self, conversation_id: str) -> Ticket | None:
+        """The conversation's open or claimed ticket (a plain read, outside any transaction)."""
+        ...
+
+    def ticket_detail(self, ticket_id: str) -> TicketDetail | None: ...
+
+
+class Outbox(Protocol):
+    """Every message to a user that is not sent inline, until delivered (transactional outbox)."""
+
+    def enqueue(self, address: Address, reply: Reply, ticket_id: str | None = None) -> int: ...
+    def pending_outbox(self, limit: int = 50) -> list[OutboxItem]: ...
+    def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
+        """Due pending items, each leased to this caller for `seconds` (other workers skip it)."""
+        ...
+
+    def mark_sent(self, item_id: int) -> None: ...
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None: ...
+
+
+class Handoff(Protocol):
+    """Tickets as the core and the operators see them (bot.handoff.HandoffService)."""
+
     def open_ticket(
         self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]
     ) -> Ticket:
@@ -276,13 +337,10 @@ class HandoffService(Protocol):
 
     def mark_reannounced(self, ticket_id: str, at: datetime) -> None: ...
 
-    # transactional outbox: every message to a user that the bot does not send inline
+    # the outbox, reached through the handoff (its messages are the ones tickets send)
     def enqueue(self, address: Address, reply: Reply) -> int: ...
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]: ...
-    def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
-        """Due pending items, each leased to this caller for `seconds` (other workers skip it)."""
-        ...
-
+    def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]: ...
     def mark_sent(self, item_id: int) -> None: ...
     def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None: ...
 
@@ -301,7 +359,7 @@ TicketListener = Callable[[str, Ticket], None]  # (event: "opened" | "reannounce
 class ConversationCore(Protocol):
     """What channels, the web app and the CLI call. Implemented by conversation.ConversationService."""
 
-    handoff: HandoffService
+    handoff: Handoff
     store: ConversationStore  # the transcript (the widget's event feed reads it)
 
     def handle(self, message: InboundMessage) -> list[Reply]:

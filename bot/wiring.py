@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def build_retriever(settings: Settings, *, progress: bool = False) -> "Retriever":
     """Open the index (embedded or Chroma server); build it first when there is none. Searches go
     through BoundedRetriever (a query's retrieval work is bounded by settings.max_search_chars)."""
-    from bot.retrieval.service import open_retriever
+    from bot.retrieval.hybrid import open_retriever
 
     return BoundedRetriever(open_retriever(settings, progress=progress), settings.max_search_chars)
 
@@ -64,7 +64,7 @@ class BoundedRetriever:
 
 def prepare_index(settings: Settings, *, progress: bool = False) -> dict:
     """Build or refresh the index when needed, without loading it (the manifest)."""
-    from bot.retrieval.service import ensure_index
+    from bot.retrieval.hybrid import ensure_index
 
     return ensure_index(settings, progress=progress)
 
@@ -131,10 +131,11 @@ def build_conversation_service(
     understander: Any = None,
 ) -> "ConversationService":
     from bot.conversation.service import ConversationService
+    from bot.handoff.service import HandoffService
 
     store = store if store is not None else build_store(settings)
     retriever = retriever if retriever is not None else build_retriever(settings)
-    return ConversationService(retriever=retriever, store=store, handoff=store, settings=settings,
+    return ConversationService(retriever=retriever, store=store, handoff=HandoffService(store), settings=settings,
                                understander=understander)
 
 
@@ -146,7 +147,7 @@ def prepare_understanding(settings: Settings) -> Any:
 
     from bot.conversation.understanding import classifier
     from bot.conversation.understanding.intents import load_intents
-    from bot.retrieval.service import QueryEncoder
+    from bot.retrieval.hybrid import QueryEncoder
 
     data = load_intents(settings.knowledge_dir)
     cache = Path(settings.data_dir) / "models"

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bot.conversation.service import ConversationService
+    from bot.handoff.service import HandoffService
     from bot.wiring import build_retriever
 
     settings = load_settings()
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="pbxbot-bench-"))
         store = SqlHandoffStore.from_settings(settings.model_copy(update={"data_dir": tmp, "database_url": None}))
     else:
-        from bot.handoff.memory_store import InMemoryHandoffStore
+        from bot.handoff.sql_store import SqlHandoffStore
 
-        store = InMemoryHandoffStore()
-    service = ConversationService(retriever=retriever, store=store, handoff=store, settings=settings)
+        store = SqlHandoffStore("sqlite://")  # in memory
+    service = ConversationService(retriever=retriever, store=store, handoff=HandoffService(store), settings=settings)
     convs = workload()
 
     errors = 0

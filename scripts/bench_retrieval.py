@@ -54,7 +54,7 @@ def child_build(data_dir: str) -> None:
 def child_serve(data_dir: str, questions_file: str) -> None:
     t0 = time.perf_counter()
     from bot.config import load_settings
-    from bot.retrieval.service import open_retriever
+    from bot.retrieval.hybrid import open_retriever
 
     t_imp = time.perf_counter()
     s = load_settings(data_dir=Path(data_dir), chroma_url=None)
@@ -96,7 +96,7 @@ def synthetic(settings, base_manifest: dict, n_chunks: int, rows: list[dict]) ->
     from bot.retrieval.analysis import Analyzer
     from bot.retrieval.lexical_index import LexicalIndex
     from bot.retrieval.lexicon import Lexicon, default_lexicon_path
-    from bot.retrieval.service import HybridRetriever, _load_store, _warm_embedder
+    from bot.retrieval.hybrid import HybridRetriever, _load_store, _warm_embedder
     from bot.retrieval.vector_index import ChromaVectorIndex, chunk_metadata, make_client
 
     src = Path(settings.index_dir) / "builds" / base_manifest["build_id"]
@@ -138,7 +138,7 @@ def synthetic(settings, base_manifest: dict, n_chunks: int, rows: list[dict]) ->
     import numpy as _np
 
     from bot.retrieval.documents import CARRIERS
-    from bot.retrieval.service import _Store
+    from bot.retrieval.hybrid import _Store
 
     n = len(rows_syn)
     cmask = {c: _np.zeros(n, bool) for c in CARRIERS}
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     from bot.config import load_settings
     from bot.retrieval.evaluation import evaluate, format_result, load_eval_rows
     from bot.retrieval.index_builder import read_current
-    from bot.retrieval.service import open_retriever
+    from bot.retrieval.hybrid import open_retriever
 
     qfile = Path(load_settings().knowledge_dir) / "eval" / "retrieval.jsonl"
     rows = load_eval_rows([qfile])

@@ -40,12 +40,13 @@ def backend_cpu(database: str) -> float:
 
 def measure(url: str, turns: int, database: str | None = None) -> str:
     from bot.conversation.service import ConversationService
+    from bot.handoff.service import HandoffService
     from bot.handoff.sql_store import SqlHandoffStore
     from bot.messages import Address, InboundMessage
     from tests.fakes import FakeRetriever, make_settings
 
     store = SqlHandoffStore(url)
-    service = ConversationService(retriever=FakeRetriever(), store=store, handoff=store, settings=make_settings())
+    service = ConversationService(retriever=FakeRetriever(), store=store, handoff=HandoffService(store), settings=make_settings())
 
     def turn(i: int, prefix: str) -> None:
         service.handle(InboundMessage(address=Address("web", f"web:{prefix}{i % 50}", "u"),

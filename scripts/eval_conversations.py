@@ -237,6 +237,7 @@ def print_labelled(report: dict, verbose: bool) -> None:
 
 def build_service(settings: Settings, store_kind: str):
     from bot.conversation.service import ConversationService
+    from bot.handoff.service import HandoffService
     from bot.wiring import build_retriever
 
     retriever = build_retriever(settings)
@@ -246,10 +247,10 @@ def build_service(settings: Settings, store_kind: str):
         tmp = tempfile.mkdtemp(prefix="pbxbot-eval-")
         store = SqlHandoffStore.from_settings(settings.model_copy(update={"data_dir": Path(tmp), "database_url": None}))
     else:
-        from bot.handoff.memory_store import InMemoryHandoffStore
+        from bot.handoff.sql_store import SqlHandoffStore
 
-        store = InMemoryHandoffStore()
-    return ConversationService(retriever=retriever, store=store, handoff=store, settings=settings)
+        store = SqlHandoffStore("sqlite://")  # in memory
+    return ConversationService(retriever=retriever, store=store, handoff=HandoffService(store), settings=settings)
 
 
 def main(argv: list[str] | None = None) -> int:

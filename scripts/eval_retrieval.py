@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from bot.config import load_settings
     from bot.retrieval.evaluation import evaluate, format_result, load_eval_rows
     from bot.retrieval.index_builder import build_index, read_current
-    from bot.retrieval.service import HybridRetriever
+    from bot.retrieval.hybrid import HybridRetriever
 
     base = load_settings()
     embedder = args.embedder or base.embedder

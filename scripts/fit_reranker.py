@@ -104,8 +104,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
-    from bot.retrieval.service import _give_way
-    from bot.retrieval.service import open_retriever as build_retriever  # the retriever itself, no wrapper
+    from bot.retrieval.hybrid import _give_way
+    from bot.retrieval.hybrid import open_retriever as build_retriever  # the retriever itself, no wrapper
 
     settings = load_settings()
     r = build_retriever(settings)

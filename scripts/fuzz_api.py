@@ -79,7 +79,7 @@ def build_app(*, real_core: bool = False, data_dir: str | None = None):
     ticket = core.handoff.open_ticket(Address("web", "web:fuzz-ticket", "web:fuzz-ticket"), reason="user_request",
                                       priority="normal", summary={"language": "ja"})
     app = create_app(settings, core=core)
-    app.state.web_channel._closing = True  # event streams end after their first line: fuzzing never waits
+    app.state.web_channel.closing = True  # event streams end after their first line: fuzzing never waits
     return app, ticket.id
 
 

@@ -139,6 +139,9 @@ def make_settings(**overrides: Any):
         line_channel_access_token=f"{CANARY}-line-access",
         operator_token=f"{CANARY}-operator",
         database_url=f"postgresql+psycopg://bot:{CANARY}-dbpass@127.0.0.1/none",
+        # enabled by the canary secrets above: their APIs on a closed local port, never the internet
+        telegram_api_url="http://127.0.0.1:9/bot", line_api_url="http://127.0.0.1:9",
+        slack_api_url="http://127.0.0.1:9/api/",
     )
     base.update(overrides)
     return Settings(**base)
@@ -180,12 +183,14 @@ def shared_understander():
 
 
 def make_service(*, retriever: Any = None, clock: Any = None, **settings_overrides: Any):
-    """(service, store, retriever): the real ConversationService on the in-memory handoff store."""
+    """(service, store, retriever): the real ConversationService on the SQL store in memory."""
     from bot.conversation.service import ConversationService
-    from bot.handoff.memory_store import InMemoryHandoffStore
+    from bot.handoff.service import HandoffService
+    from bot.handoff.sql_store import SqlHandoffStore
 
-    store = InMemoryHandoffStore(clock=clock) if clock else InMemoryHandoffStore()
+    store = SqlHandoffStore("sqlite://", clock=clock) if clock else SqlHandoffStore("sqlite://")
     retriever = retriever or FakeRetriever()
-    service = ConversationService(retriever=retriever, store=store, handoff=store, settings=make_settings(**settings_overrides),
+    service = ConversationService(retriever=retriever, store=store, handoff=HandoffService(store),
+                                  settings=make_settings(**settings_overrides),
                                   understander=shared_understander())
     return service, store, retriever

@@ -330,13 +330,14 @@ class ChannelApp:
         from fastapi import FastAPI
 
         from bot.channels.registry import ChannelRegistry
+        from bot.web.routes.webhooks import include_channel_routes
 
         self.core = core
         self.registry = ChannelRegistry(settings, core)
         core.add_ticket_listener(self.registry.ticket_listener)
         self.channel = module.register(self.registry, settings, core)
         self.app = FastAPI()
-        self.registry.mount(self.app)
+        include_channel_routes(self.app, self.registry)
         self.client: Any = None
 
     async def __aenter__(self) -> "ChannelApp":
@@ -353,7 +354,7 @@ class ChannelApp:
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait until the background work spawned after acks is done."""
         deadline = time.monotonic() + timeout
-        while self.registry._tasks and time.monotonic() < deadline:
+        while self.registry.pipeline.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
 
@@ -407,7 +408,7 @@ class ServedApp:
         # while it runs can be picked up by both, so the tests wait for it as a deployment's
         # health check would.
         deadline = time.monotonic() + 10
-        while any(t.get_name() == "recover-pending" for t in list(self.registry._tasks)):
+        while any(t.get_name() == "recover-pending" for t in list(self.registry.pipeline._tasks)):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.01)

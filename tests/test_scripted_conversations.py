@@ -12,6 +12,7 @@ import yaml
 
 from bot.messages import Address, InboundMessage, Reply, utcnow
 from tests.fakes import make_service
+from bot.handoff.service import HandoffService
 
 HERE = Path(__file__).parent / "conversations"
 CASES = [(f"{path.stem}: {case['name']}", case) for path in sorted(HERE.glob("*.yaml"))
@@ -49,7 +50,7 @@ def check_replies(expect: dict, replies, store, cid: str, where: str) -> None:
             assert got == expect["escalation"], f"{where}: escalation {got}"
         if "reason" in expect:
             assert r.escalation and r.escalation.reason == expect["reason"], f"{where}: reason {r.escalation}"
-    ticket = store.active_ticket(cid)
+    ticket = HandoffService(store).active_ticket(cid)
     if "ticket" in expect:
         assert (ticket.status if ticket else "none") == expect["ticket"], f"{where}: ticket {ticket}"
     if "ticket_priority" in expect:
@@ -82,15 +83,15 @@ def test_scripted_conversation(name, case):
                                                     message_id=step.get("message_id"), action=step.get("action")))
             check_replies(step.get("expect") or {}, replies, store, cid, where)
         elif "operator" in step:
-            ticket = store.active_ticket(cid)
+            ticket = HandoffService(store).active_ticket(cid)
             assert ticket, f"{where}: no ticket to {step['operator']}"
             op = step.get("name", "sato")
             if step["operator"] == "claim":
-                store.claim(ticket.id, op)
+                HandoffService(store).claim(ticket.id, op)
             elif step["operator"] == "reply":
-                store.reply(ticket.id, op, step["text"])
+                HandoffService(store).reply(ticket.id, op, step["text"])
             elif step["operator"] == "resolve":
-                store.resolve(ticket.id, op)
+                HandoffService(store).resolve(ticket.id, op)
             else:
                 pytest.fail(f"{where}: unknown operator step {step['operator']}")
             if "expect_outbox" in step:

@@ -1,8 +1,10 @@
-"""A small ConversationCore for web tests that do not need retrieval (fast, deterministic).
+"""The one fake conversation core of the tests, for web and channel tests that do not need retrieval.
 
-Answers every question with one cited passage; "request_human" (or a message asking for a
-person) opens a ticket on the InMemoryHandoffStore; while a ticket is active, user messages join
-it silently, as the real ConversationService does.
+It is the real turn runner (bot.conversation.turn: the message recorded and deduplicated first,
+one turn per conversation at a time, replies, state and "handled" in one transaction, recovery)
+on the real SQL store in memory and the real HandoffService, with a scripted `respond` instead of
+the skill router: every question gets one cited answer; "request_human" (or a message asking for a
+person) opens a ticket; while a ticket is active, user messages join it silently.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime
 
-from bot.handoff.memory_store import InMemoryHandoffStore
-from bot.messages import Citation, Escalation, InboundMessage, Reply
-from bot.ports import TicketListener
+from bot.config import Settings
+from bot.conversation.turn import TurnRunner
+from bot.handoff.service import HandoffService
+from bot.handoff.sql_store import SqlHandoffStore
+from bot.messages import Address, Citation, Escalation, InboundMessage, Reply
+from bot.ports import ConversationState, StoredMessage, TicketListener
 
 CITATION = Citation(n=1, doc_id="src-soumu-pbx-2024-ja", title="IP-PBXの不正利用に関する注意喚起",
                     publisher="総務省", url="https://www.soumu.go.jp/example", published="2024-03-01")
@@ -24,57 +28,64 @@ CITATION_EN = Citation(n=1, doc_id="src-jpcert-pbx-en", title="Unauthorized use 
 
 
 class FakeCore:
-    def __init__(self, store: InMemoryHandoffStore | None = None, *, fail_on: str | None = None) -> None:
-        self.handoff = store or InMemoryHandoffStore()
-        self.store = self.handoff
+    """`fail_on`: a text that makes handle() raise (a bug in the core); `hold`: an event every turn
+    waits for (a busy core); `prefetched`: texts announced while waiting for a worker thread."""
+
+    def __init__(self, store: SqlHandoffStore | None = None, *, fail_on: str | None = None,
+                 hold: threading.Event | None = None) -> None:
+        self.store = store or SqlHandoffStore("sqlite://")
+        self.handoff = HandoffService(self.store)
         self.listeners: list[TicketListener] = []
         self.handled: list[InboundMessage] = []
+        self.prefetched: list[str] = []
         self.recovered = 0
-        self.fail_on = fail_on
-        self._lock = threading.Lock()
+        self.fail_on, self.hold = fail_on, hold
+        self.turns = TurnRunner(store=self.store, handoff=self.handoff, settings=Settings(_env_file=None),
+                                respond=self._respond)
 
     def add_ticket_listener(self, listener: TicketListener) -> None:
         self.listeners.append(listener)
 
     def recover_pending(self) -> int:
         self.recovered += 1
-        return 0
+        return self.turns.recover_pending()
 
     def reannounce_overdue(self, now: datetime) -> int:
         return 0
 
+    def prefetch(self, message: InboundMessage) -> None:
+        self.prefetched.append(message.text)
+
     def handle(self, message: InboundMessage) -> list[Reply]:
         if self.fail_on and self.fail_on in message.text:
             raise RuntimeError("boom (test)")
-        meta = {k: v for k, v in (("action", message.action), ("message_id", message.message_id)) if v}
-        stored = self.store.record_message(message.address, "user", message.text or f"[{message.action}]",
-                                           dedupe_key=message.message_id, meta=meta)
-        if stored is None:
-            return []
-        self.handled.append(message)
-        cid = message.conversation_id
-        lang = "en" if message.text and message.text.isascii() else "ja"
+        if self.hold is not None:
+            self.hold.wait(5)
+        return self.turns.handle(message)
+
+    def _respond(self, address: Address, stored: StoredMessage, state: ConversationState
+                 ) -> tuple[list[Reply], ConversationState]:
+        action = stored.meta.get("action")
+        self.handled.append(InboundMessage(address=address, text=stored.text, action=action,
+                                           message_id=stored.meta.get("message_id")))
+        cid, text = address.conversation_id, stored.text
+        lang = "en" if text and text.isascii() else "ja"
         ticket = self.handoff.active_ticket(cid)
-        if message.action == "request_human" or "担当者" in message.text or "person" in message.text.lower():
+        if action == "request_human" or "担当者" in text or "person" in text.lower():
             if ticket is None:
-                ticket = self.handoff.open_ticket(message.address, reason="user_request", priority="normal",
+                ticket = self.handoff.open_ticket(address, reason="user_request", priority="normal",
                                                   summary={"language": lang})
                 for listener in self.listeners:
                     listener("opened", ticket)
-            text = ("担当者に引き継ぎました。受付番号 " + ticket.id if lang == "ja"
-                    else "A person will take over. Ticket " + ticket.id)
-            reply = Reply(cid, lang, text, escalation=Escalation("user_request", "normal", ticket.id), kind="handoff")
-        elif ticket is not None:
-            return []
-        else:
-            cit = CITATION if lang == "ja" else CITATION_EN
-            text = ("回線を止めるには通信事業者に連絡してください [1]。" if lang == "ja"
-                    else "Call your carrier to stop the calls [1].")
-            reply = Reply(cid, lang, text, citations=(cit,), confidence=0.8, offer_human=True)
-        # like the real core: the reply JSON in the transcript, its ids on the Reply
-        [bot] = self.store.complete_turn(message.address, stored.id, None,
-                                         [(reply.answer, {"reply": reply.to_payload(), "reply_to": stored.id})])
-        return [replace(reply, stored_id=bot.id, reply_to=stored.id)]
+            answer = ("担当者に引き継ぎました。受付番号 " + ticket.id if lang == "ja"
+                      else "A person will take over. Ticket " + ticket.id)
+            return [Reply(cid, lang, answer, escalation=Escalation("user_request", "normal", ticket.id),
+                          kind="handoff")], state
+        if ticket is not None:
+            return [], state
+        answer = "回線を止めるには通信事業者に連絡してください [1]。" if lang == "ja" else "Call your carrier to stop the calls [1]."
+        return [Reply(cid, lang, answer, citations=(CITATION if lang == "ja" else CITATION_EN,), confidence=0.8,
+                      offer_human=True)], state
 
 
 # ---------------------------------------------------------------- a real server on loopback

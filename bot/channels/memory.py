@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.channels.base import BaseChannel, DeliveryError, render_text
+from bot.channels.base import BaseChannel, DeliveryError
+from bot.channels.rendering import render_text
 from bot.messages import Address, Reply
 
 

@@ -1,49 +1,62 @@
-"""ChannelRegistry: the channels keyed by name, and the ReplySender that dispatches on address.channel.
+"""ChannelRegistry: the channels keyed by name, the ReplySender that dispatches on address.channel,
+and the inbound pipeline every channel's routes hand their events to.
 
-See bot/channels/base.py for how a platform module plugs in. The registry also carries what
-webhook routes need so that each stays about ten lines: the per-user rate limiter, `handle()`
-(the synchronous core in a worker thread), `spawn()` (work after the ack) and the ticket-event
-fan-out to channels (`on_ticket`) and to other listeners (the operator console).
+PLATFORMS is the list of platform channels this build knows: one line per channel, naming its
+module (see bot/channels/base.py for what the module holds). A platform is enabled when its settings
+section holds one of its secrets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import importlib
 import logging
-import threading
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
-import anyio
-import anyio.to_thread
-
-from bot.channels.base import Channel, DeliveryError, render_text
+from bot.channels.base import Channel, DeliveryError
+from bot.channels.pipeline import InboundPipeline
 from bot.channels.rate_limit import RateLimit, limit_storage
+from bot.channels.rendering import text_only
+from bot.config import ConfigError
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastapi import FastAPI
-
     from bot.config import Settings
     from bot.ports import ConversationCore, Ticket
 
 log = logging.getLogger("bot.channels")
 
-# Worker threads for the synchronous core: retrieval is CPU-bound (GIL), the store does I/O. One
-# process keeps 4, so that one slow turn does not hold every other message back (measured with the
-# query prefetch, 16 users: 1 thread 83-87 req/s, 2 threads 101, 4 threads 79-88; all within the
-# VM's noise, p95 204-270 ms).
-CORE_THREADS = 4
-# With several worker processes, one turn at a time per process measured best (2 workers on 2 cores,
-# 16 users, before the prefetch: 1 thread 114-116 req/s, 4 threads 96 req/s with a 0.9 s maximum):
-# the processes use the cores, threads only add GIL and lock convoys. The messages waiting for that
-# one thread still share embedding passes through ChannelRegistry.handle's prefetch.
+PLATFORMS: dict[str, str] = {
+    "telegram": "bot.channels.telegram",
+    "line": "bot.channels.line",
+    "slack": "bot.channels.slack",
+}
 
 
-def core_threads(settings: "Settings") -> int:
-    if settings.core_threads:
-        return settings.core_threads
-    return CORE_THREADS if settings.workers <= 1 else 1
+def platform_module(name: str) -> ModuleType:
+    module_name = PLATFORMS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigError(f"channel '{name}' is configured (PBXBOT_{name.upper()}_*) but this build has no "
+                              f"{module_name} adapter") from None
+        raise ConfigError(f"channel '{name}' needs a package that is not installed: {exc.name}") from None
+
+
+def enabled_platforms(settings: "Settings") -> list[str]:
+    """The platforms whose secrets are set; a half-configured one is a ConfigError naming the variable."""
+    enabled = []
+    for name in PLATFORMS:
+        if not settings.channels.get(name):
+            continue  # nothing configured: its module is not even imported
+        section = settings.channel(name, platform_module(name).SETTINGS)
+        if section.enabled:
+            section.check(name)
+            enabled.append(name)
+    settings.check_operator_token()
+    return enabled
 
 
 class UnknownChannel(DeliveryError):
@@ -58,12 +71,10 @@ class ChannelRegistry:
         self.core = core
         self.limit_storage = limit_storage(settings.redis_url)
         self.rate_limiter = self.limiter("user", settings.rate_limit_per_minute)
+        self.pipeline = InboundPipeline(settings, core, self.rate_limiter)
         self._channels: dict[str, Channel] = {}
-        self._tasks: set[asyncio.Task] = set()
         self._ticket_subscribers: list[Callable[[str, "Ticket"], Awaitable[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
-        self._lock = threading.Lock()
 
     def limiter(self, name: str, per_minute: int) -> RateLimit:
         """A per-key limit of `per_minute` events a minute, named `name`: counted in Redis by every
@@ -74,12 +85,16 @@ class ChannelRegistry:
 
     def add(self, channel: Channel) -> Channel:
         name = channel.name
-        if not name or not name.replace("_", "").isalnum():
+        if not name or not name.isalnum():
             raise ValueError(f"invalid channel name {name!r}")
         if name in self._channels:
             raise ValueError(f"channel {name!r} registered twice")
         self._channels[name] = channel
         return channel
+
+    def register_platform(self, name: str) -> Channel:
+        """Build the platform channel `name` from its module (see PLATFORMS) and add it."""
+        return platform_module(name).register(self, self.settings, self.core)
 
     def get(self, name: str) -> Channel | None:
         return self._channels.get(name)
@@ -96,17 +111,6 @@ class ChannelRegistry:
     @property
     def names(self) -> list[str]:
         return list(self._channels)
-
-    def prefix_for(self, channel: Channel) -> str:
-        prefix = getattr(channel, "prefix", None)
-        return f"/webhooks/{channel.name}" if prefix is None else prefix
-
-    def mount(self, app: "FastAPI") -> None:
-        """Include every channel's router under its prefix (called once by create_app)."""
-        for ch in self:
-            router = getattr(ch, "router", None)
-            if router is not None:
-                app.include_router(router, prefix=self.prefix_for(ch))
 
     # ------------------------------------------------------------ ReplySender
 
@@ -128,43 +132,16 @@ class ChannelRegistry:
             else:
                 raise
 
-    # ------------------------------------------------------------ helpers for routes
+    # ------------------------------------------------------------ the pipeline's helpers, for routes and loops
 
     async def handle(self, message: InboundMessage) -> list[Reply]:
-        """core.handle in a worker thread so that the event loop stays responsive."""
-        if self.core is None:
-            raise RuntimeError("registry has no core")
-        limiter = self._get_limiter()
-        prefetch = getattr(self.core, "prefetch", None)
-        if prefetch is not None and limiter.available_tokens == 0:
-            # every worker thread is busy: this message waits, and its query can ride along in
-            # the embedding pass of a running turn meanwhile (bot/retrieval/batching.py)
-            prefetch(message)
-        return await anyio.to_thread.run_sync(self.core.handle, message, limiter=limiter)
+        return await self.pipeline.handle(message)
 
     async def run_sync(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Any other synchronous core/store call in a worker thread."""
-        return await anyio.to_thread.run_sync(func, *args, limiter=self._get_limiter())
-
-    def _get_limiter(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(core_threads(self.settings))
-        return self._limiter
+        return await self.pipeline.run_sync(func, *args)
 
     def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task:
-        """Run `coro` in the background (after an ack); errors are logged, never lost."""
-        task = asyncio.ensure_future(coro)
-        if name:
-            task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("background task %s failed: %s", task.get_name(), exc, exc_info=exc)
+        return self.pipeline.spawn(coro, name=name)
 
     # ------------------------------------------------------------ ticket events
 
@@ -208,18 +185,10 @@ class ChannelRegistry:
 
     async def stop(self) -> None:
         for ch in reversed(list(self)):
+            await self.pipeline.drain(ch.name)  # its answers still in flight go out before it closes
             try:
                 await ch.stop()
             except Exception:
                 log.exception("channel %s failed to stop cleanly", ch.name)
-        tasks = list(self._tasks)
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=5)
-            for t in pending:
-                t.cancel()
+        await self.pipeline.drain()
         self._loop = None
-
-
-def text_only(reply: Reply) -> Reply:
-    """The same reply as plain text: sources folded into the answer, no buttons."""
-    return dataclasses.replace(reply, answer=render_text(reply), citations=(), offer_human=False)

@@ -118,9 +118,10 @@ def deliver_pending(service, conversation_id: str, out: TextIO, *, as_json: bool
 
 
 def render_text(reply: Reply) -> str:
-    lines = [("[operator] " if reply.kind == "operator" else "") + reply.answer]
-    for c in reply.citations:
-        lines.append(f"[{c.n}] {c.publisher}「{c.title}」({c.published or 'undated'}) {c.url}")
+    """The channels' plain text, with who spoke and the escalation spelled out for a terminal."""
+    from bot.channels.rendering import render_text as plain_text
+
+    lines = [("[operator] " if reply.kind == "operator" else "") + plain_text(reply)]
     if reply.escalation:
         e = reply.escalation
         lines.append(f"-> ticket {e.ticket_id} ({e.priority}, {e.reason})")

@@ -10,7 +10,7 @@ from bot.config import Settings
 
 
 def run(args, settings: Settings) -> int:
-    from bot.retrieval.service import open_retriever
+    from bot.retrieval.hybrid import open_retriever
 
     retriever = open_retriever(settings, progress=True)
     result = retriever.search(args.text, k=args.k, language=args.language, carrier=args.carrier)

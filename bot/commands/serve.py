@@ -41,9 +41,12 @@ def check_workers(settings: Settings, workers: int) -> None:
     """Several processes need a store and a limit shared by processes: PostgreSQL, not SQLite."""
     if workers <= 1:
         return
-    if "telegram" in settings.validate_enabled_channels() and settings.telegram_mode == "polling":
-        raise ConfigError("Telegram polling runs in one process: use --workers 1, or "
-                          "PBXBOT_TELEGRAM_MODE=webhook with several workers")
+    from bot.channels.registry import enabled_platforms, platform_module
+
+    for name in enabled_platforms(settings):
+        reason = settings.channel(name, platform_module(name).SETTINGS).one_process_only()
+        if reason:
+            raise ConfigError(reason)
     if not settings.database_url or settings.resolved_database_url.startswith("sqlite"):
         raise ConfigError(f"--workers {workers} needs PostgreSQL (PBXBOT_DATABASE_URL=postgresql+psycopg://...): "
                           "SQLite serves one process; run with --workers 1, or see docs/deploy.md")
@@ -54,7 +57,9 @@ def run(args, settings: Settings) -> int:
 
     from bot.logging_setup import install_secret_filter
 
-    settings.validate_enabled_channels()  # a clear error before anything slow
+    from bot.channels.registry import enabled_platforms
+
+    enabled_platforms(settings)  # a clear error before anything slow
     settings, generated = prepare_settings(settings)
     if generated:
         install_secret_filter(settings)  # masks the generated token too, should anything log it

@@ -35,13 +35,16 @@ def run(args: Any, settings: Settings, *, out: TextIO | None = None, err: TextIO
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback (and never the URL)
         print(f"pbxbot: cannot open the ticket database: {type(exc).__name__}: {_first_line(exc)}", file=err)
         return 2
+    from bot.handoff.service import HandoffService
+
+    handoff = HandoffService(store)
     try:
         if command == "list":
-            return _list(store, args, out)
+            return _list(handoff, args, out)
         if command == "show":
-            return _show(store, args, out, err)
+            return _show(handoff, args, out, err)
         if command == "claim":
-            t = store.claim(args.ticket_id, args.operator)
+            t = handoff.claim(args.ticket_id, args.operator)
             print(f"{t.id} claimed by {_clean(t.operator)}", file=out)
             return 0
         if command == "reply":
@@ -52,12 +55,12 @@ def run(args: Any, settings: Settings, *, out: TextIO | None = None, err: TextIO
             if len(text) > settings.max_text_chars:
                 print(f"pbxbot: reply longer than {settings.max_text_chars} characters", file=err)
                 return 1
-            t = store.reply(args.ticket_id, args.operator, text)
+            t = handoff.reply(args.ticket_id, args.operator, text)
             print(f"{t.id}: reply queued for {t.address.channel} ({t.conversation_id}); "
                   "the running server delivers it", file=out)
             return 0
         if command == "resolve":
-            t = store.resolve(args.ticket_id, args.operator)
+            t = handoff.resolve(args.ticket_id, args.operator)
             print(f"{t.id} resolved by {_clean(args.operator)}; the bot answers this conversation again", file=out)
             return 0
         print(f"pbxbot: unknown tickets command {command!r}", file=err)
@@ -81,9 +84,9 @@ def _open_store(settings: Settings):
 # ---------------------------------------------------------------- list
 
 
-def _list(store, args: Any, out: TextIO) -> int:
+def _list(handoff, args: Any, out: TextIO) -> int:
     statuses = ALL_STATUSES if args.all else ACTIVE_STATUSES
-    tickets = store.list_queue(statuses)
+    tickets = handoff.list_queue(statuses)
     now = datetime.now(timezone.utc)
     if args.json:
         json.dump({"tickets": [ticket_json(t, now) for t in tickets]}, out, ensure_ascii=False)
@@ -107,8 +110,8 @@ def _list(store, args: Any, out: TextIO) -> int:
 # ---------------------------------------------------------------- show
 
 
-def _show(store, args: Any, out: TextIO, err: TextIO) -> int:
-    detail = store.get_detail(args.ticket_id)
+def _show(handoff, args: Any, out: TextIO, err: TextIO) -> int:
+    detail = handoff.get_detail(args.ticket_id)
     if detail is None:
         print(f"pbxbot: no ticket {args.ticket_id!r}", file=err)
         return 1

@@ -27,7 +27,7 @@ from bot.conversation.understanding.intents import load_intents
 from bot.conversation.understanding.understand import Understander, searchable
 from bot.conversation.understanding.text import clean_text
 from bot.messages import InboundMessage, Reply
-from bot.ports import ConversationStore, HandoffService, Retriever, StoredMessage, Ticket, TicketListener
+from bot.ports import ConversationStore, Handoff, Retriever, StoredMessage, Ticket, TicketListener
 
 log = logging.getLogger("bot.conversation")
 
@@ -48,7 +48,7 @@ class ConversationService:
         *,
         retriever: Retriever,
         store: ConversationStore,
-        handoff: HandoffService,
+        handoff: Handoff,
         settings: Settings,
         policy: EscalationPolicy | None = None,
         understander: Understander | None = None,

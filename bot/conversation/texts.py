@@ -107,6 +107,33 @@ TEXTS: dict[str, dict[str, str]] = {
         "ja": "申し訳ありません。うまく処理できませんでした。もう一度送っていただくか、「担当者と話したい」と送ってください。",
         "en": "Sorry, something went wrong on my side. Please send it again, or say 'talk to a person'.",
     },
+    # Said by the channels around a conversation (bot/channels/pipeline.py), with {reach}: how a
+    # person is reached on that channel (reach_button or reach_command).
+    "welcome": {
+        "ja": "IP-PBX・IP電話の乗っ取り(国際電話の不正発信)について、公的機関や通信会社の情報をもとに出典付きでお答えします。"
+        "状況をそのまま書いて送ってください。{reach}",
+        "en": "I answer questions about IP-PBX / IP phone takeover (toll fraud) in Japan, with sources from carriers "
+        "and authorities. Just describe what is happening. {reach}",
+    },
+    "help": {
+        "ja": "例:「国際電話を止めるには？」「請求が高額だった」。被害が進行中なら、そのまま状況を書いてください。{reach}",
+        "en": "Try: 'How do I stop international calls?' or 'We got a huge bill'. If calls are going out now, just "
+        "describe it. {reach}",
+    },
+    "reach_button": {
+        "ja": "担当者と話したいときは下のボタンを押してください。",
+        "en": "To reach a person, press the button below.",
+    },
+    "reach_command": {
+        "ja": "担当者と話したいときは {command} と送るか、ボタンを押してください。",
+        "en": "To reach a person, send {command} or press the button.",
+    },
+    "text_only": {"ja": "テキストでお送りください。", "en": "Please send your question as text."},
+    "working_on_it": {"ja": "確認しています…", "en": "Looking into it…"},
+    "rate_limited": {
+        "ja": "申し訳ありません、短い時間にたくさんのメッセージを受け取りました。{seconds}秒ほどお待ちいただいてから、もう一度お送りください。",
+        "en": "Sorry, we received many messages in a short time. Please wait about {seconds} seconds and send it again.",
+    },
     "human_no_kb": {
         "ja": "担当者に引き継ぎます。",
         "en": "I'll hand this over to a person.",

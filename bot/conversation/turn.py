@@ -21,7 +21,7 @@ from bot.conversation.texts import t
 from bot.conversation.understanding.language import detect_language
 from bot.conversation.understanding.text import clean_text
 from bot.messages import Address, InboundMessage, Reply, utcnow
-from bot.ports import ConversationState, ConversationStore, HandoffService, StoredMessage
+from bot.ports import ConversationState, ConversationStore, Handoff, StoredMessage
 
 log = logging.getLogger("bot.conversation")
 
@@ -31,7 +31,7 @@ Respond = Callable[[Address, StoredMessage, ConversationState], tuple[list[Reply
 
 
 class TurnRunner:
-    def __init__(self, *, store: ConversationStore, handoff: HandoffService, settings: Settings, respond: Respond) -> None:
+    def __init__(self, *, store: ConversationStore, handoff: Handoff, settings: Settings, respond: Respond) -> None:
         self.store = store
         self.handoff = handoff
         self.settings = settings

@@ -1,28 +1,24 @@
 """Handoff: tickets, the transcript store and the transactional outbox.
 
-`InMemoryHandoffStore` (memory_store) and `SqlHandoffStore` (sql_store, SQLAlchemy + Alembic)
-both implement bot.ports.ConversationStore and bot.ports.HandoffService. The SQL store is
-imported lazily so that importing the fake never imports SQLAlchemy.
+`HandoffService` (service.py) holds the ticket rules (bot.ports.Handoff) over a `TicketStore`;
+`SqlHandoffStore` (sql_store.py, SQLAlchemy + Alembic, SQLite or PostgreSQL) is that store, the
+transcript/state store (bot.ports.ConversationStore) and the outbox. Tests and the local chat use
+it on an in-memory SQLite database (`SqlHandoffStore("sqlite://")`). Imported lazily so that
+`import bot.handoff` never imports SQLAlchemy.
 
-Beyond bot.ports, both stores offer:
-- lease_outbox(limit=50, seconds=60): pending items leased to one worker (use it in a delivery
-  loop instead of pending_outbox when several processes share the database);
-- outbox_status(item_id): status/attempts/last_error/sent_at of one item;
-- close().
-SqlHandoffStore also has health() -> {"ok", "backend", "revision"} for /healthz.
 Errors: TicketNotFound (unknown id), TicketStateError (open -> claimed -> resolved forbids it).
 """
 
 from bot.ports import HandoffError, TicketNotFound, TicketStateError
 
-__all__ = ["HandoffError", "TicketNotFound", "TicketStateError", "InMemoryHandoffStore", "SqlHandoffStore"]
+__all__ = ["HandoffError", "TicketNotFound", "TicketStateError", "HandoffService", "SqlHandoffStore"]
 
 
 def __getattr__(name: str):
-    if name == "InMemoryHandoffStore":
-        from bot.handoff.memory_store import InMemoryHandoffStore
+    if name == "HandoffService":
+        from bot.handoff.service import HandoffService
 
-        return InMemoryHandoffStore
+        return HandoffService
     if name == "SqlHandoffStore":
         from bot.handoff.sql_store import SqlHandoffStore
 

@@ -1,4 +1,6 @@
-"""SqlHandoffStore: ConversationStore + HandoffService on SQLAlchemy 2 (SQLite or PostgreSQL).
+"""SqlHandoffStore: the transcript and state (ConversationStore), tickets (TicketStore), the outbox
+and revoked console sessions on SQLAlchemy 2 (SQLite or PostgreSQL). Plain reads and writes: the
+ticket rules are bot.handoff.service.HandoffService's.
 
 - Every public method is one transaction, committed before it returns: a user message recorded
   by `record_message` survives a crash one instruction later.
@@ -14,23 +16,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import text as sql_text
-from sqlalchemy import bindparam, case, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
 
-from bot.handoff import common
+from bot.handoff import storable
+from bot.handoff.service import ACTIVE_STATUSES
 from bot.handoff.migrate import current_revision, upgrade_to_head
+from bot.handoff.sql_engine import (
+    TryLocks,
+    copy_migrated_memory_database,
+    create_store_engine,
+    in_memory,
+    normalize_url,
+)
 from bot.handoff.models import AuditRow, ConversationRow, MessageRow, OutboxRow, RevokedSessionRow, TicketRow
 from bot.messages import Address, Reply, utcnow
 from bot.ports import (
@@ -41,24 +52,15 @@ from bot.ports import (
     StoredMessage,
     Ticket,
     TicketDetail,
-    TicketNotFound,
 )
 
 log = logging.getLogger(__name__)
 
-SQLITE_BUSY_TIMEOUT_MS = 15_000
-
-
-def normalize_url(url: str) -> str:
-    """Accept postgres:// and postgresql:// (psycopg 3 is the installed driver)."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
+DEFAULT_MAX_ATTEMPTS = 5  # an outbox item becomes 'failed' after this many failed deliveries
 
 
 class SqlHandoffStore:
-    """Both roles of bot.ports on a SQL database.
+    """ConversationStore, TicketStore and Outbox of bot.ports on a SQL database.
 
     `SqlHandoffStore(url)`: any SQLAlchemy URL (sqlite:///path, postgresql+psycopg://...).
     `clock()` returns an aware UTC datetime (tests pass a fake clock).
@@ -72,7 +74,7 @@ class SqlHandoffStore:
         url: str,
         *,
         clock: Callable[[], datetime] = utcnow,
-        max_attempts: int = common.DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         migrate: bool = True,
         echo: bool = False,
         sqlite_synchronous: str = "NORMAL",
@@ -81,12 +83,19 @@ class SqlHandoffStore:
         self._clock = clock
         self._max_attempts = max_attempts
         synchronous = sqlite_synchronous.upper()
-        self.engine: Engine = _create_engine(self.url, echo=echo, synchronous=synchronous)
+        self.engine: Engine = create_store_engine(self.url, echo=echo, synchronous=synchronous)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
-        self._local_exclusive = common.TryLocks()
+        self._local_exclusive = TryLocks()
+        # An in-memory database is one connection shared by every thread: one transaction at a time.
+        self._one_connection: Any = threading.RLock() if in_memory(self.url) else contextlib.nullcontext()
         self._turn = threading.local()  # .conn: the connection holding this thread's turn lock (PostgreSQL)
-        self.revision = upgrade_to_head(self.engine) if migrate else None
+        if not migrate:
+            self.revision = None
+        elif in_memory(self.url):
+            self.revision = copy_migrated_memory_database(self.engine)
+        else:
+            self.revision = upgrade_to_head(self.engine)
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> "SqlHandoffStore":
@@ -123,7 +132,7 @@ class SqlHandoffStore:
     def health(self) -> dict[str, Any]:
         """For /healthz: {"ok", "backend", "revision"}; never raises, never shows the URL."""
         try:
-            with self.engine.connect() as conn:
+            with self._one_connection, self.engine.connect() as conn:
                 rev = current_revision(conn)
             return {"ok": rev is not None, "backend": self.backend, "revision": rev}
         except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -132,7 +141,7 @@ class SqlHandoffStore:
     # ------------------------------------------------------------ plumbing
 
     def _now(self) -> datetime:
-        return common.as_utc(self._clock())
+        return storable.as_utc(self._clock())
 
     @contextmanager
     def _turn_transaction(self) -> Iterator[Connection | None]:
@@ -154,7 +163,8 @@ class SqlHandoffStore:
             if turn is not None:
                 yield turn
                 return
-        with self.engine.connect().execution_options(pbxbot_read_only=True) as conn, conn.begin():
+        with self._one_connection, self.engine.connect().execution_options(pbxbot_read_only=True) as conn, \
+                conn.begin():
             yield conn
 
     @contextmanager
@@ -169,13 +179,13 @@ class SqlHandoffStore:
             if turn is not None:
                 yield turn
                 return
-        with self.engine.begin() as conn:
+        with self._one_connection, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        """An ORM session in one write transaction (ticket operations)."""
-        with self._sessions() as session, session.begin():
+        """An ORM session in one write transaction (outbox operations)."""
+        with self._one_connection, self._sessions() as session, session.begin():
             yield session
 
     # The per-turn hot path (record_message, get/save_state, active_ticket, mark_handled, transcript)
@@ -190,7 +200,7 @@ class SqlHandoffStore:
         state and updated_at as they were, its active ticket id, and dup_id, the message already
         recorded under `dedupe_key` (None: not a duplicate). All None for a row just created."""
         cid = address.conversation_id
-        addr_json = common.clean_json(address.to_dict())
+        addr_json = storable.clean_json(address.to_dict())
         params = {"cid": cid, "key": dedupe_key}
         row = conn.execute(_Q.conversation_context, params).first()
         if row is None:
@@ -207,9 +217,9 @@ class SqlHandoffStore:
     def _insert_message(self, conn: Connection, conversation_id: str, role: str, text: str, *, handled: bool,
                         meta: dict[str, Any] | None, ticket_id: str | None,
                         dedupe_key: str | None = None) -> StoredMessage:
-        values = {"conversation_id": conversation_id, "role": role, "text": common.clean_text(text),
+        values = {"conversation_id": conversation_id, "role": role, "text": storable.clean_text(text),
                   "created_at": self._now(), "ticket_id": ticket_id, "handled": handled,
-                  "dedupe_key": dedupe_key, "meta": common.clean_json(dict(meta or {}))}
+                  "dedupe_key": dedupe_key, "meta": storable.clean_json(dict(meta or {}))}
         new_id = conn.execute(_Q.message_insert, values).scalar_one()
         values.pop("dedupe_key")
         return StoredMessage(id=int(new_id), **values)
@@ -218,22 +228,13 @@ class SqlHandoffStore:
         conn.execute(_Q.audit_insert, {"ticket_id": ticket_id, "actor": actor, "action": action,
                                        "detail": detail, "at": self._now()})
 
-    def _ticket(self, s: Session, ticket_id: str, *, lock: bool = True) -> TicketRow:
-        stmt = select(TicketRow).where(TicketRow.id == common.normalize_ticket_id(ticket_id))
-        if lock:
-            stmt = stmt.with_for_update()
-        row = s.execute(stmt).scalar_one_or_none()
-        if row is None:
-            raise common.not_found(ticket_id)
-        return row
-
     def _audit(self, s: Session, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
         s.flush()  # the ticket row first (foreign key)
         self._insert_audit(s.connection(), ticket_id, actor, action, detail)
 
     def _enqueue(self, s: Session, address: Address, reply: Reply, ticket_id: str | None) -> int:
-        row = OutboxRow(address=common.clean_json(address.to_dict()),
-                        reply=common.clean_json(reply.to_payload()), ticket_id=ticket_id,
+        row = OutboxRow(address=storable.clean_json(address.to_dict()),
+                        reply=storable.clean_json(reply.to_payload()), ticket_id=ticket_id,
                         status="pending", attempts=0, created_at=self._now())
         s.add(row)
         s.flush()
@@ -246,11 +247,11 @@ class SqlHandoffStore:
             row = conn.execute(_Q.state_select, {"cid": conversation_id}).first()
         if row is None or row.state is None:
             return None
-        return common.state_from_json(row.state, row.updated_at)
+        return storable.state_from_json(row.state, row.updated_at)
 
     def save_state(self, state: ConversationState) -> None:
         now = self._now()
-        data = common.clean_json(common.state_to_json(state))
+        data = storable.clean_json(storable.state_to_json(state))
         with self._write() as conn:
             self._ensure_conversation(conn, state.address, now, refresh=False)
             conn.execute(_Q.state_update, {"cid": state.conversation_id, "state": data, "now": now})
@@ -284,18 +285,18 @@ class SqlHandoffStore:
     ) -> tuple[StoredMessage | None, ConversationState | None]:
         cid = address.conversation_id
         if dedupe_key is not None:
-            dedupe_key = common.clean_text(dedupe_key)
+            dedupe_key = storable.clean_text(dedupe_key)
         try:
             with self._write() as conn:
                 row = self._ensure_conversation(conn, address, self._now(), refresh=True, dedupe_key=dedupe_key)
-                state = common.state_from_json(row.state, row.updated_at) if row.state else None
+                state = storable.state_from_json(row.state, row.updated_at) if row.state else None
                 if row.dup_id is not None:
                     return None, state
                 ticket_id = row.ticket_id
                 msg = self._insert_message(conn, cid, role, text, handled=handled, meta=meta,
                                            ticket_id=ticket_id, dedupe_key=dedupe_key)
                 if ticket_id is not None:
-                    self._insert_audit(conn, ticket_id, common.actor_for_role(role, meta), f"{role}_message",
+                    self._insert_audit(conn, ticket_id, _actor(role, meta), f"{role}_message",
                                        f"message #{msg.id}")
             return msg, state  # committed
         except IntegrityError:
@@ -314,7 +315,7 @@ class SqlHandoffStore:
     ) -> list[StoredMessage]:
         cid = address.conversation_id
         now = self._now()
-        data = common.clean_json(common.state_to_json(state)) if state is not None else None
+        data = storable.clean_json(storable.state_to_json(state)) if state is not None else None
         out: list[StoredMessage] = []
         with self._write() as conn:
             # No _ensure_conversation: record_message created the row earlier in this turn, and
@@ -433,161 +434,46 @@ class SqlHandoffStore:
         with self._read() as conn:
             return [_message(r) for r in conn.execute(_Q.messages_by_id, {"ids": [int(i) for i in ids]})]
 
-    # ------------------------------------------------------------ HandoffService
+    # ------------------------------------------------------------ TicketStore (the rules: bot.handoff.service)
 
-    def open_ticket(
-        self, address: Address, *, reason: str, priority: str, summary: dict[str, Any]
-    ) -> Ticket:
+    @contextmanager
+    def ticket_transaction(self, conversation: Address | None = None) -> Iterator["SqlTicketTransaction"]:
         """Core statements on the turn's connection (an incident turn opens a ticket: on SQLite the
         ORM's unit of work cost more CPU here than the rest of the turn's SQL together)."""
-        common.check_priority(priority)
-        cid = address.conversation_id
-        summary = common.clean_json(dict(summary or {}))
         with self._write() as conn:
             now = self._now()
-            self._ensure_conversation(conn, address, now, refresh=True)  # locks: one opener at a time
-            row = conn.execute(_Q.active_ticket_row, {"cid": cid}).first()
-            if row is not None:
-                ticket = _ticket(row)
-                changed = []
-                if priority == "urgent" and ticket.priority != "urgent":
-                    ticket.priority = "urgent"
-                    changed.append("priority urgent")
-                merged = common.merge_summary(ticket.summary, summary)
-                if merged != ticket.summary:
-                    ticket.summary = merged
-                    changed.append("summary")
-                if changed:
-                    ticket.updated_at = now
-                    conn.execute(_Q.ticket_escalate, {"tid": ticket.id, "priority": ticket.priority,
-                                                      "summary": merged, "now": now})
-                    self._insert_audit(conn, ticket.id, "bot", "updated",
-                                       f"escalated again ({reason}): {', '.join(changed)}")
-                return ticket
-            tid = common.new_ticket_id(now)
-            while conn.execute(_Q.ticket_exists, {"tid": tid}).first() is not None:
-                tid = common.new_ticket_id(now)
-            values = {"id": tid, "conversation_id": cid, "address": common.clean_json(address.to_dict()),
-                      "status": "open", "priority": priority, "reason": reason, "summary": summary,
-                      "operator": None, "created_at": now, "updated_at": now, "reannounced_at": None}
-            conn.execute(_Q.ticket_insert, values)
-            linked = conn.execute(_Q.messages_link_ticket, {"cid": cid, "tid": tid}).rowcount
-            self._insert_audit(conn, tid, "bot", "opened", f"reason={reason} priority={priority}; {linked} messages linked")
-            return Ticket(id=tid, conversation_id=cid, address=Address.from_dict(values["address"]), status="open",
-                          priority=priority, reason=reason, summary=dict(summary), created_at=now,  # type: ignore[arg-type]
-                          updated_at=now, operator=None, reannounced_at=None)
+            if conversation is not None:  # the row exists, holds the newest route, and is locked
+                self._ensure_conversation(conn, conversation, now, refresh=True)
+            yield SqlTicketTransaction(self, conn, now, conversation)
 
-    def merge_facts(self, ticket_id: str, facts: dict[str, Any]) -> Ticket:
-        """Facts the user gave after the ticket opened fill the gaps of its summary (never overwrite)."""
-        facts = common.clean_json(dict(facts or {}))
-        with self._write() as conn:
-            row = conn.execute(_Q.ticket_row, {"tid": ticket_id}).first()
-            if row is None:
-                raise TicketNotFound(ticket_id)
-            ticket = _ticket(row)
-            merged = common.merge_summary(ticket.summary, facts)
-            if merged != ticket.summary:
-                now = self._now()
-                conn.execute(_Q.ticket_escalate, {"tid": ticket.id, "priority": ticket.priority, "summary": merged, "now": now})
-                self._insert_audit(conn, ticket.id, "bot", "updated", f"facts from the user: {', '.join(sorted(facts))}")
-                ticket.summary, ticket.updated_at = merged, now
-            return ticket
+    def tickets(self, statuses: Sequence[str]) -> list[Ticket]:
+        stmt = select(_T).where(_T.c.status.in_(tuple(statuses))).order_by(_T.c.created_at, _T.c.id)
+        with self._read() as conn:
+            return [_ticket(r) for r in conn.execute(stmt)]
 
     def active_ticket(self, conversation_id: str) -> Ticket | None:
         with self._read() as conn:
             row = conn.execute(_Q.active_ticket_row, {"cid": conversation_id}).first()
         return _ticket(row) if row else None
 
-    def claim(self, ticket_id: str, operator: str) -> Ticket:
-        with self._tx() as s:
-            row = self._ticket(s, ticket_id)
-            if common.check_claim(row.id, row.status, row.operator, operator):
-                row.status, row.operator, row.updated_at = "claimed", operator, self._now()
-                self._audit(s, row.id, common.operator_actor(operator), "claimed")
-            return _ticket(row)
-
-    def reply(self, ticket_id: str, operator: str, text: str) -> Ticket:
-        with self._tx() as s:
-            row = self._ticket(s, ticket_id)
-            common.check_reply(row.id, row.status)
-            now = self._now()
-            actor = common.operator_actor(operator)
-            if row.status == "open":  # replying is taking the ticket
-                row.status, row.operator = "claimed", operator
-                self._audit(s, row.id, actor, "claimed", "by replying")
-            conv = s.get(ConversationRow, row.conversation_id)
-            address = Address.from_dict(conv.address if conv is not None else row.address)
-            language = (row.summary or {}).get("language")
-            if language not in ("ja", "en") and conv is not None and conv.state:
-                language = conv.state.get("language")
-            reply = common.operator_reply(address, language, text)
-            s.flush()
-            # The reply JSON rides along in the transcript: the widget's feed shows it from there.
-            msg = self._insert_message(s.connection(), row.conversation_id, "operator", text, handled=True,
-                                       meta={"operator": operator, "reply": reply.to_payload()}, ticket_id=row.id)
-            self._enqueue(s, address, reply, row.id)
-            row.updated_at = now
-            self._audit(s, row.id, actor, "replied", f"message #{msg.id}")
-            return _ticket(row)
-
-    def resolve(self, ticket_id: str, operator: str) -> Ticket:
-        with self._tx() as s:
-            row = self._ticket(s, ticket_id)
-            common.check_resolve(row.id, row.status)
-            row.status, row.updated_at = "resolved", self._now()
-            if not row.operator:
-                row.operator = operator
-            self._audit(s, row.id, common.operator_actor(operator), "resolved")
-            return _ticket(row)
-
-    def list_queue(self, statuses: tuple[str, ...] = ("open", "claimed")) -> list[Ticket]:
-        with self._read_session() as s:
-            urgent_first = case((TicketRow.priority == "urgent", 0), else_=1)
-            rows = s.execute(
-                select(TicketRow)
-                .where(TicketRow.status.in_(tuple(statuses)))
-                .order_by(urgent_first, TicketRow.created_at, TicketRow.id)
-            )
-            return [_ticket(r) for r in rows.scalars()]
-
-    def get_detail(self, ticket_id: str) -> TicketDetail | None:
-        with self._read_session() as s:
-            row = s.get(TicketRow, common.normalize_ticket_id(ticket_id))
+    def ticket_detail(self, ticket_id: str) -> TicketDetail | None:
+        with self._read() as conn:
+            row = conn.execute(_Q.ticket_row, {"tid": ticket_id}).first()
             if row is None:
                 return None
-            msgs = s.execute(select(MessageRow).where(MessageRow.ticket_id == row.id).order_by(MessageRow.id))
-            audit = s.execute(select(AuditRow).where(AuditRow.ticket_id == row.id).order_by(AuditRow.id))
-            return TicketDetail(ticket=_ticket(row), transcript=[_message(m) for m in msgs.scalars()],
-                                audit=[_audit(a) for a in audit.scalars()])
-
-    def overdue_urgent(self, now: datetime, older_than_minutes: float) -> list[Ticket]:
-        cutoff = common.as_utc(now) - timedelta(minutes=older_than_minutes)
-        with self._read_session() as s:
-            rows = s.execute(
-                select(TicketRow)
-                .where(
-                    TicketRow.priority == "urgent",
-                    TicketRow.status == "open",
-                    or_(
-                        TicketRow.reannounced_at <= cutoff,
-                        (TicketRow.reannounced_at.is_(None)) & (TicketRow.created_at <= cutoff),
-                    ),
-                )
-                .order_by(TicketRow.created_at, TicketRow.id)
-            )
-            return [_ticket(r) for r in rows.scalars()]
-
-    def mark_reannounced(self, ticket_id: str, at: datetime) -> None:
-        with self._tx() as s:
-            row = self._ticket(s, ticket_id)
-            row.reannounced_at = common.as_utc(at)
-            self._audit(s, row.id, "system", "reannounced", "unclaimed urgent ticket announced again")
+            msgs = conn.execute(select(_M).where(_M.c.ticket_id == row.id).order_by(_M.c.id))
+            audit = conn.execute(select(_A).where(_A.c.ticket_id == row.id).order_by(_A.c.id))
+            return TicketDetail(ticket=_ticket(row), transcript=[_message(m) for m in msgs],
+                                audit=[_audit(a) for a in audit])
 
     # ------------------------------------------------------------ outbox
 
-    def enqueue(self, address: Address, reply: Reply) -> int:
+    def enqueue(self, address: Address, reply: Reply, ticket_id: str | None = None) -> int:
+        """ticket_id: the ticket whose audit records the delivery (default: the reply's escalation's)."""
+        if ticket_id is None and reply.escalation is not None:
+            ticket_id = reply.escalation.ticket_id
         with self._tx() as s:
-            return self._enqueue(s, address, reply, common.ticket_id_of_reply(reply))
+            return self._enqueue(s, address, reply, ticket_id)
 
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
         with self._read_session() as s:
@@ -643,7 +529,7 @@ class SqlHandoffStore:
             if row is None or row.status != "pending":
                 return
             row.attempts += 1
-            row.last_error = common.clean_text(error or "")[:1000]
+            row.last_error = storable.clean_text(error or "")[:1000]
             row.leased_until = self._now() + timedelta(seconds=retry_in) if retry_in else None
             if row.attempts >= self._max_attempts:
                 row.status = "failed"
@@ -669,7 +555,7 @@ class SqlHandoffStore:
             with self._write() as conn:
                 conn.execute(table.delete().where(table.c.expires_at < now))
                 if conn.execute(select(table.c.sid).where(table.c.sid == sid[:64])).first() is None:
-                    conn.execute(insert(table).values(sid=sid[:64], expires_at=common.as_utc(expires_at)))
+                    conn.execute(insert(table).values(sid=sid[:64], expires_at=storable.as_utc(expires_at)))
         except IntegrityError:  # the same session revoked at once by another worker
             pass
 
@@ -684,7 +570,7 @@ class SqlHandoffStore:
 _C, _M, _T, _A = ConversationRow.__table__, MessageRow.__table__, TicketRow.__table__, AuditRow.__table__
 # open or claimed; spelled with plain comparisons, not IN: an IN list is rendered anew at every
 # execution (an "expanding" parameter), these compile once.
-_ACTIVE = or_(*(_T.c.status == status for status in common.ACTIVE_STATUSES))
+_ACTIVE = or_(*(_T.c.status == status for status in ACTIVE_STATUSES))
 
 
 class _Q:
@@ -701,8 +587,10 @@ class _Q:
     ticket_exists = select(_T.c.id).where(_T.c.id == bindparam("tid"))
     ticket_row = select(_T).where(_T.c.id == bindparam("tid"))
     ticket_insert = insert(_T)
-    ticket_escalate = (update(_T).where(_T.c.id == bindparam("tid"))
-                       .values(priority=bindparam("priority"), summary=bindparam("summary"), updated_at=bindparam("now")))
+    ticket_row_locked = select(_T).where(_T.c.id == bindparam("tid")).with_for_update()
+    ticket_update = update(_T).where(_T.c.id == bindparam("tid"))
+    conversation_row = select(_C.c.address, _C.c.state).where(_C.c.id == bindparam("cid"))
+    outbox_insert = insert(OutboxRow.__table__).returning(OutboxRow.__table__.c.id)
     messages_link_ticket = (update(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.ticket_id.is_(None))
                             .values(ticket_id=bindparam("tid")))
     message_insert = insert(_M).returning(_M.c.id)
@@ -751,49 +639,6 @@ def _insert_ignoring_duplicates(dialect: str):
     return dialect_insert(_C).on_conflict_do_nothing(index_elements=["id"])
 
 
-# ---------------------------------------------------------------- engine
-
-
-def _create_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") -> Engine:
-    if synchronous not in ("NORMAL", "FULL", "EXTRA"):
-        raise ValueError(f"sqlite_synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
-    if url.get_backend_name() != "sqlite":
-        # A turn holds one connection (its advisory lock, its transactions); the pool keeps one per
-        # core thread and the background loops without opening and closing overflow connections.
-        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, future=True)
-
-    database = url.database or ""
-    memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    if memory:
-        engine = create_engine(url, echo=echo, poolclass=StaticPool,
-                               connect_args={"check_same_thread": False})
-    else:
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False,
-                                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-        dbapi_conn.isolation_level = None  # the "begin" listener issues BEGIN itself
-        cur = dbapi_conn.cursor()
-        if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
-            # NORMAL under WAL: a commit survives the process dying (kill -9, crash); FULL also
-            # survives the machine losing power, at one more fsync per commit.
-            cur.execute(f"PRAGMA synchronous={synchronous}")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
-        # Take the write lock up front: a read-then-write transaction can then never fail
-        # with SQLITE_BUSY half way when the CLI and the server write at the same time.
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("pbxbot_read_only") else "BEGIN IMMEDIATE")
-
-    return engine
-
-
 # ---------------------------------------------------------------- rows -> values
 
 
@@ -812,3 +657,72 @@ def _ticket(r: TicketRow) -> Ticket:
 
 def _audit(r: AuditRow) -> AuditEntry:
     return AuditEntry(ticket_id=r.ticket_id, actor=r.actor, action=r.action, detail=r.detail, at=r.at)
+
+
+def _actor(role: str, meta: dict[str, Any] | None = None) -> str:
+    """The audit actor of a transcript message: user | bot | system | operator:<name>."""
+    if role == "operator":
+        name = (meta or {}).get("operator")
+        return f"operator:{name}" if name else "operator"
+    return role
+
+
+class SqlTicketTransaction:
+    """bot.ports.TicketTransaction on one connection in a write transaction (rows read are locked on
+    PostgreSQL with FOR UPDATE; SQLite's BEGIN IMMEDIATE already holds the database's write lock)."""
+
+    def __init__(self, store: SqlHandoffStore, conn: Connection, now: datetime, conversation: Address | None) -> None:
+        self._store, self._conn, self.now, self._conversation = store, conn, now, conversation
+
+    def active_ticket(self) -> Ticket | None:
+        assert self._conversation is not None, "ticket_transaction(conversation) gives an active ticket"
+        row = self._conn.execute(_Q.active_ticket_row, {"cid": self._conversation.conversation_id}).first()
+        return _ticket(row) if row else None
+
+    def ticket(self, ticket_id: str) -> Ticket | None:
+        row = self._conn.execute(_Q.ticket_row_locked, {"tid": ticket_id}).first()
+        return _ticket(row) if row else None
+
+    def ticket_id_taken(self, ticket_id: str) -> bool:
+        return self._conn.execute(_Q.ticket_exists, {"tid": ticket_id}).first() is not None
+
+    def add_ticket(self, ticket: Ticket) -> tuple[Ticket, int]:
+        values = _ticket_values(ticket)
+        self._conn.execute(_Q.ticket_insert, {"id": ticket.id, "conversation_id": ticket.conversation_id,
+                                              "created_at": ticket.created_at, **values})
+        linked = self._conn.execute(_Q.messages_link_ticket, {"cid": ticket.conversation_id, "tid": ticket.id}).rowcount
+        return _stored_ticket(ticket, values), linked
+
+    def save_ticket(self, ticket: Ticket) -> Ticket:
+        values = _ticket_values(ticket)
+        self._conn.execute(_Q.ticket_update, {"tid": ticket.id, **values})
+        return _stored_ticket(ticket, values)
+
+    def audit(self, ticket_id: str, actor: str, action: str, detail: str = "") -> None:
+        self._store._insert_audit(self._conn, ticket_id, actor, action, detail)
+
+    def conversation(self, conversation_id: str) -> tuple[Address | None, str | None]:
+        row = self._conn.execute(_Q.conversation_row, {"cid": conversation_id}).first()
+        if row is None:
+            return None, None
+        return Address.from_dict(row.address), (row.state or {}).get("language")
+
+    def add_message(self, address: Address, role: Role, text: str, meta: dict[str, Any],
+                    ticket_id: str | None) -> StoredMessage:
+        return self._store._insert_message(self._conn, address.conversation_id, role, text, handled=True,
+                                           meta=meta, ticket_id=ticket_id)
+
+    def enqueue(self, address: Address, reply: Reply, ticket_id: str | None) -> int:
+        return int(self._conn.execute(_Q.outbox_insert, {
+            "address": storable.clean_json(address.to_dict()), "reply": storable.clean_json(reply.to_payload()),
+            "ticket_id": ticket_id, "status": "pending", "attempts": 0, "created_at": self._store._now()}).scalar_one())
+
+
+def _ticket_values(t: Ticket) -> dict[str, Any]:
+    return {"address": storable.clean_json(t.address.to_dict()), "status": t.status, "priority": t.priority,
+            "reason": t.reason, "summary": storable.clean_json(dict(t.summary or {})), "operator": t.operator,
+            "updated_at": t.updated_at, "reannounced_at": t.reannounced_at}
+
+
+def _stored_ticket(t: Ticket, values: dict[str, Any]) -> Ticket:
+    return replace(t, address=Address.from_dict(values["address"]), summary=dict(values["summary"]))

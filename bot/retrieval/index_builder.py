@@ -271,7 +271,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
                     n = len(r["sentences"])
                     r["sentence_offset"] = sum(len(v) for v in sentence_vectors)
                     # each sentence's words as the search analyses them: how much of a question a
-                    # sentence covers is read from these (bot/retrieval/service.py, sentence coverage)
+                    # sentence covers is read from these (bot/retrieval/hybrid.py, sentence coverage)
                     r["sentence_tokens"] = [sorted(set(t for t in analyzer.tokenize(x) if not t.startswith("syn:")))
                                             for x in r["sentences"]]
                     sentence_vectors.append(vecs[start:start + n])

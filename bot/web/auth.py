@@ -58,7 +58,7 @@ class Operator:
 
 
 class SessionRevocations(Protocol):
-    """Where revoked session ids live (the store: SqlHandoffStore / InMemoryHandoffStore)."""
+    """Where revoked session ids live (the store: SqlHandoffStore)."""
 
     def revoke_session(self, sid: str, expires_at: datetime) -> None: ...
 
@@ -177,13 +177,7 @@ class OperatorAuth:
 
     def session(self, request: Request) -> Operator | None:
         """The session the cookie claims (signature and age only; see current_session)."""
-        raw = request.cookies.get(SESSION_COOKIE)
-        if not raw:
-            return None
-        try:
-            data = self._serializer.loads(raw, max_age=SESSION_MAX_AGE)
-        except (BadSignature, UnicodeError, ValueError):
-            return None
+        data = _signed_cookie(request, SESSION_COOKIE, self._serializer, SESSION_MAX_AGE)
         if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("op", "csrf", "sid")):
             return None
         return Operator(name=data["op"], csrf=data["csrf"], via="session", sid=data["sid"])
@@ -235,13 +229,7 @@ class OperatorAuth:
 
     def device_id(self, request: Request, account: str) -> str | None:
         """This browser's device id when it holds a valid known-device cookie for `account`."""
-        raw = request.cookies.get(DEVICE_COOKIE)
-        if not raw:
-            return None
-        try:
-            data = self._device_serializer.loads(raw, max_age=DEVICE_MAX_AGE)
-        except (BadSignature, UnicodeError, ValueError):
-            return None
+        data = _signed_cookie(request, DEVICE_COOKIE, self._device_serializer, DEVICE_MAX_AGE)
         if not isinstance(data, dict) or data.get("acct") != account or not isinstance(data.get("dev"), str):
             return None
         return data["dev"]
@@ -262,3 +250,14 @@ class OperatorAuth:
         except (BadSignature, UnicodeError, ValueError):
             return False
         return isinstance(nonce, str) and tokens_equal(nonce, cookie)
+
+
+def _signed_cookie(request: Request, name: str, serializer: URLSafeTimedSerializer, max_age: int) -> Any:
+    """The value a cookie signed by `serializer` holds, or None (absent, forged, expired, not text)."""
+    raw = request.cookies.get(name)
+    if not raw:
+        return None
+    try:
+        return serializer.loads(raw, max_age=max_age)
+    except (BadSignature, UnicodeError, ValueError):
+        return None

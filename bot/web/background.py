@@ -1,6 +1,6 @@
 """Background loops of the server: the outbox dispatcher and the urgent-ticket re-announcer.
 
-The outbox (HandoffService.enqueue / pending_outbox / mark_sent / mark_failed) holds every
+The outbox (Handoff.enqueue / pending_outbox / mark_sent / mark_failed) holds every
 message to a user that is not sent inline: operator replies, re-announcements, answers
 recovered after a crash. The dispatcher polls it, delivers through the ReplySender (the
 channel registry) and marks the result; a failed item is retried with exponential back-off
@@ -15,7 +15,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from bot.messages import Reply, utcnow
-from bot.ports import ConversationCore, HandoffService, OutboxItem, ReplySender
+from bot.ports import ConversationCore, Handoff, OutboxItem, ReplySender
 
 log = logging.getLogger("bot.web.outbox")
 
@@ -23,7 +23,7 @@ RunSync = Callable[..., Awaitable[Any]]
 
 
 class OutboxDispatcher:
-    def __init__(self, handoff: HandoffService, sender: ReplySender, run_sync: RunSync, *,
+    def __init__(self, handoff: Handoff, sender: ReplySender, run_sync: RunSync, *,
                  interval: float = 0.5, send_timeout: float = 15.0, max_backoff: float = 60.0,
                  batch: int = 50) -> None:
         self.handoff, self.sender, self.run_sync = handoff, sender, run_sync

@@ -42,7 +42,7 @@ class HealthCheck:
             except Exception as exc:
                 ok, info["core"] = False, f"error: {type(exc).__name__}"
         else:
-            store_health = getattr(self.core.handoff, "health", None)
+            store_health = getattr(self.core.store, "health", None)
             try:
                 if callable(store_health):  # SqlHandoffStore: {"ok", "backend", "revision"}
                     info["store"] = dict(await asyncio.wait_for(self.run_sync(store_health), PROBE_TIMEOUT))

@@ -99,105 +99,112 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        peer = scope.get("client")
-        if self.trusted_proxies and peer and trusted_peer(peer[0], self.trusted_proxies):
-            # What the trusted proxy saw: the client's address, and https when it terminated TLS
-            # (so that cookies get `Secure` and links use https).
-            forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
-            scope = {**scope, "client": (forwarded_client(peer[0], forwarded, self.trusted_proxies), 0)}
-            proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[-1].strip().lower()
-            if proto in ("http", "https"):
-                scope["scheme"] = proto
+        scope = self._as_forwarded(scope, headers)
         rid_in = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = rid_in if _VALID_RID.match(rid_in) else uuid.uuid4().hex
-        request_id_var.set(rid)
-        started = time.perf_counter()
-        state = {"started": False, "status": 0}
-        path = scope.get("path", "")
-
-        cl = headers.get(b"content-length")
-        if cl is not None:
-            try:
-                length = int(cl)
-            except ValueError:
-                length = -1
-            if length < 0 or length > self.max_body_bytes:
-                status = 413 if length > 0 else 400
-                log.warning("rid=%s %s %s rejected: content-length %s (limit %d)", rid,
-                            scope.get("method"), path, cl[:20].decode("latin-1"), self.max_body_bytes)
-                start, body = _json_body(status, {
-                    "error": "body_too_large" if status == 413 else "bad_request",
-                    "message": ERROR_MESSAGE[413] if status == 413 else "invalid Content-Length",
-                    "max_bytes": self.max_body_bytes, "request_id": rid}, rid)
-                await send(start)
-                await send({"type": "http.response.body", "body": body})
-                return
-
-        received = 0
-        body_done = False
-        deadline = started + self.body_timeout
-
-        async def limited_receive():
-            nonlocal received, body_done
-            if body_done:  # after the body: only http.disconnect is left to wait for, untimed (event streams)
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(0.001, deadline - time.perf_counter()))
-            except asyncio.TimeoutError:
-                raise BodyTimeout(self.body_timeout) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge()
-                body_done = not message.get("more_body", False)
-            else:
-                body_done = True
-            return message
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                state["started"] = True
-                state["status"] = message["status"]
-                hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                hdrs.append((b"x-request-id", rid.encode()))
-                present = {k.lower() for k, _ in hdrs}
-                for k, v in SECURITY_HEADERS:
-                    if k not in present:
-                        hdrs.append((k, v))
-                message = {**message, "headers": hdrs}
-            await send(message)
-
+        exchange = _Exchange(scope, receive, send, rid_in if _VALID_RID.match(rid_in) else uuid.uuid4().hex,
+                             self.max_body_bytes, self.body_timeout)
+        request_id_var.set(exchange.rid)
         try:
-            await self.app(scope, limited_receive, send_wrapper)
+            if not await self._refuse_length(exchange, headers.get(b"content-length")):
+                await self.app(scope, exchange.receive, exchange.send)
         except BodyTimeout as exc:
-            log.warning("rid=%s %s %s rejected: %s", rid, scope.get("method"), path, exc.detail)
-            if not state["started"]:
-                start, body = _json_body(408, {"error": "request_timeout", "message": exc.detail, "request_id": rid}, rid)
-                start["headers"].append((b"connection", b"close"))
-                await send(start)
-                await send({"type": "http.response.body", "body": body})
-                state["status"] = 408
+            exchange.log_refusal(exc.detail)
+            await exchange.error(408, {"error": "request_timeout", "message": exc.detail}, close=True)
         except BodyTooLarge:
-            log.warning("rid=%s %s %s rejected: body over %d bytes", rid, scope.get("method"), path,
-                        self.max_body_bytes)
-            if not state["started"]:
-                start, body = _json_body(413, {"error": "body_too_large", "message": ERROR_MESSAGE[413],
-                                               "max_bytes": self.max_body_bytes, "request_id": rid}, rid)
-                await send(start)
-                await send({"type": "http.response.body", "body": body})
-                state["status"] = 413
+            exchange.log_refusal(f"body over {self.max_body_bytes} bytes")
+            await exchange.error(413, {"error": "body_too_large", "message": ERROR_MESSAGE[413],
+                                       "max_bytes": self.max_body_bytes})
         except Exception:
-            log.exception("rid=%s %s %s failed", rid, scope.get("method"), path)
-            if not state["started"]:
-                start, body = _json_body(500, {"error": "internal_error", "message": ERROR_MESSAGE[500],
-                                               "request_id": rid}, rid)
-                await send(start)
-                await send({"type": "http.response.body", "body": body})
-                state["status"] = 500
+            log.exception("rid=%s %s %s failed", exchange.rid, scope.get("method"), exchange.path)
+            await exchange.error(500, {"error": "internal_error", "message": ERROR_MESSAGE[500]})
         finally:
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info("rid=%s %s %s %s %.1fms", rid, scope.get("method"), path, state["status"],
-                                (time.perf_counter() - started) * 1000)
+            exchange.log_access()
+
+    def _as_forwarded(self, scope: dict, headers: dict[bytes, bytes]) -> dict:
+        """Behind a trusted proxy: the client's address it saw, and https when it terminated TLS
+        (so that cookies get `Secure` and links use https)."""
+        peer = scope.get("client")
+        if not (self.trusted_proxies and peer and trusted_peer(peer[0], self.trusted_proxies)):
+            return scope
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        scope = {**scope, "client": (forwarded_client(peer[0], forwarded, self.trusted_proxies), 0)}
+        proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[-1].strip().lower()
+        if proto in ("http", "https"):
+            scope["scheme"] = proto
+        return scope
+
+    async def _refuse_length(self, exchange: "_Exchange", content_length: bytes | None) -> bool:
+        """A Content-Length over the limit (413) or not a number (400) is refused before the body."""
+        if content_length is None:
+            return False
+        try:
+            length = int(content_length)
+        except ValueError:
+            length = -1
+        if 0 <= length <= self.max_body_bytes:
+            return False
+        exchange.log_refusal(f"content-length {content_length[:20].decode('latin-1')} (limit {self.max_body_bytes})")
+        too_large = length > 0
+        await exchange.error(413 if too_large else 400, {
+            "error": "body_too_large" if too_large else "bad_request",
+            "message": ERROR_MESSAGE[413] if too_large else "invalid Content-Length", "max_bytes": self.max_body_bytes})
+        return True
+
+
+class _Exchange:
+    """One request/response through the middleware: its id, its limited body, its answer's status."""
+
+    def __init__(self, scope: dict, receive: Any, send: Any, rid: str, max_body_bytes: int, body_timeout: float) -> None:
+        self.scope, self._receive, self._send, self.rid = scope, receive, send, rid
+        self.path, self.max_body_bytes, self.body_timeout = scope.get("path", ""), max_body_bytes, body_timeout
+        self.started_at = time.perf_counter()
+        self.deadline = self.started_at + body_timeout
+        self.started, self.status, self.received, self.body_done = False, 0, 0, False
+
+    async def receive(self) -> dict:
+        if self.body_done:  # after the body: only http.disconnect is left to wait for, untimed (event streams)
+            return await self._receive()
+        try:
+            message = await asyncio.wait_for(self._receive(), max(0.001, self.deadline - time.perf_counter()))
+        except asyncio.TimeoutError:
+            raise BodyTimeout(self.body_timeout) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.max_body_bytes:
+                raise BodyTooLarge()
+            self.body_done = not message.get("more_body", False)
+        else:
+            self.body_done = True
+        return message
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.started, self.status = True, message["status"]
+            hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+            hdrs.append((b"x-request-id", self.rid.encode()))
+            present = {k.lower() for k, _ in hdrs}
+            hdrs += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+            message = {**message, "headers": hdrs}
+        await self._send(message)
+
+    async def error(self, status: int, payload: dict[str, Any], *, close: bool = False) -> None:
+        """Answer with a JSON error, unless the response has already begun."""
+        if self.started:
+            return
+        start, body = _json_body(status, {**payload, "request_id": self.rid}, self.rid)
+        if close:
+            start["headers"].append((b"connection", b"close"))
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": body})
+        self.status = status
+
+    def log_refusal(self, why: str) -> None:
+        log.warning("rid=%s %s %s rejected: %s", self.rid, self.scope.get("method"), self.path, why)
+
+    def log_access(self) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("rid=%s %s %s %s %.1fms", self.rid, self.scope.get("method"), self.path, self.status,
+                            (time.perf_counter() - self.started_at) * 1000)
 
 
 SECURITY_HEADERS = [

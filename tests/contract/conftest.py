@@ -1,6 +1,6 @@
 """Fixtures of the handoff-store contract suite: one `backend` per implementation.
 
-- memory: InMemoryHandoffStore
+- memory: SqlHandoffStore on an in-memory SQLite database (what unit tests and the local chat use)
 - sqlite: SqlHandoffStore on a file in tmp_path
 - postgres (marked integration): SqlHandoffStore on a throwaway database pbxbot_test_<random>
   created on 127.0.0.1:5432 as user postgres for this run and dropped afterwards. Skipped, with
@@ -115,13 +115,13 @@ def clock() -> FakeClock:
 def backend(request, tmp_path, clock):
     kind = request.param
     if kind == "memory":
-        from bot.handoff.memory_store import InMemoryHandoffStore
+        from bot.handoff.sql_store import SqlHandoffStore
 
         shared: dict[str, Any] = {}
 
         def factory(**kw):  # in memory there is no restart: the same instance comes back
             if "store" not in shared:
-                shared["store"] = InMemoryHandoffStore(**{"clock": clock, **kw})
+                shared["store"] = SqlHandoffStore("sqlite://", **{"clock": clock, **kw})
             return shared["store"]
 
         b = Backend("memory", False, factory)

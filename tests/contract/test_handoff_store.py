@@ -1,5 +1,5 @@
-"""One contract for every ConversationStore + HandoffService: InMemoryHandoffStore, SqlHandoffStore
-on SQLite and SqlHandoffStore on PostgreSQL (integration) must all pass the same tests.
+"""One contract for the stores and the ticket rules over them (HandoffService): SqlHandoffStore in
+memory, on a SQLite file and on PostgreSQL (integration) must all pass the same tests.
 
 Fixtures (backend, store, clock) are in conftest.py.
 """
@@ -14,6 +14,7 @@ import pytest
 
 from bot.messages import Address, Citation, Escalation, Reply
 from bot.ports import ConversationState, TicketNotFound, TicketStateError
+from bot.handoff.service import HandoffService
 
 JST = timezone(timedelta(hours=9))
 TICKET_ID = re.compile(r"^T-\d{8}-[0-9a-f]{4}$")
@@ -25,7 +26,7 @@ def addr(n: int = 1, channel: str = "telegram", route: dict | None = None) -> Ad
 
 def open_incident(store, a: Address, priority: str = "urgent", **summary):
     summary = {"carrier": "kddi", "still_happening": True, "language": "ja", **summary}
-    return store.open_ticket(a, reason="incident", priority=priority, summary=summary)
+    return HandoffService(store).open_ticket(a, reason="incident", priority=priority, summary=summary)
 
 
 # ---------------------------------------------------------------- messages
@@ -189,7 +190,7 @@ def test_complete_turn_links_replies_to_the_open_ticket(store):
     m = store.record_message(a, "user", "まだ止まらない", handled=False)
     [r] = store.complete_turn(a, m.id, None, [("担当者に引き継ぎました", {})])
     assert r.ticket_id == t.id
-    detail = store.get_detail(t.id)
+    detail = HandoffService(store).get_detail(t.id)
     assert r.id in [x.id for x in detail.transcript]
     assert any(e.action == "bot_message" and f"#{r.id}" in e.detail for e in detail.audit)
 
@@ -226,7 +227,7 @@ def test_the_message_index_follows_every_conversation_in_id_order(store):
 def test_an_operator_reply_keeps_its_reply_json_in_the_transcript(store):
     a = addr()
     t = open_incident(store, a, language="en")
-    store.reply(t.id, "sato", "I am blocking the line now")
+    HandoffService(store).reply(t.id, "sato", "I am blocking the line now")
     [msg] = [m for m in store.transcript(a.conversation_id) if m.role == "operator"]
     assert msg.meta["reply"]["kind"] == "operator"
     assert msg.meta["reply"]["answer"] == "I am blocking the line now"
@@ -246,10 +247,10 @@ def test_open_ticket_links_the_transcript_so_far(store, clock):
     assert (t.status, t.priority, t.reason, t.operator, t.reannounced_at) == ("open", "urgent", "incident", None, None)
     assert t.summary["carrier"] == "kddi" and t.address == a
     assert t.created_at == t.updated_at == clock.now
-    assert store.active_ticket(a.conversation_id).id == t.id
-    assert store.active_ticket(addr(2).conversation_id) is None
+    assert HandoffService(store).active_ticket(a.conversation_id).id == t.id
+    assert HandoffService(store).active_ticket(addr(2).conversation_id) is None
 
-    detail = store.get_detail(t.id)
+    detail = HandoffService(store).get_detail(t.id)
     assert [m.text for m in detail.transcript] == ["外線が止まらない", "まず回線を止めてください"]
     assert all(m.ticket_id == t.id for m in store.transcript(a.conversation_id))
     assert [(e.action, e.actor) for e in detail.audit] == [("opened", "bot")]
@@ -257,16 +258,16 @@ def test_open_ticket_links_the_transcript_so_far(store, clock):
 
 def test_open_ticket_is_idempotent_while_active(store):
     a = addr()
-    first = store.open_ticket(a, reason="low_confidence", priority="normal", summary={"carrier": None})
-    again = store.open_ticket(a, reason="incident", priority="urgent",
+    first = HandoffService(store).open_ticket(a, reason="low_confidence", priority="normal", summary={"carrier": None})
+    again = HandoffService(store).open_ticket(a, reason="incident", priority="urgent",
                               summary={"carrier": "softbank", "vendor": "X"})
     assert again.id == first.id
     assert again.priority == "urgent"  # a later incident raises the priority, never lowers it
     assert again.summary == {"carrier": "softbank", "vendor": "X"}
-    lower = store.open_ticket(a, reason="user_request", priority="normal", summary={"carrier": "kddi"})
+    lower = HandoffService(store).open_ticket(a, reason="user_request", priority="normal", summary={"carrier": "kddi"})
     assert (lower.id, lower.priority, lower.summary["carrier"]) == (first.id, "urgent", "softbank")
-    assert len(store.list_queue()) == 1
-    stored = store.get_detail(first.id)  # what was written, read back
+    assert len(HandoffService(store).list_queue()) == 1
+    stored = HandoffService(store).get_detail(first.id)  # what was written, read back
     assert (stored.ticket.priority, stored.ticket.summary) == ("urgent", {"carrier": "softbank", "vendor": "X"})
     # the second call changed the ticket and says so; the third changed nothing and writes nothing
     assert [(e.action, e.actor) for e in stored.audit] == [("opened", "bot"), ("updated", "bot")]
@@ -278,7 +279,7 @@ def test_messages_while_a_ticket_is_open_join_it(store):
     t = open_incident(store, a)
     m = store.record_message(a, "user", "still calling abroad")
     assert m.ticket_id == t.id
-    detail = store.get_detail(t.id)
+    detail = HandoffService(store).get_detail(t.id)
     assert detail.transcript[-1].text == "still calling abroad"
     assert [e.action for e in detail.audit] == ["opened", "user_message"]
     assert detail.audit[-1].actor == "user"
@@ -289,17 +290,17 @@ def test_full_lifecycle_with_audit_trail(store, clock):
     store.record_message(a, "user", "help")
     t = open_incident(store, a)
     clock.advance(minutes=2)
-    t = store.claim(t.id, "sato")
+    t = HandoffService(store).claim(t.id, "sato")
     assert (t.status, t.operator, t.updated_at) == ("claimed", "sato", clock.now)
     clock.advance(minutes=1)
-    t = store.reply(t.id, "sato", "回線を止めました。確認します。")
+    t = HandoffService(store).reply(t.id, "sato", "回線を止めました。確認します。")
     assert t.status == "claimed"
     clock.advance(minutes=1)
-    t = store.resolve(t.id, "sato")
+    t = HandoffService(store).resolve(t.id, "sato")
     assert (t.status, t.updated_at) == ("resolved", clock.now)
-    assert store.active_ticket(a.conversation_id) is None
+    assert HandoffService(store).active_ticket(a.conversation_id) is None
 
-    detail = store.get_detail(t.id)
+    detail = HandoffService(store).get_detail(t.id)
     assert [(e.action, e.actor) for e in detail.audit] == [
         ("opened", "bot"), ("claimed", "operator:sato"), ("replied", "operator:sato"), ("resolved", "operator:sato")]
     ats = [e.at for e in detail.audit]
@@ -313,14 +314,14 @@ def test_reply_records_the_message_and_the_outbox_item_together(store):
     a = addr(route={"chat_id": 99})
     t = open_incident(store, a, language="en")
     before = {i.id for i in store.pending_outbox()}
-    t = store.reply(t.id, "ito", "We blocked international calls on your line.")
+    t = HandoffService(store).reply(t.id, "ito", "We blocked international calls on your line.")
     assert (t.status, t.operator) == ("claimed", "ito")  # replying to an open ticket takes it
     [item] = [i for i in store.pending_outbox() if i.id not in before]
     assert item.address == a and item.attempts == 0
     assert item.reply["kind"] == "operator"
     assert item.reply["answer"] == "We blocked international calls on your line."
     assert item.reply["conversation_id"] == a.conversation_id and item.reply["language"] == "en"
-    actions = [e.action for e in store.get_detail(t.id).audit]
+    actions = [e.action for e in HandoffService(store).get_detail(t.id).audit]
     assert actions == ["opened", "claimed", "replied"]
     assert store.transcript(a.conversation_id)[-1].role == "operator"
 
@@ -328,64 +329,64 @@ def test_reply_records_the_message_and_the_outbox_item_together(store):
 def test_operator_reply_goes_to_the_newest_address(store):
     t = open_incident(store, addr(route={"response_url": "https://old"}))
     store.record_message(addr(route={"response_url": "https://new"}), "user", "any news?")
-    store.reply(t.id, "ito", "yes")
+    HandoffService(store).reply(t.id, "ito", "yes")
     assert store.pending_outbox()[-1].address.route == {"response_url": "https://new"}
 
 
 @pytest.mark.parametrize("action", ["claim", "reply", "resolve"])
 def test_resolved_tickets_refuse_further_actions(store, action):
     t = open_incident(store, addr())
-    store.resolve(t.id, "sato")
-    call = {"claim": lambda: store.claim(t.id, "ito"), "reply": lambda: store.reply(t.id, "ito", "late"),
-            "resolve": lambda: store.resolve(t.id, "ito")}[action]
+    HandoffService(store).resolve(t.id, "sato")
+    call = {"claim": lambda: HandoffService(store).claim(t.id, "ito"), "reply": lambda: HandoffService(store).reply(t.id, "ito", "late"),
+            "resolve": lambda: HandoffService(store).resolve(t.id, "ito")}[action]
     with pytest.raises(TicketStateError, match=t.id):
         call()
-    assert store.get_detail(t.id).ticket.status == "resolved"
-    assert [e.action for e in store.get_detail(t.id).audit] == ["opened", "resolved"]
+    assert HandoffService(store).get_detail(t.id).ticket.status == "resolved"
+    assert [e.action for e in HandoffService(store).get_detail(t.id).audit] == ["opened", "resolved"]
 
 
 def test_claim_rules(store):
     t = open_incident(store, addr())
-    store.claim(t.id, "sato")
-    assert store.claim(t.id, "sato").operator == "sato"  # repeating one's own claim is harmless
+    HandoffService(store).claim(t.id, "sato")
+    assert HandoffService(store).claim(t.id, "sato").operator == "sato"  # repeating one's own claim is harmless
     with pytest.raises(TicketStateError, match="sato"):
-        store.claim(t.id, "ito")
-    assert [e.action for e in store.get_detail(t.id).audit] == ["opened", "claimed"]
+        HandoffService(store).claim(t.id, "ito")
+    assert [e.action for e in HandoffService(store).get_detail(t.id).audit] == ["opened", "claimed"]
 
 
 def test_unknown_ticket(store):
-    for call in (lambda: store.claim("T-20000101-0000", "x"), lambda: store.reply("T-20000101-0000", "x", "y"),
-                 lambda: store.resolve("T-20000101-0000", "x"),
-                 lambda: store.mark_reannounced("T-20000101-0000", datetime.now(timezone.utc))):
+    for call in (lambda: HandoffService(store).claim("T-20000101-0000", "x"), lambda: HandoffService(store).reply("T-20000101-0000", "x", "y"),
+                 lambda: HandoffService(store).resolve("T-20000101-0000", "x"),
+                 lambda: HandoffService(store).mark_reannounced("T-20000101-0000", datetime.now(timezone.utc))):
         with pytest.raises(TicketNotFound):
             call()
-    assert store.get_detail("T-20000101-0000") is None
+    assert HandoffService(store).get_detail("T-20000101-0000") is None
     assert issubclass(TicketNotFound, LookupError)
 
 
 def test_ticket_ids_typed_by_hand_are_accepted(store):
     t = open_incident(store, addr())
-    assert store.get_detail(f"  {t.id.lower().upper()}  ".replace("T-", "t-")).ticket.id == t.id
+    assert HandoffService(store).get_detail(f"  {t.id.lower().upper()}  ".replace("T-", "t-")).ticket.id == t.id
 
 
 def test_after_resolve_the_next_escalation_opens_a_new_ticket(store, clock):
     a = addr()
     store.record_message(a, "user", "first incident")
     t1 = open_incident(store, a)
-    store.resolve(t1.id, "sato")
+    HandoffService(store).resolve(t1.id, "sato")
     later = store.record_message(a, "user", "thanks, unrelated question")
     assert later.ticket_id is None
-    assert [e.action for e in store.get_detail(t1.id).audit] == ["opened", "resolved"]
+    assert [e.action for e in HandoffService(store).get_detail(t1.id).audit] == ["opened", "resolved"]
     clock.advance(minutes=5)
-    t2 = store.open_ticket(a, reason="user_request", priority="normal", summary={})
+    t2 = HandoffService(store).open_ticket(a, reason="user_request", priority="normal", summary={})
     assert t2.id != t1.id and t2.status == "open"
-    assert [m.text for m in store.get_detail(t2.id).transcript] == ["thanks, unrelated question"]
-    assert [m.text for m in store.get_detail(t1.id).transcript] == ["first incident"]
+    assert [m.text for m in HandoffService(store).get_detail(t2.id).transcript] == ["thanks, unrelated question"]
+    assert [m.text for m in HandoffService(store).get_detail(t1.id).transcript] == ["first incident"]
 
 
 def test_invalid_priority_is_rejected(store):
     with pytest.raises(ValueError):
-        store.open_ticket(addr(), reason="x", priority="high", summary={})
+        HandoffService(store).open_ticket(addr(), reason="x", priority="high", summary={})
 
 
 # ---------------------------------------------------------------- queue and re-announcement
@@ -394,41 +395,41 @@ def test_invalid_priority_is_rejected(store):
 def test_queue_is_urgent_first_then_oldest_first(store, clock):
     made = {}
     for n, prio in enumerate(["normal", "urgent", "normal", "urgent"], start=1):
-        made[n] = store.open_ticket(addr(n), reason="r", priority=prio, summary={})
+        made[n] = HandoffService(store).open_ticket(addr(n), reason="r", priority=prio, summary={})
         clock.advance(minutes=1)
-    resolved = store.open_ticket(addr(9), reason="r", priority="urgent", summary={})
-    store.resolve(resolved.id, "x")
-    store.claim(made[3].id, "sato")
-    assert [t.id for t in store.list_queue()] == [made[2].id, made[4].id, made[1].id, made[3].id]
-    assert [t.id for t in store.list_queue(("open",))] == [made[2].id, made[4].id, made[1].id]
-    every = store.list_queue(("open", "claimed", "resolved"))
+    resolved = HandoffService(store).open_ticket(addr(9), reason="r", priority="urgent", summary={})
+    HandoffService(store).resolve(resolved.id, "x")
+    HandoffService(store).claim(made[3].id, "sato")
+    assert [t.id for t in HandoffService(store).list_queue()] == [made[2].id, made[4].id, made[1].id, made[3].id]
+    assert [t.id for t in HandoffService(store).list_queue(("open",))] == [made[2].id, made[4].id, made[1].id]
+    every = HandoffService(store).list_queue(("open", "claimed", "resolved"))
     assert [t.id for t in every] == [made[2].id, made[4].id, resolved.id, made[1].id, made[3].id]
 
 
 def test_overdue_urgent(store, clock):
     start = clock.now
     urgent = open_incident(store, addr(1))
-    normal = store.open_ticket(addr(2), reason="user_request", priority="normal", summary={})
+    normal = HandoffService(store).open_ticket(addr(2), reason="user_request", priority="normal", summary={})
     claimed = open_incident(store, addr(3))
-    store.claim(claimed.id, "sato")
-    assert normal and store.overdue_urgent(start + timedelta(minutes=9), 10) == []
-    [due] = store.overdue_urgent(start + timedelta(minutes=10), 10)
+    HandoffService(store).claim(claimed.id, "sato")
+    assert normal and HandoffService(store).overdue_urgent(start + timedelta(minutes=9), 10) == []
+    [due] = HandoffService(store).overdue_urgent(start + timedelta(minutes=10), 10)
     assert due.id == urgent.id
 
-    store.mark_reannounced(urgent.id, start + timedelta(minutes=10))
-    assert store.get_detail(urgent.id).ticket.reannounced_at == start + timedelta(minutes=10)
-    assert store.overdue_urgent(start + timedelta(minutes=15), 10) == []
-    assert [t.id for t in store.overdue_urgent(start + timedelta(minutes=20, seconds=1), 10)] == [urgent.id]
-    assert store.get_detail(urgent.id).audit[-1].action == "reannounced"
+    HandoffService(store).mark_reannounced(urgent.id, start + timedelta(minutes=10))
+    assert HandoffService(store).get_detail(urgent.id).ticket.reannounced_at == start + timedelta(minutes=10)
+    assert HandoffService(store).overdue_urgent(start + timedelta(minutes=15), 10) == []
+    assert [t.id for t in HandoffService(store).overdue_urgent(start + timedelta(minutes=20, seconds=1), 10)] == [urgent.id]
+    assert HandoffService(store).get_detail(urgent.id).audit[-1].action == "reannounced"
 
-    store.claim(urgent.id, "ito")
-    assert store.overdue_urgent(start + timedelta(hours=5), 10) == []
+    HandoffService(store).claim(urgent.id, "ito")
+    assert HandoffService(store).overdue_urgent(start + timedelta(hours=5), 10) == []
 
 
 def test_overdue_urgent_accepts_any_timezone(store, clock):
     t = open_incident(store, addr())
     later_jst = (clock.now + timedelta(minutes=11)).astimezone(JST)
-    assert [x.id for x in store.overdue_urgent(later_jst, 10)] == [t.id]
+    assert [x.id for x in HandoffService(store).overdue_urgent(later_jst, 10)] == [t.id]
 
 
 # ---------------------------------------------------------------- outbox
@@ -500,7 +501,7 @@ def test_delivery_of_an_escalation_reply_is_audited_on_its_ticket(store):
                                    escalation=Escalation("incident", "urgent", t.id)))
     store.mark_failed(item, "HTTP 500")
     store.mark_sent(item)
-    actions = [e.action for e in store.get_detail(t.id).audit]
+    actions = [e.action for e in HandoffService(store).get_detail(t.id).audit]
     assert actions == ["opened", "delivery_failed", "delivered"]
 
 

@@ -21,7 +21,7 @@ import pytest
 from bot.config import Settings
 from bot.ports import Retriever, SearchResult
 from bot.retrieval.index_builder import build_index, read_current
-from bot.retrieval.service import HybridRetriever, open_retriever
+from bot.retrieval.hybrid import HybridRetriever, open_retriever
 from bot.retrieval.vector_index import ChromaVectorIndex, UnsafeCollectionError, make_client
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"

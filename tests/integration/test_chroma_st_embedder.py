@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.integration  # the optional `st` extra: torch and a packaged model (seconds to load)
 def test_sentence_transformers_backend_loads_packaged_model_offline(monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")
@@ -29,7 +30,7 @@ def test_default_path_never_imports_torch():
     import sys
 
     code = ("import sys; from bot.retrieval.embedders import make_embedder; "
-            "import bot.retrieval.service, bot.retrieval.index_builder; e = make_embedder('hash'); "
+            "import bot.retrieval.hybrid, bot.retrieval.index_builder; e = make_embedder('hash'); "
             "e.embed_query('x'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

@@ -15,7 +15,8 @@ from bot.config import load_settings
 from bot.conversation import composer as C
 from bot.conversation.service import ConversationService
 from bot.conversation.texts import is_template_line
-from bot.handoff.memory_store import InMemoryHandoffStore
+from bot.handoff.service import HandoffService
+from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address, InboundMessage
 from tests.fakes import shared_understander
 
@@ -56,8 +57,8 @@ def test_development_conversation_set_meets_its_targets(real_retriever):
     sys.path.insert(0, str(ROOT))
     from scripts.eval_conversations import run
 
-    store = InMemoryHandoffStore()
-    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings(),
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store), settings=load_settings(),
                                   understander=shared_understander())
     report = run(cases(), service)
     failures = {r["id"]: r["failures"] for r in report["results"] if r["failures"]}
@@ -76,9 +77,9 @@ def unsupported_text(line: str, allowed: set[str]) -> str:
 
 
 def test_every_answer_sentence_comes_from_a_passage_retrieved_this_turn(real_retriever):
-    store = InMemoryHandoffStore()
+    store = SqlHandoffStore("sqlite://")
     rec = RecordingRetriever(real_retriever)
-    service = ConversationService(retriever=rec, store=store, handoff=store, settings=load_settings(),
+    service = ConversationService(retriever=rec, store=store, handoff=HandoffService(store), settings=load_settings(),
                                   understander=shared_understander())
     checked = 0
     for case in cases():
@@ -137,8 +138,8 @@ def test_a_waiting_question_announces_exactly_the_query_its_turn_embeds(real_ret
     """What the web layer prefetches for a waiting message is the text its turn then embeds: the
     turn takes the vector from the shared pass instead of running a pass of its own."""
     batcher = real_retriever.embedder._queries
-    store = InMemoryHandoffStore()
-    service = ConversationService(retriever=real_retriever, store=store, handoff=store, settings=load_settings(),
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store), settings=load_settings(),
                                   understander=shared_understander())
     message = InboundMessage(address=Address("web", f"web:prefetch:{hash(text)}"), text=text)
     hits, passes = batcher.prefetch_hits, batcher.passes
@@ -165,8 +166,8 @@ def test_a_4000_character_message_embeds_and_analyses_no_more_than_the_bound(rea
 
     inner.embedder.embed_query_np, inner.analyzer.analyze = recording_embed, recording_analyze
     try:
-        store = InMemoryHandoffStore()
-        service = ConversationService(retriever=retriever, store=store, handoff=store, settings=load_settings())
+        store = SqlHandoffStore("sqlite://")
+        service = ConversationService(retriever=retriever, store=store, handoff=HandoffService(store), settings=load_settings())
         text = ("ひかり電話で国際電話を止めるには？\n" + "社内の電話設備について補足します。" * 300)[:4000]
         service.handle(InboundMessage(address=Address("web", "web:long", user_id="u"), text=text))
     finally:

@@ -12,6 +12,7 @@ import pytest
 
 from bot.handoff.sql_store import SqlHandoffStore
 from tests.fakes import make_settings
+from bot.handoff.service import HandoffService
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +24,14 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from bot.conversation.service import ConversationService
+    from bot.handoff.service import HandoffService
     from bot.handoff.sql_store import SqlHandoffStore
     from bot.messages import Address, InboundMessage
     from tests.fakes import FakeRetriever, make_settings
 
     settings = make_settings(data_dir=Path({data!r}), database_url={url!r})
     store = SqlHandoffStore.from_settings(settings)
-    service = ConversationService(retriever=FakeRetriever(), store=store, handoff=store, settings=settings)
+    service = ConversationService(retriever=FakeRetriever(), store=store, handoff=HandoffService(store), settings=settings)
     address = Address("telegram", "telegram:4242", route={{"chat_id": 4242}})
     for i, text in enumerate(sys.argv[1:]):
         if text == "--die":
@@ -52,7 +54,7 @@ def open_store(data: Path, url: str | None = None) -> tuple[SqlHandoffStore, obj
 
     settings = make_settings(data_dir=data, database_url=url)
     store = SqlHandoffStore.from_settings(settings)
-    return store, ConversationService(retriever=FakeRetriever(), store=store, handoff=store, settings=settings)
+    return store, ConversationService(retriever=FakeRetriever(), store=store, handoff=HandoffService(store), settings=settings)
 
 
 def test_crash_between_user_message_and_reply_is_recovered(tmp_path):
@@ -66,14 +68,14 @@ def test_crash_between_user_message_and_reply_is_recovered(tmp_path):
     try:
         pending = store.unhandled_messages()
         assert [(m.role, m.text) for m in pending] == [("user", incident)]
-        ticket = store.active_ticket("telegram:4242")
+        ticket = HandoffService(store).active_ticket("telegram:4242")
         assert ticket.priority == "normal"  # the crash came before the incident was understood
 
         assert service.recover_pending() == 1
         assert store.unhandled_messages() == []
-        ticket = store.active_ticket("telegram:4242")
+        ticket = HandoffService(store).active_ticket("telegram:4242")
         assert ticket.priority == "urgent"
-        detail = store.get_detail(ticket.id)
+        detail = HandoffService(store).get_detail(ticket.id)
         roles = [(m.role, m.text[:20]) for m in detail.transcript]
         assert [r for r, _ in roles] == ["user", "bot", "user", "bot"]
         assert detail.transcript[2].text == incident

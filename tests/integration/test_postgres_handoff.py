@@ -17,6 +17,7 @@ from bot.handoff import migrate
 from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address
 from bot.ports import TicketStateError
+from bot.handoff.service import HandoffService
 
 pytestmark = pytest.mark.integration
 
@@ -109,10 +110,10 @@ def test_two_workers_escalating_one_conversation_open_one_ticket(pg_url):
     a = Address("slack", f"slack:{secrets.token_hex(3)}")
     workers[0].record_message(a, "user", "PBX hijacked")
     try:
-        results, errors = _together(4, lambda i: workers[i].open_ticket(
+        results, errors = _together(4, lambda i: HandoffService(workers[i]).open_ticket(
             a, reason="incident", priority="urgent", summary={"worker": i}).id)
         assert errors == [] and len(set(results)) == 1
-        assert [t.id for t in workers[0].list_queue() if t.conversation_id == a.conversation_id] == results[:1]
+        assert [t.id for t in HandoffService(workers[0]).list_queue() if t.conversation_id == a.conversation_id] == results[:1]
     finally:
         for w in workers:
             w.close()
@@ -120,13 +121,13 @@ def test_two_workers_escalating_one_conversation_open_one_ticket(pg_url):
 
 def test_two_operators_claiming_at_once_one_wins(pg_url):
     workers = [SqlHandoffStore(pg_url) for _ in range(3)]
-    t = workers[0].open_ticket(Address("web", f"web:{secrets.token_hex(3)}"), reason="user_request",
+    t = HandoffService(workers[0]).open_ticket(Address("web", f"web:{secrets.token_hex(3)}"), reason="user_request",
                                priority="normal", summary={})
     try:
-        results, errors = _together(3, lambda i: workers[i].claim(t.id, f"op{i}").operator)
+        results, errors = _together(3, lambda i: HandoffService(workers[i]).claim(t.id, f"op{i}").operator)
         assert len(results) == 1 and len(errors) == 2
         assert all(isinstance(e, TicketStateError) for e in errors)
-        audit = [e.action for e in workers[0].get_detail(t.id).audit]
+        audit = [e.action for e in HandoffService(workers[0]).get_detail(t.id).audit]
         assert audit == ["opened", "claimed"]
     finally:
         for w in workers:
@@ -170,7 +171,7 @@ def test_tickets_cli_on_postgres(pg_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PBXBOT_DATABASE_URL", pg_url.replace("postgresql+psycopg://", "postgresql://"))
     monkeypatch.chdir(tmp_path)
     with SqlHandoffStore(pg_url) as store:
-        t = store.open_ticket(Address("telegram", f"telegram:{secrets.token_hex(3)}"), reason="incident",
+        t = HandoffService(store).open_ticket(Address("telegram", f"telegram:{secrets.token_hex(3)}"), reason="incident",
                               priority="urgent", summary={"carrier": "softbank"})
     assert main(["tickets", "reply", t.id, "on it", "--operator", "sato"]) == 0
     assert main(["tickets", "resolve", t.id]) == 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from bot.conversation.service import ConversationService
+from bot.handoff.service import HandoffService
 from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address, InboundMessage
 from tests.fakes import FakeRetriever, make_settings
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.integration
 def workers(new_pg_database):
     url = new_pg_database()
     stores = [SqlHandoffStore(url), SqlHandoffStore(url, migrate=False)]
-    services = [ConversationService(retriever=SlowRetriever(), store=s, handoff=s, settings=make_settings())
+    services = [ConversationService(retriever=SlowRetriever(), store=s, handoff=HandoffService(s), settings=make_settings())
                 for s in stores]
     yield services, stores[0]
     for s in stores:

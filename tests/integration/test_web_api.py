@@ -46,7 +46,7 @@ def test_healthz_is_503_when_the_store_fails(core):
     def broken(*a, **k):
         raise RuntimeError("database is down")
 
-    core.handoff.list_queue = broken
+    core.store.health = broken
     with TestClient(create_app(make_settings(), core=core)) as c:
         r = c.get("/healthz")
     assert r.status_code == 503

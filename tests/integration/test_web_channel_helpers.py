@@ -1,4 +1,4 @@
-"""The small shared helpers of bot.channels.base (no server needed)."""
+"""The small shared helpers of the channels (no server needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import uuid
 
 import pytest
 
-from bot.channels.base import SeenCache, guess_language, rate_limited_reply, render_text
+from bot.channels.pipeline import SeenDeliveries, rate_limited_reply
+from bot.channels.rendering import render_text
+from bot.conversation.understanding.language import detect_language
 from bot.channels.rate_limit import RateLimit, limit_storage
 from bot.messages import Citation, Escalation, Reply
 
@@ -33,7 +35,8 @@ def redis_up() -> bool:
 
 
 STORAGES = [pytest.param(None, id="memory"),
-            pytest.param(REDIS_URL, id="redis", marks=pytest.mark.skipif(not redis_up(), reason="no Redis on 6379"))]
+            pytest.param(REDIS_URL, id="redis", marks=[pytest.mark.integration,  # the Redis server on 6379
+                                                       pytest.mark.skipif(not redis_up(), reason="no Redis on 6379")])]
 
 
 @pytest.mark.parametrize("redis_url", STORAGES)
@@ -64,7 +67,7 @@ async def test_rate_limit_can_be_disabled_and_lets_messages_through_when_redis_i
 
 def test_seen_cache_drops_repeats_within_its_ttl():
     clock = Clock()
-    seen = SeenCache(ttl=10, clock=clock)
+    seen = SeenDeliveries(ttl=10, clock=clock)
     assert not seen.seen("update:1")
     assert seen.seen("update:1")
     clock.t += 11
@@ -82,8 +85,8 @@ def test_render_text_is_the_plain_fallback_with_sources_and_ticket():
 
 
 def test_polite_rate_limit_reply_and_language_guess():
-    assert guess_language("PBXが乗っ取られた") == "ja"
-    assert guess_language("our PBX was hacked") == "en"
-    assert guess_language("12345", default="en") == "en"
+    assert detect_language("PBXが乗っ取られた") == "ja"
+    assert detect_language("our PBX was hacked") == "en"
+    assert (detect_language("12345") or "en") == "en"
     r = rate_limited_reply("web:1", "en", 12.2)
     assert r.kind == "notice" and "13 seconds" in r.answer and r.answer.startswith("Sorry")

@@ -161,7 +161,7 @@ def test_queue_events_need_an_operator(client):
 
 
 async def test_queue_events_push_each_ticket_change_to_every_open_page():
-    from bot.web.console import QueueEvents
+    from bot.web.queue import QueueEvents
 
     events = QueueEvents(live=lambda: True)
     first, second = events.stream(keepalive=60), events.stream(keepalive=60)
@@ -173,3 +173,17 @@ async def test_queue_events_push_each_ticket_change_to_every_open_page():
     await first.aclose()
     await second.aclose()
     assert not events._queues  # a closed page stops receiving
+
+
+def test_user_text_is_escaped_by_the_templates(client, core):
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    address = Address("web", "web:u3", "web:u3")
+    core.store.record_message(address, "user", hostile)
+    ticket = core.handoff.open_ticket(address, reason="user_request", priority="normal",
+                                      summary={"language": "ja", "vendor": "<b>ACME</b>"})
+    assert login(client).status_code == 303
+    for path in ("/console", f"/console/tickets/{ticket.id}"):
+        page = client.get(path).text
+        assert "<script>alert" not in page and "<img src=x" not in page and "<b>ACME</b>" not in page
+    page = client.get(f"/console/tickets/{ticket.id}").text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page and "&lt;b&gt;ACME&lt;/b&gt;" in page

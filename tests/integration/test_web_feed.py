@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from bot.channels.web_feed import WebFeed, event_of
+from bot.web.feed import TranscriptFeed, event_of
 from bot.handoff.sql_store import SqlHandoffStore
 from bot.ports import StoredMessage
 from bot.web.app import create_app
@@ -89,7 +89,7 @@ async def test_a_late_commit_below_the_cursor_is_still_delivered():
         return f(*a)
 
     store = _GappyStore()
-    feed = WebFeed(store, run_sync)
+    feed = TranscriptFeed(store, run_sync)
     await feed.poll()  # the cursor starts at the newest id (0)
     q = feed.subscribe("web:x")
     store.add(1, "one")
@@ -110,14 +110,14 @@ def test_events_of_system_messages_are_not_shown_and_old_operator_rows_still_are
 
 
 async def test_a_burst_bigger_than_one_index_batch_is_delivered_in_one_poll(monkeypatch):
-    import bot.channels.web_feed as wf
+    import bot.web.feed as wf
 
     async def run_sync(f, *a):
         return f(*a)
 
     monkeypatch.setattr(wf, "INDEX_BATCH", 3)
     store = _GappyStore()
-    feed = WebFeed(store, run_sync)
+    feed = TranscriptFeed(store, run_sync)
     await feed.poll()
     q = feed.subscribe("web:x")
     for i in range(1, 9):

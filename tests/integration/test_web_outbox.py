@@ -134,38 +134,6 @@ def test_ticket_events_reach_channels_from_worker_threads():
         assert wait_until(lambda: ops.ticket_events and ops.ticket_events[0][0] == "opened")
 
 
-def test_platform_modules_plug_in_through_register(monkeypatch):
-    """A platform module is bot.channels.<name> with register(registry, settings, core)."""
-    import sys
-    import types
-
-    from fastapi import APIRouter
-
-    module = types.ModuleType("bot.channels.telegram")
-    calls = []
-
-    def register(registry, settings, core):
-        ch = MemoryChannel("telegram")
-        ch.router = APIRouter()
-
-        @ch.router.post("")
-        async def webhook():
-            return {"ok": True}
-
-        calls.append((registry, settings, core))
-        return registry.add(ch)
-
-    module.register = register
-    monkeypatch.setitem(sys.modules, "bot.channels.telegram", module)
-    core = FakeCore()
-    app = create_app(make_settings(telegram_token="123:abcdefgh", telegram_webhook_secret="whsecret123"), core=core)
-    assert calls and calls[0][2] is core
-    with TestClient(app) as c:
-        assert c.post("/webhooks/telegram").json() == {"ok": True}
-        assert app.state.registry["telegram"].started
-        assert "telegram" in c.get("/healthz").json()["channels"]
-
-
 def test_operator_reply_arrives_live_over_server_sent_events():
     """Over real HTTP (uvicorn on loopback): the widget's event stream gets the operator's reply."""
     import json

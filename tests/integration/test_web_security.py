@@ -296,7 +296,7 @@ def test_last_event_id_is_bounded(core, last_id, status, caplog):
     with TestClient(app) as c:
         first = c.post("/api/chat", json={"text": "hello"}).json()
         params = {"conversation_id": first["conversation_id"], "token": first["conversation_token"]}
-        app.state.web_channel._closing = True  # streams end after their history (the test can read to the end)
+        app.state.web_channel.closing = True  # streams end after their history (the test can read to the end)
         r = c.get("/api/chat/events", params=params, headers={"Last-Event-ID": latin1(last_id)})
         assert r.status_code == status
         if status == 200:

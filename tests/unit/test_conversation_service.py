@@ -93,7 +93,7 @@ def test_off_topic_gets_the_scope_message():
     for text in ("明日の東京の天気は？", "Give me a recipe for chocolate cake"):
         r = one(say(service, text, cid=f"test:{text}"))
         assert r.kind == "scope" and not r.citations and r.escalation is None
-    assert store.list_queue() == []
+    assert service.handoff.list_queue() == []
 
 
 def test_a_question_the_sources_do_not_cover_says_so_and_offers_a_person_without_a_ticket():
@@ -101,7 +101,7 @@ def test_a_question_the_sources_do_not_cover_says_so_and_offers_a_person_without
     r = one(say(service, "PBXの保守契約の更新時期は？"))
     assert r.kind == "not_covered" and r.escalation is None and r.offer_human
     assert "出典" in r.answer and "担当者" in r.answer
-    assert store.active_ticket("test:1") is None, "a ticket only when the user asks for one"
+    assert service.handoff.active_ticket("test:1") is None, "a ticket only when the user asks for one"
     assert one(say(service, "担当者と話したい")).escalation.priority == "normal"
 
 
@@ -127,7 +127,7 @@ def test_an_incident_gets_containment_steps_first_and_an_urgent_ticket():
     assert "通信会社" in lines[1] and "[1]" in lines[1]  # the first step, from the first-steps guide
     assert "KDDIの場合" in r.answer and any(c.doc_id == "guide-stop-calls-kddi-ja" for c in r.citations)
     assert "いつ気づいたか" in r.answer and "通信会社(" not in r.answer  # asks only for missing facts
-    ticket = store.active_ticket("test:1")
+    ticket = service.handoff.active_ticket("test:1")
     assert ticket.priority == "urgent" and events == [("opened", ticket.id)]
     s = ticket.summary
     assert s["carrier"] == "kddi" and s["still_happening"] is True and s["language"] == "ja"
@@ -143,8 +143,8 @@ def test_while_a_ticket_is_open_messages_join_it_and_the_bot_stays_quiet():
     assert ack.kind == "handoff" and ack.escalation is None and "person" in ack.answer and not ack.citations
     assert say(service, "The PBX is a Panasonic, installed in 2012") == []
     assert len(retriever.calls) == n_calls, "the bot does not answer by itself while a ticket is open"
-    ticket = store.active_ticket("test:1")
-    detail = store.get_detail(ticket.id)
+    ticket = service.handoff.active_ticket("test:1")
+    detail = service.handoff.get_detail(ticket.id)
     users = [m.text for m in detail.transcript if m.role == "user"]
     assert users[-2:] == ["It's NTT East Hikari Denwa, and it's still going", "The PBX is a Panasonic, installed in 2012"]
     assert ticket.summary["vendor"] == "Panasonic", "facts given later fill the operator's summary"
@@ -154,16 +154,16 @@ def test_while_a_ticket_is_open_messages_join_it_and_the_bot_stays_quiet():
 def test_facts_given_after_the_ticket_opened_fill_the_operators_summary():
     service, store, _ = make_service()
     one(say(service, "Our PBX is calling Sierra Leone right now, hundreds of calls."))
-    ticket = store.active_ticket("test:1")
+    ticket = service.handoff.active_ticket("test:1")
     assert not ticket.summary.get("carrier")
     say(service, "It's NTT East Hikari Denwa. Our PBX vendor is Example Tsushin.")
-    after = store.active_ticket("test:1")
+    after = service.handoff.active_ticket("test:1")
     assert after.id == ticket.id and after.priority == "urgent"
     assert after.summary["carrier"] == "ntt-east-west"
     assert after.summary["still_happening"] is True  # filled gaps only, nothing overwritten
     say(service, "Actually it's KDDI")  # a later change stays in the transcript, not over the summary
-    assert store.active_ticket("test:1").summary["carrier"] == "ntt-east-west"
-    assert any(e.action == "updated" for e in store.get_detail(ticket.id).audit)
+    assert service.handoff.active_ticket("test:1").summary["carrier"] == "ntt-east-west"
+    assert any(e.action == "updated" for e in service.handoff.get_detail(ticket.id).audit)
 
 
 def test_asking_for_a_person_again_while_waiting_is_acknowledged():
@@ -179,10 +179,10 @@ def test_operator_lifecycle_then_the_bot_answers_again():
     r = one(say(service, "talk to a person", action="request_human"))
     tid = r.escalation.ticket_id
     assert r.escalation.reason == "user_request" and r.escalation.priority == "normal"
-    store.claim(tid, "alice")
-    store.reply(tid, "alice", "Hello, I'm Alice. How can I help?")
+    service.handoff.claim(tid, "alice")
+    service.handoff.reply(tid, "alice", "Hello, I'm Alice. How can I help?")
     assert [o.reply["kind"] for o in store.pending_outbox()] == ["operator"]
-    store.resolve(tid, "alice")
+    service.handoff.resolve(tid, "alice")
     after = one(say(service, "What is DISA?"))
     assert after.kind == "answer" and after.citations and after.escalation is None
 
@@ -193,7 +193,7 @@ def test_a_normal_ticket_becomes_urgent_when_an_incident_is_reported():
     r = one(say(service, "calls to Cuba are going out right now!"))
     assert r.kind == "incident" and r.escalation.priority == "urgent"
     assert r.escalation.ticket_id == first.escalation.ticket_id
-    assert store.active_ticket("test:1").priority == "urgent"
+    assert service.handoff.active_ticket("test:1").priority == "urgent"
 
 
 def test_two_failures_in_a_row_escalate():
@@ -244,7 +244,7 @@ def test_overdue_urgent_tickets_are_reannounced_with_self_help_and_the_stop_line
     assert item.address == addr()
     assert "お待たせ" in item.reply["answer"] and "KDDIの場合" in item.reply["answer"] and item.reply["citations"]
     assert service.reannounce_overdue(later) == 0  # announced again only after another interval
-    store.claim(store.active_ticket("test:1").id, "bob")
+    service.handoff.claim(service.handoff.active_ticket("test:1").id, "bob")
     assert service.reannounce_overdue(later + timedelta(minutes=30)) == 0
 
 
@@ -282,9 +282,9 @@ def test_recover_pending_answers_a_message_recorded_before_a_crash():
     assert store.unhandled_messages() == []
     (item,) = store.pending_outbox()
     assert item.reply["kind"] == "incident" and item.reply["id"] == "r1" and item.address == addr()
-    ticket = store.active_ticket("test:1")
+    ticket = service.handoff.active_ticket("test:1")
     assert ticket.priority == "urgent"
-    assert [m.role for m in store.get_detail(ticket.id).transcript] == ["user", "bot"]
+    assert [m.role for m in service.handoff.get_detail(ticket.id).transcript] == ["user", "bot"]
     assert service.recover_pending() == 0
 
 
@@ -292,10 +292,11 @@ def test_recover_resends_a_recorded_reply_instead_of_answering_twice():
     service, store, _ = make_service()
     say(service, "HELP!!! phones dialing overseas nonstop")
     (user_msg,) = [m for m in store.transcript("test:1") if m.role == "user"]
-    store._messages[user_msg.id].handled = False  # crash after the reply was recorded, before mark_handled
+    with store.engine.begin() as conn:  # crash after the reply was recorded, before mark_handled
+        conn.exec_driver_sql("UPDATE messages SET handled = 0 WHERE id = ?", (user_msg.id,))
     service = restarted(service)
     assert service.recover_pending() == 1
-    assert len(store.list_queue()) == 1
+    assert len(service.handoff.list_queue()) == 1
     assert len([m for m in store.transcript("test:1") if m.role == "bot"]) == 1
     assert store.pending_outbox()[0].reply["kind"] == "incident"
 

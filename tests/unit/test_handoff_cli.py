@@ -10,6 +10,7 @@ import pytest
 from bot.cli import main
 from bot.config import load_settings
 from bot.messages import Address
+from bot.handoff.service import HandoffService
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,11 @@ def seeded(migrated_data_dir):
     store = SqlHandoffStore.from_settings(load_settings())
     line = Address("line", "line:U1", "U1", {"to": "U1"})
     store.record_message(line, "user", "請求が50万円きた\n\x1b[31mred alert\x07")
-    billing = store.open_ticket(line, reason="billing_dispute", priority="normal",
+    billing = HandoffService(store).open_ticket(line, reason="billing_dispute", priority="normal",
                                 summary={"carrier": "ntt-east-west", "amounts": ["50万円"], "language": "ja"})
     tg = Address("telegram", "telegram:9", "9", {"chat_id": 9})
     store.record_message(tg, "user", "our PBX is calling abroad right now")
-    urgent = store.open_ticket(tg, reason="incident", priority="urgent",
+    urgent = HandoffService(store).open_ticket(tg, reason="incident", priority="urgent",
                                summary={"carrier": "kddi", "still_happening": True, "language": "en"})
     store.close()
     return {"billing": billing.id, "urgent": urgent.id}
@@ -124,7 +125,7 @@ def test_claim_reply_resolve_from_the_shell(seeded, capsys):
         [item] = store.pending_outbox()
         assert item.address.route == {"chat_id": 9} and item.reply["kind"] == "operator"
         assert item.reply["language"] == "en"
-        actions = [(a.action, a.actor) for a in store.get_detail(tid).audit]
+        actions = [(a.action, a.actor) for a in HandoffService(store).get_detail(tid).audit]
     assert actions == [("opened", "bot"), ("claimed", "operator:sato"), ("replied", "operator:sato"),
                        ("resolved", "operator:sato")]
     _, out, _ = run(capsys, "list")

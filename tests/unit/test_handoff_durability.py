@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.handoff.service import HandoffService
 from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address
 
@@ -23,12 +24,13 @@ CHILD = r"""
 import sys, time
 from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address
+from bot.handoff.service import HandoffService
 store = SqlHandoffStore(sys.argv[1])
 a = Address("telegram", "telegram:1", "1", {"chat_id": 1})
 mode = sys.argv[2]
 if mode == "crash":
     store.record_message(a, "user", "calls to +882 all night", handled=False, dedupe_key="u1")
-    t = store.open_ticket(a, reason="incident", priority="urgent", summary={"carrier": "kddi"})
+    t = HandoffService(store).open_ticket(a, reason="incident", priority="urgent", summary={"carrier": "kddi"})
     m = store.record_message(a, "user", "still going", handled=False, dedupe_key="u2")
     print(t.id, m.id, flush=True)
     time.sleep(60)  # killed here, between the user's message and any reply
@@ -58,9 +60,9 @@ def test_a_killed_process_loses_nothing(tmp_path):
 
     store = SqlHandoffStore(url)  # the restart
     try:
-        ticket = store.active_ticket("telegram:1")
+        ticket = HandoffService(store).active_ticket("telegram:1")
         assert ticket is not None and ticket.id == ticket_id and ticket.priority == "urgent"
-        detail = store.get_detail(ticket_id)
+        detail = HandoffService(store).get_detail(ticket_id)
         assert [m.text for m in detail.transcript] == ["calls to +882 all night", "still going"]
         assert [a.action for a in detail.audit] == ["opened", "user_message"]
         # crash recovery finds both unanswered user messages, the last one included
@@ -81,7 +83,7 @@ def test_cli_and_server_write_the_same_sqlite_file_at_once(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{data / 'pbxbot.sqlite3'}"
     store = SqlHandoffStore(url)
-    tickets = [store.open_ticket(Address("web", f"web:{i}"), reason="user_request", priority="normal",
+    tickets = [HandoffService(store).open_ticket(Address("web", f"web:{i}"), reason="user_request", priority="normal",
                                  summary={}).id for i in range(5)]
 
     server = _spawn(url, "writer", "80")
@@ -97,7 +99,7 @@ def test_cli_and_server_write_the_same_sqlite_file_at_once(tmp_path, monkeypatch
     assert codes == [0] * 15
     assert len(store.transcript("telegram:1")) == 80
     assert len(store.pending_outbox(limit=100)) == 5
-    assert store.list_queue() == []
+    assert HandoffService(store).list_queue() == []
     store.close()
 
 
@@ -111,7 +113,7 @@ def test_threads_of_one_server_share_a_store(tmp_path):
             for i in range(10):
                 store.record_message(a, "user", f"{i}", handled=False)
                 if i == 5:
-                    store.open_ticket(a, reason="incident", priority="urgent", summary={})
+                    HandoffService(store).open_ticket(a, reason="incident", priority="urgent", summary={})
             for m in store.unhandled_messages():
                 if m.conversation_id == a.conversation_id:
                     store.mark_handled(m.id)
@@ -125,13 +127,13 @@ def test_threads_of_one_server_share_a_store(tmp_path):
         th.join()
     assert errors == []
     assert store.unhandled_messages() == []
-    assert len(store.list_queue()) == 4
-    assert all(len(store.get_detail(t.id).transcript) == 10 for t in store.list_queue())
+    assert len(HandoffService(store).list_queue()) == 4
+    assert all(len(HandoffService(store).get_detail(t.id).transcript) == 10 for t in HandoffService(store).list_queue())
     store.close()
 
 
 def test_clean_json_cleans_nested_nul_and_lone_surrogates_and_keeps_clean_values():
-    from bot.handoff.common import clean_json
+    from bot.handoff.storable import clean_json
 
     dirty = {"a\x00": ["ok", {"deep": "x\x00y"}], "s": "bad \ud800 surrogate", "n": 3, "t": ("tu", None)}
     cleaned = clean_json(dirty)

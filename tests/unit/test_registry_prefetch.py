@@ -8,22 +8,8 @@ import threading
 
 from bot.channels.registry import ChannelRegistry
 from bot.config import Settings
-from bot.messages import Address, InboundMessage, Reply
-
-
-class SlowCore:
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.prefetched: list[str] = []
-        self.handled: list[str] = []
-
-    def prefetch(self, message: InboundMessage) -> None:
-        self.prefetched.append(message.text)
-
-    def handle(self, message: InboundMessage) -> list[Reply]:
-        self.release.wait(5)
-        self.handled.append(message.text)
-        return [Reply(message.address.conversation_id, "en", f"answer to {message.text}")]
+from bot.messages import Address, InboundMessage
+from tests.web_fakes import FakeCore
 
 
 def _message(text: str) -> InboundMessage:
@@ -31,15 +17,16 @@ def _message(text: str) -> InboundMessage:
 
 
 async def test_only_messages_that_wait_for_a_worker_thread_announce_their_query():
-    core = SlowCore()
-    registry = ChannelRegistry(Settings(core_threads=1), core)
+    release = threading.Event()
+    core = FakeCore(hold=release)
+    registry = ChannelRegistry(Settings(_env_file=None, core_threads=1), core)
     first = asyncio.ensure_future(registry.handle(_message("first")))
     await asyncio.sleep(0.1)  # the first turn holds the only worker thread
     second = asyncio.ensure_future(registry.handle(_message("second")))
     await asyncio.sleep(0.1)
     assert core.prefetched == ["second"]
-    core.release.set()
+    release.set()
     replies = await asyncio.gather(first, second)
-    assert [r[0].answer for r in replies] == ["answer to first", "answer to second"]
+    assert [r[0].conversation_id for r in replies] == ["web:first", "web:second"]
     third = await registry.handle(_message("third"))  # idle again: starts at once, no guess
-    assert third[0].answer == "answer to third" and core.prefetched == ["second"]
+    assert third[0].conversation_id == "web:third" and core.prefetched == ["second"]

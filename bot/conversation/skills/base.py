@@ -17,7 +17,7 @@ from bot.conversation.escalation import Decision, EscalationPolicy
 from bot.conversation.texts import t
 from bot.conversation.understanding.meaning import Meaning
 from bot.messages import Address, Escalation, Reply
-from bot.ports import ConversationState, HandoffService, Retriever, SearchResult, StoredMessage, Ticket, TicketListener
+from bot.ports import ConversationState, Handoff, Retriever, SearchResult, StoredMessage, Ticket, TicketListener
 
 log = logging.getLogger("bot.conversation")
 
@@ -63,7 +63,7 @@ class Toolkit:
     """The services and shared steps skills build replies with."""
 
     retriever: Retriever
-    handoff: HandoffService
+    handoff: Handoff
     settings: Settings
     policy: EscalationPolicy
     listeners: list[TicketListener] = field(default_factory=list)

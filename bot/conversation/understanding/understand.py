@@ -97,6 +97,10 @@ def decide(pred) -> frozenset[str]:
     thresholds, the one that passes it by more wins (near the line, the model's small wobble must
     not open a ticket): a claim about one's own bill against a general question about who pays."""
     labels = set(pred.labels)
+    # An attempt to get the bot's configuration against a question about one's own equipment's
+    # settings (the exact attempts are the guards' and never reach here).
+    if {"config_extraction", "question"} <= labels:
+        labels.discard("question" if pred.ratios["config_extraction"] > pred.ratios["question"] else "config_extraction")
     for general in ("billing_question", "question"):
         # a claim about one's own bill against a general question (about who pays, or how to prevent it)
         if {"dispute", general} <= labels:

@@ -1,6 +1,6 @@
 """HybridRetriever (bot.ports.Retriever): dense (Chroma) + BM25, fused with weighted RRF.
 
-    from bot.retrieval.service import open_retriever
+    from bot.retrieval.hybrid import open_retriever
     retriever = open_retriever(settings)            # builds the index first when there is none
     result = retriever.search("PBXが乗っ取られた", k=5, language="ja", carrier="ntt-east-west")
 

@@ -1,4 +1,5 @@
-"""The widget's live feed, read from the transcript in the store (not from process memory).
+"""TranscriptFeed: the widget's live events, polled from the transcript in the store (not kept in
+process memory).
 
 Every message of a web conversation (the user's, the bot's, an operator's) is already in the
 store's transcript, with an id that only grows. So an event's number is its message id, history is
@@ -28,7 +29,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from bot.ports import ConversationStore, StoredMessage
 
-log = logging.getLogger("bot.channels.web.feed")
+log = logging.getLogger("bot.web.feed")
 
 RunSync = Callable[..., Awaitable[Any]]
 POLL_SECONDS = 0.5
@@ -61,7 +62,7 @@ def event_of(msg: StoredMessage) -> dict[str, Any] | None:
     return reply_event(msg.id, at, payload)
 
 
-class WebFeed:
+class TranscriptFeed:
     def __init__(self, store: ConversationStore, run_sync: RunSync, *, poll_seconds: float = POLL_SECONDS,
                  is_followed: Callable[[str], bool] = lambda cid: cid.startswith("web:")) -> None:
         self.store = store

@@ -1,4 +1,4 @@
-"""Slack channel: the real slack-bolt AsyncApp and slack_sdk clients against a local fake Slack API.
+"""Slack channel: the adapter and slack_sdk clients against a local fake Slack API.
 
 Requests carry real v0 signatures computed as Slack does; forged, replayed and malformed ones are
 rejected with 4xx; answers are observed at the fake response_url, operator messages and ticket
@@ -24,7 +24,7 @@ from tests.fakes_platforms import (
 )
 from tests.web_fakes import FakeCore
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.local_server  # the fake platform API listens on loopback
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TOKEN = "xoxb-test-token-123"

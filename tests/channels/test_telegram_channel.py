@@ -13,6 +13,7 @@ import json
 import pytest
 
 from bot.channels import telegram as telegram_module
+from bot.channels.registry import enabled_platforms
 from bot.config import Settings
 from bot.messages import Address, Citation, Reply
 from tests.fakes_platforms import (
@@ -23,7 +24,7 @@ from tests.fakes_platforms import (
 )
 from tests.web_fakes import FakeCore
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.local_server  # the fake platform API listens on loopback
 
 TOKEN = "123456:TEST-telegram-token_abcdef"
 SECRET = "webhook-secret_TOKEN-42"
@@ -166,7 +167,7 @@ def test_render_escapes_text_and_links_citations():
 
 async def test_polling_mode_replies_to_an_update_from_get_updates(fake, tmp_path):
     settings = make_settings(fake, tmp_path, telegram_mode="polling", telegram_webhook_secret=None)
-    assert settings.validate_enabled_channels() == ["telegram"]
+    assert enabled_platforms(settings) == ["telegram"]
     async with ChannelApp(settings, FakeCore(), telegram_module) as app:
         assert app.channel.router is None
         fake.queue_update(telegram_message_update(2001, "国際電話を止めるには？", chat_id=888))
@@ -225,7 +226,7 @@ def test_platforms_are_enabled_only_by_their_settings(fake, tmp_path):
     from bot.web.app import create_app
 
     none = Settings(_env_file=None, data_dir=tmp_path)
-    assert none.validate_enabled_channels() == []
+    assert enabled_platforms(none) == []
     app = create_app(make_settings(fake, tmp_path), core=FakeCore())
     assert set(app.state.registry.names) == {"web", "telegram"}
     with pytest.raises(ConfigError, match="PBXBOT_TELEGRAM_WEBHOOK_SECRET"):

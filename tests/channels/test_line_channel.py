@@ -26,7 +26,7 @@ from tests.fakes_platforms import (
 )
 from tests.web_fakes import FakeCore
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.local_server  # the fake platform API listens on loopback
 
 SECRET = "0123456789abcdef0123456789abcdef"
 TOKEN = "line-channel-access-token-test"
