@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     # Other origins allowed to call /api/chat from a page embedding widget.js ("https://a,https://b" or "*").
     widget_origins: str = ""
 
+    # Replies not delivered at once are retried from the outbox after 1, 2, 4... seconds, at most
+    # this many apart, until delivered (only a permanent error such as a blocked bot stops them).
+    outbox_max_backoff: float = Field(default=300.0, gt=0, le=86_400)
+
     # Redis for the rate limits shared by every process and node (redis://host:6379/0); unset: in-process.
     redis_url: str | None = None
 

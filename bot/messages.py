@@ -63,6 +63,10 @@ class InboundMessage:
     received_at: datetime = field(default_factory=utcnow)
     # Caller-supplied id echoed in the reply (batch mode of `pbxbot ask --jsonl`).
     request_id: str | None = None
+    # A platform that pushes replies: they are written to the outbox in the turn's own transaction
+    # (sent at once by the caller, by the outbox dispatcher if that fails or the process dies).
+    # False for the widget's request/response route, whose reply is the HTTP response.
+    outbox: bool = False
 
     @property
     def conversation_id(self) -> str:
@@ -107,6 +111,9 @@ class Reply:
     # None when not recorded). Not part of the reply JSON: the widget uses them as event numbers.
     stored_id: int | None = None
     reply_to: int | None = None
+    # The outbox item that owes this reply to the user (InboundMessage.outbox): mark it sent once
+    # delivered. Also the idempotency key of platforms that have one (LINE's X-Line-Retry-Key).
+    outbox_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The reply JSON of ../shared/contract.md (extra keys are allowed by the contract)."""

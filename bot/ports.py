@@ -87,6 +87,7 @@ class StoredMessage:
     ticket_id: str | None = None
     handled: bool = True  # False: a user message whose reply was never produced (crash) -> reprocess
     meta: dict[str, Any] = field(default_factory=dict)
+    outbox_id: int | None = None  # a bot reply owed through the outbox (complete_turn with outbox_lease)
 
 
 @dataclass
@@ -152,11 +153,21 @@ class ConversationStore(Protocol):
         message_id: int,
         state: ConversationState | None,
         replies: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        outbox_lease: float | None = None,
     ) -> list[StoredMessage]:
         """End a turn in one transaction: save `state` (when given), record the bot's `replies`
         ((text, meta) each, linked to an open ticket like record_message) and mark the user
         message `message_id` handled. All or nothing: on failure the message stays unhandled
-        and recover_pending() answers it later. Returns the recorded replies, in order."""
+        and recover_pending() answers it later. Returns the recorded replies, in order.
+
+        With `outbox_lease` (seconds), each reply whose meta holds "reply" (Reply.to_payload())
+        is also put in the outbox in the same transaction, leased for that long to the caller who
+        sends it now (0: due at once); its item id is the returned message's outbox_id."""
+        ...
+
+    def message_handled(self, message_id: int) -> bool:
+        """Whether a user message has been answered (True when there is no such message)."""
         ...
 
     def mark_handled(self, message_id: int) -> None: ...
@@ -235,6 +246,17 @@ class OutboxItem:
     created_at: datetime
 
 
+@dataclass
+class UndeliveredItem(OutboxItem):
+    """An outbox item that failed at least once (status pending, retried) or is dead (a permanent
+    error, or given up by an attempt limit): what the console lists with a retry button."""
+
+    status: str = "pending"
+    last_error: str | None = None
+    ticket_id: str | None = None
+    next_attempt_at: datetime | None = None
+
+
 class HandoffError(Exception):
     """Base of the errors the HandoffService raises for operator mistakes (never for user input)."""
 
@@ -303,7 +325,11 @@ class Outbox(Protocol):
         ...
 
     def mark_sent(self, item_id: int) -> None: ...
-    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None: ...
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None, *,
+                    permanent: bool = False) -> None: ...
+    def retry_outbox(self, item_id: int, actor: str = "system") -> bool: ...
+    def undelivered(self, limit: int = 100, ticket_id: str | None = None) -> list[UndeliveredItem]: ...
+    def outbox_counts(self) -> dict[str, int]: ...
 
 
 class Handoff(Protocol):
@@ -342,7 +368,11 @@ class Handoff(Protocol):
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]: ...
     def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]: ...
     def mark_sent(self, item_id: int) -> None: ...
-    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None: ...
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None, *,
+                    permanent: bool = False) -> None: ...
+    def retry_outbox(self, item_id: int, actor: str = "system") -> bool: ...
+    def undelivered(self, limit: int = 100, ticket_id: str | None = None) -> list[UndeliveredItem]: ...
+    def outbox_counts(self) -> dict[str, int]: ...
 
 
 class ReplySender(Protocol):
@@ -362,11 +392,19 @@ class ConversationCore(Protocol):
     handoff: Handoff
     store: ConversationStore  # the transcript (the widget's event feed reads it)
 
-    def handle(self, message: InboundMessage) -> list[Reply]:
-        """Persist the message, then answer, escalate or route it to the open ticket.
+    def record(self, message: InboundMessage) -> StoredMessage | None:
+        """Commit the user message before its platform is acknowledged; None for a retried delivery
+        recorded before. Raises when the store cannot commit (the webhook answers 503)."""
+        ...
 
-        Returns the replies to send now (possibly empty: a duplicate webhook, or a message that only
-        joined an open ticket and is acknowledged silently). Never raises on user input.
+    def handle(self, message: InboundMessage, recorded: StoredMessage | None = None) -> list[Reply]:
+        """Persist the message (unless `recorded` by record()), then answer, escalate or route it
+        to the open ticket.
+
+        Returns the replies to send now (possibly empty: a duplicate webhook, a message a recovery
+        answered already, or one that only joined an open ticket and is acknowledged silently).
+        With message.outbox, each reply's outbox_id names the outbox item to mark sent once it is
+        delivered. Never raises on user input.
         """
         ...
 

@@ -60,19 +60,30 @@ class FakePlatforms:
         self.telegram_updates: list[dict[str, Any]] = []
         self._update_event = asyncio.Event()
         self.telegram_fail_send = 0  # next N sendMessage calls answer 400
+        self.telegram_blocked = False  # sendMessage answers 403: the user blocked the bot
         # LINE
         self.line_reply_fail = False  # reply answers 400 "Invalid reply token"
         self.line_push_fail = 0  # next N pushes answer 500
         self.line_retry_keys: set[str] = set()
         # Slack
-        self.slack_post_fail = False
+        self.slack_post_fail = False  # chat.postMessage answers slack_post_error
+        self.slack_post_error = "channel_not_found"
         self.slack_response_fail = False
         self.delay = 0.0  # seconds added to every answer (slow platform)
+        self.outage = False  # every API answers 503 (the platform is down), calls still recorded
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> "FakePlatforms":
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        @web.middleware
+        async def down(request: web.Request, handler: Any) -> web.StreamResponse:
+            if self.outage:
+                await self._record(request, "down", request.path.rsplit("/", 1)[-1])
+                return web.json_response({"ok": False, "error_code": 503, "description": "Service Unavailable",
+                                          "message": "Service Unavailable"}, status=503)
+            return await handler(request)
+
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[down])
         app.router.add_route("POST", "/bot{token}/{method}", self._telegram)
         app.router.add_route("GET", "/bot{token}/{method}", self._telegram)
         app.router.add_route("POST", "/v2/bot/message/{kind}", self._line)
@@ -179,6 +190,9 @@ class FakePlatforms:
                 except asyncio.TimeoutError:
                     pass
         if method == "sendMessage":
+            if self.telegram_blocked:
+                return web.json_response({"ok": False, "error_code": 403,
+                                          "description": "Forbidden: bot was blocked by the user"}, status=403)
             if self.telegram_fail_send > 0:
                 self.telegram_fail_send -= 1
                 return web.json_response({"ok": False, "error_code": 400,
@@ -228,7 +242,7 @@ class FakePlatforms:
                                       "user": "pbxbot", "team_id": "T0001", "user_id": "U0BOT", "bot_id": "B0001"})
         if method == "chat.postMessage":
             if self.slack_post_fail:
-                return web.json_response({"ok": False, "error": "channel_not_found"})
+                return web.json_response({"ok": False, "error": self.slack_post_error})
             return web.json_response({"ok": True, "channel": rec.data.get("channel"), "ts": f"{time.time():.6f}",
                                       "message": {"text": rec.data.get("text", "")}})
         return web.json_response({"ok": True})
@@ -330,6 +344,7 @@ class ChannelApp:
         from fastapi import FastAPI
 
         from bot.channels.registry import ChannelRegistry
+        from bot.web.errors import install as install_error_handlers
         from bot.web.routes.webhooks import include_channel_routes
 
         self.core = core
@@ -338,6 +353,7 @@ class ChannelApp:
         self.channel = module.register(self.registry, settings, core)
         self.app = FastAPI()
         include_channel_routes(self.app, self.registry)
+        install_error_handlers(self.app)  # as the real app: a message not recorded is a 503
         self.client: Any = None
 
     async def __aenter__(self) -> "ChannelApp":

@@ -56,12 +56,15 @@ class FakeCore:
     def prefetch(self, message: InboundMessage) -> None:
         self.prefetched.append(message.text)
 
-    def handle(self, message: InboundMessage) -> list[Reply]:
+    def record(self, message: InboundMessage) -> StoredMessage | None:
+        return self.turns.record(message)
+
+    def handle(self, message: InboundMessage, recorded: StoredMessage | None = None) -> list[Reply]:
         if self.fail_on and self.fail_on in message.text:
             raise RuntimeError("boom (test)")
         if self.hold is not None:
             self.hold.wait(5)
-        return self.turns.handle(message)
+        return self.turns.handle(message, recorded)
 
     def _respond(self, address: Address, stored: StoredMessage, state: ConversationState
                  ) -> tuple[list[Reply], ConversationState]:

@@ -17,6 +17,7 @@ enabled by one line in bot/channels/registry.py (PLATFORMS).
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -94,7 +95,20 @@ class BaseChannel:
 
 
 class DeliveryError(Exception):
-    """A channel could not deliver a reply (the outbox dispatcher retries later)."""
+    """A channel could not deliver a reply for now (the outbox dispatcher retries later)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The platform says this reply can never be delivered: the user blocked the bot, the chat or
+    channel no longer exists. The outbox item becomes dead (listed in the console, not retried).
+    Never raised for an outage, a rate limit or a wrong token: those are fixed and retried."""
+
+
+def retry_delay(failures: int, cap: float) -> float:
+    """Seconds before the next attempt after `failures` failed ones: 1, 2, 4... up to `cap`
+    (PBXBOT_OUTBOX_MAX_BACKOFF), with up to 10% jitter so that a queue does not retry in lockstep."""
+    base = min(cap, 2.0 ** min(max(failures - 1, 0), 30))
+    return base * (1.0 + random.random() * 0.1)
 
 
 class Undelivered(DeliveryError):

@@ -33,7 +33,7 @@ from linebot.v3.messaging.exceptions import ApiException
 from linebot.v3.webhooks import FollowEvent, MessageEvent, PostbackEvent, TextMessageContent
 from pydantic import SecretStr
 
-from bot.channels.base import BaseChannel, DeliveryError, Inbound
+from bot.channels.base import BaseChannel, DeliveryError, Inbound, PermanentDeliveryError
 from bot.channels.rendering import HUMAN_BUTTON_LABEL, OPERATOR_LABEL, language_of, render_text, split_text
 from bot.config import ChannelSettings
 from bot.conversation.understanding.language import detect_language
@@ -163,19 +163,19 @@ class LineChannel(BaseChannel):
             except (ApiException, asyncio.TimeoutError, OSError) as exc:
                 log.warning("line: reply failed (%s); pushing instead", getattr(exc, "status", None) or type(exc).__name__)
         if messages:
-            await self._push(inbound.address, messages)
+            await self._push(inbound.address, messages, replies[0] if replies else None)
 
     async def send(self, address: Address, reply: Reply) -> None:
         """Operator replies, re-announcements and recovered answers: always a push."""
-        await self._push(address, render_messages(reply))
+        await self._push(address, render_messages(reply), reply)
 
-    async def _push(self, address: Address, messages: list[TextMessage]) -> None:
+    async def _push(self, address: Address, messages: list[TextMessage], reply: Reply | None = None) -> None:
         to = str(address.route.get("to") or address.user_id or "")
         if not to:
             raise DeliveryError("line: no recipient in the address")
         for i in range(0, len(messages), MESSAGES_PER_REQUEST):
             request = PushMessageRequest(to=to, messages=messages[i:i + MESSAGES_PER_REQUEST])
-            retry_key = str(uuid.uuid4())  # the same key on every attempt: LINE delivers once
+            retry_key = push_retry_key(reply, address, i)  # the same key on every attempt: LINE delivers once
             for attempt in range(PUSH_ATTEMPTS):
                 try:
                     await self._api().push_message(request, x_line_retry_key=retry_key, _request_timeout=REQUEST_TIMEOUT)
@@ -183,8 +183,10 @@ class LineChannel(BaseChannel):
                 except ApiException as exc:
                     if exc.status == 409:  # this retry key was already accepted: delivered
                         break
+                    if exc.status in (400, 404):  # no such user (or one who never added the bot)
+                        raise PermanentDeliveryError(f"line push: HTTP {exc.status}") from None
                     if exc.status is not None and exc.status < 500 and exc.status != 429:
-                        raise DeliveryError(f"line push: HTTP {exc.status}") from None
+                        raise DeliveryError(f"line push: HTTP {exc.status}") from None  # a token to fix: retried
                     error = f"HTTP {exc.status}"
                 except (asyncio.TimeoutError, OSError) as exc:
                     error = type(exc).__name__
@@ -205,6 +207,16 @@ class LineChannel(BaseChannel):
         if self._client is not None:
             await self._client.close()
             self._client, self.api = None, None
+
+
+def push_retry_key(reply: Reply | None, address: Address, part: int) -> str:
+    """X-Line-Retry-Key of one push request. For a reply owed by the outbox, derived from its item
+    (and the text, so that a database started afresh never repeats an old key): every attempt, by
+    any worker and after a restart, carries the same key and LINE accepts it once (409 after)."""
+    if reply is None or reply.outbox_id is None:
+        return str(uuid.uuid4())
+    text_hash = hashlib.sha256(reply.answer.encode("utf-8")).hexdigest()[:16]
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pbxbot:outbox:{reply.outbox_id}:{address.conversation_id}:{part}:{text_hash}"))
 
 
 def register(registry: "ChannelRegistry", settings: Any, core: Any) -> LineChannel:

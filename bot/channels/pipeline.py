@@ -1,8 +1,12 @@
 """The one inbound pipeline every channel hands its parsed events to (owned by the registry).
 
     verify, parse (the adapter's route) -> admit: drop a retried delivery, check the user's rate
-    limit -> acknowledge (the route returns) -> the core's turn (one per conversation at a time:
-    the turn runner's lock and the store's) -> deliver, or put in the outbox when delivery fails
+    limit -> record: commit the message (a retry recorded before is dropped here too, across
+    restarts and nodes) -> acknowledge (the route returns; 503 instead when the store could not
+    commit, so that the platform retries) -> the core's turn (one per conversation at a time: the
+    turn runner's lock and the store's), whose replies enter the outbox in the transaction that
+    marks the message handled -> deliver now and mark them sent, or leave them to the outbox
+    dispatcher (retried with back-off until delivered; a permanent error makes them dead)
 
 Work after the acknowledgement runs in background tasks, at most WORKERS at once per channel
 (acks stay fast under load; retrieval never runs in the ack path of a platform that retries), and
@@ -17,6 +21,7 @@ widget's request/response route uses the same steps without the background part.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import anyio
 import anyio.to_thread
 
-from bot.channels.base import Inbound, Undelivered
+from bot.channels.base import Inbound, PermanentDeliveryError, Undelivered, retry_delay
 from bot.channels.rate_limit import RateLimit
 from bot.conversation.texts import t
 from bot.messages import InboundMessage, Reply
@@ -35,11 +40,21 @@ from bot.messages import InboundMessage, Reply
 if TYPE_CHECKING:  # pragma: no cover
     from bot.channels.base import BaseChannel
     from bot.config import Settings
-    from bot.ports import ConversationCore
+    from bot.ports import ConversationCore, StoredMessage
 
 log = logging.getLogger("bot.channels")
 
 WORKERS = 6  # events of one channel worked on at once after their ack; the rest wait their turn
+SEND_TIMEOUT = 15.0  # one delivery in the event's context; then the outbox dispatcher takes over
+
+
+class NotRecorded(Exception):
+    """The store could not commit an inbound message: the webhook answers 503, never 2xx, so that
+    the platform delivers it again (bot/web/errors.py)."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"{channel}: the message could not be recorded")
+        self.channel = channel
 DEFAULT_CORE_THREADS = 4  # one server process: a slow turn does not hold every other one back
 
 
@@ -88,18 +103,26 @@ class SeenDeliveries:
         self._lock = threading.Lock()
 
     def seen(self, key: str) -> bool:
-        """True when `key` was seen before (within ttl); records it otherwise."""
+        """True when `key` was remembered (within ttl)."""
         now = self._clock()
         with self._lock:
-            while self._seen:
-                first, at = next(iter(self._seen.items()))
-                if at > now - self.ttl and len(self._seen) <= self.max_items:
-                    break
-                self._seen.popitem(last=False)
-            if key in self._seen:
-                return True
+            self._expire(now)
+            return key in self._seen
+
+    def remember(self, key: str) -> None:
+        """Remember `key`: only once its message is committed (a delivery whose recording failed
+        must not be taken for a duplicate when the platform sends it again)."""
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
             self._seen[key] = now
-            return False
+
+    def _expire(self, now: float) -> None:
+        while self._seen:
+            _first, at = next(iter(self._seen.items()))
+            if at > now - self.ttl and len(self._seen) <= self.max_items:
+                break
+            self._seen.popitem(last=False)
 
 
 class InboundPipeline:
@@ -113,7 +136,7 @@ class InboundPipeline:
     # ------------------------------------------------------------ the steps
 
     async def admit(self, channel: str, inbound: Inbound) -> Admission:
-        """Dedupe by the platform's delivery id, then the user's rate limit (notices are free)."""
+        """Drop a delivery seen in this process, then the user's rate limit (notices are free)."""
         if inbound.event_id and self.seen.seen(f"{channel}:{inbound.event_id}"):
             log.info("%s: retried delivery %s dropped", channel, inbound.event_id)
             return Admission(False, duplicate=True)
@@ -126,34 +149,59 @@ class InboundPipeline:
         return Admission(True)
 
     async def accept(self, channel: "BaseChannel", inbound: Inbound) -> Admission:
-        """admit() the event and, when admitted, answer it in the background (after the caller's ack)."""
+        """admit() the event, commit its message and answer it in the background (after the caller's
+        ack). Raises NotRecorded when the store cannot commit: the caller must not acknowledge."""
         admission = await self.admit(channel.name, inbound)
-        if admission.accepted:
-            self.spawn(self.process(channel, inbound), channel=channel.name)
+        if not admission.accepted:
+            return admission
+        message, recorded = inbound.message, None
+        if message is not None:
+            if self.core is None:
+                raise RuntimeError("the pipeline has no core")
+            message = dataclasses.replace(message, outbox=True)
+            try:  # anyio's default thread pool: a write of a few ms must not queue behind turns
+                recorded = await anyio.to_thread.run_sync(self.core.record, message)
+            except Exception as exc:
+                log.error("%s: recording event %s failed (%s); answering 503 so that it is sent again",
+                          channel.name, inbound.event_id or "?", type(exc).__name__)
+                raise NotRecorded(channel.name) from exc
+            if recorded is None:  # recorded before (a retry after a restart, or on another node)
+                self._remember(channel.name, inbound)
+                log.info("%s: retried delivery %s was recorded before", channel.name, inbound.event_id or "?")
+                return Admission(False, duplicate=True)
+        self._remember(channel.name, inbound)
+        self.spawn(self.process(channel, inbound, message, recorded), channel=channel.name)
         return admission
 
+    def _remember(self, channel: str, inbound: Inbound) -> None:
+        if inbound.event_id:
+            self.seen.remember(f"{channel}:{inbound.event_id}")
+
     async def receive(self, channel: "BaseChannel", events: list[Inbound]) -> None:
-        """accept() each event; a refusal (rate limited) is delivered in the background too."""
+        """accept() each event; a refusal (rate limited) is delivered in the background too.
+        Raises NotRecorded (after accepting the events before it) when one cannot be recorded."""
         for inbound in events:
             admission = await self.accept(channel, inbound)
             if admission.refusal is not None:
                 self.spawn(self.deliver(channel, inbound, [admission.refusal]), channel=channel.name)
 
-    async def process(self, channel: "BaseChannel", inbound: Inbound) -> None:
+    async def process(self, channel: "BaseChannel", inbound: Inbound, message: InboundMessage | None = None,
+                      recorded: "StoredMessage | None" = None) -> None:
         async with self._workers.setdefault(channel.name, asyncio.Semaphore(WORKERS)):
             try:
                 if inbound.notice:
                     replies = [notice_reply(inbound.conversation_id, inbound.notice, inbound.language,
                                             channel.reach_person)]
-                elif inbound.message is not None:
-                    replies = await self.handle(inbound.message)
+                elif message is not None:
+                    replies = await self.handle(message, recorded)
                 else:
                     return
                 await self.deliver(channel, inbound, replies)
             except Exception:
+                # The message is recorded and unhandled: recover_pending() answers it later.
                 log.exception("%s: event %s failed", channel.name, inbound.event_id or "?")
 
-    async def handle(self, message: InboundMessage) -> list[Reply]:
+    async def handle(self, message: InboundMessage, recorded: "StoredMessage | None" = None) -> list[Reply]:
         """core.handle in a worker thread, so that the event loop stays responsive."""
         if self.core is None:
             raise RuntimeError("the pipeline has no core")
@@ -161,20 +209,39 @@ class InboundPipeline:
         prefetch = getattr(self.core, "prefetch", None)
         if prefetch is not None and threads.available_tokens == 0:
             prefetch(message)  # it waits: its query can ride along in a running turn's embedding pass
-        return await anyio.to_thread.run_sync(self.core.handle, message, limiter=threads)
+        if recorded is None:
+            return await anyio.to_thread.run_sync(self.core.handle, message, limiter=threads)
+        return await anyio.to_thread.run_sync(self.core.handle, message, recorded, limiter=threads)
 
     async def deliver(self, channel: "BaseChannel", inbound: Inbound, replies: list[Reply]) -> None:
-        """Answer in the event's context; what cannot be delivered now goes to the outbox."""
+        """Answer in the event's context (LINE's reply token). A reply the turn put in the outbox is
+        marked sent, or failed (the dispatcher retries it after its back-off); any other reply that
+        cannot be delivered now is put in the outbox."""
         if not replies:
             return
+        undelivered: list[Reply] = []
+        error: BaseException | None = None
         try:
-            await channel.reply(inbound, replies)
+            await asyncio.wait_for(channel.reply(inbound, replies), SEND_TIMEOUT)
         except Exception as exc:
-            cause = exc.__cause__ if isinstance(exc, Undelivered) and exc.__cause__ else exc
-            log.warning("%s: delivery failed (%s); queued in the outbox", channel.name, type(cause).__name__)
-            if self.core is not None:
-                for reply in exc.replies if isinstance(exc, Undelivered) else replies:
-                    await self.run_sync(self.core.handoff.enqueue, inbound.address, reply)
+            undelivered = list(exc.replies) if isinstance(exc, Undelivered) else list(replies)
+            error = exc.__cause__ if isinstance(exc, Undelivered) and exc.__cause__ else exc
+            log.warning("%s: delivery failed (%s); %d repl%s left to the outbox", channel.name,
+                        type(error).__name__, len(undelivered), "y" if len(undelivered) == 1 else "ies")
+        if self.core is None:
+            return
+        handoff = self.core.handoff
+        for reply in replies[: len(replies) - len(undelivered)]:
+            if reply.outbox_id is not None:
+                await self.run_sync(handoff.mark_sent, reply.outbox_id)
+        permanent = isinstance(error, PermanentDeliveryError)
+        for reply in undelivered:
+            if reply.outbox_id is not None:
+                await self.run_sync(lambda r=reply: handoff.mark_failed(
+                    r.outbox_id, f"{type(error).__name__}: {error}"[:500], retry_delay(1, self.settings.outbox_max_backoff),
+                    permanent=permanent))
+            else:
+                await self.run_sync(handoff.enqueue, inbound.address, reply)
 
     # ------------------------------------------------------------ threads and tasks
 

@@ -84,8 +84,11 @@ class ConversationService:
     def add_ticket_listener(self, listener: TicketListener) -> None:
         self.kit.listeners.append(listener)
 
-    def handle(self, message: InboundMessage) -> list[Reply]:
-        return self.turns.handle(message)
+    def record(self, message: InboundMessage) -> StoredMessage | None:
+        return self.turns.record(message)
+
+    def handle(self, message: InboundMessage, recorded: StoredMessage | None = None) -> list[Reply]:
+        return self.turns.handle(message, recorded)
 
     def recover_pending(self, now: datetime | None = None) -> int:
         return self.turns.recover_pending(now)

@@ -4,6 +4,11 @@ One turn: record the user message (committed, deduplicated) under the conversati
 `respond` (the skill router) -> record the replies, the new state and "handled" in one
 transaction. A crash anywhere leaves an unhandled message that `recover_pending()` answers through
 the outbox; urgent tickets nobody claims are announced again by `reannounce_overdue()`.
+
+Platform webhooks split the turn: `record()` commits the message before the platform is
+acknowledged (it raises when the store cannot commit, so the platform is told to retry), and
+`handle(message, recorded)` answers it later. Their replies go to the outbox in the transaction
+that marks the message handled (InboundMessage.outbox), so no reply is owed only in memory.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from bot.ports import ConversationState, ConversationStore, Handoff, StoredMessa
 log = logging.getLogger("bot.conversation")
 
 RECOVER_AFTER_SECONDS = 60.0  # an unhandled message this old has no live turn answering it
+# How long the outbox leaves a live turn's replies to the process sending them right away, before
+# another worker (or this one after a restart) sends them instead: longer than a send can take.
+INLINE_DELIVERY_LEASE = 30.0
 
 Respond = Callable[[Address, StoredMessage, ConversationState], tuple[list[Reply], ConversationState]]
 
@@ -43,35 +51,44 @@ class TurnRunner:
         self.started_at = utcnow()
         self._turns = KeyedLocks()
 
-    def handle(self, message: InboundMessage) -> list[Reply]:
+    def record(self, message: InboundMessage) -> StoredMessage | None:
+        """Commit the user message without answering it (the platform is acknowledged next).
+        None: a retried delivery, recorded before. Raises when the store cannot commit."""
+        text = clean_text(message.text, self.settings.max_text_chars)
+        stored, _prior = self.store.begin_turn(message.address, text, dedupe_key=_dedupe_key(message),
+                                               meta=_meta(message, self.settings.max_text_chars))
+        return stored
+
+    def handle(self, message: InboundMessage, recorded: StoredMessage | None = None) -> list[Reply]:
+        """Answer `message`: record it first, or, with `recorded` (record() did), answer that one,
+        unless a recovery answered it meanwhile."""
         started = time.perf_counter()
         text = clean_text(message.text, self.settings.max_text_chars)
-        meta: dict[str, Any] = {"address": message.address.to_dict()}
-        if message.action:
-            meta["action"] = message.action
-        if message.request_id is not None:
-            meta["request_id"] = str(message.request_id)
-        if message.message_id is not None:  # the channel's own id (the widget matches its echo by it)
-            meta["message_id"] = str(message.message_id)[:255]
-        if len(message.text or "") > self.settings.max_text_chars:
-            meta["truncated_from"] = len(message.text or "")
-        dedupe = f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
+        lease = INLINE_DELIVERY_LEASE if message.outbox else None
         # One turn at a time per conversation: a second message (a user typing fast, two webhooks
         # at once) starts from the state the first one saved, so no fact is lost. The in-process
         # lock first, then the store's lock, which also covers other worker processes.
         with self.one_turn(message.address.conversation_id):
-            try:
-                stored, prior = self.store.begin_turn(message.address, text, dedupe_key=dedupe, meta=meta)
-            except Exception:
-                log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
-                return [_with_id(error_reply(message.address, text), message.request_id)]
-            if stored is None:
-                log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)
-                return []
+            if recorded is not None:
+                if self.store.message_handled(recorded.id):
+                    return []  # recover_pending answered it (this turn waited a long time)
+                stored, prior = recorded, None
+            else:
+                try:
+                    stored, prior = self.store.begin_turn(message.address, text, dedupe_key=_dedupe_key(message),
+                                                          meta=_meta(message, self.settings.max_text_chars))
+                except Exception:
+                    log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
+                    return [_with_id(error_reply(message.address, text), message.request_id)]
+                if stored is None:
+                    log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)
+                    return []
+                prior = prior or ConversationState(conversation_id=message.address.conversation_id,
+                                                   address=message.address)
             if self.after_record_hook is not None:
                 self.after_record_hook(stored)
-            state = prior or ConversationState(conversation_id=message.address.conversation_id, address=message.address)
-            replies = self.answer(message.address, stored, request_id=message.request_id, state=state)
+            replies = self.answer(message.address, stored, request_id=message.request_id, state=prior,
+                                  outbox_lease=lease)
         log.info(
             "turn conversation=%s kinds=%s escalation=%s ms=%.1f",
             message.address.conversation_id,
@@ -87,8 +104,9 @@ class TurnRunner:
             yield
 
     def answer(self, address: Address, stored: StoredMessage, *, request_id: str | None,
-               state: ConversationState | None = None) -> list[Reply]:
-        """state: the conversation before this message, read with it (begin_turn); None: read it now."""
+               state: ConversationState | None = None, outbox_lease: float | None = None) -> list[Reply]:
+        """state: the conversation before this message, read with it (begin_turn); None: read it now.
+        outbox_lease: put the replies in the outbox in the completing transaction (see complete_turn)."""
         if state is None:
             state = self.store.get_state(address.conversation_id) or ConversationState(
                 conversation_id=address.conversation_id, address=address)
@@ -103,8 +121,10 @@ class TurnRunner:
             recorded = self.store.complete_turn(
                 address, stored.id, new_state,
                 [(r.answer, {"reply": r.to_payload(), "reply_to": stored.id}) for r in replies],
+                outbox_lease=outbox_lease,
             )
-            replies = [replace(r, stored_id=m.id, reply_to=stored.id) for r, m in zip(replies, recorded)]
+            replies = [replace(r, stored_id=m.id, reply_to=stored.id, outbox_id=m.outbox_id)
+                       for r, m in zip(replies, recorded)]
         except Exception:
             # The user still gets the answer now; the message stays unhandled and recover_pending()
             # completes the transcript later (at worst the reply is sent twice, never lost).
@@ -137,14 +157,17 @@ class TurnRunner:
                     m for m in self.store.messages_after(msg.conversation_id, msg.id)
                     if m.role == "bot" and m.meta.get("reply_to") == msg.id and m.meta.get("reply")
                 ]
-                if done:
+                if done:  # (recorded by an older version, which sent replies before queueing them)
                     replies = [Reply.from_payload(m.meta["reply"]) for m in done]
+                    for reply in replies:
+                        self.handoff.enqueue(address, reply)
                     self.store.mark_handled(msg.id)
                 else:
                     with self.one_turn(msg.conversation_id):  # not beside a live turn of it
-                        replies = self.answer(address, msg, request_id=msg.meta.get("request_id"))
-                for reply in replies:
-                    self.handoff.enqueue(address, reply)
+                        if self.store.message_handled(msg.id):
+                            continue  # that live turn answered it while we waited for its lock
+                        # the replies enter the outbox in the transaction that marks it handled
+                        replies = self.answer(address, msg, request_id=msg.meta.get("request_id"), outbox_lease=0.0)
                 count += 1
                 log.info("recovered message %s of conversation %s (%d replies queued)", msg.id, msg.conversation_id,
                          len(replies))
@@ -157,6 +180,24 @@ class TurnRunner:
         if state is not None:
             return state.address
         return Address(channel=msg.conversation_id.split(":", 1)[0], conversation_id=msg.conversation_id)
+
+
+def _dedupe_key(message: InboundMessage) -> str | None:
+    return f"{message.address.conversation_id}#{message.message_id}" if message.message_id else None
+
+
+def _meta(message: InboundMessage, max_chars: int) -> dict[str, Any]:
+    """What the transcript keeps with a user message besides its text."""
+    meta: dict[str, Any] = {"address": message.address.to_dict()}
+    if message.action:
+        meta["action"] = message.action
+    if message.request_id is not None:
+        meta["request_id"] = str(message.request_id)
+    if message.message_id is not None:  # the channel's own id (the widget matches its echo by it)
+        meta["message_id"] = str(message.message_id)[:255]
+    if len(message.text or "") > max_chars:
+        meta["truncated_from"] = len(message.text or "")
+    return meta
 
 
 def error_reply(address: Address, text: str) -> Reply:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a unit test keeps the two in step).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 VERSION_TABLE = "alembic_version"
 _PG_LOCK_KEY = 0x70627862  # "pbxb": serialises concurrent upgrades on one PostgreSQL database
 

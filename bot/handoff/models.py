@@ -157,7 +157,7 @@ class OutboxRow(Base):
     address: Mapped[dict[str, Any]] = mapped_column(JsonType)
     reply: Mapped[dict[str, Any]] = mapped_column(JsonType)  # Reply.to_json() + kind, offer_human
     ticket_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | dead (a permanent error)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

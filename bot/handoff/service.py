@@ -25,6 +25,7 @@ from bot.ports import (
     TicketStateError,
     TicketStore,
     TicketTransaction,
+    UndeliveredItem,
 )
 
 ACTIVE_STATUSES = ("open", "claimed")
@@ -163,8 +164,18 @@ class HandoffService:
     def mark_sent(self, item_id: int) -> None:
         self.outbox.mark_sent(item_id)
 
-    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None:
-        self.outbox.mark_failed(item_id, error, retry_in)
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None, *,
+                    permanent: bool = False) -> None:
+        self.outbox.mark_failed(item_id, error, retry_in, permanent=permanent)
+
+    def retry_outbox(self, item_id: int, actor: str = "system") -> bool:
+        return self.outbox.retry_outbox(item_id, actor)
+
+    def undelivered(self, limit: int = 100, ticket_id: str | None = None) -> list[UndeliveredItem]:
+        return self.outbox.undelivered(limit, ticket_id)
+
+    def outbox_counts(self) -> dict[str, int]:
+        return self.outbox.outbox_counts()
 
     def outbox_status(self, item_id: int) -> dict[str, Any] | None:
         return self.outbox.outbox_status(item_id)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import text as sql_text
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,12 +51,15 @@ from bot.ports import (
     Role,
     StoredMessage,
     Ticket,
+    UndeliveredItem,
     TicketDetail,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ATTEMPTS = 5  # an outbox item becomes 'failed' after this many failed deliveries
+# An outbox item is retried for as long as it can still be delivered: only a permanent error (the
+# user blocked the bot, the chat is gone) or an operator makes it 'dead'. None: no attempt limit.
+DEFAULT_MAX_ATTEMPTS: int | None = None
 
 
 class SqlHandoffStore:
@@ -64,7 +67,8 @@ class SqlHandoffStore:
 
     `SqlHandoffStore(url)`: any SQLAlchemy URL (sqlite:///path, postgresql+psycopg://...).
     `clock()` returns an aware UTC datetime (tests pass a fake clock).
-    `max_attempts`: failed deliveries before an outbox item is given up ('failed').
+    `max_attempts`: failed deliveries before an outbox item is dead-lettered (None, the default: never;
+    only a permanent error makes it dead).
     `migrate=False` skips the Alembic upgrade (the schema must already be at head).
     `sqlite_synchronous`: NORMAL (default; durable when the process dies) or FULL (also on power loss).
     """
@@ -74,7 +78,7 @@ class SqlHandoffStore:
         url: str,
         *,
         clock: Callable[[], datetime] = utcnow,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         migrate: bool = True,
         echo: bool = False,
         sqlite_synchronous: str = "NORMAL",
@@ -312,10 +316,14 @@ class SqlHandoffStore:
         message_id: int,
         state: ConversationState | None,
         replies: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        outbox_lease: float | None = None,
     ) -> list[StoredMessage]:
         cid = address.conversation_id
         now = self._now()
         data = storable.clean_json(storable.state_to_json(state)) if state is not None else None
+        addr_json = storable.clean_json(address.to_dict()) if outbox_lease is not None else None
+        leased_until = now + timedelta(seconds=outbox_lease) if outbox_lease else None
         out: list[StoredMessage] = []
         with self._write() as conn:
             # No _ensure_conversation: record_message created the row earlier in this turn, and
@@ -327,11 +335,24 @@ class SqlHandoffStore:
                 msg = self._insert_message(conn, cid, "bot", text, handled=True, meta=meta, ticket_id=ticket_id)
                 if ticket_id is not None:
                     self._insert_audit(conn, ticket_id, "bot", "bot_message", f"message #{msg.id}")
+                if addr_json is not None and isinstance(meta.get("reply"), dict):
+                    # The transactional outbox: the reply is owed to the user from this commit on,
+                    # whatever happens to the process that is about to send it (leased to it meanwhile).
+                    msg.outbox_id = int(conn.execute(_Q.outbox_insert, {
+                        "address": addr_json, "reply": storable.clean_json(meta["reply"]), "ticket_id": ticket_id,
+                        "status": "pending", "attempts": 0, "created_at": now, "leased_until": leased_until,
+                    }).scalar_one())
                 out.append(msg)
             conn.execute(_Q.message_mark_handled, {"mid": message_id})
         if state is not None:
             state.updated_at = now
         return out
+
+    def message_handled(self, message_id: int) -> bool:
+        """Whether the user message `message_id` has been answered (True also when it does not exist)."""
+        with self._read() as conn:
+            handled = conn.execute(_Q.message_handled, {"mid": message_id}).scalar()
+        return handled is None or bool(handled)
 
     def mark_handled(self, message_id: int) -> None:
         with self._write() as conn:
@@ -469,10 +490,13 @@ class SqlHandoffStore:
     # ------------------------------------------------------------ outbox
 
     def enqueue(self, address: Address, reply: Reply, ticket_id: str | None = None) -> int:
-        """ticket_id: the ticket whose audit records the delivery (default: the reply's escalation's)."""
+        """ticket_id: the ticket whose audit records the delivery (default: the reply's escalation's,
+        else the conversation's open ticket, so that the console shows it with that ticket)."""
         if ticket_id is None and reply.escalation is not None:
             ticket_id = reply.escalation.ticket_id
         with self._tx() as s:
+            if ticket_id is None:
+                ticket_id = s.connection().execute(_Q.active_ticket_id, {"cid": address.conversation_id}).scalar()
             return self._enqueue(s, address, reply, ticket_id)
 
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
@@ -521,9 +545,10 @@ class SqlHandoffStore:
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
                 self._audit(s, row.ticket_id, "system", "delivered", f"outbox #{row.id}")
 
-    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None) -> None:
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None, *, permanent: bool = False) -> None:
         """Count a failed attempt; the item stays leased for `retry_in` seconds (back-off shared by
-        every worker and kept across restarts), then is due again, until max_attempts."""
+        every worker and kept across restarts), then is due again. `permanent` (the platform says the
+        user or chat is gone) makes it dead: kept, listed in the console, sent again only on request."""
         with self._tx() as s:
             row = s.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
             if row is None or row.status != "pending":
@@ -531,11 +556,47 @@ class SqlHandoffStore:
             row.attempts += 1
             row.last_error = storable.clean_text(error or "")[:1000]
             row.leased_until = self._now() + timedelta(seconds=retry_in) if retry_in else None
-            if row.attempts >= self._max_attempts:
-                row.status = "failed"
+            if permanent or (self._max_attempts is not None and row.attempts >= self._max_attempts):
+                row.status, row.leased_until = "dead", None
             if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
-                self._audit(s, row.ticket_id, "system", "delivery_failed",
+                action = "delivery_dead" if row.status == "dead" else "delivery_failed"
+                self._audit(s, row.ticket_id, "system", action,
                             f"outbox #{row.id} attempt {row.attempts}: {row.last_error[:200]}")
+
+    def retry_outbox(self, item_id: int, actor: str = "system") -> bool:
+        """Make a dead or waiting item due now (the console's retry button). False: no such item
+        or already sent."""
+        with self._tx() as s:
+            row = s.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
+            if row is None or row.status == "sent":
+                return False
+            row.status, row.leased_until = "pending", None
+            if row.ticket_id and s.get(TicketRow, row.ticket_id) is not None:
+                self._audit(s, row.ticket_id, actor, "delivery_retry", f"outbox #{row.id}")
+            return True
+
+    def undelivered(self, limit: int = 100, ticket_id: str | None = None) -> list[UndeliveredItem]:
+        """Dead items and pending ones that have failed at least once, oldest first."""
+        with self._read_session() as s:
+            stmt = (select(OutboxRow)
+                    .where(or_(OutboxRow.status == "dead", and_(OutboxRow.status == "pending", OutboxRow.attempts > 0)))
+                    .order_by(OutboxRow.id).limit(limit))
+            if ticket_id is not None:
+                stmt = stmt.where(OutboxRow.ticket_id == ticket_id)
+            return [UndeliveredItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
+                                    attempts=r.attempts, created_at=r.created_at, status=r.status,
+                                    last_error=r.last_error, ticket_id=r.ticket_id, next_attempt_at=r.leased_until)
+                    for r in s.execute(stmt).scalars()]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """How many items wait (pending), of which have failed at least once (failing), and are dead."""
+        with self._read() as conn:
+            failed = func.sum(case((OutboxRow.attempts > 0, 1), else_=0))
+            rows = conn.execute(select(OutboxRow.status, func.count(), failed)
+                                .where(OutboxRow.status != "sent").group_by(OutboxRow.status)).all()
+        by_status = {status: (int(n), int(f or 0)) for status, n, f in rows}
+        pending, failing = by_status.get("pending", (0, 0))
+        return {"pending": pending, "failing": failing, "dead": by_status.get("dead", (0, 0))[0]}
 
     def outbox_status(self, item_id: int) -> dict[str, Any] | None:
         """status, attempts, last_error, sent_at of one outbox item (for tests and the console)."""
@@ -596,6 +657,7 @@ class _Q:
     message_insert = insert(_M).returning(_M.c.id)
     audit_insert = insert(_A)
     message_mark_handled = update(_M).where(_M.c.id == bindparam("mid")).values(handled=True)
+    message_handled = select(_M.c.handled).where(_M.c.id == bindparam("mid"))
     messages_unhandled = select(_M).where(_M.c.handled.is_(False)).order_by(_M.c.id)
     messages_all = select(_M).where(_M.c.conversation_id == bindparam("cid")).order_by(_M.c.id)
     messages_last = (select(_M).where(_M.c.conversation_id == bindparam("cid"))

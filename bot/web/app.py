@@ -78,7 +78,8 @@ def _wire(settings: Settings, core: ConversationCore, auth: OperatorAuth, secret
     core.add_ticket_listener(registry.ticket_listener)
     queue = QueueEvents()
     registry.add_ticket_subscriber(_publish_to(queue))
-    dispatcher = background.OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval)
+    dispatcher = background.OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval,
+                                             max_backoff=settings.outbox_max_backoff)
     state = WebState(settings=settings, core=core, registry=registry, widget=widget_channel, auth=auth, queue=queue,
                      dispatcher=dispatcher, jobs=background_jobs(core, dispatcher, reannounce_interval=reannounce_interval,
                                           recover_interval=recover_interval),

@@ -1,10 +1,13 @@
 """Background loops of the server: the outbox dispatcher and the urgent-ticket re-announcer.
 
-The outbox (Handoff.enqueue / pending_outbox / mark_sent / mark_failed) holds every
-message to a user that is not sent inline: operator replies, re-announcements, answers
-recovered after a crash. The dispatcher polls it, delivers through the ReplySender (the
-channel registry) and marks the result; a failed item is retried with exponential back-off
-until the store gives up on it (its max_attempts) and marks it failed.
+The outbox (Handoff.enqueue / lease_outbox / mark_sent / mark_failed) holds every message owed
+to a user of a platform: each turn's replies (written in the turn's transaction, sent at once by
+the pipeline, left here when that fails or the process dies), operator replies, re-announcements,
+answers recovered after a crash. The dispatcher polls it, delivers through the ReplySender (the
+channel registry) and marks the result. A failed item is retried with capped exponential back-off
+(PBXBOT_OUTBOX_MAX_BACKOFF) for as long as it takes; only a PermanentDeliveryError (the user
+blocked the bot, the chat is gone) makes it dead. Failing and dead items are listed in the console
+and make /healthz say "degraded".
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
+from bot.channels.base import PermanentDeliveryError, retry_delay
 from bot.messages import Reply, utcnow
 from bot.ports import ConversationCore, Handoff, OutboxItem, ReplySender
 
@@ -24,7 +29,7 @@ RunSync = Callable[..., Awaitable[Any]]
 
 class OutboxDispatcher:
     def __init__(self, handoff: Handoff, sender: ReplySender, run_sync: RunSync, *,
-                 interval: float = 0.5, send_timeout: float = 15.0, max_backoff: float = 60.0,
+                 interval: float = 0.5, send_timeout: float = 15.0, max_backoff: float = 300.0,
                  batch: int = 50) -> None:
         self.handoff, self.sender, self.run_sync = handoff, sender, run_sync
         self.interval, self.send_timeout, self.max_backoff, self.batch = interval, send_timeout, max_backoff, batch
@@ -74,17 +79,23 @@ class OutboxDispatcher:
 
     async def _deliver(self, item: OutboxItem) -> int:
         try:
-            reply = Reply.from_payload(item.reply)
+            # outbox_id: the item's own number is the idempotency key of platforms that have one
+            reply = replace(Reply.from_payload(item.reply), outbox_id=item.id)
             await asyncio.wait_for(self.sender.send(item.address, reply), self.send_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
-            delay = min(self.max_backoff, 2.0 ** item.attempts)
+            permanent = isinstance(exc, PermanentDeliveryError)
+            delay = retry_delay(item.attempts + 1, self.max_backoff)
             self.failed += 1
-            log.warning("outbox #%d to %s failed (attempt %d): %s; retry in %.0fs", item.id,
-                        item.address.channel, item.attempts + 1, error, delay)
-            await self.run_sync(self.handoff.mark_failed, item.id, error, delay)
+            if permanent:
+                log.warning("outbox #%d to %s can never be delivered (%s): dead-lettered", item.id,
+                            item.address.channel, error)
+            else:
+                log.warning("outbox #%d to %s failed (attempt %d): %s; retry in %.0fs", item.id,
+                            item.address.channel, item.attempts + 1, error, delay)
+            await self.run_sync(lambda: self.handoff.mark_failed(item.id, error, delay, permanent=permanent))
             return 0
         await self.run_sync(self.handoff.mark_sent, item.id)
         self.delivered += 1

@@ -1,5 +1,6 @@
 """Errors as JSON with the request id, never a 500 for bad input: invalid bodies and parameters (422),
-HTTP errors of the framework (404, 405, 408, 413...), and a dependency's refusal (deps.Refused)."""
+HTTP errors of the framework (404, 405, 408, 413...), a dependency's refusal (deps.Refused), and a
+webhook whose message could not be recorded (503)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bot.channels.pipeline import NotRecorded
 from bot.web.deps import Refused
 from bot.web.middleware import current_request_id
 
@@ -44,7 +46,15 @@ async def refused(request: Request, exc: Refused) -> Response:
     return exc.response
 
 
+async def not_recorded(request: Request, exc: NotRecorded) -> Response:
+    """A webhook whose message the store could not commit: 503, so that the platform retries (it
+    would drop the message for good after a 2xx)."""
+    return JSONResponse({"error": "store_unavailable", "message": "The message could not be recorded; send it again.",
+                         "request_id": current_request_id()}, status_code=503, headers={"Retry-After": "5"})
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Refused, refused)  # type: ignore[arg-type]
+    app.add_exception_handler(NotRecorded, not_recorded)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""/healthz: the state of the index and the store (200 when healthy, 503 when not).
+"""/healthz: the state of the index and the store (200 when healthy, 503 when not), and of the
+replies owed to users: "degraded" (200) while some have failed to be delivered or are dead.
 
 Uses `core.health()` when the core offers one (a dict with "ok" and details); otherwise probes
 the store with a cheap read (list_queue) and the index with `core.retriever` when present.
@@ -56,6 +57,13 @@ class HealthCheck:
             if retriever is not None:
                 info["index"] = index_state(retriever)
                 ok = ok and info["index"]["ok"]
+        counts = getattr(self.core.handoff, "outbox_counts", None)
+        if callable(counts):
+            try:
+                queue = dict(await asyncio.wait_for(self.run_sync(counts), PROBE_TIMEOUT))
+                info["deliveries"] = {**queue, "degraded": bool(queue.get("failing") or queue.get("dead"))}
+            except Exception as exc:
+                ok, info["deliveries"] = False, {"error": type(exc).__name__}
         if self.extra is not None:
             extra = self.extra()
             if extra.pop("ok", True) is False:

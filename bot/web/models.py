@@ -54,4 +54,6 @@ class ApiError(BaseModel):
 
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
-    status: Literal["ok", "unhealthy"]
+    # degraded (still 200: the node serves; a load balancer must not take it out of rotation):
+    # replies are waiting after failed deliveries, or are dead (see "deliveries")
+    status: Literal["ok", "degraded", "unhealthy"]

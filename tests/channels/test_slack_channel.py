@@ -237,15 +237,27 @@ async def test_real_service_answers_announces_the_ticket_and_relays_the_operator
                             timeout=10)
 
 
-async def test_answer_that_cannot_be_delivered_goes_to_the_outbox(slack, fake):
+async def test_answer_that_cannot_be_delivered_waits_in_the_outbox(slack, fake):
     fake.slack_response_fail = True
-    fake.slack_post_fail = True
+    fake.slack_post_fail, fake.slack_post_error = True, "ratelimited"  # a passing failure
     body = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("gone"), trigger_id="t-outbox")
     assert (await post_command(slack, body)).status_code == 200
     await slack.settle()
     [item] = slack.core.handoff.pending_outbox()
     assert item.address.conversation_id == "slack:T0001:U0USER1"
     assert "通信事業者" in item.reply["answer"]
+    assert slack.core.handoff.outbox_status(item.id)["status"] == "pending"
+
+
+async def test_an_answer_to_a_channel_that_is_gone_is_dead_lettered_not_retried(slack, fake):
+    fake.slack_response_fail = True
+    fake.slack_post_fail = True  # channel_not_found: no retry will deliver it
+    body = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("gone"), trigger_id="t-dead")
+    assert (await post_command(slack, body)).status_code == 200
+    await slack.settle()
+    assert slack.core.handoff.pending_outbox() == []
+    [dead] = slack.core.handoff.undelivered()
+    assert dead.status == "dead" and "channel_not_found" in dead.last_error
 
 
 async def test_ssl_check_is_answered(slack, fake):

@@ -460,20 +460,47 @@ def test_outbox_pending_sent(store, clock):
     assert [i.id for i in store.pending_outbox()] == [i2]
 
 
-def test_outbox_failures_are_retried_then_given_up(backend):
-    store = backend.make(max_attempts=3)
+def test_outbox_failures_are_retried_for_as_long_as_it_takes(backend):
+    store = backend.make()
+    a = addr()
+    item = store.enqueue(a, _reply(a))
+    for _ in range(50):  # an outage of hours
+        store.mark_failed(item, "HTTP 502")
+    [pending] = store.pending_outbox()
+    assert (pending.id, pending.attempts) == (item, 50)
+    assert [(u.id, u.status, u.last_error) for u in store.undelivered()] == [(item, "pending", "HTTP 502")]
+    assert store.outbox_counts() == {"pending": 1, "failing": 1, "dead": 0}
+    store.mark_sent(item)
+    assert store.undelivered() == [] and store.outbox_counts() == {"pending": 0, "failing": 0, "dead": 0}
+    store.mark_sent(999_999)
+    store.mark_failed(999_999, "x")  # unknown ids: no error
+
+
+def test_a_permanent_failure_dead_letters_an_item_until_someone_retries_it(backend):
+    store = backend.make()
     a = addr()
     item = store.enqueue(a, _reply(a))
     store.mark_failed(item, "HTTP 502")
-    store.mark_failed(item, "timeout")
-    [pending] = store.pending_outbox()
-    assert (pending.id, pending.attempts) == (item, 2)
-    store.mark_failed(item, "HTTP 403 blocked by user")
+    store.mark_failed(item, "Forbidden: the bot was blocked", permanent=True)
     assert store.pending_outbox() == []
     status = store.outbox_status(item)
-    assert (status["status"], status["attempts"], status["last_error"]) == ("failed", 3, "HTTP 403 blocked by user")
-    store.mark_sent(999_999)
-    store.mark_failed(999_999, "x")  # unknown ids: no error
+    assert (status["status"], status["attempts"], status["last_error"]) == ("dead", 2, "Forbidden: the bot was blocked")
+    assert store.outbox_counts()["dead"] == 1
+    assert store.retry_outbox(item, "operator:alice")
+    assert [i.id for i in store.lease_outbox()] == [item]  # due at once
+    store.mark_sent(item)
+    assert not store.retry_outbox(item)  # sent: nothing to retry
+    assert not store.retry_outbox(999_999)
+
+
+def test_an_attempt_limit_when_one_is_set_dead_letters_too(backend):
+    store = backend.make(max_attempts=3)
+    a = addr()
+    item = store.enqueue(a, _reply(a))
+    for error in ("HTTP 502", "timeout", "HTTP 503"):
+        store.mark_failed(item, error)
+    assert store.pending_outbox() == []
+    assert store.outbox_status(item)["status"] == "dead"
 
 
 def test_leased_outbox_items_go_to_one_worker_at_a_time(store, clock):

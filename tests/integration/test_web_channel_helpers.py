@@ -65,10 +65,12 @@ async def test_rate_limit_can_be_disabled_and_lets_messages_through_when_redis_i
     assert down.last_error is not None
 
 
-def test_seen_cache_drops_repeats_within_its_ttl():
+def test_seen_cache_drops_repeats_within_its_ttl_once_remembered():
     clock = Clock()
     seen = SeenDeliveries(ttl=10, clock=clock)
     assert not seen.seen("update:1")
+    assert not seen.seen("update:1")  # looked at, not recorded: a retry is still let through
+    seen.remember("update:1")
     assert seen.seen("update:1")
     clock.t += 11
     assert not seen.seen("update:1")

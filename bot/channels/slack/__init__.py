@@ -23,7 +23,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.channels.base import BaseChannel, DeliveryError, Inbound
+from bot.channels.base import BaseChannel, DeliveryError, Inbound, PermanentDeliveryError
 from bot.channels.slack.blocks import ESCALATE_ACTION, render_message, render_ticket
 from bot.channels.slack.payloads import (
     command_fields, interaction_payload, obj, parse_form, pressed, response_url_allowed, string, verify_signature,
@@ -56,6 +56,11 @@ class SlackSettings(ChannelSettings):
 
 
 SETTINGS = SlackSettings
+
+
+# chat.postMessage errors that no retry will cure: the user or the conversation is gone. Others
+# (ratelimited, invalid_auth, an outage) are retried: a token can be fixed, an outage ends.
+GONE = frozenset({"channel_not_found", "is_archived", "user_not_found", "user_disabled", "cannot_dm_bot"})
 
 
 class SlackChannel(BaseChannel):
@@ -190,7 +195,10 @@ class SlackChannel(BaseChannel):
             await self.client.chat_postMessage(channel=channel, text=message["text"], blocks=message["blocks"],
                                                unfurl_links=False)
         except SlackApiError as exc:
-            raise DeliveryError(f"slack chat.postMessage: {exc.response.get('error', 'error')}") from None
+            error = str(exc.response.get("error", "error"))
+            if error in GONE:
+                raise PermanentDeliveryError(f"slack chat.postMessage: {error}") from None
+            raise DeliveryError(f"slack chat.postMessage: {error}") from None
         except (asyncio.TimeoutError, OSError) as exc:
             raise DeliveryError(f"slack chat.postMessage: {type(exc).__name__}") from None
 

@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 from telegram import LinkPreviewOptions, Update
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
 
-from bot.channels.base import BaseChannel, DeliveryError, Inbound
+from bot.channels.base import BaseChannel, DeliveryError, Inbound, PermanentDeliveryError
 from bot.channels.rendering import render_text, split_text
 from bot.channels.telegram.render import CHUNK, human_button, render_html
 from bot.channels.telegram.updates import inbound_of, parse_update, secret_matches
@@ -130,7 +130,11 @@ class TelegramChannel(BaseChannel):
         try:
             await self.bot.send_message(chat_id=chat_id, text=text, parse_mode=parse_mode, reply_markup=markup,
                                         link_preview_options=LinkPreviewOptions(is_disabled=True))
-        except BadRequest:
+        except Forbidden:  # blocked by the user, removed from the group, a deactivated account
+            raise PermanentDeliveryError("telegram sendMessage: Forbidden (the bot was blocked or removed)") from None
+        except BadRequest as exc:
+            if "chat not found" in str(getattr(exc, "message", "")).lower():
+                raise PermanentDeliveryError("telegram sendMessage: chat not found") from None
             if parse_mode is None:
                 raise DeliveryError("telegram sendMessage: BadRequest") from None
             raise

@@ -20,7 +20,7 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from bot.ports import HandoffError, Ticket
+from bot.ports import HandoffError, Ticket, UndeliveredItem
 from bot.proxy import client_address, cookie_secure
 from bot.web.auth import DEVICE_COOKIE, DEVICE_MAX_AGE, LOGIN_COOKIE, SESSION_COOKIE, SESSION_MAX_AGE, Operator
 from bot.web.deps import PageOperator, State, WebState
@@ -151,7 +151,8 @@ async def logout(request: Request, state: State) -> Response:
 @router.get("/console", openapi_extra=PAGE_DOC)
 async def queue_page(state: State, op: PageOperator) -> Response:
     tickets = [ticket_json(t) for t in await state.registry.run_sync(state.core.handoff.list_queue)]
-    return page("queue.html", operator=op, title="Queue", tickets=tickets)
+    counts = await state.registry.run_sync(state.core.handoff.outbox_counts)
+    return page("queue.html", operator=op, title="Queue", tickets=tickets, deliveries=counts)
 
 
 @router.get("/console/tickets/{ticket_id}", openapi_extra=PAGE_DOC)
@@ -162,9 +163,45 @@ async def ticket_page(state: State, op: PageOperator, ticket_id: str, notice: st
     if detail is None:
         return page("message.html", status=404, operator=op, title="Not found",
                     heading="Ticket not found / 見つかりません")
+    undelivered = await state.registry.run_sync(lambda: state.core.handoff.undelivered(100, detail.ticket.id))
     return page("ticket.html", operator=op, title=detail.ticket.id, detail=detail, error=(error or "")[:300] or None,
-                notice=notice if notice in ACTIONS else None, summary=summary_rows(detail.ticket.summary),
-                speaker=speaker)
+                notice=notice if notice in ACTIONS + ("retry",) else None, summary=summary_rows(detail.ticket.summary),
+                speaker=speaker, undelivered=[delivery_row(u) for u in undelivered])
+
+
+@router.get("/console/deliveries", openapi_extra=PAGE_DOC)
+async def deliveries_page(state: State, op: PageOperator, notice: str | None = None) -> Response:
+    """Replies that failed to reach their user (retried with back-off) or never will (dead)."""
+    items = await state.registry.run_sync(state.core.handoff.undelivered, 500)
+    return page("deliveries.html", operator=op, title="Deliveries", items=[delivery_row(u) for u in items],
+                notice="retry" if notice == "retry" else None)
+
+
+def delivery_row(item: UndeliveredItem) -> dict[str, Any]:
+    return {"id": item.id, "status": item.status, "attempts": item.attempts, "channel": item.address.channel,
+            "conversation_id": item.address.conversation_id, "ticket_id": item.ticket_id,
+            "error": (item.last_error or "")[:200], "created_at": item.created_at,
+            "next_attempt_at": item.next_attempt_at if item.status == "pending" else None,
+            "text": str(item.reply.get("answer") or "")[:160]}
+
+
+@router.post("/console/deliveries/{item_id}/retry", openapi_extra=FORM_DOC)
+async def retry_delivery(request: Request, state: State, op: PageOperator, item_id: int) -> Response:
+    """Send a dead or waiting reply again now; back to the ticket (when given) or the list."""
+    form = await request.form()
+    if not state.auth.csrf_ok(op, form_text(form.get("csrf"))):
+        return page("message.html", status=403, operator=op, title="Forbidden",
+                    heading="Invalid or missing CSRF token / 不正なリクエスト")
+    if not 0 < item_id < 2**62 or not await state.registry.run_sync(
+            state.core.handoff.retry_outbox, item_id, f"operator:{op.name}"):
+        return page("message.html", status=404, operator=op, title="Not found",
+                    heading="Nothing to retry (sent already, or no such item) / 再送対象がありません")
+    log.info("operator %s: retry delivery #%d", op.name, item_id)
+    state.dispatcher.wake()
+    ticket = form_text(form.get("ticket"))
+    if ticket and TICKET_ID.match(ticket):
+        return RedirectResponse(f"/console/tickets/{quote(ticket)}?notice=retry", status_code=303)
+    return RedirectResponse("/console/deliveries?notice=retry", status_code=303)
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """GET /healthz: 200 with the state of the index, the store, the outbox, the widget feed, the rate
-limits and the enabled channels; 503 when one of them is not healthy."""
+limits and the enabled channels; 503 when one of them is not healthy. "degraded" (200): replies are
+failing to reach users (a platform outage, a blocked bot); the console lists them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 async def healthz(state: State) -> JSONResponse:
     ok, info = await state.health.check()  # type: ignore[union-attr]
-    return JSONResponse({"status": "ok" if ok else "unhealthy", **info}, status_code=200 if ok else 503,
+    degraded = bool(info.get("deliveries", {}).get("degraded"))
+    status = "unhealthy" if not ok else "degraded" if degraded else "ok"
+    return JSONResponse({"status": status, **info}, status_code=200 if ok else 503,
                         headers={"Cache-Control": "no-store"})
 
 
