@@ -154,6 +154,21 @@ async def test_operator_message_is_pushed_and_retried_with_the_same_key(line, fa
     assert pushes[1].data["messages"][0]["text"].startswith("担当者: 回線を止めました")
 
 
+async def test_an_outbox_item_sent_again_by_another_attempt_reaches_line_once(line, fake):
+    """The retry key comes from the outbox item: a resend after a crash (delivered, not yet marked
+    sent) or by another worker carries the same key, and LINE's 409 counts as delivered."""
+    address = Address("line", f"line:{USER}", USER, {"to": USER})
+    reply = Reply(f"line:{USER}", "ja", "回線を止めました。", kind="operator", outbox_id=41)
+    await line.channel.send(address, reply)
+    await line.channel.send(address, reply)  # no error: already accepted
+    first, second = fake.calls("line", "push")
+    assert first.headers["X-Line-Retry-Key"] == second.headers["X-Line-Retry-Key"]
+    assert len(fake.line_retry_keys) == 1
+    other = Reply(f"line:{USER}", "ja", "回線を止めました。", kind="operator", outbox_id=42)
+    await line.channel.send(address, other)
+    assert len(fake.line_retry_keys) == 2  # another item: another key
+
+
 async def test_push_that_keeps_failing_raises_delivery_error(line, fake):
     fake.line_push_fail = 10
     address = Address("line", f"line:{USER}", USER, {"to": USER})
