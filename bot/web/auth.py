@@ -35,7 +35,7 @@ from starlette.requests import Request
 from bot.config import ConfigError, Settings
 from bot.proxy import client_address
 from bot.tokens import tokens_equal
-from bot.web.guesses import TOKEN_ACCOUNT, GuessLimiter
+from bot.web.guesses import TOKEN_ACCOUNT, GuessLimiter, attempt_store
 
 log = logging.getLogger("bot.web.auth")
 
@@ -120,7 +120,8 @@ class OperatorAuth:
         self._device_serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-device")
         self.revocations = revocations if revocations is not None else InProcessRevocations()
         self.run_sync = run_sync
-        self.guesses = guesses or GuessLimiter(per_minute=settings.login_attempts_per_minute)
+        self.guesses = guesses or GuessLimiter(attempt_store(settings.redis_url),
+                                               per_minute=settings.login_attempts_per_minute)
 
     @property
     def configured(self) -> bool:

@@ -16,18 +16,24 @@ nine, scripts poll the bearer API); a guess being checked holds its place in eve
 a burst of parallel guesses cannot overshoot. A refused guess is answered 429 with Retry-After
 before any credential is checked, so it costs no bcrypt time either.
 
-Counting sits behind `AttemptStore` (four calls), so it can move to the `limits` library with
-Redis (PBXBOT_REDIS_URL) for several processes or machines; `InProcessAttemptStore` counts in
-this process.
+Counting sits behind `AttemptStore` (four calls): `InProcessAttemptStore` counts in this process
+(one process, the embedded default); `RedisAttemptStore` counts in Redis (PBXBOT_REDIS_URL), so the
+limits hold across `serve --workers N` and every node. (Not the `limits` library: its moving window
+has no "remember this key for 30 days" and no way to count only wrong guesses after the check.)
+When Redis cannot be reached the counts fall back to this process's: guessing stays limited.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from contextlib import contextmanager
 from typing import Iterator, Protocol
+
+log = logging.getLogger("bot.web.guesses")
 
 TOKEN_ACCOUNT = "operator-token"
 WINDOW_SECONDS = 60.0
@@ -94,6 +100,70 @@ class InProcessAttemptStore:
         with self._lock:
             until = self._marks.get(key)
             return until is not None and until > self._clock()
+
+
+class RedisAttemptStore:
+    """AttemptStore in Redis, shared by every process and node: a sorted set of event times per key
+    (trimmed to the window, expiring with it) and plain keys with a time to live for remembered ones.
+    A Redis error falls back to `fallback` (this process's counts) and is logged once a minute."""
+
+    def __init__(self, url: str, *, window: float = WINDOW_SECONDS, prefix: str = "pbxbot:guesses:",
+                 fallback: AttemptStore | None = None) -> None:
+        import redis  # the dependency of limits' Redis storage
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.window, self.prefix = window, prefix
+        self.fallback = fallback or InProcessAttemptStore(window=window)
+        self.last_error: str | None = None
+        self._logged_at = float("-inf")
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = type(exc).__name__
+        if time.monotonic() - self._logged_at > 60:
+            self._logged_at = time.monotonic()
+            log.error("guess limits: Redis unreachable (%s); counting in this process", self.last_error)
+
+    def wait(self, key: str, limit: int) -> float:
+        k, now = self.prefix + "n:" + key, time.time()
+        try:
+            pipe = self._redis.pipeline()
+            pipe.zremrangebyscore(k, 0, now - self.window)
+            pipe.zrange(k, -limit, -limit, withscores=True)  # the limit-th newest event, if there are that many
+            _trimmed, nth = pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - redis errors are many classes
+            self._failed(exc)
+            return self.fallback.wait(key, limit)
+        return max(0.001, float(nth[0][1]) + self.window - now) if nth else 0.0
+
+    def add(self, key: str) -> None:
+        k, now = self.prefix + "n:" + key, time.time()
+        try:
+            pipe = self._redis.pipeline()
+            pipe.zadd(k, {f"{now:.6f}:{uuid.uuid4().hex[:8]}": now})
+            pipe.expire(k, int(self.window) + 1)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            self.fallback.add(key)
+
+    def remember(self, key: str, seconds: float) -> None:
+        try:
+            self._redis.set(self.prefix + "k:" + key, b"1", ex=max(1, int(seconds)))
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            self.fallback.remember(key, seconds)
+
+    def remembers(self, key: str) -> bool:
+        try:
+            return bool(self._redis.exists(self.prefix + "k:" + key))
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            return self.fallback.remembers(key)
+
+
+def attempt_store(redis_url: str | None) -> AttemptStore:
+    """Redis when PBXBOT_REDIS_URL is set (every process and node counts together), else this process."""
+    return RedisAttemptStore(redis_url) if redis_url else InProcessAttemptStore()
 
 
 class Attempt:
