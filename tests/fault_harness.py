@@ -629,7 +629,7 @@ class FaultResult:
             out.append(f"API outage {self.api_outage:.0f} s: replies pending when it ended {self.pending_at_recovery}, "
                        f"delivered after recovery {self.delivered_after_recovery} of {self.pending_at_recovery} "
                        f"(last {self.last_delivery_after_recovery:.1f} s after); operator replies delivered "
-                       f"{self.operator_delivered} of {self.operator_pending}; API calls failed during it "
+                       f"{self.operator_delivered} of {self.operator_pending}; API calls answered 503 during it "
                        f"{self.api_calls_failed_in_outage}")
         if self.mode == "db-outage":
             out.append(f"DB outage {self.db_outage:.0f} s: webhooks answered 2xx during it {self.acked_in_db_outage}, "
@@ -859,12 +859,18 @@ class FaultRun:
                     if time.monotonic() > deadline:
                         return
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(self.rng.uniform(0.0, 1.5))  # a random moment, turns in flight
+                # mid-burst: once a few acknowledged messages are still unanswered (or after 3 s), at a random moment
+                until = time.monotonic() + 3.0
+                while time.monotonic() < until and self.in_flight(msgs) < 3:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(self.rng.uniform(0.0, 0.3))
                 acked = sum(1 for m in msgs if m.acked_at is not None)
+                in_flight = self.in_flight(msgs)
                 self.server_up.clear()  # not an unexpected exit (the watchdog)
                 self.server.kill9()
                 self.kills_done += 1
-                self.log(f"kill -9 {i + 1}/{len(points)} (sent {sum(1 for m in msgs if m.first_sent)}, acked {acked})")
+                self.log(f"kill -9 {i + 1}/{len(points)} (sent {sum(1 for m in msgs if m.first_sent)}, acked {acked}, "
+                         f"acknowledged and unanswered {in_flight})")
                 await self.restart(f"kill {i + 1}")
                 await asyncio.sleep(self.rng.uniform(0.3, 1.5))  # up for a while (resends arriving) before the next
 
@@ -1010,6 +1016,11 @@ class FaultRun:
                 out.setdefault(cid, []).append((rec.at, t))
         return out
 
+    def in_flight(self, msgs: list[Msg]) -> int:
+        """Acknowledged messages with no reply at the fake APIs yet (work the server is doing)."""
+        got = self.deliveries()
+        return sum(1 for m in msgs if m.acked_at is not None and m.conversation_id not in got)
+
     def all_answered(self, msgs: list[Msg], operator: list[tuple[Msg, str]] = ()) -> bool:  # type: ignore[assignment]
         got = self.deliveries()
         return all(m.conversation_id in got for m in msgs if m.acked_at is not None) and all(
@@ -1018,14 +1029,17 @@ class FaultRun:
     async def drain(self, msgs: list[Msg], url: str, until: float) -> None:
         """After the last fault: until the store has nothing left to do (no unhandled message, no
         pending outbox item) and every acknowledged message has a reply at the fake APIs (and the
-        operator replies theirs), or the store has had nothing left to do for 5 s, or `until`."""
+        operator replies theirs), or the store and the APIs have been quiet for 5 s, or `until`."""
         quiet_since: float | None = None
+        calls = -1
         while time.monotonic() < until:
             try:
                 backlog = await asyncio.to_thread(store_backlog, url)
             except Exception:  # noqa: BLE001  (the database may be coming back)
                 backlog = (-1, -1, -1)
-            if backlog[:2] == (0, 0) and not self.phase:
+            busy = len(self.fake.requests) != calls  # the server is still calling the platform APIs
+            calls = len(self.fake.requests)
+            if backlog[:2] == (0, 0) and not self.phase and not busy:
                 if self.all_answered(msgs, self.operator):
                     await asyncio.sleep(1.0)  # a turn's last reply may still be on its way
                     return
