@@ -346,6 +346,32 @@ def start_nodes(port: int, tmp: Path, nodes: int, database_url: str | None, redi
     return procs
 
 
+def stop_servers(servers: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    """SIGTERM to each server (its own session, so a Ctrl-C of the caller does not reach it), then
+    a wait; SIGKILL to any that has not exited after `timeout` s."""
+    for server in servers:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+    for server in servers:
+        try:
+            server.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def report_log_errors(tmp: Path) -> dict[str, list[str]]:
+    """The ERROR and Traceback lines of each server*.log in `tmp` (printed to stderr, first one shown)."""
+    found: dict[str, list[str]] = {}
+    for log_path in sorted(tmp.glob("server*.log")):
+        errors = [line for line in log_path.read_text(errors="replace").splitlines()
+                  if " ERROR " in line or "Traceback" in line]
+        if errors:
+            found[log_path.name] = errors
+            print(f"{log_path.name}: {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
+    return found
+
+
 def connections_per_process(root_pid: int, port: int) -> list[int]:
     """How the server's processes share the established connections on `port` (what `ss -tnp`
     shows): the number each process holds, largest first, processes holding none left out."""
@@ -431,18 +457,8 @@ def main() -> int:
         result = asyncio.run(drive(url, args.concurrency, duration, args.turns, args.seed, measured or None,
                                    groups or None))
     finally:
-        for server in servers:
-            server.send_signal(signal.SIGTERM)
-        for server in servers:
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        for log_path in Path(tmpdir.name).glob("server*.log"):
-            errors = [line for line in log_path.read_text(errors="replace").splitlines()
-                      if " ERROR " in line or "Traceback" in line]
-            if errors:
-                print(f"{log_path.name}: {len(errors)} error line(s), first: {errors[0][:200]}", file=sys.stderr)
+        stop_servers(servers)
+        report_log_errors(Path(tmpdir.name))
         tmpdir.cleanup()
 
     ok = result["rps"] >= 150 and result["p95_ms"] <= 150 and result["errors"] == 0
