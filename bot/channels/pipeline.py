@@ -230,18 +230,21 @@ class InboundPipeline:
                         type(error).__name__, len(undelivered), "y" if len(undelivered) == 1 else "ies")
         if self.core is None:
             return
+        # Outbox bookkeeping runs in anyio's default thread pool, not behind the turns waiting for a
+        # core thread: the shorter the time between a send and its "sent", the fewer replies a crash
+        # in between makes the dispatcher send twice.
         handoff = self.core.handoff
         for reply in replies[: len(replies) - len(undelivered)]:
             if reply.outbox_id is not None:
-                await self.run_sync(handoff.mark_sent, reply.outbox_id)
+                await anyio.to_thread.run_sync(handoff.mark_sent, reply.outbox_id)
         permanent = isinstance(error, PermanentDeliveryError)
         for reply in undelivered:
             if reply.outbox_id is not None:
-                await self.run_sync(lambda r=reply: handoff.mark_failed(
+                await anyio.to_thread.run_sync(lambda r=reply: handoff.mark_failed(
                     r.outbox_id, f"{type(error).__name__}: {error}"[:500], retry_delay(1, self.settings.outbox_max_backoff),
                     permanent=permanent))
             else:
-                await self.run_sync(handoff.enqueue, inbound.address, reply)
+                await anyio.to_thread.run_sync(handoff.enqueue, inbound.address, reply)
 
     # ------------------------------------------------------------ threads and tasks
 
