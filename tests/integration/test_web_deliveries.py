@@ -13,18 +13,10 @@ from bot.messages import Address, Reply
 from bot.web.app import create_app
 from tests.integration.test_web_api import make_settings
 from tests.integration.test_web_console import login, session_csrf
+from tests.integration.test_web_outbox import wait_until
 from tests.web_fakes import FakeCore
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_dead_and_failing_replies_degrade_health_and_can_be_retried_from_the_console():
