@@ -14,6 +14,8 @@ import threading
 import time
 from datetime import datetime
 
+from sqlalchemy.exc import OperationalError
+
 from bot.config import Settings
 from bot.conversation.turn import TurnRunner
 from bot.handoff.service import HandoffService
@@ -131,3 +133,17 @@ class ServerThread:
             loop.call_soon_threadsafe(self.app.state.web_channel.close_streams)
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def down_for(store: SqlHandoffStore, calls: int) -> None:
+    """The store's next `calls` commits of a user message fail as a database outage does."""
+    real = store.begin_turn
+    left = {"n": calls}
+
+    def begin_turn(*args, **kwargs):
+        if left["n"] > 0:
+            left["n"] -= 1
+            raise OperationalError("INSERT INTO messages", {}, ConnectionRefusedError("database is down"))
+        return real(*args, **kwargs)
+
+    store.begin_turn = begin_turn  # type: ignore[method-assign]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 from bot.channels import line as line_module
 from bot.channels import telegram as telegram_module
@@ -25,7 +24,7 @@ from tests.fakes_platforms import (
     line_text_event,
     telegram_message_update,
 )
-from tests.web_fakes import FakeCore
+from tests.web_fakes import FakeCore, down_for
 
 pytestmark = pytest.mark.local_server  # the fake platform APIs listen on loopback
 
@@ -39,20 +38,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-def down_for(store: SqlHandoffStore, calls: int) -> None:
-    """The store's next `calls` commits of a user message fail as a database outage does."""
-    real = store.begin_turn
-    left = {"n": calls}
-
-    def begin_turn(*args, **kwargs):
-        if left["n"] > 0:
-            left["n"] -= 1
-            raise OperationalError("INSERT INTO messages", {}, ConnectionRefusedError("database is down"))
-        return real(*args, **kwargs)
-
-    store.begin_turn = begin_turn  # type: ignore[method-assign]
 
 
 @pytest.fixture

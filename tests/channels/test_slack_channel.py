@@ -22,7 +22,7 @@ from tests.fakes_platforms import (
     slack_command_body,
     slack_headers,
 )
-from tests.web_fakes import FakeCore
+from tests.web_fakes import FakeCore, down_for
 
 pytestmark = pytest.mark.local_server  # the fake platform API listens on loopback
 
@@ -339,3 +339,14 @@ def test_response_url_allowed_only_for_slack_hooks_or_the_configured_fake():
     assert response_url_allowed("http://127.0.0.1:8765/slack/response/1", fake_api)
     assert not response_url_allowed("http://127.0.0.1:8766/slack/response/1", fake_api)
     assert not response_url_allowed("https://slack.com/x", "https://slack.com/api/")
+
+
+async def test_a_command_the_store_cannot_record_is_refused_with_503_not_acknowledged(slack, fake):
+    """Slack does not resend a command: the user sees Slack's error and types it again."""
+    down_for(slack.core.store, 1)
+    first = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("a"), trigger_id="t-down-1")
+    assert (await post_command(slack, first)).status_code == 503
+    again = slack_command_body("国際電話を止めるには？", response_url=fake.response_url("b"), trigger_id="t-down-2")
+    assert (await post_command(slack, again)).status_code == 200
+    await slack.settle()
+    assert [m.text for m in slack.core.handled] == ["国際電話を止めるには？"]
