@@ -102,6 +102,7 @@ class FaultConfig:
     messages: int = 1000
     kills: int = 10
     workers: int = 1
+    kill_target: str = "group"  # group: the server and its workers (then restarted) | worker: one uvicorn worker
     seed: int = 1
     senders: int = 4  # concurrent webhook senders
     users: int = 8  # senders of the messages (each message is its own group chat)
@@ -414,6 +415,52 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the group this Popen created: the server and its workers
         self.proc.wait(10)
 
+    def worker_pids(self) -> list[int]:
+        """uvicorn's worker processes (children of the server running multiprocessing's spawn_main)."""
+        if self.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        out = []
+        for pid in map(int, children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                out.append(pid)
+        return out
+
+    def ready_workers(self) -> list[int]:
+        """Worker processes that are serving (uvicorn logged "Started server process [pid]")."""
+        try:
+            text = (self.logs / f"server-{self.runs:02d}.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [pid for pid in self.worker_pids() if f"Started server process [{pid}]" in text]
+
+    async def kill9_busiest_worker(self) -> int | None:
+        """kill -9 of the serving worker that used the most CPU in the last 0.3 s (the one answering;
+        uvicorn starts a new one, the others keep serving)."""
+        def cpu(pid: int) -> int:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                return -1
+
+        pids = self.ready_workers()
+        if not pids:
+            return None
+        before = {pid: cpu(pid) for pid in pids}
+        await asyncio.sleep(0.3)
+        pid = max(pids, key=lambda p: cpu(p) - before[p])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # a child of the server this Popen started
+        return pid
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -673,6 +720,8 @@ class FaultRun:
             raise ValueError("a database outage needs --store postgres (a proxy between the server and PostgreSQL)")
         if cfg.workers > 1 and cfg.store != "postgres":
             raise ValueError("--workers > 1 needs --store postgres")
+        if cfg.kill_target == "worker" and cfg.workers < 2:
+            raise ValueError("killing one worker needs --workers 2 or more")
         began = time.monotonic()
         work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="pbxbot-fault-"))
         work.mkdir(parents=True, exist_ok=True)
@@ -859,6 +908,10 @@ class FaultRun:
                     if time.monotonic() > deadline:
                         return
                     await asyncio.sleep(0.05)
+                if cfg.kill_target == "worker":  # every worker serving (uvicorn's new one has started)
+                    until = time.monotonic() + 60
+                    while len(self.server.ready_workers()) < cfg.workers and time.monotonic() < until:
+                        await asyncio.sleep(0.2)
                 # mid-burst: once a few acknowledged messages are still unanswered (or after 3 s), at a random moment
                 until = time.monotonic() + 3.0
                 while time.monotonic() < until and self.in_flight(msgs) < 3:
@@ -866,10 +919,17 @@ class FaultRun:
                 await asyncio.sleep(self.rng.uniform(0.0, 0.3))
                 acked = sum(1 for m in msgs if m.acked_at is not None)
                 in_flight = self.in_flight(msgs)
+                sent = sum(1 for m in msgs if m.first_sent)
+                if cfg.kill_target == "worker":
+                    pid = await self.server.kill9_busiest_worker()
+                    self.kills_done += pid is not None
+                    self.log(f"kill -9 of worker {pid} {i + 1}/{len(points)} (sent {sent}, acked {acked}, "
+                             f"acknowledged and unanswered {in_flight})")
+                    continue
                 self.server_up.clear()  # not an unexpected exit (the watchdog)
                 self.server.kill9()
                 self.kills_done += 1
-                self.log(f"kill -9 {i + 1}/{len(points)} (sent {sum(1 for m in msgs if m.first_sent)}, acked {acked}, "
+                self.log(f"kill -9 {i + 1}/{len(points)} (sent {sent}, acked {acked}, "
                          f"acknowledged and unanswered {in_flight})")
                 await self.restart(f"kill {i + 1}")
                 await asyncio.sleep(self.rng.uniform(0.3, 1.5))  # up for a while (resends arriving) before the next
