@@ -3,16 +3,19 @@ database outage, against a real `pbxbot serve` subprocess and fake platform APIs
 
     .venv/bin/python scripts/fault_webhooks.py [--store sqlite|postgres] [--messages 1000] [--kills 10]
                                                [--workers N] [--seed S]
-    .venv/bin/python scripts/fault_webhooks.py --api-outage 40 [--api-outage-mode 503|refuse]
-    .venv/bin/python scripts/fault_webhooks.py --store postgres --db-outage [SECONDS]
+    .venv/bin/python scripts/fault_webhooks.py --store postgres --workers 2 [--kill-target group|worker]
+    .venv/bin/python scripts/fault_webhooks.py --api-outage 40 [--api-outage-mode 503|refuse] [--api-down-at-start]
+    .venv/bin/python scripts/fault_webhooks.py --store postgres --db-outage [SECONDS] [--db-outage-mode refuse|blackhole]
 
 Telegram (webhook mode) and LINE are enabled and pointed at fake APIs in this process. N signed
 webhook messages (mixed Telegram and LINE, a few concurrent senders, distinct ids and texts, several
-users, each message its own group chat) are sent as the platforms send them: a webhook that got no
-2xx (refused, reset, 5xx, timeout) is sent again later with the same update_id / webhookEventId
-until it gets one. Faults: K kill -9 of the server's process group at random moments, each followed
-by a restart; or the fake APIs down for SECONDS (messages arriving meanwhile; operator replies sent
-during it); or PostgreSQL cut off behind a TCP proxy for SECONDS (default 15).
+users, each message its own group chat, in bursts of --burst at --rate a second on average) are
+sent as the platforms send them: a webhook that got no 2xx (refused, reset, 5xx, timeout) is sent
+again later with the same update_id / webhookEventId until it gets one. Faults: K kill -9 of the
+server's process group at random moments mid-burst (once acknowledged messages are unanswered),
+each followed by a restart (or, --kill-target worker, of one uvicorn worker); or the fake APIs down
+for SECONDS (messages arriving meanwhile; operator replies sent during it); or PostgreSQL cut off
+behind a TCP proxy for SECONDS (default 15).
 
 At the end (after the last restart, once the replies have drained or --drain-timeout) it prints:
 messages sent, acknowledged (2xx), LOST (acknowledged, never recorded in the `messages` table),
