@@ -140,7 +140,7 @@ class FaultyPlatforms(FakePlatforms):
         super().__init__()
         self.outage: str | None = None
         self._site: web.TCPSite | None = None
-        self.refused_during_outage = 0
+        self._recorded: dict[int, Recorded] = {}  # request being answered -> its record
 
     async def start(self) -> "FaultyPlatforms":
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -172,7 +172,7 @@ class FaultyPlatforms(FakePlatforms):
     async def _record(self, request: web.Request, platform: str, method: str) -> Recorded:
         rec = await super()._record(request, platform, method)
         rec.status = 0  # type: ignore[attr-defined]
-        request["fault_rec"] = rec
+        self._recorded[id(request)] = rec
         return rec
 
     async def _answer(self, request: web.Request, platform: str, handler: Any) -> web.StreamResponse:
@@ -184,8 +184,10 @@ class FaultyPlatforms(FakePlatforms):
                 return web.json_response({"ok": False, "error_code": 503, "description": "Service Unavailable"},
                                          status=503)
             return web.json_response({"message": "Service Unavailable"}, status=503)
-        response = await handler(request)
-        rec = request.get("fault_rec")
+        try:
+            response = await handler(request)
+        finally:
+            rec = self._recorded.pop(id(request), None)
         if rec is not None:
             rec.status = response.status
         return response
