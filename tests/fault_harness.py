@@ -593,7 +593,8 @@ def read_replies(url: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def store_backlog(url: str) -> tuple[int, int, int]:
-    """(unhandled user messages, pending outbox items, failed (given up) outbox items)."""
+    """(unhandled user messages, pending outbox items, outbox items given up: 'failed' before
+    migration 0005, dead letters 'dead' after it)."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
@@ -601,7 +602,8 @@ def store_backlog(url: str) -> tuple[int, int, int]:
         with engine.connect() as conn:
             unhandled = conn.execute(text("SELECT count(*) FROM messages WHERE role = 'user' AND NOT handled")).scalar()
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM outbox GROUP BY status")).all())
-            return int(unhandled or 0), int(statuses.get("pending", 0)), int(statuses.get("failed", 0))
+            given_up = int(statuses.get("failed", 0)) + int(statuses.get("dead", 0))
+            return int(unhandled or 0), int(statuses.get("pending", 0)), given_up
     finally:
         engine.dispose()
 
@@ -686,7 +688,7 @@ class FaultResult:
                        f"{self.answered_5xx_in_db_outage}")
         starts = self.start_seconds or [0.0]
         out.append(f"store at the end: unhandled user messages {self.backlog_at_end[0]}, outbox pending "
-                   f"{self.backlog_at_end[1]}, failed (given up) {self.backlog_at_end[2]}; "
+                   f"{self.backlog_at_end[1]}, given up (failed/dead) {self.backlog_at_end[2]}; "
                    f"server start {min(starts):.1f}-{max(starts):.1f} s; logs {self.logs}")
         return out
 
