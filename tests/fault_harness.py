@@ -64,6 +64,7 @@ TG_TOKEN, TG_SECRET = "424242:FAULT-suite-token", "fault-suite-webhook-secret"
 LINE_SECRET, LINE_TOKEN = "fault-suite-line-channel-secret-0123", "fault-suite-line-access-token"
 OPERATOR_TOKEN = "fault-suite-operator-token-not-secret"
 SESSION_SECRET = "fault-suite-session-secret-not-secret"
+LINE_REPLY_TOKEN_TTL = 60.0  # seconds a LINE reply token is accepted after its event (and only once)
 PG_ADMIN_DSN = os.environ.get(
     "PBXBOT_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3")
 
@@ -134,13 +135,16 @@ class FaultConfig:
 
 class FaultyPlatforms(FakePlatforms):
     """FakePlatforms with an outage switch ("503": every API call answers 503; "refuse": the port is
-    closed and open connections are dropped) and the status of every answer (`Recorded.status`)."""
+    closed and open connections are dropped), the status of every answer (`Recorded.status`), and
+    LINE reply tokens that work once and expire (as LINE's do)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.outage: str | None = None
         self._site: web.TCPSite | None = None
         self._recorded: dict[int, Recorded] = {}  # request being answered -> its record
+        self.reply_tokens: dict[str, float] = {}  # LINE reply token -> when its event was sent (monotonic)
+        self.used_reply_tokens: set[str] = set()
 
     async def start(self) -> "FaultyPlatforms":
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -196,7 +200,26 @@ class FaultyPlatforms(FakePlatforms):
         return await self._answer(request, "telegram", super()._telegram)
 
     async def _line(self, request: web.Request) -> web.StreamResponse:  # type: ignore[override]
-        return await self._answer(request, "line", super()._line)
+        """As LINE: a reply token is used once, within LINE_REPLY_TOKEN_TTL of its event."""
+        token = None
+        if not self.outage and request.match_info.get("kind") == "reply":
+            try:
+                token = str(json.loads(await request.read() or b"{}").get("replyToken"))
+            except (ValueError, AttributeError):
+                token = None
+            issued = self.reply_tokens.get(token or "")
+            if token in self.used_reply_tokens or (issued is not None
+                                                   and time.monotonic() - issued > LINE_REPLY_TOKEN_TTL):
+                rec = await self._record(request, "line", "reply")
+                self._recorded.pop(id(request), None)
+                rec.status = 400  # type: ignore[attr-defined]
+                return web.json_response({"message": "Invalid reply token"}, status=400)
+            if token:
+                self.used_reply_tokens.add(token)  # taken now; given back when the reply fails
+        response = await self._answer(request, "line", super()._line)
+        if token and not 200 <= response.status < 300:
+            self.used_reply_tokens.discard(token)
+        return response
 
     def delivered(self) -> list[Recorded]:
         """Calls that delivered a text: sendMessage and LINE reply/push answered 2xx."""
@@ -616,6 +639,20 @@ def normalized(text: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", "", text)).split())
 
 
+def duplicate_way(ways: list[str]) -> str:
+    """How one text reached a chat more than once: "telegram" (sendMessage has no idempotency key),
+    "line reply+push", "line push, N retry keys" (one key is accepted once: several keys were used)."""
+    if all(w == "telegram" for w in ways):
+        return "telegram"
+    replies = sum(1 for w in ways if w == "line reply")
+    keys = {w for w in ways if w.startswith("line push")}
+    if replies and keys:
+        return "line reply+push"
+    if replies:
+        return "line reply twice"
+    return f"line push, {len(keys)} retry keys"
+
+
 # ---------------------------------------------------------------------------------- the result
 
 
@@ -634,6 +671,7 @@ class FaultResult:
     unanswered: list[str] = field(default_factory=list)  # acknowledged, no reply reached the API
     multi_delivered: list[str] = field(default_factory=list)  # some reply text delivered more than once
     extra_deliveries: int = 0
+    duplicate_ways: Counter = field(default_factory=Counter)  # how the extra deliveries went out
     kills: int = 0
     restarts: int = 0
     unexpected_exits: int = 0
@@ -672,7 +710,7 @@ class FaultResult:
             f"DUPLICATE (recorded more than once): {len(self.duplicates)}",
             f"UNANSWERED (acknowledged, no reply reached the platform API): {len(self.unanswered)}",
             f"replies delivered more than once: {len(self.multi_delivered)} messages "
-            f"({self.extra_deliveries} extra deliveries)",
+            f"({self.extra_deliveries} extra deliveries: {dict(self.duplicate_ways) or '-'})",
             f"replies recorded in the store but never delivered: {len(self.replies_undelivered)} "
             f"of {self.replies_recorded}",
         ]
@@ -863,6 +901,8 @@ class FaultRun:
                 if msg.first_sent is None:  # the event happens now (LINE's reply token is fresh from here)
                     msg.first_sent = time.monotonic()
                     msg.timestamp_ms = int(time.time() * 1000)
+                    if msg.platform == "line":
+                        self.fake.reply_tokens[msg.reply_token] = msg.first_sent
                 phase = self.phase
                 status, reason = await self.post(msg)
                 phase = phase or self.phase
@@ -1064,20 +1104,24 @@ class FaultRun:
         self.tokens.update({m.reply_token: m.conversation_id for m in msgs if m.platform == "line"})
         return msgs
 
-    def deliveries(self) -> dict[str, list[tuple[float, str]]]:
-        """conversation id -> [(when, text)] of every text a fake API answered 2xx for: Telegram
-        sendMessage by chat_id, LINE reply by reply token, LINE push by `to`."""
-        out: dict[str, list[tuple[float, str]]] = {}
+    def deliveries(self) -> dict[str, list[tuple[float, str, str]]]:
+        """conversation id -> [(when, text, way)] of every text a fake API answered 2xx for: Telegram
+        sendMessage by chat_id, LINE reply by reply token, LINE push by `to` (way: "telegram",
+        "line reply", "line push <X-Line-Retry-Key>")."""
+        out: dict[str, list[tuple[float, str, str]]] = {}
         for rec in self.fake.delivered():
             if rec.platform == "telegram":
-                cid = f"telegram:{rec.data.get('chat_id')}"
+                cid, way = f"telegram:{rec.data.get('chat_id')}", "telegram"
                 texts = [str(rec.data.get("text", ""))]
             else:
-                cid = (self.tokens.get(str(rec.data.get("replyToken")), "?") if rec.method == "reply"
-                       else f"line:{rec.data.get('to')}")
+                if rec.method == "reply":
+                    cid, way = self.tokens.get(str(rec.data.get("replyToken")), "?"), "line reply"
+                else:
+                    key = {k.lower(): v for k, v in rec.headers.items()}.get("x-line-retry-key", "-")
+                    cid, way = f"line:{rec.data.get('to')}", f"line push {key}"
                 texts = [str(m.get("text", "")) for m in rec.data.get("messages", []) if isinstance(m, dict)]
             for t in texts:
-                out.setdefault(cid, []).append((rec.at, t))
+                out.setdefault(cid, []).append((rec.at, t, way))
         return out
 
     def in_flight(self, msgs: list[Msg]) -> int:
@@ -1088,7 +1132,7 @@ class FaultRun:
     def all_answered(self, msgs: list[Msg], operator: list[tuple[Msg, str]] = ()) -> bool:  # type: ignore[assignment]
         got = self.deliveries()
         return all(m.conversation_id in got for m in msgs if m.acked_at is not None) and all(
-            any(text in t for _, t in got.get(m.conversation_id, [])) for m, text in operator)
+            any(text in t for _, t, _w in got.get(m.conversation_id, [])) for m, text in operator)
 
     async def drain(self, msgs: list[Msg], url: str, until: float) -> None:
         """After the last fault: until the store has nothing left to do (no unhandled message, no
@@ -1140,14 +1184,17 @@ class FaultRun:
             got = delivered.get(m.conversation_id, [])
             if m.acked_at is not None and not got:
                 result.unanswered.append(m.message_id)
-            counts = Counter(t for _, t in got)
+            counts = Counter(t for _, t, _w in got)
             extra = sum(c - 1 for c in counts.values() if c > 1)
             if extra:
                 result.multi_delivered.append(m.message_id)
                 result.extra_deliveries += extra
+                for text, c in counts.items():
+                    if c > 1:
+                        result.duplicate_ways[duplicate_way([w for _, t, w in got if t == text])] += c - 1
         replies = read_replies(url)
         for m in msgs:
-            seen = " | ".join(normalized(t) for _, t in delivered.get(m.conversation_id, []))
+            seen = " | ".join(normalized(t) for _, t, _w in delivered.get(m.conversation_id, []))
             for role, body in replies.get(m.conversation_id, []):
                 result.replies_recorded += 1
                 if normalized(body)[:40] not in seen:
@@ -1159,13 +1206,14 @@ class FaultRun:
             result.pending_at_recovery = len(pending)
             lasts = []
             for mid in pending:
-                after = [at for at, _ in delivered.get(by_id[mid].conversation_id, []) if at >= self.recovered_at]
+                after = [at for at, _t, _w in delivered.get(by_id[mid].conversation_id, [])
+                         if at >= self.recovered_at]
                 if after:
                     result.delivered_after_recovery += 1
                     lasts.append(min(after) - self.recovered_at)
             result.operator_pending = len(operator)
             for msg, text in operator:
-                after = [at for at, t in delivered.get(msg.conversation_id, [])
+                after = [at for at, t, _w in delivered.get(msg.conversation_id, [])
                          if text in t and at >= self.recovered_at]
                 if after:
                     result.operator_delivered += 1
