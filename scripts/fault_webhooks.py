@@ -3,16 +3,19 @@ database outage, against a real `pbxbot serve` subprocess and fake platform APIs
 
     .venv/bin/python scripts/fault_webhooks.py [--store sqlite|postgres] [--messages 1000] [--kills 10]
                                                [--workers N] [--seed S]
-    .venv/bin/python scripts/fault_webhooks.py --api-outage 40 [--api-outage-mode 503|refuse]
-    .venv/bin/python scripts/fault_webhooks.py --store postgres --db-outage [SECONDS]
+    .venv/bin/python scripts/fault_webhooks.py --store postgres --workers 2 [--kill-target group|worker]
+    .venv/bin/python scripts/fault_webhooks.py --api-outage 40 [--api-outage-mode 503|refuse] [--api-down-at-start]
+    .venv/bin/python scripts/fault_webhooks.py --store postgres --db-outage [SECONDS] [--db-outage-mode refuse|blackhole]
 
 Telegram (webhook mode) and LINE are enabled and pointed at fake APIs in this process. N signed
 webhook messages (mixed Telegram and LINE, a few concurrent senders, distinct ids and texts, several
-users, each message its own group chat) are sent as the platforms send them: a webhook that got no
-2xx (refused, reset, 5xx, timeout) is sent again later with the same update_id / webhookEventId
-until it gets one. Faults: K kill -9 of the server's process group at random moments, each followed
-by a restart; or the fake APIs down for SECONDS (messages arriving meanwhile; operator replies sent
-during it); or PostgreSQL cut off behind a TCP proxy for SECONDS (default 15).
+users, each message its own group chat, in bursts of --burst at --rate a second on average) are
+sent as the platforms send them: a webhook that got no 2xx (refused, reset, 5xx, timeout) is sent
+again later with the same update_id / webhookEventId until it gets one. Faults: K kill -9 of the
+server's process group at random moments mid-burst (once acknowledged messages are unanswered),
+each followed by a restart (or, --kill-target worker, of one uvicorn worker); or the fake APIs down
+for SECONDS (messages arriving meanwhile; operator replies sent during it); or PostgreSQL cut off
+behind a TCP proxy for SECONDS (default 15).
 
 At the end (after the last restart, once the replies have drained or --drain-timeout) it prints:
 messages sent, acknowledged (2xx), LOST (acknowledged, never recorded in the `messages` table),
@@ -57,6 +60,9 @@ def main() -> int:
                     help="webhook messages (default 1000 with kills, 200 with an API outage, 300 with a DB outage)")
     ap.add_argument("--kills", type=int, default=None, help="kill -9 of the server (default 10; 0 with an outage)")
     ap.add_argument("--workers", type=int, default=1, help="server processes (more than 1 needs --store postgres)")
+    ap.add_argument("--kill-target", choices=("group", "worker"), default="group",
+                    help="group: the server with its workers, then restarted (default); worker: one uvicorn "
+                         "worker of --workers N (uvicorn starts another, the others keep serving)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--senders", type=int, default=4, help="concurrent webhook senders (default 4)")
     ap.add_argument("--users", type=int, default=8)
@@ -74,7 +80,9 @@ def main() -> int:
                     help="PostgreSQL cut off behind a proxy this long (default 15 s; --store postgres)")
     ap.add_argument("--db-outage-mode", choices=("refuse", "blackhole"), default="refuse")
     ap.add_argument("--outbox-max-backoff", type=float, default=1.0, help="PBXBOT_OUTBOX_MAX_BACKOFF for the server")
-    ap.add_argument("--drain-timeout", type=float, default=120.0)
+    ap.add_argument("--drain-timeout", type=float, default=None,
+                    help="seconds to wait for the replies after the last fault (default 120; 180 with --kill-target "
+                         "worker: a dead worker's messages are recovered after 60 s, by a job that runs every 60 s)")
     ap.add_argument("--max-seconds", type=float, default=1200.0)
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="a built data dir to copy (default $PBXBOT_DATA_DIR or ./.pbxbot)")
@@ -92,16 +100,20 @@ def main() -> int:
         if why:
             print(f"PostgreSQL is not reachable on 127.0.0.1:5432 as postgres: {why}", file=sys.stderr)
             return 2
+    if args.kill_target == "worker" and args.workers < 2:
+        ap.error("--kill-target worker needs --workers 2 or more")
     outage = bool(args.api_outage or args.db_outage)
+    drain = args.drain_timeout if args.drain_timeout is not None else (180.0 if args.kill_target == "worker" else 120.0)
     messages = args.messages if args.messages is not None else (
         200 if args.api_outage else 300 if args.db_outage else 1000)
     kills = args.kills if args.kills is not None else (0 if outage else 10)
     cfg = FaultConfig(store=args.store, messages=messages, kills=kills, workers=args.workers, seed=args.seed,
+                      kill_target=args.kill_target,
                       senders=args.senders, users=args.users, rate=args.rate, burst=args.burst,
                       api_outage=args.api_outage, api_outage_mode=args.api_outage_mode,
                       api_down_at_start=args.api_down_at_start, operator_replies=args.operator_replies,
                       db_outage=args.db_outage, db_outage_mode=args.db_outage_mode,
-                      outbox_max_backoff=args.outbox_max_backoff, drain_timeout=args.drain_timeout,
+                      outbox_max_backoff=args.outbox_max_backoff, drain_timeout=drain,
                       max_seconds=args.max_seconds, source_data_dir=args.data_dir, work_dir=args.work_dir,
                       keep_database=args.keep_database)
     result = run_fault_sync(cfg)

@@ -64,6 +64,7 @@ TG_TOKEN, TG_SECRET = "424242:FAULT-suite-token", "fault-suite-webhook-secret"
 LINE_SECRET, LINE_TOKEN = "fault-suite-line-channel-secret-0123", "fault-suite-line-access-token"
 OPERATOR_TOKEN = "fault-suite-operator-token-not-secret"
 SESSION_SECRET = "fault-suite-session-secret-not-secret"
+LINE_REPLY_TOKEN_TTL = 60.0  # seconds a LINE reply token is accepted after its event (and only once)
 PG_ADMIN_DSN = os.environ.get(
     "PBXBOT_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3")
 
@@ -102,6 +103,7 @@ class FaultConfig:
     messages: int = 1000
     kills: int = 10
     workers: int = 1
+    kill_target: str = "group"  # group: the server and its workers (then restarted) | worker: one uvicorn worker
     seed: int = 1
     senders: int = 4  # concurrent webhook senders
     users: int = 8  # senders of the messages (each message is its own group chat)
@@ -133,13 +135,16 @@ class FaultConfig:
 
 class FaultyPlatforms(FakePlatforms):
     """FakePlatforms with an outage switch ("503": every API call answers 503; "refuse": the port is
-    closed and open connections are dropped) and the status of every answer (`Recorded.status`)."""
+    closed and open connections are dropped), the status of every answer (`Recorded.status`), and
+    LINE reply tokens that work once and expire (as LINE's do)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.outage: str | None = None
         self._site: web.TCPSite | None = None
-        self.refused_during_outage = 0
+        self._recorded: dict[int, Recorded] = {}  # request being answered -> its record
+        self.reply_tokens: dict[str, float] = {}  # LINE reply token -> when its event was sent (monotonic)
+        self.used_reply_tokens: set[str] = set()
 
     async def start(self) -> "FaultyPlatforms":
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -171,7 +176,7 @@ class FaultyPlatforms(FakePlatforms):
     async def _record(self, request: web.Request, platform: str, method: str) -> Recorded:
         rec = await super()._record(request, platform, method)
         rec.status = 0  # type: ignore[attr-defined]
-        request["fault_rec"] = rec
+        self._recorded[id(request)] = rec
         return rec
 
     async def _answer(self, request: web.Request, platform: str, handler: Any) -> web.StreamResponse:
@@ -183,8 +188,10 @@ class FaultyPlatforms(FakePlatforms):
                 return web.json_response({"ok": False, "error_code": 503, "description": "Service Unavailable"},
                                          status=503)
             return web.json_response({"message": "Service Unavailable"}, status=503)
-        response = await handler(request)
-        rec = request.get("fault_rec")
+        try:
+            response = await handler(request)
+        finally:
+            rec = self._recorded.pop(id(request), None)
         if rec is not None:
             rec.status = response.status
         return response
@@ -193,7 +200,26 @@ class FaultyPlatforms(FakePlatforms):
         return await self._answer(request, "telegram", super()._telegram)
 
     async def _line(self, request: web.Request) -> web.StreamResponse:  # type: ignore[override]
-        return await self._answer(request, "line", super()._line)
+        """As LINE: a reply token is used once, within LINE_REPLY_TOKEN_TTL of its event."""
+        token = None
+        if not self.outage and request.match_info.get("kind") == "reply":
+            try:
+                token = str(json.loads(await request.read() or b"{}").get("replyToken"))
+            except (ValueError, AttributeError):
+                token = None
+            issued = self.reply_tokens.get(token or "")
+            if token in self.used_reply_tokens or (issued is not None
+                                                   and time.monotonic() - issued > LINE_REPLY_TOKEN_TTL):
+                rec = await self._record(request, "line", "reply")
+                self._recorded.pop(id(request), None)
+                rec.status = 400  # type: ignore[attr-defined]
+                return web.json_response({"message": "Invalid reply token"}, status=400)
+            if token:
+                self.used_reply_tokens.add(token)  # taken now; given back when the reply fails
+        response = await self._answer(request, "line", super()._line)
+        if token and not 200 <= response.status < 300:
+            self.used_reply_tokens.discard(token)
+        return response
 
     def delivered(self) -> list[Recorded]:
         """Calls that delivered a text: sendMessage and LINE reply/push answered 2xx."""
@@ -414,6 +440,52 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the group this Popen created: the server and its workers
         self.proc.wait(10)
 
+    def worker_pids(self) -> list[int]:
+        """uvicorn's worker processes (children of the server running multiprocessing's spawn_main)."""
+        if self.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        out = []
+        for pid in map(int, children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                out.append(pid)
+        return out
+
+    def ready_workers(self) -> list[int]:
+        """Worker processes that are serving (uvicorn logged "Started server process [pid]")."""
+        try:
+            text = (self.logs / f"server-{self.runs:02d}.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [pid for pid in self.worker_pids() if f"Started server process [{pid}]" in text]
+
+    async def kill9_busiest_worker(self) -> int | None:
+        """kill -9 of the serving worker that used the most CPU in the last 0.3 s (the one answering;
+        uvicorn starts a new one, the others keep serving)."""
+        def cpu(pid: int) -> int:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                return -1
+
+        pids = self.ready_workers()
+        if not pids:
+            return None
+        before = {pid: cpu(pid) for pid in pids}
+        await asyncio.sleep(0.3)
+        pid = max(pids, key=lambda p: cpu(p) - before[p])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # a child of the server this Popen started
+        return pid
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -544,7 +616,8 @@ def read_replies(url: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def store_backlog(url: str) -> tuple[int, int, int]:
-    """(unhandled user messages, pending outbox items, failed (given up) outbox items)."""
+    """(unhandled user messages, pending outbox items, outbox items given up: 'failed' before
+    migration 0005, dead letters 'dead' after it)."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
@@ -552,7 +625,8 @@ def store_backlog(url: str) -> tuple[int, int, int]:
         with engine.connect() as conn:
             unhandled = conn.execute(text("SELECT count(*) FROM messages WHERE role = 'user' AND NOT handled")).scalar()
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM outbox GROUP BY status")).all())
-            return int(unhandled or 0), int(statuses.get("pending", 0)), int(statuses.get("failed", 0))
+            given_up = int(statuses.get("failed", 0)) + int(statuses.get("dead", 0))
+            return int(unhandled or 0), int(statuses.get("pending", 0)), given_up
     finally:
         engine.dispose()
 
@@ -563,6 +637,20 @@ def normalized(text: str) -> str:
     import re
 
     return " ".join(html.unescape(re.sub(r"<[^>]+>", "", text)).split())
+
+
+def duplicate_way(ways: list[str]) -> str:
+    """How one text reached a chat more than once: "telegram" (sendMessage has no idempotency key),
+    "line reply+push", "line push, N retry keys" (one key is accepted once: several keys were used)."""
+    if all(w == "telegram" for w in ways):
+        return "telegram"
+    replies = sum(1 for w in ways if w == "line reply")
+    keys = {w for w in ways if w.startswith("line push")}
+    if replies and keys:
+        return "line reply+push"
+    if replies:
+        return "line reply twice"
+    return f"line push, {len(keys)} retry keys"
 
 
 # ---------------------------------------------------------------------------------- the result
@@ -583,6 +671,7 @@ class FaultResult:
     unanswered: list[str] = field(default_factory=list)  # acknowledged, no reply reached the API
     multi_delivered: list[str] = field(default_factory=list)  # some reply text delivered more than once
     extra_deliveries: int = 0
+    duplicate_ways: Counter = field(default_factory=Counter)  # how the extra deliveries went out
     kills: int = 0
     restarts: int = 0
     unexpected_exits: int = 0
@@ -621,7 +710,7 @@ class FaultResult:
             f"DUPLICATE (recorded more than once): {len(self.duplicates)}",
             f"UNANSWERED (acknowledged, no reply reached the platform API): {len(self.unanswered)}",
             f"replies delivered more than once: {len(self.multi_delivered)} messages "
-            f"({self.extra_deliveries} extra deliveries)",
+            f"({self.extra_deliveries} extra deliveries: {dict(self.duplicate_ways) or '-'})",
             f"replies recorded in the store but never delivered: {len(self.replies_undelivered)} "
             f"of {self.replies_recorded}",
         ]
@@ -637,7 +726,7 @@ class FaultResult:
                        f"{self.answered_5xx_in_db_outage}")
         starts = self.start_seconds or [0.0]
         out.append(f"store at the end: unhandled user messages {self.backlog_at_end[0]}, outbox pending "
-                   f"{self.backlog_at_end[1]}, failed (given up) {self.backlog_at_end[2]}; "
+                   f"{self.backlog_at_end[1]}, given up (failed/dead) {self.backlog_at_end[2]}; "
                    f"server start {min(starts):.1f}-{max(starts):.1f} s; logs {self.logs}")
         return out
 
@@ -673,6 +762,8 @@ class FaultRun:
             raise ValueError("a database outage needs --store postgres (a proxy between the server and PostgreSQL)")
         if cfg.workers > 1 and cfg.store != "postgres":
             raise ValueError("--workers > 1 needs --store postgres")
+        if cfg.kill_target == "worker" and cfg.workers < 2:
+            raise ValueError("killing one worker needs --workers 2 or more")
         began = time.monotonic()
         work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="pbxbot-fault-"))
         work.mkdir(parents=True, exist_ok=True)
@@ -810,6 +901,8 @@ class FaultRun:
                 if msg.first_sent is None:  # the event happens now (LINE's reply token is fresh from here)
                     msg.first_sent = time.monotonic()
                     msg.timestamp_ms = int(time.time() * 1000)
+                    if msg.platform == "line":
+                        self.fake.reply_tokens[msg.reply_token] = msg.first_sent
                 phase = self.phase
                 status, reason = await self.post(msg)
                 phase = phase or self.phase
@@ -859,6 +952,10 @@ class FaultRun:
                     if time.monotonic() > deadline:
                         return
                     await asyncio.sleep(0.05)
+                if cfg.kill_target == "worker":  # every worker serving (uvicorn's new one has started)
+                    until = time.monotonic() + 60
+                    while len(self.server.ready_workers()) < cfg.workers and time.monotonic() < until:
+                        await asyncio.sleep(0.2)
                 # mid-burst: once a few acknowledged messages are still unanswered (or after 3 s), at a random moment
                 until = time.monotonic() + 3.0
                 while time.monotonic() < until and self.in_flight(msgs) < 3:
@@ -866,10 +963,17 @@ class FaultRun:
                 await asyncio.sleep(self.rng.uniform(0.0, 0.3))
                 acked = sum(1 for m in msgs if m.acked_at is not None)
                 in_flight = self.in_flight(msgs)
+                sent = sum(1 for m in msgs if m.first_sent)
+                if cfg.kill_target == "worker":
+                    pid = await self.server.kill9_busiest_worker()
+                    self.kills_done += pid is not None
+                    self.log(f"kill -9 of worker {pid} {i + 1}/{len(points)} (sent {sent}, acked {acked}, "
+                             f"acknowledged and unanswered {in_flight})")
+                    continue
                 self.server_up.clear()  # not an unexpected exit (the watchdog)
                 self.server.kill9()
                 self.kills_done += 1
-                self.log(f"kill -9 {i + 1}/{len(points)} (sent {sum(1 for m in msgs if m.first_sent)}, acked {acked}, "
+                self.log(f"kill -9 {i + 1}/{len(points)} (sent {sent}, acked {acked}, "
                          f"acknowledged and unanswered {in_flight})")
                 await self.restart(f"kill {i + 1}")
                 await asyncio.sleep(self.rng.uniform(0.3, 1.5))  # up for a while (resends arriving) before the next
@@ -1000,20 +1104,24 @@ class FaultRun:
         self.tokens.update({m.reply_token: m.conversation_id for m in msgs if m.platform == "line"})
         return msgs
 
-    def deliveries(self) -> dict[str, list[tuple[float, str]]]:
-        """conversation id -> [(when, text)] of every text a fake API answered 2xx for: Telegram
-        sendMessage by chat_id, LINE reply by reply token, LINE push by `to`."""
-        out: dict[str, list[tuple[float, str]]] = {}
+    def deliveries(self) -> dict[str, list[tuple[float, str, str]]]:
+        """conversation id -> [(when, text, way)] of every text a fake API answered 2xx for: Telegram
+        sendMessage by chat_id, LINE reply by reply token, LINE push by `to` (way: "telegram",
+        "line reply", "line push <X-Line-Retry-Key>")."""
+        out: dict[str, list[tuple[float, str, str]]] = {}
         for rec in self.fake.delivered():
             if rec.platform == "telegram":
-                cid = f"telegram:{rec.data.get('chat_id')}"
+                cid, way = f"telegram:{rec.data.get('chat_id')}", "telegram"
                 texts = [str(rec.data.get("text", ""))]
             else:
-                cid = (self.tokens.get(str(rec.data.get("replyToken")), "?") if rec.method == "reply"
-                       else f"line:{rec.data.get('to')}")
+                if rec.method == "reply":
+                    cid, way = self.tokens.get(str(rec.data.get("replyToken")), "?"), "line reply"
+                else:
+                    key = {k.lower(): v for k, v in rec.headers.items()}.get("x-line-retry-key", "-")
+                    cid, way = f"line:{rec.data.get('to')}", f"line push {key}"
                 texts = [str(m.get("text", "")) for m in rec.data.get("messages", []) if isinstance(m, dict)]
             for t in texts:
-                out.setdefault(cid, []).append((rec.at, t))
+                out.setdefault(cid, []).append((rec.at, t, way))
         return out
 
     def in_flight(self, msgs: list[Msg]) -> int:
@@ -1024,7 +1132,7 @@ class FaultRun:
     def all_answered(self, msgs: list[Msg], operator: list[tuple[Msg, str]] = ()) -> bool:  # type: ignore[assignment]
         got = self.deliveries()
         return all(m.conversation_id in got for m in msgs if m.acked_at is not None) and all(
-            any(text in t for _, t in got.get(m.conversation_id, [])) for m, text in operator)
+            any(text in t for _, t, _w in got.get(m.conversation_id, [])) for m, text in operator)
 
     async def drain(self, msgs: list[Msg], url: str, until: float) -> None:
         """After the last fault: until the store has nothing left to do (no unhandled message, no
@@ -1076,14 +1184,17 @@ class FaultRun:
             got = delivered.get(m.conversation_id, [])
             if m.acked_at is not None and not got:
                 result.unanswered.append(m.message_id)
-            counts = Counter(t for _, t in got)
+            counts = Counter(t for _, t, _w in got)
             extra = sum(c - 1 for c in counts.values() if c > 1)
             if extra:
                 result.multi_delivered.append(m.message_id)
                 result.extra_deliveries += extra
+                for text, c in counts.items():
+                    if c > 1:
+                        result.duplicate_ways[duplicate_way([w for _, t, w in got if t == text])] += c - 1
         replies = read_replies(url)
         for m in msgs:
-            seen = " | ".join(normalized(t) for _, t in delivered.get(m.conversation_id, []))
+            seen = " | ".join(normalized(t) for _, t, _w in delivered.get(m.conversation_id, []))
             for role, body in replies.get(m.conversation_id, []):
                 result.replies_recorded += 1
                 if normalized(body)[:40] not in seen:
@@ -1095,13 +1206,14 @@ class FaultRun:
             result.pending_at_recovery = len(pending)
             lasts = []
             for mid in pending:
-                after = [at for at, _ in delivered.get(by_id[mid].conversation_id, []) if at >= self.recovered_at]
+                after = [at for at, _t, _w in delivered.get(by_id[mid].conversation_id, [])
+                         if at >= self.recovered_at]
                 if after:
                     result.delivered_after_recovery += 1
                     lasts.append(min(after) - self.recovered_at)
             result.operator_pending = len(operator)
             for msg, text in operator:
-                after = [at for at, t in delivered.get(msg.conversation_id, [])
+                after = [at for at, t, _w in delivered.get(msg.conversation_id, [])
                          if text in t and at >= self.recovered_at]
                 if after:
                     result.operator_delivered += 1
