@@ -80,6 +80,7 @@ def build_app(*, real_core: bool = False, data_dir: str | None = None):
                                       priority="normal", summary={"language": "ja"})
     app = create_app(settings, core=core)
     app.state.web_channel.closing = True  # event streams end after their first line: fuzzing never waits
+    app.state.web.queue.closing = True  # so does the console's queue stream
     return app, ticket.id
 
 

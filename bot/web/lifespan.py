@@ -70,6 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _done, pending = await asyncio.wait(tasks, timeout=5)
         if pending:
             log.warning("background loops did not stop in time: %s", [t.get_name() for t in pending])
+        state.queue.close_streams()
         await state.registry.stop()
         close = getattr(state.core, "close", None)
         if callable(close):

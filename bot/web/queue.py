@@ -70,7 +70,14 @@ class QueueEvents:
 
     def __init__(self, live: Callable[[], bool] = lambda: False) -> None:
         self.live = live  # are changes of other processes and nodes pushed too?
+        self.closing = False  # streams end after their first event (shutting down; the fuzzer)
         self._queues: set[asyncio.Queue] = set()
+
+    def close_streams(self) -> None:
+        """End every open stream (the console reconnects and polls). On the event loop's thread."""
+        self.closing = True
+        for q in list(self._queues):
+            q.put_nowait(None)
 
     def publish(self, ticket_id: str, status: str) -> None:
         for q in list(self._queues):
@@ -82,7 +89,11 @@ class QueueEvents:
         self._queues.add(q)
         try:
             yield f"retry: 3000\nevent: hello\ndata: {json.dumps({'live': self.live()})}\n\n"
+            if self.closing:
+                return
             async for event in with_keepalive(q, keepalive):
+                if event is None:
+                    return
                 yield KEEPALIVE_LINE if event is KEEPALIVE else f"event: ticket\ndata: {json.dumps(event)}\n\n"
         finally:
             self._queues.discard(q)

@@ -175,6 +175,21 @@ async def test_queue_events_push_each_ticket_change_to_every_open_page():
     assert not events._queues  # a closed page stops receiving
 
 
+async def test_open_queue_streams_end_when_the_server_shuts_down():
+    from bot.web.queue import QueueEvents
+
+    events = QueueEvents()
+    page = events.stream(keepalive=60)
+    assert "event: hello" in await page.__anext__()
+    events.close_streams()
+    with pytest.raises(StopAsyncIteration):
+        await page.__anext__()
+    late = events.stream(keepalive=60)  # one opened while shutting down: its first line, then the end
+    assert "event: hello" in await late.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await late.__anext__()
+
+
 def test_user_text_is_escaped_by_the_templates(client, core):
     hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     address = Address("web", "web:u3", "web:u3")
