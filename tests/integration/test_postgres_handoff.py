@@ -7,7 +7,6 @@ PostgreSQL in tests/contract/test_handoff_store.py.)
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 
@@ -21,35 +20,9 @@ from bot.handoff.service import HandoffService
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN_DSN = os.environ.get(
-    "PBXBOT_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
-)
-
-
 @pytest.fixture(scope="module")
-def admin():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432 as postgres ({type(exc).__name__}: {exc})")
-    created: list[str] = []
-
-    def new_database() -> str:
-        name = f"pbxbot_test_{secrets.token_hex(4)}"
-        conn.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return f"postgresql+psycopg://{conn.info.user}@{conn.info.host}:{conn.info.port}/{name}"
-
-    yield new_database
-    for name in created:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
-
-
-@pytest.fixture(scope="module")
-def pg_url(admin):
-    return admin()
+def pg_url(new_pg_database):
+    return new_pg_database()
 
 
 def _together(n: int, fn) -> tuple[list, list]:
@@ -71,8 +44,8 @@ def _together(n: int, fn) -> tuple[list, list]:
     return results, errors
 
 
-def test_workers_migrating_a_fresh_database_at_once(admin):
-    url = admin()
+def test_workers_migrating_a_fresh_database_at_once(new_pg_database):
+    url = new_pg_database()
     stores: list[SqlHandoffStore] = []
 
     def open_store(_i: int) -> str:
