@@ -54,16 +54,18 @@ class TurnRunner:
     def record(self, message: InboundMessage) -> StoredMessage | None:
         """Commit the user message without answering it (the platform is acknowledged next).
         None: a retried delivery, recorded before. Raises when the store cannot commit."""
-        text = clean_text(message.text, self.settings.max_text_chars)
-        stored, _prior = self.store.begin_turn(message.address, text, dedupe_key=_dedupe_key(message),
-                                               meta=_meta(message, self.settings.max_text_chars))
-        return stored
+        return self._begin(message)[0]
+
+    def _begin(self, message: InboundMessage) -> tuple[StoredMessage | None, ConversationState | None]:
+        """store.begin_turn for `message`: its cleaned text, dedupe key and transcript meta."""
+        limit = self.settings.max_text_chars
+        return self.store.begin_turn(message.address, clean_text(message.text, limit),
+                                     dedupe_key=_dedupe_key(message), meta=_meta(message, limit))
 
     def handle(self, message: InboundMessage, recorded: StoredMessage | None = None) -> list[Reply]:
         """Answer `message`: record it first, or, with `recorded` (record() did), answer that one,
         unless a recovery answered it meanwhile."""
         started = time.perf_counter()
-        text = clean_text(message.text, self.settings.max_text_chars)
         lease = INLINE_DELIVERY_LEASE if message.outbox else None
         # One turn at a time per conversation: a second message (a user typing fast, two webhooks
         # at once) starts from the state the first one saved, so no fact is lost. The in-process
@@ -75,10 +77,10 @@ class TurnRunner:
                 stored, prior = recorded, None
             else:
                 try:
-                    stored, prior = self.store.begin_turn(message.address, text, dedupe_key=_dedupe_key(message),
-                                                          meta=_meta(message, self.settings.max_text_chars))
+                    stored, prior = self._begin(message)
                 except Exception:
                     log.exception("recording a user message failed (conversation %s)", message.address.conversation_id)
+                    text = clean_text(message.text, self.settings.max_text_chars)
                     return [_with_id(error_reply(message.address, text), message.request_id)]
                 if stored is None:
                     log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)

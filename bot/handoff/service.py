@@ -152,8 +152,8 @@ class HandoffService:
 
     # ------------------------------------------------------------ the outbox
 
-    def enqueue(self, address: Address, reply: Reply) -> int:
-        return self.outbox.enqueue(address, reply)
+    def enqueue(self, address: Address, reply: Reply, ticket_id: str | None = None) -> int:
+        return self.outbox.enqueue(address, reply, ticket_id)
 
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
         return self.outbox.pending_outbox(limit)
