@@ -316,8 +316,9 @@ class HybridRetriever:
         max_idf = max(self.store.idf.values(), default=1.0)
         weights_q = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(tokens) if not t.startswith("syn:")}
         head = ranked[:RERANK_CANDIDATES]
+        named = self.analyzer.lexicon.carriers_named(groups) | ({carrier} if carrier else set())
         features = self._candidate_features([key for key, _ in head], rankings, weights, dense_hits, lex_score,
-                                            qv, pref, sentence_sims)
+                                            qv, pref, sentence_sims, named)
         self.last_candidates = ([key for key, _ in head], features)
         if self.reranker is not None and head:
             order = np.argsort(-self.reranker.scores(features), kind="stable")
@@ -383,8 +384,10 @@ class HybridRetriever:
 
     def _candidate_features(self, keys: list[str], rankings: list[list[str]], weights: tuple[float, ...],
                             dense_hits: list[tuple[str, float]], lex_score: dict[str, float], qv: np.ndarray,
-                            pref: str, sentence_sims: dict[str, np.ndarray]) -> np.ndarray:
-        """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py)."""
+                            pref: str, sentence_sims: dict[str, np.ndarray], named: frozenset[str] | set[str]) -> np.ndarray:
+        """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py). `named`: the
+        carriers the question names; a section of a document for other carriers only ("SoftBank: how to
+        stop...") answers a question that names none less well than a guide for every carrier."""
         contribution = []
         for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)), list(weights) + [0.0] * (4 - len(weights))):
             contribution.append({key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)})
@@ -402,11 +405,14 @@ class HybridRetriever:
             doc = self.store.docs.get(self.store.sections[key]["doc_id"], {})
             sims = self._sentence_sims(key, qv, sentence_sims)
             b = bm25.get(key, 0.0)
+            carriers = set(doc.get("carriers", ())) - {"all", "other"}
+            specific = bool(carriers) and "all" not in doc.get("carriers", ())
             out[i] = (contribution[0].get(key, 0.0) * 60, contribution[1].get(key, 0.0) * 60,
                       contribution[2].get(key, 0.0) * 60, contribution[3].get(key, 0.0) * 60,
                       max(0.0, dense_text.get(key, 0.0)), self._question_score(key, qv, dense_hits), b / (b + 5.0),
                       float(sims.max()) if len(sims) else 0.0, float(key.endswith("#0")), float(key.endswith("#s")),
-                      float(doc.get("kind") == "source"), float(doc.get("language") != pref))
+                      float(doc.get("kind") == "source"), float(doc.get("language") != pref),
+                      float(specific and not (carriers & named)), float(bool(carriers & named)))
         return out
 
     def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],

@@ -37,13 +37,17 @@ class Lexicon:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> normalized terms
     keep_whole: tuple[str, ...] = ()
     term_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # normalized term -> group ids
+    group_carrier: dict[str, str] = field(default_factory=dict)  # group id -> the carrier it names
     _pattern: re.Pattern | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Lexicon":
         groups: dict[str, tuple[str, ...]] = {}
+        group_carrier: dict[str, str] = {}
         for g in data.get("synonyms") or []:
             gid = str(g["id"])
+            if g.get("carrier"):
+                group_carrier[gid] = str(g["carrier"])
             terms = tuple(dict.fromkeys(normalize_text(str(t)) for t in g.get("terms") or [] if str(t).strip()))
             groups[gid] = terms
         keep = tuple(dict.fromkeys(normalize_text(str(t)) for t in data.get("terms") or [] if str(t).strip()))
@@ -51,7 +55,8 @@ class Lexicon:
         for gid, terms in groups.items():
             for t in terms:
                 term_groups.setdefault(t, []).append(gid)
-        lex = cls(groups=groups, keep_whole=keep, term_groups={k: tuple(v) for k, v in term_groups.items()})
+        lex = cls(groups=groups, keep_whole=keep, term_groups={k: tuple(v) for k, v in term_groups.items()},
+                  group_carrier=group_carrier)
         lex._compile()
         return lex
 
@@ -85,6 +90,10 @@ class Lexicon:
 
     def groups_of(self, term: str) -> tuple[str, ...]:
         return self.term_groups.get(term, ())
+
+    def carriers_named(self, group_ids: list[str] | tuple[str, ...]) -> frozenset[str]:
+        """The carriers a text names, from its groups (`syn:<id>` tokens or bare ids)."""
+        return frozenset(c for g in group_ids if (c := self.group_carrier.get(g.removeprefix("syn:"))))
 
     def expansions(self, group_ids: list[str] | tuple[str, ...]) -> list[str]:
         out: list[str] = []
