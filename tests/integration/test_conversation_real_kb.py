@@ -174,3 +174,20 @@ def test_a_4000_character_message_embeds_and_analyses_no_more_than_the_bound(rea
         inner.embedder.embed_query_np, inner.analyzer.analyze = embed, analyze
     bound = load_settings().max_search_chars
     assert seen and all(n <= bound for _, n in seen), seen
+
+
+@pytest.mark.parametrize("text,lang,carrier", [
+    ("国際電話を止めるには？", "ja", None),
+    ("うちの会社の電話、国際発信をできないようにしたい", "ja", None),
+    ("KDDIで国際電話を止めるには？", "ja", "kddi"),
+    ("How do we bar international calls on our SoftBank line?", "en", "softbank"),
+])
+def test_the_answer_to_how_to_stop_calls_is_for_the_carrier_the_user_names_or_for_every_carrier(real_retriever, text, lang, carrier):
+    """A user who names no carrier is not told SoftBank's or OCN's procedure first; one who names
+    a carrier gets that carrier's."""
+    result = real_retriever.search(text, 5, language=lang)
+    top = result.passages[0]
+    if carrier is None:
+        assert "all" in top.carriers, (top.doc_id, top.carriers)
+    else:
+        assert carrier in top.carriers, (top.doc_id, top.carriers)

@@ -113,3 +113,13 @@ def test_rrf_rewards_agreement_and_respects_weights():
     assert max_rrf([1.0, 1.0]) == pytest.approx(2 / 61)
     with pytest.raises(ValueError):
         rrf([["a"]], weights=[1.0, 2.0])
+
+
+def test_the_lexicon_says_which_carrier_a_question_names(analyzer):
+    def named(text):
+        return analyzer.lexicon.carriers_named(analyzer.analyze(text)[1])
+
+    assert named("ひかり電話の国際発信を止めたい") == {"ntt-east-west"}
+    assert named("How do I stop international calls on SoftBank?") == {"softbank"}
+    assert named("KDDIとOCNどっちが早い？") == {"kddi", "ntt-com"}
+    assert named("How do I stop international calls?") == frozenset()

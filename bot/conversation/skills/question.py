@@ -20,8 +20,8 @@ SHORT = {"ja": 25, "en": 8}  # a message this short may lean on the previous que
 CARRIER_ONLY = {"ja": 8, "en": 3}  # what is left of "KDDIの場合は？" once the carrier is taken out
 CLOSEST_MIN_SIMILARITY = 0.3  # below this, the "closest facts" are not close: none are shown
 VAGUE_MAX_TERMS = 2  # "どうすればいいの？": too few content words to search without a context
-SHOWN_KEY = "_shown"  # state.facts: fingerprints of the sentences of the last answer
-SHOWN_MAX = 20
+SHOWN_KEY = "_shown"  # state.facts: fingerprints of the sentences of the last answers, newest first
+SHOWN_MAX = 24  # about the last three answers: a follow-up asks something they did not say
 
 
 class Question:
@@ -63,7 +63,8 @@ class Question:
             return [self._not_covered(turn, kit, answer)]
         if not answer.followup:
             st.last_query = answer.query[-300:]  # a follow-up keeps the topic it leaned on
-        st.facts[SHOWN_KEY] = [composer.fingerprint(p.text) for p in answer.shown][:SHOWN_MAX]
+        shown = [composer.fingerprint(p.text) for p in answer.shown]
+        st.facts[SHOWN_KEY] = list(dict.fromkeys(shown + list(st.facts.get(SHOWN_KEY) or ())))[:SHOWN_MAX]
         if answer.passages:
             st.topics = (st.topics + [tp for tp in answer.passages[0].topics if tp not in st.topics])[-6:]
         book = composer.CitationBook()
