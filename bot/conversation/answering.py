@@ -60,7 +60,7 @@ class AnswerTypes:
         return cls(types)
 
     def asked(self, question: str) -> list[str]:
-        q = unicodedata.normalize("NFKC", question or "").lower()
+        q = asking_part(unicodedata.normalize("NFKC", question or "").lower())
         return [name for name, (rx, _, _) in self.types.items() if rx is not None and rx.search(q)]
 
     def cue(self, question: str) -> composer.Cue | None:
@@ -73,6 +73,17 @@ class AnswerTypes:
             return None
         patterns = [(self.types[n][1], self.types[n][2]) for n in names]
         return lambda sentence: max((w for p, w in patterns if p.search(sentence)), default=0.0)
+
+
+# A Japanese condition clause ("電話番号が変わったら、", "いつも通りなら、") states a situation; the
+# question is asked after it. Its words do not say what kind of answer is wanted.
+_JA_CONDITION = re.compile(r"^.*(?:たら|れば|なら|場合は?|ときは?|時は?)[、,]")
+
+
+def asking_part(question: str) -> str:
+    """The part of a question that asks: without a leading Japanese condition clause."""
+    rest = _JA_CONDITION.sub("", question, count=1)
+    return rest if rest.strip() else question
 
 
 @dataclass

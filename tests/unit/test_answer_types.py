@@ -1,0 +1,35 @@
+"""What kind of answer a question asks for (knowledge/lexicon/answer_types.yaml), read from the part
+of the question that asks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.conversation.answering import AnswerTypes
+
+KNOWLEDGE = Path(__file__).resolve().parents[2] / "knowledge"
+
+
+@pytest.fixture(scope="module")
+def types():
+    return AnswerTypes.load(KNOWLEDGE)
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("国際電話不取扱受付センターの電話番号は？", "number"),
+    ("Which number do I call to block international calls?", "number"),
+    ("休止にすると何日くらいで止まりますか？", "duration"),
+    ("How long does the block take?", "duration"),
+])
+def test_the_kind_of_answer_asked_for_is_recognised(types, question, kind):
+    assert kind in types.asked(question)
+
+
+def test_a_condition_clause_does_not_say_what_is_asked(types):
+    """"If my phone number changes, what happens to the suspension?" does not ask for a phone number."""
+    question = "引越しで電話番号が変わったら、センターでやった国際電話の休止ってどうなるんですか？"
+    assert "number" not in types.asked(question)
+    cue = types.cue(question)
+    assert cue is None or cue("センターの番号は0120-210-364です。") == 0
