@@ -191,3 +191,21 @@ def test_the_answer_to_how_to_stop_calls_is_for_the_carrier_the_user_names_or_fo
         assert "all" in top.carriers, (top.doc_id, top.carriers)
     else:
         assert carrier in top.carriers, (top.doc_id, top.carriers)
+
+
+def test_a_follow_up_keeps_the_carrier_named_earlier_in_the_conversation(real_retriever):
+    """"Our lines are SoftBank..." then "how long does the block take?": the second answer is about
+    SoftBank (or every carrier), never another carrier's procedure."""
+    from bot.retrieval.documents import load_documents
+
+    carriers_of = {d.id: set(d.carriers) for d in load_documents(load_settings().knowledge_dir)}
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    address = Address("eval", "carrier-context")
+    service.handle(InboundMessage(address=address, text="We use SoftBank for our office lines and never call abroad."))
+    replies = service.handle(InboundMessage(address=address, text="How long does the block take to start?"))
+    cited = [c.doc_id for r in replies for c in r.citations]
+    assert cited, [r.answer for r in replies]
+    for doc_id in cited:
+        assert carriers_of[doc_id] & {"softbank", "all"}, (doc_id, carriers_of[doc_id])

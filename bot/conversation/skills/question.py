@@ -47,6 +47,10 @@ class Question:
             header = t("carrier_header", lang, carrier=name)
         elif carriers:
             carrier = carriers[0]
+        elif st.carrier:
+            # The carrier named earlier in the conversation still holds ("ひかり電話を止めたい" then
+            # "何日で止まる？" asks about NTT): its sections and the guides for every carrier answer.
+            carrier = st.carrier
         off_topic = turn.meaning.has("off_topic") and not (turn.meaning.intents - {"off_topic"})
         fixed = [header, t("more_hint", lang)]
         budget = kit.budget(lang, fixed)
