@@ -286,7 +286,7 @@ def train(data: IntentData, encoder: Encoder | None, *, embedder_name: str = "")
 
 
 def model_key(data: IntentData, embedder_name: str) -> str:
-    raw = f"{MODEL_VERSION}|{data.fingerprint}|{embedder_name}|{NGRAM_RANGE}|{MIN_DF}|{MAX_FEATURES}|{C}|{FOLDS}|{DERIVED}|{BETA}"
+    raw = f"{MODEL_VERSION}|{data.fingerprint}|{embedder_name}|{NGRAM_RANGE}|{MIN_DF}|{MAX_FEATURES}|{C}|{EMBEDDING_WEIGHT}|{FOLDS}|{DERIVED}|{BETA}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
