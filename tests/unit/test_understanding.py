@@ -103,6 +103,16 @@ def test_worry_stories_and_past_incidents_are_not_an_incident_now(understander, 
     assert not ({"fraud_now", "fraud_bill"} & understander.predict(text).labels)
 
 
+@pytest.mark.parametrize("text", [
+    "KDDIの回線で、心当たりのない海外への通話がいまも続いています。KDDIに連絡するのとは別に、国際電話不取扱受付センターにも申込みが必要でしょうか？",
+    "Unknown calls to Latvia are still going out on our line. Besides calling NTT, do we also need to register with the suspension centre, and is that free?",
+])
+def test_a_live_incident_is_seen_even_when_the_message_goes_on_to_ask_something_else(understander, text):
+    meaning = understander.understand(text, None)
+    assert meaning.incident, meaning.intents
+    assert meaning.questions  # and the question is kept, to be answered after the steps
+
+
 def test_every_threshold_was_chosen_on_examples_the_training_never_saw(understander):
     report = understander.classifier.meta["out_of_fold"]
     assert set(report) == set(understander.classifier.labels)
