@@ -113,6 +113,14 @@ def test_a_live_incident_is_seen_even_when_the_message_goes_on_to_ask_something_
     assert meaning.questions  # and the question is kept, to be answered after the steps
 
 
+def test_a_bill_contested_after_the_block_is_a_dispute_not_a_new_incident(understander):
+    """Its sentence about the charges alone reads like a bill just found; the whole message says the
+    incident is over (a normal ticket for the money, not containment steps)."""
+    text = "国際電話は先週から止めてあります。10月分の請求書にある海外通話料に異議を申し立てたいです、うちは誰もかけていません。"
+    meaning = understander.understand(text, None)
+    assert "dispute" in meaning.intents and not meaning.incident, meaning.intents
+
+
 def test_every_threshold_was_chosen_on_examples_the_training_never_saw(understander):
     report = understander.classifier.meta["out_of_fold"]
     assert set(report) == set(understander.classifier.labels)

@@ -87,8 +87,11 @@ def combine(whole: Prediction, parts: list[Prediction]) -> Prediction:
     counts too, as long as the whole message gives it some weight (SEGMENT_FLOOR): the whole
     message keeps the context a single sentence lacks ("last year... now it is fine")."""
     ratios = dict(whole.ratios)
+    # A bill the whole message contests as over ("blocked since Tuesday; I dispute invoice #123")
+    # stays a dispute: its sentence about the charges alone reads like a bill just found.
+    contested = whole.ratios.get("dispute", 0.0) >= 1.0 and whole.ratios["dispute"] > whole.ratios.get("fraud_bill", 0.0)
     for label, r in whole.ratios.items():
-        if label not in SEGMENT_LABELS:
+        if label not in SEGMENT_LABELS or (label == "fraud_bill" and contested):
             continue
         best = max((p.ratios[label] for p in parts), default=0.0)
         floor = INCIDENT_SEGMENT_FLOOR if label in ("fraud_now", "fraud_bill") else SEGMENT_FLOOR
