@@ -475,3 +475,31 @@ def test_a_waiting_message_announces_the_text_its_turn_embeds(text, searched):
         assert searched_queries[0] == retriever.prefetched[0]
     else:
         assert not any(q == text for q in searched_queries)
+
+
+class _TopicRetriever(FakeRetriever):
+    """Answers anything about the centre from its section, and everything else from an unrelated
+    one with more confidence; names a domain concept only when the query has one (as the real
+    retriever's lexicon does)."""
+
+    def search(self, query, k=5, *, language=None, carrier=None):
+        self.calls.append({"query": query, "k": k, "language": language, "carrier": carrier})
+        centre = "centre" in query.lower()
+        p = _CENTRE if centre else _ROUTER
+        from bot.ports import SearchResult
+
+        return SearchResult(query=query, passages=(replace(p, score=1.0),), confidence=0.6 if centre else 0.9,
+                            expanded_terms=("centre", "suspension") if centre else ())
+
+
+_CENTRE = replace(PASSAGES[0], chunk_id="guide-centre-en#1", doc_id="guide-centre-en", language="en",
+                  text="An application to the suspension centre takes several days to take effect.")
+_ROUTER = replace(PASSAGES[0], chunk_id="guide-router-en#1", doc_id="guide-router-en", language="en",
+                  text="Rebooting an office router takes a long time on older models.")
+
+
+def test_a_follow_up_without_a_topic_of_its_own_is_read_with_the_last_question():
+    service, _, _ = make_service(retriever=_TopicRetriever())
+    say(service, "What does the suspension centre do for me?")
+    r = one(say(service, "how long does it take?"))
+    assert r.kind == "answer" and "several days" in r.answer, r.answer

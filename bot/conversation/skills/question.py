@@ -97,7 +97,10 @@ class Question:
         last = turn.state.last_query
         if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
             joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
-            if joined.covered and (not own.covered or joined.answerability > own.answerability):
+            # A message that names no concept of the domain ("how long does it take?", 「無料？」)
+            # only makes sense with the last question, however well its own reading seems answered.
+            leans = not own.result.expanded_terms
+            if joined.covered and (not own.covered or leans or joined.answerability > own.answerability):
                 joined.followup = True
                 return joined
         return own
