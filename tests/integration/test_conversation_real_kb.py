@@ -203,7 +203,7 @@ def test_a_follow_up_keeps_the_carrier_named_earlier_in_the_conversation(real_re
     service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
                                   settings=load_settings(), understander=shared_understander())
     address = Address("eval", "carrier-context")
-    service.handle(InboundMessage(address=address, text="We use SoftBank for our office lines and never call abroad."))
+    service.handle(InboundMessage(address=address, text="Our office phone lines are with SoftBank."))
     replies = service.handle(InboundMessage(address=address, text="How long does the block take to start?"))
     cited = [c.doc_id for r in replies for c in r.citations]
     assert cited, [r.answer for r in replies]
