@@ -152,3 +152,34 @@ def test_tickets_cli_on_postgres(pg_url, tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "queued" in out and "is resolved" in err
     assert not (tmp_path / "data" / "pbxbot.sqlite3").exists()  # PostgreSQL was used, not SQLite
+
+
+def test_pooled_connections_the_server_closed_are_replaced_without_an_error(pg_url):
+    """A PostgreSQL restart (or pg_terminate_backend, idle_session_timeout) closes every pooled
+    connection: the next turn and the next webhook's record still succeed (the checkout check of
+    sql_engine.create_store_engine replaces them, where a pre-ping used to)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    store = SqlHandoffStore(pg_url)
+    try:
+        a = Address("web", "web:restart", user_id="u")
+        holders = [store.engine.connect() for _ in range(3)]  # three pooled connections
+        for conn in holders:
+            conn.close()
+        for round_ in range(2):
+            dbname = make_url(pg_url).database
+            with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
+                killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                       "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()[0]
+            assert killed >= 1
+            import time
+            time.sleep(0.2)  # the server has closed them
+            recorded, _ = store.begin_turn(a, f"webhook {round_}", dedupe_key=f"w{round_}")  # record(): no 503
+            assert recorded is not None
+            with store.conversation_turn(a.conversation_id):  # handle(message, recorded)
+                assert store.message_handled(recorded.id) is False
+                store.complete_turn(a, recorded.id, None, [("answer", {})])
+            assert store.message_handled(recorded.id)
+    finally:
+        store.close()
