@@ -354,7 +354,14 @@ class SqlHandoffStore:
             # this transaction only updates that row and inserts after it.
             if data is not None:
                 conn.execute(_Q.state_update, {"cid": cid, "state": data, "now": now})
-            ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar() if replies else None
+            if self.backend == "postgresql":
+                # "handled" rides on the open-ticket read (a data-modifying WITH): one round trip
+                # less. The read stays a statement of its own after the state's UPDATE, so its
+                # snapshot is taken after any wait for the conversation's row, as before.
+                ticket_id = conn.execute(_Q.pg_mark_handled_active_ticket, {"cid": cid, "mid": message_id}).scalar()
+                ticket_id = ticket_id if replies else None
+            else:
+                ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar() if replies else None
             for text, meta in replies:
                 msg = self._insert_message(conn, cid, "bot", text, handled=True, meta=meta, ticket_id=ticket_id)
                 if ticket_id is not None:
@@ -367,7 +374,8 @@ class SqlHandoffStore:
                         "status": "pending", "attempts": 0, "created_at": now, "leased_until": leased_until,
                     }).scalar_one())
                 out.append(msg)
-            conn.execute(_Q.message_mark_handled, {"mid": message_id})
+            if self.backend != "postgresql":
+                conn.execute(_Q.message_mark_handled, {"mid": message_id})
         if state is not None:
             state.updated_at = now
         return out
@@ -718,6 +726,11 @@ class _Q:
                select(_M.c.id).where(_M.c.conversation_id == _C.c.id, _M.c.dedupe_key == bindparam("key"))
                .limit(1).scalar_subquery().label("dup_id"))
         .where(_C.c.id == bindparam("cid")).with_for_update(of=_C)
+    )
+    # PostgreSQL (complete_turn): mark the user message handled and read the open ticket, one statement.
+    pg_mark_handled_active_ticket = (
+        select(active_ticket_id.scalar_subquery())
+        .add_cte(update(_M).where(_M.c.id == bindparam("mid")).values(handled=True).cte("handled"))
     )
     advisory_lock = sql_text("SELECT pg_advisory_lock(:k)")
     advisory_unlock = sql_text("SELECT pg_advisory_unlock(:k)")
