@@ -4,6 +4,7 @@ retriever (as bench_store.py), one thread, a throwaway database at 127.0.0.1:543
 
     python scripts/count_roundtrips.py               # per turn: round trips, and the statements of one turn
     python scripts/count_roundtrips.py --turns 200
+    python scripts/count_roundtrips.py --webhook     # a platform webhook's turn: record(), then handle(message, recorded)
 
 A round trip is a ReadyForQuery the server sends back (one per statement, BEGIN, COMMIT or ping).
 """
@@ -28,6 +29,8 @@ PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_t
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--turns", type=int, default=100)
+    ap.add_argument("--webhook", action="store_true",
+                    help="record() then handle(message, recorded), replies through the outbox (Telegram, LINE...)")
     args = ap.parse_args()
 
     import psycopg
@@ -69,8 +72,12 @@ def main() -> int:
                                       settings=make_settings())
 
         def turn(i: int, prefix: str) -> None:
-            service.handle(InboundMessage(address=Address("web", f"web:{prefix}{i % 50}", "u"),
-                                          text="Which logs should we keep?", message_id=f"{prefix}{i}"))
+            message = InboundMessage(address=Address("web", f"web:{prefix}{i % 50}", "u"),
+                                     text="Which logs should we keep?", message_id=f"{prefix}{i}", outbox=args.webhook)
+            if args.webhook:
+                service.handle(message, service.record(message))
+            else:
+                service.handle(message)
 
         for i in range(60):
             turn(i, "warm")
@@ -99,12 +106,18 @@ def main() -> int:
     def rfq(path: str) -> int:
         return sum(1 for line in Path(path).read_text().splitlines() if "\tReadyForQuery\t" in line)
 
-    import shutil; shutil.copy(os.path.join(tmp, "one.log"), "/tmp/rt/one.log")
     print(f"one turn: {rfq(os.path.join(tmp, 'one.log'))} round trips; SQLAlchemy events {sa_one}")
-    for line in Path(os.path.join(tmp, "one.log")).read_text().splitlines():
-        m = re.match(r"F\t\d+\t(Query|Parse)\t(?:\"\"\s)?(.*)", line)
-        if m:
-            print("   ", m.group(2)[:140])
+    named: dict[str, str] = {}  # psycopg prepares a statement after a few executions: name -> SQL
+    for log in ("warm.log", "one.log"):
+        for m in re.finditer(r'^F\t\d+\tParse\t "([^"]+)" "((?:[^"\\]|\\.)*)"', Path(tmp, log).read_text(), re.M):
+            named[m.group(1)] = m.group(2)
+    for line in Path(tmp, "one.log").read_text().splitlines():
+        query = re.match(r'F\t\d+\tQuery\t "(.*)"', line)
+        parse = re.match(r'F\t\d+\tParse\t "" "((?:[^"\\]|\\.)*)"', line)
+        bind = re.match(r'F\t\d+\tBind\t "" "([^"]+)"', line)
+        sql = query.group(1) if query else parse.group(1) if parse else named.get(bind.group(1), "?") if bind else None
+        if sql is not None:
+            print("   ", " ".join(sql.split())[:150])
     n = rfq(os.path.join(tmp, "many.log"))
     print(f"{args.turns} turns: {n} round trips, {n / args.turns:.2f} a turn; SQLAlchemy events a turn "
           + str({k: round(v / args.turns, 2) for k, v in sa_many.items()}))

@@ -386,6 +386,14 @@ class SqlHandoffStore:
             handled = conn.execute(_Q.message_handled, {"mid": message_id}).scalar()
         return handled is None or bool(handled)
 
+    def resume_turn(self, message_id: int, conversation_id: str) -> tuple[bool, ConversationState | None]:
+        """message_handled and get_state in one statement (inside a turn on PostgreSQL: the one
+        after the lock, in the lock's transaction)."""
+        with self._read() as conn:
+            row = conn.execute(_Q.handled_and_state, {"mid": message_id, "cid": conversation_id}).one()
+        state = storable.state_from_json(row.state, row.updated_at) if row.state is not None else None
+        return row.handled is None or bool(row.handled), state
+
     def mark_handled(self, message_id: int) -> None:
         with self._write() as conn:
             conn.execute(_Q.message_mark_handled, {"mid": message_id})
@@ -726,6 +734,11 @@ class _Q:
                select(_M.c.id).where(_M.c.conversation_id == _C.c.id, _M.c.dedupe_key == bindparam("key"))
                .limit(1).scalar_subquery().label("dup_id"))
         .where(_C.c.id == bindparam("cid")).with_for_update(of=_C)
+    )
+    handled_and_state = select(  # one row, also when the message or the conversation does not exist
+        select(_M.c.handled).where(_M.c.id == bindparam("mid")).scalar_subquery().label("handled"),
+        select(_C.c.state).where(_C.c.id == bindparam("cid")).scalar_subquery().label("state"),
+        select(_C.c.updated_at).where(_C.c.id == bindparam("cid")).scalar_subquery().label("updated_at"),
     )
     # PostgreSQL (complete_turn): mark the user message handled and read the open ticket, one statement.
     pg_mark_handled_active_ticket = (

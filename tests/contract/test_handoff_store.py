@@ -624,6 +624,20 @@ def test_conversation_turn_admits_one_turn_of_a_conversation_at_a_time_across_st
         pass  # nothing left held
 
 
+def test_resume_turn_reads_handled_and_the_state_at_once(store):
+    a = addr(7)
+    assert store.resume_turn(999_999, a.conversation_id) == (True, None)  # no such message, no conversation
+    recorded, _ = store.begin_turn(a, "first", dedupe_key="r1")
+    assert store.resume_turn(recorded.id, a.conversation_id) == (False, None)
+    state = ConversationState(conversation_id=a.conversation_id, address=a, language="ja")
+    store.complete_turn(a, recorded.id, state, [("answer", {})])
+    handled, back = store.resume_turn(recorded.id, a.conversation_id)
+    assert handled is True and back is not None and back.language == "ja"
+    second, _ = store.begin_turn(a, "second", dedupe_key="r2")
+    handled, back = store.resume_turn(second.id, a.conversation_id)
+    assert handled is False and back.language == "ja" and back.updated_at == store.get_state(a.conversation_id).updated_at
+
+
 def _advisory_locks_held(store) -> int:
     from sqlalchemy import text
 
