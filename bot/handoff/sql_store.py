@@ -177,8 +177,12 @@ class SqlHandoffStore:
             # One simple query, run in order by the server: the COMMIT is durable before the
             # unlock runs, so the next turn of the conversation (any node) starts from this one's
             # state. tx.commit() then has nothing left to send (the driver sees no transaction).
-            conn.exec_driver_sql(f"COMMIT; SELECT pg_advisory_unlock({turn.key:d})",
-                                 execution_options={"no_parameters": True})
+            try:
+                conn.exec_driver_sql(f"COMMIT; SELECT pg_advisory_unlock({turn.key:d})",
+                                     execution_options={"no_parameters": True})
+            except BaseException:
+                tx.rollback()  # the COMMIT failed (the unlock did not run): conversation_turn unlocks
+                raise
             turn.locked = False
         tx.commit()
 
@@ -468,7 +472,7 @@ class SqlHandoffStore:
                 turn.tx.commit()  # only the lock statement ran in it
                 turn.tx = None
             if turn.locked:
-                if conn.in_transaction():  # pragma: no cover - every turn transaction is closed
+                if conn.in_transaction():  # not expected: every turn transaction ends in _turn_transaction
                     conn.rollback()
                 # the pool resets the isolation level when the connection goes back
                 conn.execution_options(isolation_level="AUTOCOMMIT").execute(_Q.advisory_unlock, {"k": turn.key})
