@@ -45,8 +45,14 @@ class TryLocks:
             if got:
                 lock.release()
 
-def _readable(fd: int) -> bool:
-    """Whether the socket `fd` has data, an end of file or an error waiting (no waiting here)."""
+
+def _closed_by_peer(dbapi_conn: Any) -> bool:
+    """Whether the idle connection's socket has data, an end of file or an error waiting (no
+    waiting here), or the driver has closed it already."""
+    try:
+        fd = dbapi_conn.fileno()
+    except Exception:  # noqa: BLE001 - psycopg raises when the connection is closed
+        return True
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))
@@ -95,7 +101,7 @@ def create_store_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") ->
             # (it then invalidates the pool) and fail that request: a webhook's record -> 503.
             # What neither check covers is the same: a link that dies silently, or between this
             # check and the first statement (the platform retries a 503; nothing is lost).
-            if _readable(dbapi_conn.fileno()):
+            if _closed_by_peer(dbapi_conn):
                 raise exc.DisconnectionError("the server closed this pooled connection")
 
         return engine
