@@ -72,9 +72,10 @@ class TurnRunner:
         # lock first, then the store's lock, which also covers other worker processes.
         with self.one_turn(message.address.conversation_id):
             if recorded is not None:
-                if self.store.message_handled(recorded.id):
+                handled, prior = self.store.resume_turn(recorded.id, message.address.conversation_id)
+                if handled:
                     return []  # recover_pending answered it (this turn waited a long time)
-                stored, prior = recorded, None
+                stored = recorded
             else:
                 try:
                     stored, prior = self._begin(message)
@@ -85,8 +86,8 @@ class TurnRunner:
                 if stored is None:
                     log.info("duplicate message ignored (conversation %s)", message.address.conversation_id)
                     return []
-                prior = prior or ConversationState(conversation_id=message.address.conversation_id,
-                                                   address=message.address)
+            prior = prior or ConversationState(conversation_id=message.address.conversation_id,
+                                               address=message.address)
             if self.after_record_hook is not None:
                 self.after_record_hook(stored)
             replies = self.answer(message.address, stored, request_id=message.request_id, state=prior,
@@ -166,10 +167,13 @@ class TurnRunner:
                     self.store.mark_handled(msg.id)
                 else:
                     with self.one_turn(msg.conversation_id):  # not beside a live turn of it
-                        if self.store.message_handled(msg.id):
+                        handled, state = self.store.resume_turn(msg.id, msg.conversation_id)
+                        if handled:
                             continue  # that live turn answered it while we waited for its lock
                         # the replies enter the outbox in the transaction that marks it handled
-                        replies = self.answer(address, msg, request_id=msg.meta.get("request_id"), outbox_lease=0.0)
+                        state = state or ConversationState(conversation_id=msg.conversation_id, address=address)
+                        replies = self.answer(address, msg, request_id=msg.meta.get("request_id"), outbox_lease=0.0,
+                                              state=state)
                 count += 1
                 log.info("recovered message %s of conversation %s (%d replies queued)", msg.id, msg.conversation_id,
                          len(replies))

@@ -4,12 +4,13 @@ connection and the background loops), and the named non-blocking locks of one pr
 
 from __future__ import annotations
 
+import select
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -44,6 +45,19 @@ class TryLocks:
             if got:
                 lock.release()
 
+
+def _closed_by_peer(dbapi_conn: Any) -> bool:
+    """Whether the idle connection's socket has data, an end of file or an error waiting (no
+    waiting here), or the driver has closed it already."""
+    try:
+        fd = dbapi_conn.fileno()
+    except Exception:  # noqa: BLE001 - psycopg raises when the connection is closed
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
 _MEMORY_TEMPLATE: dict[str, Any] = {}
 _MEMORY_TEMPLATE_LOCK = threading.Lock()
 
@@ -74,7 +88,23 @@ def create_store_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") ->
     if url.get_backend_name() != "sqlite":
         # A turn holds one connection (its advisory lock, its transactions); the pool keeps one per
         # core thread and the background loops without opening and closing overflow connections.
-        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, future=True)
+        engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20, future=True)
+
+        @event.listens_for(engine, "checkout")
+        def _closed_by_server(dbapi_conn, _record, _proxy):  # noqa: ANN001
+            # Instead of pool_pre_ping (a `;` round trip on every checkout, one a turn): when the
+            # server ends a session (a restart, pg_terminate_backend, idle_session_timeout, a proxy
+            # cutting the link) it sends its FATAL error and closes the socket, so an idle pooled
+            # connection with anything to read is dead or about to be. A DisconnectionError here
+            # makes the pool replace the connection and check out again (PoolEvents.checkout);
+            # without either check, SQLAlchemy would raise on the first statement after a restart
+            # (it then invalidates the pool) and fail that request: a webhook's record -> 503.
+            # What neither check covers is the same: a link that dies silently, or between this
+            # check and the first statement (the platform retries a 503; nothing is lost).
+            if _closed_by_peer(dbapi_conn):
+                raise exc.DisconnectionError("the server closed this pooled connection")
+
+        return engine
 
     database = url.database or ""
     memory = database in ("", ":memory:") or database.startswith("file::memory:")

@@ -93,7 +93,7 @@ class SqlHandoffStore:
         self._local_exclusive = TryLocks()
         # An in-memory database is one connection shared by every thread: one transaction at a time.
         self._one_connection: Any = threading.RLock() if in_memory(self.url) else contextlib.nullcontext()
-        self._turn = threading.local()  # .conn: the connection holding this thread's turn lock (PostgreSQL)
+        self._turn = threading.local()  # .lock: this thread's _TurnLock (PostgreSQL, inside conversation_turn)
         if not migrate:
             self.revision = None
         elif in_memory(self.url):
@@ -148,15 +148,43 @@ class SqlHandoffStore:
         return storable.as_utc(self._clock())
 
     @contextmanager
-    def _turn_transaction(self) -> Iterator[Connection | None]:
+    def _turn_transaction(self, *, completes_turn: bool = False) -> Iterator[Connection | None]:
         """Inside a turn on PostgreSQL (conversation_turn): a transaction on the connection that
-        holds the turn's lock (one pool checkout a turn, not one a transaction). None elsewhere."""
-        conn: Connection | None = getattr(self._turn, "conn", None)
-        if conn is None or conn.in_transaction():
+        holds the turn's lock (one pool checkout a turn, not one a transaction). None elsewhere.
+
+        The turn's first transaction is the one conversation_turn began with its lock statement.
+        `completes_turn` (complete_turn): its COMMIT and the lock's release go in one round trip,
+        the release after the COMMIT; later calls of the turn (there are none in TurnRunner) run
+        without the lock."""
+        turn: _TurnLock | None = getattr(self._turn, "lock", None)
+        if turn is None:
             yield None
             return
-        with conn.begin():
+        conn = turn.conn
+        if turn.tx is not None:
+            tx, turn.tx = turn.tx, None
+        elif conn.in_transaction():
+            yield None
+            return
+        else:
+            tx = conn.begin()
+        try:
             yield conn
+        except BaseException:
+            tx.rollback()  # a session advisory lock survives a rollback: conversation_turn releases it
+            raise
+        if completes_turn and turn.locked:
+            # One simple query, run in order by the server: the COMMIT is durable before the
+            # unlock runs, so the next turn of the conversation (any node) starts from this one's
+            # state. tx.commit() then has nothing left to send (the driver sees no transaction).
+            try:
+                conn.exec_driver_sql(f"COMMIT; SELECT pg_advisory_unlock({turn.key:d})",
+                                     execution_options={"no_parameters": True})
+            except BaseException:
+                tx.rollback()  # the COMMIT failed (the unlock did not run): conversation_turn unlocks
+                raise
+            turn.locked = False
+        tx.commit()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -177,9 +205,9 @@ class SqlHandoffStore:
             yield session
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction (BEGIN IMMEDIATE on SQLite)."""
-        with self._turn_transaction() as turn:
+    def _write(self, *, completes_turn: bool = False) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite). completes_turn: see _turn_transaction."""
+        with self._turn_transaction(completes_turn=completes_turn) as turn:
             if turn is not None:
                 yield turn
                 return
@@ -325,12 +353,19 @@ class SqlHandoffStore:
         addr_json = storable.clean_json(address.to_dict()) if outbox_lease is not None else None
         leased_until = now + timedelta(seconds=outbox_lease) if outbox_lease else None
         out: list[StoredMessage] = []
-        with self._write() as conn:
+        with self._write(completes_turn=True) as conn:
             # No _ensure_conversation: record_message created the row earlier in this turn, and
             # this transaction only updates that row and inserts after it.
             if data is not None:
                 conn.execute(_Q.state_update, {"cid": cid, "state": data, "now": now})
-            ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar() if replies else None
+            if self.backend == "postgresql":
+                # "handled" rides on the open-ticket read (a data-modifying WITH): one round trip
+                # less. The read stays a statement of its own after the state's UPDATE, so its
+                # snapshot is taken after any wait for the conversation's row, as before.
+                ticket_id = conn.execute(_Q.pg_mark_handled_active_ticket, {"cid": cid, "mid": message_id}).scalar()
+                ticket_id = ticket_id if replies else None
+            else:
+                ticket_id = conn.execute(_Q.active_ticket_id, {"cid": cid}).scalar() if replies else None
             for text, meta in replies:
                 msg = self._insert_message(conn, cid, "bot", text, handled=True, meta=meta, ticket_id=ticket_id)
                 if ticket_id is not None:
@@ -343,7 +378,8 @@ class SqlHandoffStore:
                         "status": "pending", "attempts": 0, "created_at": now, "leased_until": leased_until,
                     }).scalar_one())
                 out.append(msg)
-            conn.execute(_Q.message_mark_handled, {"mid": message_id})
+            if self.backend != "postgresql":
+                conn.execute(_Q.message_mark_handled, {"mid": message_id})
         if state is not None:
             state.updated_at = now
         return out
@@ -353,6 +389,14 @@ class SqlHandoffStore:
         with self._read() as conn:
             handled = conn.execute(_Q.message_handled, {"mid": message_id}).scalar()
         return handled is None or bool(handled)
+
+    def resume_turn(self, message_id: int, conversation_id: str) -> tuple[bool, ConversationState | None]:
+        """message_handled and get_state in one statement (inside a turn on PostgreSQL: the one
+        after the lock, in the lock's transaction)."""
+        with self._read() as conn:
+            row = conn.execute(_Q.handled_and_state, {"mid": message_id, "cid": conversation_id}).one()
+        state = storable.state_from_json(row.state, row.updated_at) if row.state is not None else None
+        return row.handled is None or bool(row.handled), state
 
     def mark_handled(self, message_id: int) -> None:
         with self._write() as conn:
@@ -391,31 +435,52 @@ class SqlHandoffStore:
     def conversation_turn(self, conversation_id: str) -> Iterator[None]:
         """PostgreSQL: a session advisory lock held for the turn, so that two messages of one
         conversation reaching two processes or nodes at once are answered one after the other;
-        released by the server if the holder dies. Lock and unlock are one statement each outside
-        any transaction, and the turn's store calls in this thread run on the lock's connection
-        (_turn_transaction). SQLite serves one process, where the core's own lock is enough."""
+        released by the server if the holder dies. The turn's store calls in this thread run on
+        the lock's connection (_turn_transaction).
+
+        The lock is the first statement of a transaction begun here, which the turn's first store
+        call (begin_turn, or message_handled) continues: under READ COMMITTED each later statement
+        reads a snapshot taken after the lock was granted, so it sees what the previous turn
+        committed. A session lock outlives that transaction's COMMIT (and a rollback). The
+        completing transaction (complete_turn) releases it in its COMMIT's round trip, after the
+        COMMIT; a turn that ends otherwise releases it here. SQLite serves one process, where the
+        core's own lock is enough."""
         if self.backend != "postgresql":
             yield
             return
-        key = {"k": _lock_key(b"turn\0" + conversation_id.encode())}
         with self.engine.connect() as conn:
-            default_level = conn.default_isolation_level
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sql_text("SELECT pg_advisory_lock(:k)"), key)
-            conn.commit()  # ends SQLAlchemy's autobegun transaction; nothing is sent in autocommit
-            conn.execution_options(isolation_level=default_level)
-            previous = getattr(self._turn, "conn", None)
-            self._turn.conn = conn
+            turn = _TurnLock(conn, _lock_key(b"turn\0" + conversation_id.encode()))
+            turn.tx = conn.begin()
+            conn.execute(_Q.advisory_lock, {"k": turn.key})
+            turn.locked = True
+            previous = getattr(self._turn, "lock", None)
+            self._turn.lock = turn
             try:
                 yield
             finally:
-                self._turn.conn = previous
-                try:  # the pool resets the isolation level when the connection goes back
-                    conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                        sql_text("SELECT pg_advisory_unlock(:k)"), key)
-                    conn.commit()
-                except Exception:  # noqa: BLE001 - a dropped connection released it already
-                    log.warning("releasing a turn lock failed; dropping its connection")
-                    conn.invalidate()
+                self._turn.lock = previous
+                self._release_turn(turn)
+
+    @staticmethod
+    def _release_turn(turn: "_TurnLock") -> None:
+        """The end of a turn whose completing transaction did not release its lock (a duplicate,
+        an answered message, an error): end the lock's transaction if no store call used it, then
+        unlock outside any transaction."""
+        conn = turn.conn
+        try:
+            if turn.tx is not None:
+                turn.tx.commit()  # only the lock statement ran in it
+                turn.tx = None
+            if turn.locked:
+                if conn.in_transaction():  # not expected: every turn transaction ends in _turn_transaction
+                    conn.rollback()
+                # the pool resets the isolation level when the connection goes back
+                conn.execution_options(isolation_level="AUTOCOMMIT").execute(_Q.advisory_unlock, {"k": turn.key})
+                conn.commit()
+                turn.locked = False
+        except Exception:  # noqa: BLE001 - a dropped connection released it already
+            log.warning("releasing a turn lock failed; dropping its connection")
+            conn.invalidate()
 
     @contextmanager
     def _advisory_lock(self, name: bytes, *, wait: bool) -> Iterator[bool]:
@@ -674,8 +739,32 @@ class _Q:
                .limit(1).scalar_subquery().label("dup_id"))
         .where(_C.c.id == bindparam("cid")).with_for_update(of=_C)
     )
+    handled_and_state = select(  # one row, also when the message or the conversation does not exist
+        select(_M.c.handled).where(_M.c.id == bindparam("mid")).scalar_subquery().label("handled"),
+        select(_C.c.state).where(_C.c.id == bindparam("cid")).scalar_subquery().label("state"),
+        select(_C.c.updated_at).where(_C.c.id == bindparam("cid")).scalar_subquery().label("updated_at"),
+    )
+    # PostgreSQL (complete_turn): mark the user message handled and read the open ticket, one statement.
+    pg_mark_handled_active_ticket = (
+        select(active_ticket_id.scalar_subquery())
+        .add_cte(update(_M).where(_M.c.id == bindparam("mid")).values(handled=True).cte("handled"))
+    )
+    advisory_lock = sql_text("SELECT pg_advisory_lock(:k)")
+    advisory_unlock = sql_text("SELECT pg_advisory_unlock(:k)")
     messages_after = (select(_M).where(_M.c.conversation_id == bindparam("cid"), _M.c.id > bindparam("after"))
                       .order_by(_M.c.id))
+
+
+class _TurnLock:
+    """A turn's advisory lock: its connection, key, the transaction the lock statement began (until
+    the turn's first store call takes it over) and whether the lock is still held."""
+
+    __slots__ = ("conn", "key", "tx", "locked")
+
+    def __init__(self, conn: Connection, key: int) -> None:
+        self.conn, self.key = conn, key
+        self.tx: Any = None
+        self.locked = False
 
 
 def _lock_key(name: bytes) -> int:

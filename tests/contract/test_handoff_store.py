@@ -6,6 +6,7 @@ Fixtures (backend, store, clock) are in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from datetime import datetime, timedelta, timezone
@@ -621,6 +622,83 @@ def test_conversation_turn_admits_one_turn_of_a_conversation_at_a_time_across_st
     waiting.join(5)
     with first.conversation_turn("web:same"):
         pass  # nothing left held
+
+
+def test_resume_turn_reads_handled_and_the_state_at_once(store):
+    a = addr(7)
+    assert store.resume_turn(999_999, a.conversation_id) == (True, None)  # no such message, no conversation
+    recorded, _ = store.begin_turn(a, "first", dedupe_key="r1")
+    assert store.resume_turn(recorded.id, a.conversation_id) == (False, None)
+    state = ConversationState(conversation_id=a.conversation_id, address=a, language="ja")
+    store.complete_turn(a, recorded.id, state, [("answer", {})])
+    handled, back = store.resume_turn(recorded.id, a.conversation_id)
+    assert handled is True and back is not None and back.language == "ja"
+    second, _ = store.begin_turn(a, "second", dedupe_key="r2")
+    handled, back = store.resume_turn(second.id, a.conversation_id)
+    assert handled is False and back.language == "ja" and back.updated_at == store.get_state(a.conversation_id).updated_at
+
+
+def _advisory_locks_held(store) -> int:
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+                            ).scalar()
+
+
+def test_a_turn_releases_its_lock_only_after_its_completing_commit(backend):
+    """complete_turn commits and releases the turn's lock in one round trip: the next turn of the
+    conversation (another worker) starts only then, and reads the state and replies committed."""
+    if backend.name != "postgres":
+        pytest.skip("one process only (SQLite, memory): the core's in-process lock serializes its turns")
+    first, second = backend.make(), backend.make()
+    a = Address("web", "web:turns", user_id="u")
+    seen: dict = {}
+    entered = threading.Event()
+
+    def other_worker():
+        with second.conversation_turn(a.conversation_id):
+            entered.set()
+            msg, state = second.begin_turn(a, "second", dedupe_key="k2")
+            seen["state"], seen["transcript"] = state, [m.text for m in second.transcript(a.conversation_id)]
+            second.complete_turn(a, msg.id, state, [])
+
+    with first.conversation_turn(a.conversation_id):
+        msg, state = first.begin_turn(a, "first", dedupe_key="k1")
+        assert state is None
+        waiting = threading.Thread(target=other_worker)
+        waiting.start()
+        assert not entered.wait(0.4), "the other worker's turn started before this one completed"
+        new_state = ConversationState(conversation_id=a.conversation_id, address=a, language="ja")
+        first.complete_turn(a, msg.id, new_state, [("answer", {"reply_to": msg.id})])
+        assert entered.wait(5), "released by the completing transaction"
+    waiting.join(5)
+    assert seen["state"] is not None and seen["state"].language == "ja"
+    assert seen["transcript"] == ["first", "answer", "second"]
+    assert _advisory_locks_held(first) == 0
+
+
+@pytest.mark.parametrize("ending", ["nothing", "duplicate", "handled", "error"])
+def test_a_turn_that_does_not_complete_releases_its_lock(backend, ending):
+    if backend.name != "postgres":
+        pytest.skip("PostgreSQL's advisory lock")
+    store = backend.make()
+    a = Address("web", "web:ends", user_id="u")
+    recorded, _ = store.begin_turn(a, "hello", dedupe_key="d1")
+    with pytest.raises(RuntimeError) if ending == "error" else contextlib.nullcontext():
+        with store.conversation_turn(a.conversation_id):
+            if ending == "duplicate":
+                assert store.begin_turn(a, "hello", dedupe_key="d1")[0] is None
+            elif ending == "handled":
+                assert store.message_handled(recorded.id) is False
+            elif ending == "error":
+                store.get_state(a.conversation_id)
+                raise RuntimeError("answering failed")
+    assert _advisory_locks_held(store) == 0
+    with store.conversation_turn(a.conversation_id):  # the connection went back usable
+        store.complete_turn(a, recorded.id, None, [])
+    assert store.message_handled(recorded.id) and _advisory_locks_held(store) == 0
 
 
 def test_a_revoked_console_session_is_refused_by_every_store_instance(backend, clock):

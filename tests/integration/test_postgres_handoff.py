@@ -152,3 +152,66 @@ def test_tickets_cli_on_postgres(pg_url, tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "queued" in out and "is resolved" in err
     assert not (tmp_path / "data" / "pbxbot.sqlite3").exists()  # PostgreSQL was used, not SQLite
+
+
+def test_pooled_connections_the_server_closed_are_replaced_without_an_error(pg_url):
+    """A PostgreSQL restart (or pg_terminate_backend, idle_session_timeout) closes every pooled
+    connection: the next turn and the next webhook's record still succeed (the checkout check of
+    sql_engine.create_store_engine replaces them, where a pre-ping used to)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    store = SqlHandoffStore(pg_url)
+    try:
+        a = Address("web", "web:restart", user_id="u")
+        holders = [store.engine.connect() for _ in range(3)]  # three pooled connections
+        for conn in holders:
+            conn.close()
+        for round_ in range(2):
+            dbname = make_url(pg_url).database
+            with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as admin:
+                killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                       "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()[0]
+            assert killed >= 1
+            import time
+            time.sleep(0.2)  # the server has closed them
+            recorded, _ = store.begin_turn(a, f"webhook {round_}", dedupe_key=f"w{round_}")  # record(): no 503
+            assert recorded is not None
+            with store.conversation_turn(a.conversation_id):  # handle(message, recorded)
+                assert store.message_handled(recorded.id) is False
+                store.complete_turn(a, recorded.id, None, [("answer", {})])
+            assert store.message_handled(recorded.id)
+    finally:
+        store.close()
+
+
+def test_a_completing_commit_that_fails_changes_nothing_and_releases_the_turn_lock(new_pg_database):
+    """complete_turn's COMMIT and the unlock go in one simple query; when that COMMIT fails (here a
+    deferred trigger refuses it), nothing of the turn's end is kept and the lock is still released."""
+    from sqlalchemy import text
+
+    from bot.ports import ConversationState
+
+    store = SqlHandoffStore(new_pg_database())
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                                 "'BEGIN RAISE EXCEPTION ''refused at commit''; END'")
+            conn.exec_driver_sql("CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON messages DEFERRABLE INITIALLY "
+                                 "DEFERRED FOR EACH ROW WHEN (NEW.text = 'refuse me') EXECUTE FUNCTION refuse()")
+        a = Address("web", "web:refused", user_id="u")
+        state = ConversationState(conversation_id=a.conversation_id, address=a, language="ja")
+        with store.conversation_turn(a.conversation_id):
+            msg, _ = store.begin_turn(a, "hello", dedupe_key="x1")
+            with pytest.raises(Exception, match="refused at commit"):
+                store.complete_turn(a, msg.id, state, [("refuse me", {})])
+        with store.engine.connect() as conn:
+            held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar()
+        assert held == 0
+        assert store.message_handled(msg.id) is False and store.get_state(a.conversation_id) is None
+        assert [m.text for m in store.transcript(a.conversation_id)] == ["hello"]
+        with store.conversation_turn(a.conversation_id):  # the next turn runs normally
+            store.complete_turn(a, msg.id, state, [("answer", {})])
+        assert store.message_handled(msg.id) and store.get_state(a.conversation_id).language == "ja"
+    finally:
+        store.close()
