@@ -118,6 +118,7 @@ class HybridRetriever:
         self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
         self.reranker = Reranker.load()  # None: the fused order stands (bot/retrieval/rerank.py)
         self.last_candidates: tuple[list[str], np.ndarray] | None = None  # for scripts/fit_reranker.py
+        self._heading_cache: dict[str, frozenset[str]] = {}
         # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
         # for good when the corpus is small (settings.dense_exact_max_chunks).
         self._vectors: np.ndarray | None = None
@@ -318,7 +319,7 @@ class HybridRetriever:
         head = ranked[:RERANK_CANDIDATES]
         named = self.analyzer.lexicon.carriers_named(groups) | ({carrier} if carrier else set())
         features = self._candidate_features([key for key, _ in head], rankings, weights, dense_hits, lex_score,
-                                            qv, pref, sentence_sims, named)
+                                            qv, pref, sentence_sims, named, frozenset(groups))
         self.last_candidates = ([key for key, _ in head], features)
         if self.reranker is not None and head:
             order = np.argsort(-self.reranker.scores(features), kind="stable")
@@ -384,7 +385,8 @@ class HybridRetriever:
 
     def _candidate_features(self, keys: list[str], rankings: list[list[str]], weights: tuple[float, ...],
                             dense_hits: list[tuple[str, float]], lex_score: dict[str, float], qv: np.ndarray,
-                            pref: str, sentence_sims: dict[str, np.ndarray], named: frozenset[str] | set[str]) -> np.ndarray:
+                            pref: str, sentence_sims: dict[str, np.ndarray], named: frozenset[str] | set[str],
+                            asked: frozenset[str] = frozenset()) -> np.ndarray:
         """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py). `named`: the
         carriers the question names; a section of a document for other carriers only ("SoftBank: how to
         stop...") answers a question that names none less well than a guide for every carrier."""
@@ -407,13 +409,26 @@ class HybridRetriever:
             b = bm25.get(key, 0.0)
             carriers = set(doc.get("carriers", ())) - {"all", "other"}
             specific = bool(carriers) and "all" not in doc.get("carriers", ())
+            # a section headed for a case the question does not name ("Mobile phones" for "how do I
+            # stop international calls?"): the share of its heading's concepts the question lacks
+            heading_groups = self._heading_groups(key)
+            unasked = len(heading_groups - asked) / len(heading_groups) if heading_groups else 0.0
             out[i] = (contribution[0].get(key, 0.0) * 60, contribution[1].get(key, 0.0) * 60,
                       contribution[2].get(key, 0.0) * 60, contribution[3].get(key, 0.0) * 60,
                       max(0.0, dense_text.get(key, 0.0)), self._question_score(key, qv, dense_hits), b / (b + 5.0),
                       float(sims.max()) if len(sims) else 0.0, float(key.endswith("#0")), float(key.endswith("#s")),
                       float(doc.get("kind") == "source"), float(doc.get("language") != pref),
-                      float(specific and not (carriers & named)), float(bool(carriers & named)))
+                      float(specific and not (carriers & named)), float(bool(carriers & named)), unasked)
         return out
+
+    def _heading_groups(self, key: str) -> frozenset[str]:
+        """The lexicon concepts a section's heading names (cached: headings do not change)."""
+        cached = self._heading_cache.get(key)
+        if cached is None:
+            heading = self.store.sections[key].get("heading") or ""
+            cached = frozenset(self.analyzer.analyze(heading)[1]) if heading else frozenset()
+            self._heading_cache[key] = cached
+        return cached
 
     def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
                          sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None) -> Passage:

@@ -21,7 +21,7 @@ import numpy as np
 RERANK_PATH = Path(__file__).with_name("rerank.json")
 CANDIDATES = 20  # top fused sections the second stage orders again
 FEATURES = ("rrf_dense", "rrf_lex", "rrf_qdense", "rrf_qlex", "dense_max", "question_max", "bm25_max",
-            "sentence_max", "opening", "summary", "source", "other_language", "carrier_unasked", "carrier_asked")
+            "sentence_max", "opening", "summary", "source", "other_language", "carrier_unasked", "carrier_asked", "heading_unasked")
 
 
 class Reranker:
