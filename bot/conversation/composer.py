@@ -304,8 +304,10 @@ def select(pieces: Sequence[Piece], lang: str, budget: int, seen: frozenset[str]
     if not pieces:
         return [], []
     if seen:
-        # A follow-up asks something new: what this conversation was just shown comes last.
-        pieces = [replace(p, score=p.score - SEEN_PENALTY) if fingerprint(p.text) in seen else p for p in pieces]
+        # A follow-up asks something new: what this conversation was just shown comes last, unless
+        # it gives the kind of answer now asked for ("is it free?" after a sentence that says so).
+        pieces = [replace(p, score=p.score - SEEN_PENALTY) if fingerprint(p.text) in seen and not p.typed else p
+                  for p in pieces]
     min_len = 25 if lang == "ja" else 8  # a short line out of its context says little
     ranked = sorted(pieces, key=lambda p: (-p.score, p.rank, p.index))
     best = ranked[0]

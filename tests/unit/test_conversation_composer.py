@@ -115,3 +115,19 @@ def test_a_guide_is_cited_as_our_summary_with_its_main_source_not_as_the_carrier
     assert cited_guide.publisher == "pbxbot guide (main source: KDDI)"
     assert cited_source.publisher == "KDDI"
     assert cited_guide.url == cited_source.url, "the link still goes to the real advisory"
+
+
+def _seen_piece(text, score, *, typed=False, index=0):
+    src = C.Source("guide-x-en", "t", "p", "https://example.org", None, "en")
+    return C.Piece(text, src, 0, index, score, 0.0, -1, 0.5, typed, 0.0)
+
+
+def test_a_follow_up_is_not_shown_the_last_answer_again_unless_it_gives_what_is_now_asked():
+    shown = _seen_piece("The mobile operator takes free requests for a block on its member page.", 1.0, typed=True)
+    other = _seen_piece("Attacks cluster at night and on holidays when offices are empty.", 0.9, index=1)
+    seen = frozenset({C.fingerprint(shown.text)})
+    chosen, _ = C.select([shown, other], "en", 20, seen)
+    assert chosen[0] is shown  # "is it free?": the sentence that says so leads, shown before or not
+    plain = _seen_piece(shown.text, 1.0, typed=False)
+    chosen, _ = C.select([plain, other], "en", 20, seen)
+    assert chosen[0] is other  # nothing asked for in particular: something not said yet comes first

@@ -488,8 +488,9 @@ class _TopicRetriever(FakeRetriever):
         p = _CENTRE if centre else _ROUTER
         from bot.ports import SearchResult
 
+        concepts = (("centre", "suspension") if centre else ()) + (("night",) if "night" in query.lower() else ())
         return SearchResult(query=query, passages=(replace(p, score=1.0),), confidence=0.6 if centre else 0.9,
-                            expanded_terms=("centre", "suspension") if centre else ())
+                            expanded_terms=concepts)
 
 
 _CENTRE = replace(PASSAGES[0], chunk_id="guide-centre-en#1", doc_id="guide-centre-en", language="en",
@@ -502,4 +503,12 @@ def test_a_follow_up_without_a_topic_of_its_own_is_read_with_the_last_question()
     service, _, _ = make_service(retriever=_TopicRetriever())
     say(service, "What does the suspension centre do for me?")
     r = one(say(service, "how long does it take?"))
+    assert r.kind == "answer" and "several days" in r.answer, r.answer
+
+
+def test_a_short_follow_up_that_points_back_is_read_with_the_last_question():
+    """"what if I apply for it at night?" names a concept of its own (night) but "it" is the centre."""
+    service, _, _ = make_service(retriever=_TopicRetriever())
+    say(service, "What does the suspension centre do for me?")
+    r = one(say(service, "what if I apply for it at night?"))
     assert r.kind == "answer" and "several days" in r.answer, r.answer

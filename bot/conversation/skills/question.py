@@ -8,6 +8,8 @@ covered", the closest facts there are, and the talk-to-a-person button; no ticke
 
 from __future__ import annotations
 
+import re
+
 from bot.conversation import composer
 from bot.conversation.answering import Answer, Answerer
 from bot.conversation.skills.base import MORE_KEY, Toolkit, Turn
@@ -20,6 +22,16 @@ SHORT = {"ja": 25, "en": 8}  # a message this short may lean on the previous que
 CARRIER_ONLY = {"ja": 8, "en": 3}  # what is left of "KDDIの場合は？" once the carrier is taken out
 CLOSEST_MIN_SIMILARITY = 0.3  # below this, the "closest facts" are not close: none are shown
 VAGUE_MAX_TERMS = 2  # "どうすればいいの？": too few content words to search without a context
+# Words that point back at what was said before ("what if I do it at night?", 「それって無料？」): a
+# short message with one asks about the last topic (function words of the grammar, not topic words).
+_REFERS_BACK = re.compile(r"\b(it|its|that|this|those|them|they|there|same)\b|それ|あれ|これ|その|あの|この|そっち|こっち|そこ|同じ",
+                          re.IGNORECASE)
+
+
+def refers_back(text: str) -> bool:
+    return bool(_REFERS_BACK.search(text or ""))
+
+
 SHOWN_KEY = "_shown"  # state.facts: fingerprints of the sentences of the last answers, newest first
 SHOWN_MAX = 24  # about the last three answers: a follow-up asks something they did not say
 
@@ -99,7 +111,7 @@ class Question:
             joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
             # A message that names no concept of the domain ("how long does it take?", 「無料？」)
             # only makes sense with the last question, however well its own reading seems answered.
-            leans = not own.result.expanded_terms
+            leans = not own.result.expanded_terms or refers_back(turn.text)
             if joined.covered and (not own.covered or leans or joined.answerability > own.answerability):
                 joined.followup = True
                 return joined
