@@ -22,6 +22,8 @@ def types():
     ("Which number do I call to block international calls?", "number"),
     ("休止にすると何日くらいで止まりますか？", "duration"),
     ("How long does the block take?", "duration"),
+    ("How big was the refund in total?", "quantity"),
+    ("被害は全部で何件くらいあったんですか？", "quantity"),
 ])
 def test_the_kind_of_answer_asked_for_is_recognised(types, question, kind):
     assert kind in types.asked(question)
@@ -33,3 +35,9 @@ def test_a_condition_clause_does_not_say_what_is_asked(types):
     assert "number" not in types.asked(question)
     cue = types.cue(question)
     assert cue is None or cue("センターの番号は0120-210-364です。") == 0
+
+
+def test_a_quantity_asked_for_is_found_in_a_sentence_with_a_count_or_an_amount(types):
+    cue = types.cue("How many contracts did the special measure cover, and how big was it in total?")
+    assert cue("NTT repaid about 71 million yen for some 120 contracts.") > 0
+    assert cue("NTT announced a special measure in July 2015.") == 0
