@@ -386,10 +386,11 @@ class HybridRetriever:
     def _candidate_features(self, keys: list[str], rankings: list[list[str]], weights: tuple[float, ...],
                             dense_hits: list[tuple[str, float]], lex_score: dict[str, float], qv: np.ndarray,
                             pref: str, sentence_sims: dict[str, np.ndarray], named: frozenset[str] | set[str],
-                            asked: frozenset[str] = frozenset()) -> np.ndarray:
+                            asked: frozenset[str]) -> np.ndarray:
         """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py). `named`: the
         carriers the question names; a section of a document for other carriers only ("SoftBank: how to
-        stop...") answers a question that names none less well than a guide for every carrier."""
+        stop...") answers a question that names none less well than a guide for every carrier. `asked`:
+        the lexicon concepts the question names."""
         contribution = []
         for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)), list(weights) + [0.0] * (4 - len(weights))):
             contribution.append({key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)})

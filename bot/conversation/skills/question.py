@@ -24,7 +24,7 @@ CLOSEST_MIN_SIMILARITY = 0.3  # below this, the "closest facts" are not close: n
 VAGUE_MAX_TERMS = 2  # "どうすればいいの？": too few content words to search without a context
 # Words that point back at what was said before ("what if I do it at night?", 「それって無料？」): a
 # short message with one asks about the last topic (function words of the grammar, not topic words).
-_REFERS_BACK = re.compile(r"\b(it|its|that|this|those|them|they|there|same)\b|それ|あれ|これ|その|あの|この|そっち|こっち|そこ|同じ",
+_REFERS_BACK = re.compile(r"\b(it|its|that|this|those|them|they)\b|それ|あれ|これ|その|あの|この|そっち|こっち|そこ|同じ",
                           re.IGNORECASE)
 
 
