@@ -100,21 +100,23 @@ class Question:
             [c for c in rest if c.isalnum()]) <= CARRIER_ONLY["ja"]
 
     def _best(self, turn: Turn, kit: Toolkit, query: str, carrier: str | None, budget: int) -> Answer:
-        """The message searched on its own; a short one in a conversation also with the last
-        question ("how long does it take?" is about what was just discussed). The reading the gate
-        finds better answered wins (the message's own on a tie)."""
+        """The message searched on its own; a short one in a conversation that leans on it (no topic
+        of its own, or a word pointing back), or that its own reading does not answer, also with the
+        last question ("how long does it take?" is about what was just discussed)."""
         lang = turn.lang
         seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
         own = self._answer(kit, query, turn.text, lang, carrier, budget, seen)
         last = turn.state.last_query
         if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
-            joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
-            # A message that names no concept of the domain ("how long does it take?", 「無料？」)
-            # only makes sense with the last question, however well its own reading seems answered.
+            # A message that names no concept of the domain ("how long does it take?", 「無料？」) or
+            # points back ("what if I do it at night?") only makes sense with the last question; one
+            # with a topic of its own that its own reading answers is not searched a second time.
             leans = not own.result.expanded_terms or refers_back(turn.text)
-            if joined.covered and (not own.covered or leans or joined.answerability > own.answerability):
-                joined.followup = True
-                return joined
+            if leans or not own.covered:
+                joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
+                if joined.covered and (leans or not own.covered):
+                    joined.followup = True
+                    return joined
         return own
 
     def _answer(self, kit: Toolkit, query: str, focus: str, lang: str, carrier: str | None, budget: int,
