@@ -166,13 +166,10 @@ class ConversationStore(Protocol):
         sends it now (0: due at once); its item id is the returned message's outbox_id."""
         ...
 
-    def message_handled(self, message_id: int) -> bool:
-        """Whether a user message has been answered (True when there is no such message)."""
-        ...
-
     def resume_turn(self, message_id: int, conversation_id: str) -> tuple[bool, ConversationState | None]:
         """The start of a turn for a message recorded earlier (record(), then handle()): in one
-        read, message_handled(message_id) and get_state(conversation_id)."""
+        read, whether the user message has been answered (True when there is no such message) and
+        the conversation's state (None when there is none)."""
         ...
 
     def mark_handled(self, message_id: int) -> None: ...

@@ -135,7 +135,8 @@ def main() -> int:
     b0, w = fit(X, y)
     data = {"intercept": b0, "weights": {f: float(v) for f, v in zip(FEATURES, w)}, "threshold": round(float(best_t), 2),
             "fitted_on": {"questions": int(len(y)), "answerable": int(y.sum()), "files": ["knowledge/eval/answerability_dev.jsonl",
-                          "knowledge/eval/retrieval*.jsonl", "scripts/eval_retrieval.py OFF_TOPIC"],
+                          "knowledge/eval/retrieval*.jsonl", "knowledge/eval/dev_labelled/questions.jsonl",
+                          "scripts/eval_retrieval.py OFF_TOPIC"],
                           "date": time.strftime("%Y-%m-%d"), "embedder": settings.embedder}}
     GATE_PATH.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print("weights: " + " ".join(f"{f}={v:.2f}" for f, v in zip(FEATURES, w)) + f" intercept={b0:.2f}")

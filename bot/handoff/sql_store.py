@@ -384,15 +384,10 @@ class SqlHandoffStore:
             state.updated_at = now
         return out
 
-    def message_handled(self, message_id: int) -> bool:
-        """Whether the user message `message_id` has been answered (True also when it does not exist)."""
-        with self._read() as conn:
-            handled = conn.execute(_Q.message_handled, {"mid": message_id}).scalar()
-        return handled is None or bool(handled)
-
     def resume_turn(self, message_id: int, conversation_id: str) -> tuple[bool, ConversationState | None]:
-        """message_handled and get_state in one statement (inside a turn on PostgreSQL: the one
-        after the lock, in the lock's transaction)."""
+        """Whether the user message has been answered (True also when it does not exist) and the
+        conversation's state, in one statement (inside a turn on PostgreSQL: the one after the lock,
+        in the lock's transaction)."""
         with self._read() as conn:
             row = conn.execute(_Q.handled_and_state, {"mid": message_id, "cid": conversation_id}).one()
         state = storable.state_from_json(row.state, row.updated_at) if row.state is not None else None
@@ -439,7 +434,7 @@ class SqlHandoffStore:
         the lock's connection (_turn_transaction).
 
         The lock is the first statement of a transaction begun here, which the turn's first store
-        call (begin_turn, or message_handled) continues: under READ COMMITTED each later statement
+        call (begin_turn, or resume_turn) continues: under READ COMMITTED each later statement
         reads a snapshot taken after the lock was granted, so it sees what the previous turn
         committed. A session lock outlives that transaction's COMMIT (and a rollback). The
         completing transaction (complete_turn) releases it in its COMMIT's round trip, after the
@@ -489,7 +484,7 @@ class SqlHandoffStore:
         key = _lock_key(name)
         with self.engine.connect() as conn:
             if wait:
-                conn.execute(sql_text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.execute(_Q.advisory_lock, {"k": key})
                 got = True
             else:
                 got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
@@ -499,7 +494,7 @@ class SqlHandoffStore:
             finally:
                 if got:
                     try:
-                        conn.execute(sql_text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.execute(_Q.advisory_unlock, {"k": key})
                         conn.commit()
                     except Exception:  # noqa: BLE001 - a dropped connection released it already
                         log.warning("releasing an advisory lock failed; dropping its connection")
@@ -722,7 +717,6 @@ class _Q:
     message_insert = insert(_M).returning(_M.c.id)
     audit_insert = insert(_A)
     message_mark_handled = update(_M).where(_M.c.id == bindparam("mid")).values(handled=True)
-    message_handled = select(_M.c.handled).where(_M.c.id == bindparam("mid"))
     messages_unhandled = select(_M).where(_M.c.handled.is_(False)).order_by(_M.c.id)
     messages_all = select(_M).where(_M.c.conversation_id == bindparam("cid")).order_by(_M.c.id)
     messages_last = (select(_M).where(_M.c.conversation_id == bindparam("cid"))

@@ -691,14 +691,14 @@ def test_a_turn_that_does_not_complete_releases_its_lock(backend, ending):
             if ending == "duplicate":
                 assert store.begin_turn(a, "hello", dedupe_key="d1")[0] is None
             elif ending == "handled":
-                assert store.message_handled(recorded.id) is False
+                assert store.resume_turn(recorded.id, a.conversation_id)[0] is False
             elif ending == "error":
                 store.get_state(a.conversation_id)
                 raise RuntimeError("answering failed")
     assert _advisory_locks_held(store) == 0
     with store.conversation_turn(a.conversation_id):  # the connection went back usable
         store.complete_turn(a, recorded.id, None, [])
-    assert store.message_handled(recorded.id) and _advisory_locks_held(store) == 0
+    assert store.resume_turn(recorded.id, a.conversation_id)[0] and _advisory_locks_held(store) == 0
 
 
 def test_a_revoked_console_session_is_refused_by_every_store_instance(backend, clock):

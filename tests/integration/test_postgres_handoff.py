@@ -178,9 +178,9 @@ def test_pooled_connections_the_server_closed_are_replaced_without_an_error(pg_u
             recorded, _ = store.begin_turn(a, f"webhook {round_}", dedupe_key=f"w{round_}")  # record(): no 503
             assert recorded is not None
             with store.conversation_turn(a.conversation_id):  # handle(message, recorded)
-                assert store.message_handled(recorded.id) is False
+                assert store.resume_turn(recorded.id, a.conversation_id)[0] is False
                 store.complete_turn(a, recorded.id, None, [("answer", {})])
-            assert store.message_handled(recorded.id)
+            assert store.resume_turn(recorded.id, a.conversation_id)[0]
     finally:
         store.close()
 
@@ -208,10 +208,11 @@ def test_a_completing_commit_that_fails_changes_nothing_and_releases_the_turn_lo
         with store.engine.connect() as conn:
             held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar()
         assert held == 0
-        assert store.message_handled(msg.id) is False and store.get_state(a.conversation_id) is None
+        assert store.resume_turn(msg.id, a.conversation_id) == (False, None)
         assert [m.text for m in store.transcript(a.conversation_id)] == ["hello"]
         with store.conversation_turn(a.conversation_id):  # the next turn runs normally
             store.complete_turn(a, msg.id, state, [("answer", {})])
-        assert store.message_handled(msg.id) and store.get_state(a.conversation_id).language == "ja"
+        handled, state = store.resume_turn(msg.id, a.conversation_id)
+        assert handled and state.language == "ja"
     finally:
         store.close()

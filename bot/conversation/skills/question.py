@@ -1,8 +1,8 @@
 """A question: search, answer with the sentences that answer it, or say the sources do not cover it.
 
 Short follow-ups lean on the conversation: "KDDIの場合は？" asks the last question again for
-another carrier; "それって個人でも？" is searched both alone and with the last question, and the
-reading the gate finds better answered wins. A question the sources do not cover gets "not
+another carrier; "それって個人でも？" (a word pointing back, or no topic of its own) is searched with
+the last question; a message that names no carrier keeps the one named earlier. A question the sources do not cover gets "not
 covered", the closest facts there are, and the talk-to-a-person button; no ticket unless asked.
 """
 
