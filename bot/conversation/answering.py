@@ -74,6 +74,12 @@ class AnswerTypes:
         patterns = [(self.types[n][1], self.types[n][2]) for n in names]
         return lambda sentence: max((w for p, w in patterns if p.search(sentence)), default=0.0)
 
+    def strength(self, question: str) -> float:
+        """How much finding the asked kind of answer matters (the strongest asked type's `strength`;
+        0 when none that counts is asked): a phone number or a web address asked for and not found
+        says more about coverage than a duration not found."""
+        return max((self.types[n][2] for n in self.asked(question) if n not in WEAK_TYPES), default=0.0)
+
 
 # A Japanese condition clause ("電話番号が変わったら、", "いつも通りなら、") states a situation; the
 # question is asked after it. Its words do not say what kind of answer is wanted.
@@ -126,7 +132,7 @@ class Answer:
 
 
 def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequence[Passage],
-                  result: SearchResult, cue_asked: bool) -> dict[str, float]:
+                  result: SearchResult, asked_strength: float) -> dict[str, float]:
     """What the gate looks at: how close the best shown sentence and the best section question are
     to the question, the search's confidence, whether the kind of answer asked for was found, how
     much of the question's words (rare ones weigh more) the best shown sentence contains, and the
@@ -134,8 +140,8 @@ def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequ
     cover the question)."""
     sims = [p.similarity for p in shown if p.similarity is not None]
     typed = 0.0
-    if cue_asked:
-        typed = 1.0 if any(p.typed for p in shown) else -1.0
+    if asked_strength:  # found: +1; not found: minus the asked type's strength
+        typed = 1.0 if any(p.typed for p in shown) else -asked_strength
     if any(p.coverage for p in shown):
         coverage = max(p.coverage for p in shown)
     else:  # a retriever without word analysis: the composer's word overlap over the top sections
@@ -165,7 +171,7 @@ class Answerer:
         cue = self.answer_types.cue(focus or query)
         pieces = composer.pieces_of(passages, query, focus=focus, cue=cue, max_passages=max(3, len(passages)))
         shown, rest = composer.select(pieces, lang, budget, seen)
-        features = gate_features(focus or query, shown, passages, result, cue is not None)
+        features = gate_features(focus or query, shown, passages, result, self.answer_types.strength(focus or query))
         with_sims = any(p.similarity is not None for p in shown)
         # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.
         score = self.gate.score(features) if with_sims else float(result.confidence)
