@@ -121,6 +121,21 @@ def test_a_bill_contested_after_the_block_is_a_dispute_not_a_new_incident(unders
     assert "dispute" in meaning.intents and not meaning.incident, meaning.intents
 
 
+@pytest.mark.parametrize("text, over", [
+    ("International calls have been blocked since Monday. We'd like to contest the October invoice: it has "
+     "JPY 800,000 of calls to Somalia that nobody here made.", True),
+    ("先週から国際電話は止めてあります。今日届いた請求書にシエラレオネ宛て40万円の通話が載っていました。"
+     "これ、どうやって争えばいいですか？", True),
+    ("We blocked international calls last week, but calls to Guinea are still going out. "
+     "We want to contest the charges.", False),
+])
+def test_a_contested_bill_is_an_incident_only_while_the_takeover_may_go_on(understander, text, over):
+    """Stopped and contested: a dispute (normal ticket). Said to be still going: containment and an
+    urgent ticket, whatever else the message says."""
+    meaning = understander.understand(text, None)
+    assert meaning.incident is (not over), meaning.intents
+
+
 def test_every_threshold_was_chosen_on_examples_the_training_never_saw(understander):
     report = understander.classifier.meta["out_of_fold"]
     assert set(report) == set(understander.classifier.labels)

@@ -137,6 +137,11 @@ class FactExtractor:
 
     # ------------------------------------------------------------ facts
 
+    def says_over(self, text: str) -> bool:
+        """The message says the takeover has been stopped (and not that it goes on)."""
+        norm = _norm(text)
+        return bool(self._still_no and self._still_no.search(norm)) and not (self._still_yes and self._still_yes.search(norm))
+
     def extract(self, text: str, known: IncidentFacts | None = None, *, ongoing: bool | None = None) -> IncidentFacts:
         """Facts in one message merged over what is known (a newer statement wins for carrier and
         still_happening; lists accumulate). `ongoing`: what the classifier says of this message

@@ -54,6 +54,10 @@ class Understander:
                                   if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
                                   and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred), pred.scores
+            # A contested bill for a takeover the message says is stopped ("blocked since Monday; we
+            # contest the October invoice") is a dispute, not a bill just found: no urgent ticket.
+            if {"dispute", "fraud_bill"} <= intents and "fraud_now" not in intents and self.extractor.says_over(text):
+                intents = intents - {"fraud_bill"}
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
         facts = self.extractor.extract(text, known, ongoing=ongoing)
         return Meaning(intents=intents, scores=scores, detected_language=detected, unknown_language=unknown,
