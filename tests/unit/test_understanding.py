@@ -136,6 +136,14 @@ def test_a_contested_bill_is_an_incident_only_while_the_takeover_may_go_on(under
     assert meaning.incident is (not over), meaning.intents
 
 
+def test_a_sentence_that_only_just_reads_like_an_incident_does_not_make_the_message_one(understander):
+    """Calls coming in from abroad with nothing going out: no containment steps, no urgent ticket,
+    although its first sentence, read alone, is close to the incident threshold."""
+    text = ("Our shop's phone rings with calls from overseas numbers late at night, but nothing international "
+            "is on our bill. Are we hacked?")
+    assert not understander.understand(text, None).incident
+
+
 def test_every_threshold_was_chosen_on_examples_the_training_never_saw(understander):
     report = understander.classifier.meta["out_of_fold"]
     assert set(report) == set(understander.classifier.labels)
