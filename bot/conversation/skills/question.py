@@ -50,12 +50,15 @@ class Question:
 
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
         st, lang = turn.state, turn.lang
-        query, header, carrier = kana_to_kanji(turn.text), "", None
+        query, header, carrier, focus = kana_to_kanji(turn.text), "", None, turn.text
         carriers = list(turn.meaning.carriers)
         if st.last_query and carriers and self._carrier_only(turn):
             carrier = carriers[0]
             name = self.extractor.carrier_name(carrier, lang)
             query = f"{self.extractor.strip_carriers(normalize(st.last_query))} {name}"
+            # "And with KDDI?" asks the last question again: what kind of answer it wanted (how
+            # long, which number) picks the sentences, not the two words typed now.
+            focus = query
             header = t("carrier_header", lang, carrier=name)
         elif carriers:
             carrier = carriers[0]
@@ -66,7 +69,7 @@ class Question:
         off_topic = turn.meaning.has("off_topic") and not (turn.meaning.intents - {"off_topic"})
         fixed = [header, t("more_hint", lang)]
         budget = kit.budget(lang, fixed)
-        answer = self._best(turn, kit, query, carrier, budget)
+        answer = self._best(turn, kit, query, carrier, budget, focus)
         if off_topic and not (answer.covered and answer.answerability >= 0.8):
             st.facts.pop(MORE_KEY, None)
             return [kit.reply(turn, t("scope", lang), kind="scope", confidence=answer.confidence)]
@@ -99,13 +102,13 @@ class Question:
         return composer.measure(rest, turn.lang) <= CARRIER_ONLY[turn.lang] if turn.lang == "en" else len(
             [c for c in rest if c.isalnum()]) <= CARRIER_ONLY["ja"]
 
-    def _best(self, turn: Turn, kit: Toolkit, query: str, carrier: str | None, budget: int) -> Answer:
+    def _best(self, turn: Turn, kit: Toolkit, query: str, carrier: str | None, budget: int, focus: str) -> Answer:
         """The message searched on its own; a short one in a conversation that leans on it (no topic
         of its own, or a word pointing back), or that its own reading does not answer, also with the
         last question ("how long does it take?" is about what was just discussed)."""
         lang = turn.lang
         seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
-        own = self._answer(kit, query, turn.text, lang, carrier, budget, seen)
+        own = self._answer(kit, query, focus, lang, carrier, budget, seen)
         last = turn.state.last_query
         if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
             # A message that names no concept of the domain ("how long does it take?", 「無料？」) or
