@@ -109,6 +109,12 @@ class Analyzer:
             piece = normalized[start:start + _SUDACHI_SLICE_CHARS]
             with self._lock:
                 morphemes = [(m.normalized_form(), m.part_of_speech()[0], m.surface()) for m in tok.tokenize(piece, self._mode)]
+            # Known quirk, kept after measuring: an English word inside text with any CJK character (an
+            # English section naming 国際電話不取扱受付センター, a mixed query) gets SudachiPy's katakana
+            # normal form when its dictionary knows the word (number -> ナンバー, how -> ハウ), so such
+            # sections lose their common English words. Keeping those words English (and refitting the
+            # reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 -> 0.902, but section
+            # recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157 cases.
             for form, pos, surface in morphemes:
                 if pos in _DROP_POS:
                     continue
