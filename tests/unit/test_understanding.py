@@ -64,6 +64,16 @@ def test_a_later_message_adds_facts_and_a_newer_statement_wins(extractor):
     assert missing_facts(later) == ["noticed_at", "vendor"]
 
 
+@pytest.mark.parametrize("text", [
+    "国際発信は止めてもらったはずなのに、まだ止まっていない",
+    "発信が止まっていません。どうすれば",
+    "We blocked it yesterday but calls are still going out",
+])
+def test_a_message_that_says_it_goes_on_is_still_happening_even_beside_words_of_stopping(extractor, text):
+    assert extractor.extract(text).still_happening is True
+    assert not extractor.says_over(text)
+
+
 def test_the_classifier_says_whether_it_is_still_going_on_when_no_phrase_does(extractor):
     assert extractor.extract("someone got into our PBX", ongoing=True).still_happening is True
     assert extractor.extract("someone got into our PBX").still_happening is None
@@ -134,6 +144,14 @@ def test_a_contested_bill_is_an_incident_only_while_the_takeover_may_go_on(under
     urgent ticket, whatever else the message says."""
     meaning = understander.understand(text, None)
     assert meaning.incident is (not over), meaning.intents
+
+
+def test_a_bill_contested_as_it_arrives_is_an_incident(understander):
+    """Nothing says the takeover has stopped: the PBX may still be open (containment steps, urgent)."""
+    text = ("The bill just came: 2.1 million yen, all to Somalia. Nobody here made those calls. "
+            "We want to contest it, what do we do first?")
+    meaning = understander.understand(text, None)
+    assert meaning.incident and "dispute" in meaning.intents, meaning.intents
 
 
 def test_a_sentence_that_only_just_reads_like_an_incident_does_not_make_the_message_one(understander):

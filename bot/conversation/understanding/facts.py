@@ -151,10 +151,10 @@ class FactExtractor:
         carriers = self.carriers(norm)
         if carriers:
             f.carrier = carriers[0]
-        if self._still_no and self._still_no.search(norm):
+        if self._still_yes and self._still_yes.search(norm):
+            f.still_happening = True  # "it stopped, then started again": what goes on wins
+        elif self._still_no and self._still_no.search(norm):
             f.still_happening = False
-        elif self._still_yes and self._still_yes.search(norm):
-            f.still_happening = True
         elif ongoing is not None:
             f.still_happening = ongoing
         m = _NOTICED.search(norm)

@@ -55,7 +55,7 @@ class Understander:
                                   and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred), pred.scores
             # A contested bill for a takeover the message says is stopped ("blocked since Monday; we
-            # contest the October invoice") is a dispute, not a bill just found: no urgent ticket.
+            # contest the October invoice") is a dispute, not a bill just found: a normal ticket.
             if {"dispute", "fraud_bill"} <= intents and "fraud_now" not in intents and self.extractor.says_over(text):
                 intents = intents - {"fraud_bill"}
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
@@ -125,9 +125,8 @@ def decide(pred) -> frozenset[str]:
         if {"dispute", general} <= labels:
             labels.discard(general if pred.ratios["dispute"] > pred.ratios[general] else "dispute")
     # A bill contested as it arrives is both fraud_bill and dispute (an incident: the PBX may still be
-    # open); a bill for an incident that is over is a dispute. Calls going on now always win.
-    if {"dispute", "fraud_bill"} <= labels and "fraud_now" not in labels and pred.ratios["dispute"] > pred.ratios["fraud_bill"]:
-        labels.discard("fraud_bill")
+    # open). Only a message that says the takeover is stopped makes it a dispute alone (understand()
+    # asks the status lexicon): which of the two scores a hair higher must not decide an urgent ticket.
     return frozenset(labels)
 
 
