@@ -54,6 +54,9 @@ class SearchResult:
     # Share of the query's distinct words that no document contains at all ("Vietnam", "Teams"):
     # a sign that the sources do not cover the question (the answerability gate reads it).
     unknown_terms: float = 0.0
+    # Names of products and companies the query mentions that are no term of the domain ("ドコモ",
+    # "Teams"): the gate asks whether the chosen sentences mention them.
+    names: tuple[str, ...] = ()
 
 
 @runtime_checkable

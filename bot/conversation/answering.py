@@ -29,7 +29,7 @@ from bot.ports import Passage, SearchResult
 
 GATE_PATH = Path(__file__).with_name("answerability.json")
 WEAK_TYPES = ("steps", "yesno")
-FEATURES = ("sentence", "question", "confidence", "typed", "coverage", "unknown")
+FEATURES = ("sentence", "question", "confidence", "typed", "coverage", "unknown", "unnamed")
 # Until a fit exists: a close sentence or section question with a confident search answers.
 DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0,
                                                 "typed": 0.5, "coverage": 2.0, "unknown": -2.0}, "threshold": 0.5}
@@ -136,8 +136,8 @@ def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequ
     """What the gate looks at: how close the best shown sentence and the best section question are
     to the question, the search's confidence, whether the kind of answer asked for was found, how
     much of the question's words (rare ones weigh more) the best shown sentence contains, and the
-    share of its words no document contains at all ("Docomo", "Teams": a sign the sources do not
-    cover the question)."""
+    share of its words no document contains at all ("Vietnam": a sign the sources do not cover the
+    question), and the share of the names it mentions that the shown sentences never do."""
     sims = [p.similarity for p in shown if p.similarity is not None]
     typed = 0.0
     if asked_strength:  # found: +1; not found: minus the asked type's strength
@@ -155,7 +155,17 @@ def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequ
         "typed": typed,
         "coverage": coverage,
         "unknown": float(result.unknown_terms),
+        "unnamed": unnamed(result.names, shown),
     }
+
+
+def unnamed(names: Sequence[str], shown: Sequence[composer.Piece]) -> float:
+    """The share of the names the question mentions (products, companies: "ドコモ", "Teams") that no
+    shown sentence mentions: an answer about NTT's block does not answer a question about Docomo's."""
+    if not names:
+        return 0.0
+    text = unicodedata.normalize("NFKC", " ".join(p.text for p in shown)).lower()
+    return sum(1 for n in names if n not in text) / len(names)
 
 
 class Answerer:

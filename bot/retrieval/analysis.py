@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 
 from bot.retrieval.lexicon import Lexicon, normalize_text
 
@@ -37,6 +38,22 @@ _EN_STOP = set(
     "shall may might must not no yes just also only very too any some all each every other such own same more most much "
     "many few one s t don doesn didn isn aren wasn weren won wouldn shouldn couldn can't don't i'm it's what's please "
     "help need want know get got let us up out again now".split()
+)
+
+
+_NAMES_MAX_CHARS = 2000
+_NAME_WORD_RE = re.compile(r"[a-z0-9][a-z0-9\-]*")
+# A capitalised word that is not the first of its sentence (after a period, question mark, colon...):
+# a capital then a small letter ("Docomo", "FreePBX"). Words in capitals only are left out: acronyms of
+# the domain (GW, FAQ) and shouted or pasted text ("DROP TABLE") more often than names.
+_CAPITALISED_RE = re.compile(r"(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)(?<=[\s(\"'/])([A-Z][a-z][A-Za-z0-9\-]*)\b")
+_MARKUP_RE = re.compile(r"<[^>]{0,200}>")
+# Capitalised words that name no product or company: calendar words, places and people said in English
+# (the Japanese path leaves places and people out by their part of speech), "I".
+_NOT_NAMES = set(
+    "i i'm i've i'd january february march april may june july august september october november december "
+    "monday tuesday wednesday thursday friday saturday sunday japan japanese tokyo osaka kyoto english "
+    "us usa uk america american europe china chinese ok okay faq pdf".split()
 )
 
 
@@ -67,6 +84,7 @@ class Analyzer:
         self._mode = None
         self._lock = threading.Lock()
         self._synonym_tokens: dict[str, tuple[str, ...]] | None = None
+        self._term_words: frozenset[str] | None = None
 
     # ---- SudachiPy, loaded lazily (about 0.2 s, ~190 MB resident for the dictionary)
     def _sudachi(self):
@@ -160,3 +178,34 @@ class Analyzer:
 
     def tokenize(self, text: str) -> list[str]:
         return self.analyze(text)[0]
+
+    def names(self, text: str) -> list[str]:
+        """The names of products, companies and services a question mentions that the lexicon does not
+        know as a term of the domain ("ドコモ", "Teams", "Yealink"; not "NTT", "PBX" or "Asterisk", which
+        are lexicon terms): an answer that never mentions them probably answers about something else.
+        Japanese: SudachiPy's proper nouns, without places and people's names (日本, 港区, 田中);
+        English: words written with a capital letter that do not start a sentence. Lower case, NFKC."""
+        raw = unicodedata.normalize("NFKC", text or "")[:_NAMES_MAX_CHARS]
+        normalized = normalize_text(raw)
+        known = set(self.lexicon.find_terms(normalized))
+        if self._term_words is None:  # every English word of every lexicon term ("denwa" of "hikari denwa")
+            self._term_words = frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
+        known |= self._term_words
+        found: list[str] = []
+        tok = self._sudachi()
+        for m in _CAPITALISED_RE.finditer(_MARKUP_RE.sub(" ", raw)):
+            word = m.group(1).lower()
+            if word in known or word in _EN_STOP or word in _NOT_NAMES:
+                continue
+            with self._lock:
+                place = any(x.part_of_speech()[2] == "地名" for x in tok.tokenize(m.group(1), self._mode))
+            if not place:  # SudachiPy knows places written in English too (Manila, Lithuania)
+                found.append(word)
+        if _CJK_RE.search(normalized):
+            with self._lock:
+                morphemes = [(m.surface(), m.part_of_speech()) for m in tok.tokenize(normalized, self._mode)]
+            for surface, pos in morphemes:
+                if pos[1] == "固有名詞" and pos[2] not in ("地名", "人名") and _CJK_RE.search(surface) \
+                        and not any(surface in term for term in known):
+                    found.append(surface)
+        return list(dict.fromkeys(found))

@@ -357,7 +357,7 @@ class HybridRetriever:
         distinct = [t for t in dict.fromkeys(tokens) if not t.startswith(("t:", "syn:"))]
         unknown = sum(1 for t in distinct if t not in self.lexical.vocab) / len(distinct) if distinct else 0.0
         return SearchResult(query=q, passages=tuple(passages), confidence=round(conf, 4), expanded_terms=expanded,
-                            unknown_terms=round(unknown, 4))
+                            unknown_terms=round(unknown, 4), names=tuple(self.analyzer.names(q)))
 
     def _sections_of(self, row_ids: list[str]) -> list[str]:
         """A ranking of rows as a ranking of their sections (each at its best row's rank)."""

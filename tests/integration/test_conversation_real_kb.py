@@ -209,3 +209,18 @@ def test_a_follow_up_keeps_the_carrier_named_earlier_in_the_conversation(real_re
     assert cited, [r.answer for r in replies]
     for doc_id in cited:
         assert carriers_of[doc_id] & {"softbank", "all"}, (doc_id, carriers_of[doc_id])
+
+
+@pytest.mark.parametrize("text", [
+    "Can I set a cap on overseas calls on my Docomo smartphone plan?",
+    "Microsoft Teams の通話プランで国際発信を制限する方法は？",
+])
+def test_a_question_about_a_product_the_sources_never_mention_is_not_covered(real_retriever, text):
+    """The sources cover mobile caps and PBX dial rules, but not Docomo's plans or Teams: the reply
+    says so, shows the closest facts, and opens no ticket (it used to answer about something else)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    replies = service.handle(InboundMessage(address=Address("eval", "uncovered-name"), text=text))
+    assert [r.kind for r in replies] == ["not_covered"], [r.answer for r in replies]
+    assert all(r.escalation is None or r.escalation.ticket_id is None for r in replies)

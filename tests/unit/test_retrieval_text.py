@@ -123,3 +123,16 @@ def test_the_lexicon_says_which_carrier_a_question_names(analyzer):
     assert named("How do I stop international calls on SoftBank?") == {"softbank"}
     assert named("KDDIとOCNどっちが早い？") == {"kddi", "ntt-com"}
     assert named("How do I stop international calls?") == frozenset()
+
+
+@pytest.mark.parametrize("text, names", [
+    ("Does NTT Docomo have a monthly limit on international calls?", ["docomo"]),
+    ("Is Microsoft Teams exposed to this? Asking for our Osaka office.", ["microsoft", "teams"]),
+    ("ドコモの携帯で国際電話を止めるには？", ["ドコモ"]),
+    ("日本の港区の事務所で田中さんがKDDIの回線を使っています", []),  # places, people, a carrier
+    ("How do I stop international calls on NTT Hikari Denwa?", []),  # lexicon terms are no names
+    ("<b>DROP TABLE</b> tickets; how do we block calls from Manila to Lithuania?", []),  # markup, capitals, places
+])
+def test_a_question_names_the_products_and_companies_it_asks_about(analyzer, text, names):
+    """What the answerability gate checks the answer against: the names no lexicon term covers."""
+    assert analyzer.names(text) == names
