@@ -61,12 +61,18 @@ def detect_language(text: str) -> str:
     return "ja" if cjk and cjk * 3 >= latin else "en"
 
 
+_MARKUP = re.compile(r"</?[A-Za-z][^<>]{0,300}>")
+
+
 def clean_query(query: Any) -> str:
     if not isinstance(query, str):
         query = "" if query is None else str(query)
     query = query[: MAX_QUERY_CHARS * 4]
     query = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]", " ", query)
     query = query.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
+    # Markup pasted or injected around a question (<script>, <img onerror=...>) says nothing of it;
+    # its attribute words would only count as words no document has (the gate reads that).
+    query = _MARKUP.sub(" ", query)
     query = re.sub(r"\s+", " ", query).strip()
     return query[:MAX_QUERY_CHARS]
 

@@ -224,3 +224,11 @@ def test_a_question_about_a_product_the_sources_never_mention_is_not_covered(rea
     replies = service.handle(InboundMessage(address=Address("eval", "uncovered-name"), text=text))
     assert [r.kind for r in replies] == ["not_covered"], [r.answer for r in replies]
     assert all(r.escalation is None or r.escalation.ticket_id is None for r in replies)
+
+
+def test_markup_around_a_question_does_not_stop_it_being_answered(real_retriever):
+    """Hostile or pasted markup is no part of the question: the answer is the one the question gets alone."""
+    plain = real_retriever.search("who pays for hacked international calls?", 5, language="en")
+    marked = real_retriever.search("<img src=x onerror=alert(1)> who pays for hacked international calls?", 5, language="en")
+    assert [p.section for p in marked.passages] == [p.section for p in plain.passages]
+    assert marked.unknown_terms == plain.unknown_terms

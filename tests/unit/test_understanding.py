@@ -162,6 +162,11 @@ def test_a_sentence_that_only_just_reads_like_an_incident_does_not_make_the_mess
     assert not understander.understand(text, None).incident
 
 
+@pytest.mark.parametrize("text", ["HELP!!!!!!! CALLS TO SOMALIA RIGHT NOW!!!!!", "OUR PBX IS DIALLING GUINEA NONSTOP, WHAT DO WE DO"])
+def test_a_panicked_message_in_capitals_is_an_incident(understander, text):
+    assert understander.understand(text, None).incident
+
+
 def test_every_threshold_was_chosen_on_examples_the_training_never_saw(understander):
     report = understander.classifier.meta["out_of_fold"]
     assert set(report) == set(understander.classifier.labels)

@@ -31,12 +31,27 @@ _KANA_WORDS = tuple(sorted({**dict(KANA_READINGS), **dict(_HAND_WRITTEN)}.items(
 
 
 def kana_to_kanji(text: str) -> str:
-    """Only the kana-only key words replaced (for retrieval queries: case and spacing kept)."""
+    """Only the kana-only key words replaced (for retrieval queries: case and spacing kept, except
+    that a message typed in capitals reads as its lower-case self)."""
     t = unicodedata.normalize("NFKC", text or "")
     for kana, kanji in _KANA_WORDS:
         if kana in t:
             t = t.replace(kana, kanji)
-    return t
+    return calm(t)
+
+
+SHOUTED_SHARE = 0.7  # of a message's English letters in capitals (NTT, KDDI and PBX alone stay far below)
+SHOUTED_MIN_LETTERS = 8
+
+
+def calm(text: str) -> str:
+    """"HELP!!! CALLS TO SOMALIA RIGHT NOW" as "help!!! calls to somalia right now": the sentence
+    encoder reads words in capitals as other words (a panicked message in capitals was not seen as
+    an incident). Acronyms in an ordinary sentence keep their case."""
+    letters = [c for c in text if "a" <= c.lower() <= "z" and c.isascii()]
+    if len(letters) < SHOUTED_MIN_LETTERS or sum(c.isupper() for c in letters) < SHOUTED_SHARE * len(letters):
+        return text
+    return "".join(c.lower() if c.isascii() else c for c in text)
 
 
 def normalize(text: str) -> str:
