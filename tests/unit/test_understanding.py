@@ -27,6 +27,8 @@ KNOWLEDGE = REPO / "knowledge"
     ("KDDIです", "ja"),
     ("How do I stop international calls?", "en"),
     ("¿Cómo bloqueo las llamadas internacionales de mi empresa?", None),
+    ("Unser Telefon ruft ständig ins Ausland an. Was tun?", None),  # "an" and "was" are English words too
+    ("Notre standard téléphonique appelle l'étranger tout seul, que faire ?", None),
     ("국제전화를 차단하고 싶어요", None),
     ("我们的电话账单有很多国际电话怎么办", None),
     ("123 ??? !!!", None),

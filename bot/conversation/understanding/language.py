@@ -36,7 +36,9 @@ _FOREIGN_FUNCTION = frozenset(
     """el la los las que de del por para una est les des une pas pour avec nous vous ist und der die das nicht
     ich mit ein eine sie wir não nao uma com mais você telefone chamadas llamadas teléfono llamada mi nuestro
     nuestra está esta como qué cómo sono della il di che per non è xin chào không của tôi được những và
-    anh là một có cho""".split()
+    anh là một có cho
+    unser unsere unseren ins im zum zur auf auch noch nur wie kann können tun dass sich bei oder aber haben
+    notre nos votre vos le du au aux et ou qui quoi comment faire je il elle sur dans très mais""".split()
 )
 
 
@@ -52,8 +54,8 @@ def detect_language(text: str) -> str | None:
     foreign = sum(1 for w in words if w in _FOREIGN_FUNCTION)
     accented = sum(1 for ch in t if "\u00c0" <= ch <= "\u024f" or "\u1e00" <= ch <= "\u1eff")
 
-    if en >= 2 and en * 3 >= grammar:
-        return "en"  # English sentence, Japanese names inside it
+    if en >= 2 and en * 3 >= grammar and not (foreign >= 2 and foreign > en):
+        return "en"  # English sentence, Japanese names inside it (not German with "an", "was")
     if grammar >= 1:
         return "ja"
     if han or katakana:
@@ -75,7 +77,7 @@ def detect_language(text: str) -> str | None:
 def _latin(words: list[str], en: int, foreign: int, accented: int) -> str | None:
     if foreign >= 2 and foreign > en:
         return None
-    if accented >= 2 and en == 0:
+    if accented >= 2 and en == 0 or accented and foreign and not en:
         return None
     return "en"
 
