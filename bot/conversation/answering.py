@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import yaml
 
@@ -169,10 +169,21 @@ def unnamed(names: Sequence[str], shown: Sequence[composer.Piece]) -> float:
 
 
 class Answerer:
-    def __init__(self, answer_types: AnswerTypes, gate: Gate | None = None, *, min_confidence: float = 0.35) -> None:
+    def __init__(self, answer_types: AnswerTypes, gate: Gate | None = None, *, min_confidence: float = 0.35,
+                 carriers_in: Callable[[str], Sequence[str]] | None = None) -> None:
         self.answer_types = answer_types
         self.gate = gate or Gate.load()
         self.min_confidence = min_confidence  # the bar when there are no sentence similarities
+        self.carriers_in = carriers_in  # the carrier ids a sentence names (the facts tables)
+
+    def _for_carrier(self, pieces: list[composer.Piece], carrier: str | None) -> list[composer.Piece]:
+        """Under "For KDDI:", no sentence about NTT West alone: a guide for every carrier also has
+        sentences about one carrier, and a sentence that names others but not the one asked about
+        answers for them, not for it."""
+        if not carrier or self.carriers_in is None:
+            return pieces
+        kept = [p for p in pieces if carrier in (named := self.carriers_in(p.text)) or not named]
+        return kept or pieces
 
     def answer(self, result: SearchResult, lang: str, *, query: str, focus: str | None, budget: int,
                carrier: str | None = None, seen: frozenset[str] = frozenset()) -> Answer:
@@ -180,6 +191,7 @@ class Answerer:
         passages = for_carrier(passages, carrier)
         cue = self.answer_types.cue(focus or query)
         pieces = composer.pieces_of(passages, query, focus=focus, cue=cue, max_passages=max(3, len(passages)))
+        pieces = self._for_carrier(pieces, carrier)
         shown, rest = composer.select(pieces, lang, budget, seen)
         features = gate_features(focus or query, shown, passages, result, self.answer_types.strength(focus or query))
         with_sims = any(p.similarity is not None for p in shown)

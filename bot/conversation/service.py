@@ -59,7 +59,8 @@ class ConversationService:
         self.settings = settings
         self.kit = Toolkit(retriever=retriever, handoff=handoff, settings=settings, policy=policy or EscalationPolicy())
         self.understander = understander or build_understander(settings, retriever)
-        answerer = Answerer(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence)
+        answerer = Answerer(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence,
+                            carriers_in=self.understander.extractor.carriers)
         self.router = SkillRouter(self.kit, self.understander, build_skills(answerer, self.understander.extractor))
         self.turns = TurnRunner(store=store, handoff=handoff, settings=settings, respond=self.router.respond)
 

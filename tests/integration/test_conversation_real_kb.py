@@ -232,3 +232,26 @@ def test_markup_around_a_question_does_not_stop_it_being_answered(real_retriever
     marked = real_retriever.search("<img src=x onerror=alert(1)> who pays for hacked international calls?", 5, language="en")
     assert [p.section for p in marked.passages] == [p.section for p in plain.passages]
     assert marked.unknown_terms == plain.unknown_terms
+
+
+@pytest.mark.parametrize("first, switch, carrier", [
+    ("Is there a fee to block international calls with NTT?", "And with KDDI?", "kddi"),
+    ("NTTで国際電話を止めるのにお金はかかりますか？", "KDDIの場合は？", "kddi"),
+    ("How long does NTT take to apply an international block?", "What about SoftBank?", "softbank"),
+])
+def test_after_a_carrier_switch_no_sentence_is_about_another_carrier_alone(real_retriever, first, switch, carrier):
+    """Under "For KDDI:" the user reads about KDDI or about every carrier, never a sentence that
+    names only NTT West, although a guide for every carrier holds such sentences."""
+    understander = shared_understander()
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=understander)
+    address = Address("eval", f"switch-{carrier}-{len(first)}")
+    service.handle(InboundMessage(address=address, text=first))
+    replies = service.handle(InboundMessage(address=address, text=switch))
+    lines = [x for r in replies for x in r.answer.splitlines() if re.search(r"\[\d+\]", x)]
+    assert lines, [r.answer for r in replies]
+    for line in lines:
+        for sentence in re.split(r"(?<=[.。])\s*", re.sub(r"\[\d+\]", "", line)):
+            named = understander.extractor.carriers(sentence)
+            assert not named or carrier in named, (sentence, named)
