@@ -175,3 +175,30 @@ def test_a_malformed_intents_file_names_the_file_and_the_field(tmp_path: Path):
                                            encoding="utf-8")
     with pytest.raises(IntentDataError, match=r"hard_negatives\[0\]\.intents"):
         load_intents(tmp_path)
+
+
+def test_the_classifier_counts_the_same_character_ngrams_in_the_same_order():
+    """ngrams() counts with Counter.update per length (its order is the order of the model's dot
+    products): the counts and their order must be those of the plain loop the model was trained
+    with, on every intent example and on odd input."""
+    import re
+    import unicodedata
+    from collections import Counter
+
+    from bot.conversation.understanding.classifier import NGRAM_RANGE, ngrams
+
+    def loop(text: str) -> Counter:
+        t = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text or "").lower()).strip()
+        t = re.sub(r" +", " ", re.sub(r"([a-z0-9]+)", r" \1 ", t))
+        out: Counter = Counter()
+        for n in range(NGRAM_RANGE[0], NGRAM_RANGE[1] + 1):
+            for i in range(len(t) - n + 1):
+                if t[i : i + n].strip():
+                    out[t[i : i + n]] += 1
+        return out
+
+    texts = [ex.text for ex in load_intents(KNOWLEDGE).examples]
+    texts += ["", " ", "a", "ab 12", "PBX\u3000が　乗っ取られた!!", "x\t\n y", "aaaa aaaa", "\u00a0 \u2003ＡＢＣ"]
+    assert len(texts) > 1000
+    for text in texts:
+        assert list(ngrams(text).items()) == list(loop(text).items()), text
