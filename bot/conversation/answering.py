@@ -18,6 +18,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -72,7 +73,12 @@ class AnswerTypes:
         if not names:
             return None
         patterns = [(self.types[n][1], self.types[n][2]) for n in names]
-        return lambda sentence: max((w for p, w in patterns if p.search(sentence)), default=0.0)
+        return lambda sentence: max((w for p, w in patterns if _gives(p, sentence)), default=0.0)
+
+
+@lru_cache(maxsize=65536)  # (answer pattern, passage sentence): both come from static tables and documents
+def _gives(pattern: re.Pattern[str], sentence: str) -> bool:
+    return pattern.search(sentence) is not None
 
 
 # A Japanese condition clause ("電話番号が変わったら、", "いつも通りなら、") states a situation; the
