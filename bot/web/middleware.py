@@ -165,8 +165,10 @@ class _Exchange:
         if self.body_done:  # after the body: only http.disconnect is left to wait for, untimed (event streams)
             return await self._receive()
         try:
-            message = await asyncio.wait_for(self._receive(), max(0.001, self.deadline - time.perf_counter()))
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no task wrapped around every receive
+            async with asyncio.timeout(max(0.001, self.deadline - time.perf_counter())):
+                message = await self._receive()
+        except TimeoutError:
             raise BodyTimeout(self.body_timeout) from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
