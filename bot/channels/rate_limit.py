@@ -71,7 +71,7 @@ class ProcessWindows:
         return len(self._events)
 
 
-def limit_storage(redis_url: str | None) -> "Storage | ProcessWindows":
+def limit_storage(redis_url: str | None) -> Storage | ProcessWindows:
     """Memory (one process), or Redis for `redis://` / `rediss://` URLs (redis-py's asyncio client)."""
     if not redis_url:
         return ProcessWindows()
@@ -82,7 +82,7 @@ def limit_storage(redis_url: str | None) -> "Storage | ProcessWindows":
 class RateLimit:
     """At most `per_minute` events per key in any `window` seconds (per_minute <= 0: no limit)."""
 
-    def __init__(self, name: str, per_minute: int, storage: "Storage | ProcessWindows", *, window: int = 60) -> None:
+    def __init__(self, name: str, per_minute: int, storage: Storage | ProcessWindows, *, window: int = 60) -> None:
         self.name = name
         self.per_minute = per_minute
         self.window = window
