@@ -30,15 +30,6 @@ def current_request_id() -> str:
     return request_id_var.get()
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds `record.request_id` so that a format string may use %(request_id)s."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
-        return True
-
-
 class BodyTooLarge(HTTPException):
     """Raised from receive(): an HTTPException so that FastAPI's body parser re-raises it as is."""
 
