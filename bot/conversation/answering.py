@@ -36,6 +36,11 @@ DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0,
                                                 "typed": 0.5, "coverage": 2.0, "unknown": -2.0}, "threshold": 0.5}
 
 
+@lru_cache(maxsize=65536)  # (answer pattern, passage sentence): both come from static tables and documents
+def _gives(pattern: re.Pattern[str], sentence: str) -> bool:
+    return pattern.search(sentence) is not None
+
+
 class AnswerTypes:
     """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
 
@@ -74,11 +79,6 @@ class AnswerTypes:
             return None
         patterns = [(self.types[n][1], self.types[n][2]) for n in names]
         return lambda sentence: max((w for p, w in patterns if _gives(p, sentence)), default=0.0)
-
-
-@lru_cache(maxsize=65536)  # (answer pattern, passage sentence): both come from static tables and documents
-def _gives(pattern: re.Pattern[str], sentence: str) -> bool:
-    return pattern.search(sentence) is not None
 
 
 # A Japanese condition clause ("電話番号が変わったら、", "いつも通りなら、") states a situation; the
