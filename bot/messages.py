@@ -60,7 +60,6 @@ class InboundMessage:
     message_id: str | None = None
     # "request_human" when the user pressed a "talk to a person" button or sent /human.
     action: str | None = None
-    received_at: datetime = field(default_factory=utcnow)
     # Caller-supplied id echoed in the reply (batch mode of `pbxbot ask --jsonl`).
     request_id: str | None = None
     # A platform that pushes replies: they are written to the outbox in the turn's own transaction

@@ -18,6 +18,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +34,11 @@ FEATURES = ("sentence", "question", "confidence", "typed", "coverage", "unknown"
 # Until a fit exists: a close sentence or section question with a confident search answers.
 DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0,
                                                 "typed": 0.5, "coverage": 2.0, "unknown": -2.0}, "threshold": 0.5}
+
+
+@lru_cache(maxsize=65536)  # (answer pattern, passage sentence): both come from static tables and documents
+def _gives(pattern: re.Pattern[str], sentence: str) -> bool:
+    return pattern.search(sentence) is not None
 
 
 class AnswerTypes:
@@ -72,7 +78,7 @@ class AnswerTypes:
         if not names:
             return None
         patterns = [(self.types[n][1], self.types[n][2]) for n in names]
-        return lambda sentence: max((w for p, w in patterns if p.search(sentence)), default=0.0)
+        return lambda sentence: max((w for p, w in patterns if _gives(p, sentence)), default=0.0)
 
     def strength(self, question: str) -> float:
         """How much finding the asked kind of answer matters (the strongest asked type's `strength`;

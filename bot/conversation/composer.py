@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 import unicodedata
 from dataclasses import dataclass, replace
@@ -164,6 +165,19 @@ _META = re.compile(r"(this (page|document|guide|section) (explains|describes|cov
 _LEANING = re.compile(
     r"^(this|these|that|those|such|it|they|also|however|in (that|this|such) case|as a result|otherwise|instead)\b|"
     r"^(これ|それ|その|この|こう|そう|また、|なお、|ただし、|そのため|このため|そこで|一方、)", re.IGNORECASE)
+_CONTINUATION = re.compile(r"#\d+\.[1-9]\d*$")  # "<doc>#2.1": a section's continuation
+
+
+@lru_cache(maxsize=16384)  # passage sentences repeat across turns (the index is static)
+def _is_meta(sentence: str) -> bool:
+    return _META.search(sentence) is not None
+
+
+@lru_cache(maxsize=16384)
+def _leans_back(sentence: str) -> bool:
+    return _LEANING.search(sentence) is not None
+
+
 Cue = Callable[[str], float]  # how strongly a sentence gives the kind of answer asked for (0: not at all)
 STRONG_CUE = 2.0  # a sentence this strongly of the asked kind is looked for in every retrieved section
 STANDING_POOL = 0.8  # with the retriever's scores: sections this close to the best one may contribute sentences
@@ -191,7 +205,7 @@ class SentenceScorer:
             return cls(cls.HAND_SET)
 
     def __call__(self, features: Sequence[float]) -> float:
-        return self.intercept + sum(w * x for w, x in zip(self.w, features))
+        return self.intercept + sum(map(operator.mul, self.w, features))
 
 
 SENTENCE_SCORER = SentenceScorer.load()
@@ -234,12 +248,12 @@ def pieces_of(
         src = Source.of(p)
         lead_section = not p.heading and not p.chunk_id.endswith("#s")
         # "<doc>#2.1" continues section 2: its first sentence does not open anything
-        continuation = bool(re.search(r"#\d+\.[1-9]\d*$", p.chunk_id))
+        continuation = bool(_CONTINUATION.search(p.chunk_id))
         units = split_units(p.text)
         sims = p.sentence_scores if len(p.sentence_scores) == len(units) else ()
         covers = p.sentence_coverage if len(p.sentence_coverage) == len(units) else ()
         for i, (sentence, leans_on) in enumerate(units):
-            if leans_on < 0 and i > 0 and _LEANING.search(sentence):
+            if leans_on < 0 and i > 0 and _leans_back(sentence):
                 leans_on = i - 1
             st = terms(sentence)
             overlap = len(q & st) / math.sqrt(len(q) + 1) if q else 0.0
@@ -265,7 +279,7 @@ def pieces_of(
                     score += 0.6 if lead_section else 0.3
                 elif i == 1 and lead_section:
                     score += 0.3
-            if _META.search(sentence):
+            if _is_meta(sentence):
                 score -= 1.0
             out.append(Piece(sentence, src, rank, i, score, overlap, leans_on, sim, typed, coverage))
         rank += 1
@@ -363,7 +377,7 @@ def select(pieces: Sequence[Piece], lang: str, budget: int, seen: frozenset[str]
     chosen_keys = {(p.rank, p.index) for p in chosen}
     order = lambda p: (p.rank, p.index)  # noqa: E731
     related = [p for p in pieces if p.rank == 0 or (p.overlap > 0 and measure(p.text, lang) >= min_len)]
-    rest = [p for p in sorted(related, key=order) if (p.rank, p.index) not in chosen_keys and not _META.search(p.text)]
+    rest = [p for p in sorted(related, key=order) if (p.rank, p.index) not in chosen_keys and not _is_meta(p.text)]
     return chosen, rest
 
 

@@ -93,13 +93,6 @@ class Document:
         d["content_hash"] = self.content_hash
         return d
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Document":
-        d = dict(d)
-        for key in ("carriers", "topics", "facts", "sources"):
-            d[key] = tuple(d.get(key) or ())
-        return cls(**d)
-
 
 def split_front_matter(text: str, path: Path) -> tuple[str, str]:
     text = text.lstrip("\ufeff")

@@ -73,9 +73,6 @@ class FactRegistry:
     def fact_ids(self) -> frozenset[str]:
         return frozenset(self.facts)
 
-    def phone_digits(self) -> frozenset[str]:
-        return frozenset(digits(p) for f in self.facts.values() for p in f.get("phones") or ())
-
     def source_urls(self) -> dict[str, frozenset[str]]:
         """Source id -> its URLs (the main one, then mirrors or originals the sheet names)."""
         return {k: frozenset(([v["url"]] if v.get("url") else []) + list(v.get("other_urls") or []))

@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,28 @@ class _Store:
     sentence_vectors: np.ndarray  # (sentences, dim)
     questions_of: dict[str, list[int]]  # section key -> rows of its questions
     idf: dict[str, float]  # word -> inverse document frequency over the rows
+    # Derived once from the rows (a search looks rows up by chunk id a few hundred times):
+    section_of: dict[str, str] = field(init=False)  # chunk id -> its section key
+    doc_of: dict[str, str] = field(init=False)  # chunk id -> its document id
+    is_question: dict[str, bool] = field(init=False)  # chunk id -> a section question (not a text piece)
+    max_idf: float = field(init=False)  # the weight of a word no document has (the rarest)
+
+    def __post_init__(self) -> None:
+        self.section_of = {r["chunk_id"]: r["section"] for r in self.rows}
+        self.doc_of = {r["chunk_id"]: r["doc_id"] for r in self.rows}
+        self.is_question = {r["chunk_id"]: (r.get("kind") or "text") == "question" for r in self.rows}
+        self.max_idf = max(self.idf.values(), default=1.0)
+
+
+@dataclass(frozen=True)
+class _SectionInfo:
+    """What a search reads of a section and its document that never changes (cached per section)."""
+
+    doc: dict
+    carriers: frozenset[str]  # the document's carriers without "all" and "other"
+    specific: bool  # for some carriers only (not "all")
+    token_sets: tuple[frozenset[str], ...]  # each sentence's analysed words (sentence_tokens)
+    question_vectors: np.ndarray | None  # the rows of its section questions (exact search only)
 
 
 class HybridRetriever:
@@ -125,6 +147,7 @@ class HybridRetriever:
         self.reranker = Reranker.load()  # None: the fused order stands (bot/retrieval/rerank.py)
         self.last_candidates: tuple[list[str], np.ndarray] | None = None  # for scripts/fit_reranker.py
         self._heading_cache: dict[str, frozenset[str]] = {}
+        self._section_cache: dict[str, _SectionInfo] = {}
         # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
         # for good when the corpus is small (settings.dense_exact_max_chunks).
         self._vectors: np.ndarray | None = None
@@ -298,34 +321,32 @@ class HybridRetriever:
         # Rows are text pieces and section questions; both stand for their section, which is what a
         # search returns. Four rankings of sections (each at its best row's rank): dense and BM25
         # over the text, dense and BM25 over the questions, fused with weighted RRF.
-        def kind_of(cid: str) -> str:
-            return self.store.rows[self.store.row_of[cid]].get("kind") or "text"
-
-        rankings = [self._sections_of([c for c in dense_ids if kind_of(c) != "question"]),
-                    self._sections_of([c for c in lex_ids if kind_of(c) != "question"])]
+        is_question = self.store.is_question
+        rankings = [self._sections_of([c for c in dense_ids if not is_question[c]]),
+                    self._sections_of([c for c in lex_ids if not is_question[c]])]
         weights: tuple[float, ...] = (self.dense_weight, self.lexical_weight)
         if self.question_keys:
-            rankings += [self._sections_of([c for c in dense_ids if kind_of(c) == "question"]),
-                         self._sections_of([c for c in lex_ids if kind_of(c) == "question"])]
+            rankings += [self._sections_of([c for c in dense_ids if is_question[c]]),
+                         self._sections_of([c for c in lex_ids if is_question[c]])]
             weights += (self.question_dense_weight, self.question_lexical_weight)
         fused = rrf(rankings, weights)
         best = max_rrf(weights)
         for key in fused:
-            doc_id = self.store.sections[key]["doc_id"]
-            doc = self.store.docs.get(doc_id, {})
+            doc = self._section_info(key).doc
             if doc.get("language") != pref:
                 fused[key] *= self.other_language_factor
             if self.source_kind_factor != 1.0 and doc.get("kind") == "source":
                 fused[key] *= self.source_kind_factor
         ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
         sentence_sims: dict[str, np.ndarray] = {}
+        question_scores: dict[str, float] = {}
         # the query's words with their rarity (words no document has weigh like the rarest)
-        max_idf = max(self.store.idf.values(), default=1.0)
+        max_idf = self.store.max_idf
         weights_q = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(tokens) if not t.startswith("syn:")}
         head = ranked[:RERANK_CANDIDATES]
         named = self.analyzer.lexicon.carriers_named(groups) | ({carrier} if carrier else set())
         features = self._candidate_features([key for key, _ in head], rankings, weights, dense_hits, lex_score,
-                                            qv, pref, sentence_sims, named, frozenset(groups))
+                                            qv, pref, sentence_sims, named, frozenset(groups), question_scores)
         self.last_candidates = ([key for key, _ in head], features)
         if self.reranker is not None and head:
             order = np.argsort(-self.reranker.scores(features), kind="stable")
@@ -345,7 +366,8 @@ class HybridRetriever:
             if len(passages) >= k or per_doc.get(did, 0) >= self.max_per_doc:
                 continue
             per_doc[did] = per_doc.get(did, 0) + 1
-            passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims, weights_q))
+            passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims, weights_q,
+                                                  question_scores))
 
         conf = 0.0
         if passages:
@@ -353,8 +375,9 @@ class HybridRetriever:
             dense_docs = _top_docs(dense_ids, self.store, 3)
             lex_docs = _top_docs(lex_ids, self.store, 3)
             agree = 0.5 * (top_doc in dense_docs) + 0.5 * (top_doc in lex_docs)
-            d_top = max((s for cid, s in dense_hits if self.store.rows[self.store.row_of[cid]]["doc_id"] == top_doc), default=0.0)
-            l_top = max((s for cid, s in lex_score.items() if self.store.rows[self.store.row_of[cid]]["doc_id"] == top_doc), default=0.0)
+            doc_of = self.store.doc_of
+            d_top = max((s for cid, s in dense_hits if doc_of[cid] == top_doc), default=0.0)
+            l_top = max((s for cid, s in lex_score.items() if doc_of[cid] == top_doc), default=0.0)
             second = doc_best[doc_order[1]] if len(doc_order) > 1 else 0.0
             feats = Features(fused=doc_best[top_doc] / best, agree=agree, dense_top=max(0.0, d_top),
                              lex_top=l_top / (l_top + 5.0), margin=(doc_best[top_doc] - second) / best)
@@ -367,7 +390,24 @@ class HybridRetriever:
 
     def _sections_of(self, row_ids: list[str]) -> list[str]:
         """A ranking of rows as a ranking of their sections (each at its best row's rank)."""
-        return list(dict.fromkeys(self.store.rows[self.store.row_of[cid]]["section"] for cid in row_ids))
+        section_of = self.store.section_of
+        return list(dict.fromkeys(section_of[cid] for cid in row_ids))
+
+    def _section_info(self, key: str) -> _SectionInfo:
+        info = self._section_cache.get(key)
+        if info is None:
+            sec = self.store.sections[key]
+            doc = self.store.docs.get(sec["doc_id"], {})
+            doc_carriers = doc.get("carriers", ())
+            carriers = frozenset(doc_carriers) - {"all", "other"}
+            q_rows = self.store.questions_of.get(key, ())
+            info = _SectionInfo(
+                doc=doc, carriers=carriers, specific=bool(carriers) and "all" not in doc_carriers,
+                token_sets=tuple(frozenset(toks) for toks in sec.get("sentence_tokens") or ()),
+                # the same rows as self._vectors[list(q_rows)] each time: one copy instead of one a search
+                question_vectors=self._vectors[list(q_rows)] if self._vectors is not None and q_rows else None)
+            self._section_cache[key] = info
+        return info
 
     def _sentence_sims(self, key: str, qv: np.ndarray | None, cache: dict[str, np.ndarray]) -> np.ndarray:
         if qv is None:
@@ -379,20 +419,31 @@ class HybridRetriever:
             cache[key] = self.store.sentence_vectors[start:start + n] @ qv if n else np.zeros(0)
         return cache[key]
 
-    def _question_score(self, key: str, qv: np.ndarray | None, dense_hits: list[tuple[str, float]]) -> float:
+    def _question_score(self, key: str, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
+                        cache: dict[str, float] | None = None) -> float:
+        """The best cosine of the query to the section's questions (cached per search in `cache`)."""
         if qv is None:
             return 0.0
+        if cache is not None and key in cache:
+            return cache[key]
         q_rows = self.store.questions_of.get(key, ())
         if self._vectors is not None and q_rows:
-            return float(np.max(self._vectors[list(q_rows)] @ qv))
-        # without the row vectors in memory (a large Chroma index): the dense hits say what they can
-        q_ids = {self.store.chunk_ids[i] for i in q_rows}
-        return max((s for cid, s in dense_hits if cid in q_ids), default=0.0)
+            vectors = self._section_info(key).question_vectors
+            if vectors is None:  # (the row vectors came after this section was first looked at)
+                vectors = self._vectors[list(q_rows)]
+            score = float(np.max(vectors @ qv))
+        else:
+            # without the row vectors in memory (a large Chroma index): the dense hits say what they can
+            q_ids = {self.store.chunk_ids[i] for i in q_rows}
+            score = max((s for cid, s in dense_hits if cid in q_ids), default=0.0)
+        if cache is not None:
+            cache[key] = score
+        return score
 
     def _candidate_features(self, keys: list[str], rankings: list[list[str]], weights: tuple[float, ...],
                             dense_hits: list[tuple[str, float]], lex_score: dict[str, float], qv: np.ndarray,
                             pref: str, sentence_sims: dict[str, np.ndarray], named: frozenset[str] | set[str],
-                            asked: frozenset[str]) -> np.ndarray:
+                            asked: frozenset[str], question_scores: dict[str, float] | None = None) -> np.ndarray:
         """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py). `named`: the
         carriers the question names; a section of a document for other carriers only ("SoftBank: how to
         stop...") answers a question that names none less well than a guide for every carrier. `asked`:
@@ -400,29 +451,31 @@ class HybridRetriever:
         contribution = []
         for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)), list(weights) + [0.0] * (4 - len(weights))):
             contribution.append({key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)})
+        section_of, is_question = self.store.section_of, self.store.is_question
         dense_text: dict[str, float] = {}
         for cid, score in dense_hits:
-            row = self.store.rows[self.store.row_of[cid]]
-            if row.get("kind") != "question":
-                dense_text[row["section"]] = max(dense_text.get(row["section"], -1.0), score)
+            if not is_question[cid]:
+                sec = section_of[cid]
+                dense_text[sec] = max(dense_text.get(sec, -1.0), score)
         bm25: dict[str, float] = {}
         for cid, score in lex_score.items():
-            sec = self.store.rows[self.store.row_of[cid]]["section"]
+            sec = section_of[cid]
             bm25[sec] = max(bm25.get(sec, 0.0), score)
         out = np.zeros((len(keys), len(RERANK_FEATURES)))
         for i, key in enumerate(keys):
-            doc = self.store.docs.get(self.store.sections[key]["doc_id"], {})
+            info = self._section_info(key)
+            doc = info.doc
             sims = self._sentence_sims(key, qv, sentence_sims)
             b = bm25.get(key, 0.0)
-            carriers = set(doc.get("carriers", ())) - {"all", "other"}
-            specific = bool(carriers) and "all" not in doc.get("carriers", ())
+            carriers, specific = info.carriers, info.specific
             # a section headed for a case the question does not name ("Mobile phones" for "how do I
             # stop international calls?"): the share of its heading's concepts the question lacks
             heading_groups = self._heading_groups(key)
             unasked = len(heading_groups - asked) / len(heading_groups) if heading_groups else 0.0
             out[i] = (contribution[0].get(key, 0.0) * 60, contribution[1].get(key, 0.0) * 60,
                       contribution[2].get(key, 0.0) * 60, contribution[3].get(key, 0.0) * 60,
-                      max(0.0, dense_text.get(key, 0.0)), self._question_score(key, qv, dense_hits), b / (b + 5.0),
+                      max(0.0, dense_text.get(key, 0.0)), self._question_score(key, qv, dense_hits, question_scores),
+                      b / (b + 5.0),
                       float(sims.max()) if len(sims) else 0.0, float(key.endswith("#0")), float(key.endswith("#s")),
                       float(doc.get("kind") == "source"), float(doc.get("language") != pref),
                       float(specific and not (carriers & named)), float(bool(carriers & named)), unasked)
@@ -438,14 +491,16 @@ class HybridRetriever:
         return cached
 
     def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
-                         sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None) -> Passage:
+                         sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None,
+                         question_scores: dict[str, float] | None = None) -> Passage:
         sec = self.store.sections[key]
+        info = self._section_info(key)
         total = sum((query_weights or {}).values())
-        coverage = tuple(round(sum(w for t, w in query_weights.items() if t in set(toks)) / total, 4)
-                         for toks in sec.get("sentence_tokens") or ()) if query_weights and total > 0 else ()
-        d = self.store.docs.get(sec["doc_id"], {})
+        coverage = tuple(round(sum(w for t, w in query_weights.items() if t in toks) / total, 4)
+                         for toks in info.token_sets) if query_weights and total > 0 else ()
+        d = info.doc
         sims = self._sentence_sims(key, qv, sentence_sims)
-        q_score = self._question_score(key, qv, dense_hits)
+        q_score = self._question_score(key, qv, dense_hits, question_scores)
         return Passage(
             chunk_id=key, doc_id=sec["doc_id"], text=sec["text"], score=round(float(score), 6),
             title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),

@@ -28,6 +28,9 @@ def normalize_text(text: str) -> str:
     return _SPACE_RE.sub(" ", text).strip().lower()
 
 
+_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")  # what an ASCII term must not touch
+
+
 def _is_ascii(term: str) -> bool:
     return all(ord(c) < 128 for c in term)
 
@@ -39,6 +42,9 @@ class Lexicon:
     term_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # normalized term -> group ids
     group_carrier: dict[str, str] = field(default_factory=dict)  # group id -> the carrier it names
     _pattern: re.Pattern | None = None
+    # find_terms' scanner: first character -> the lengths of the terms starting with it, longest first
+    _lengths: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _terms: frozenset[str] = frozenset()
 
     @classmethod
     def from_dict(cls, data: dict) -> "Lexicon":
@@ -81,12 +87,38 @@ class Lexicon:
             else:
                 parts.append(esc)
         self._pattern = re.compile("|".join(parts)) if parts else None
+        lengths: dict[str, set[int]] = {}
+        for t in all_terms:
+            if t:
+                lengths.setdefault(t[0], set()).add(len(t))
+        self._lengths = {c: tuple(sorted(ls, reverse=True)) for c, ls in lengths.items()}
+        self._terms = frozenset(all_terms)
 
     def find_terms(self, normalized: str) -> list[str]:
-        """Lexicon terms occurring in already-normalized text (leftmost-longest, non-overlapping)."""
+        """Lexicon terms occurring in already-normalized text (leftmost-longest, non-overlapping).
+
+        What `self._pattern.finditer` finds (the alternation of every term, longest first, ASCII
+        terms between non-alphanumerics), by a scan that looks up only the terms starting with each
+        character: the regular expression tried all 430 alternatives at every position (~0.2 ms a
+        query, a tenth of a search)."""
         if self._pattern is None or not normalized:
             return []
-        return [m.group(0) for m in self._pattern.finditer(normalized)]
+        if "" in self._terms:  # an empty term matches everywhere: leave that to the regular expression
+            return [m.group(0) for m in self._pattern.finditer(normalized)]
+        out: list[str] = []
+        terms, lengths, n = self._terms, self._lengths, len(normalized)
+        i = 0
+        while i < n:
+            for length in lengths.get(normalized[i], ()):
+                t = normalized[i:i + length]
+                if len(t) == length and t in terms and (not _is_ascii(t) or (
+                        (i == 0 or normalized[i - 1] not in _ALNUM) and (i + length == n or normalized[i + length] not in _ALNUM))):
+                    out.append(t)
+                    i += length
+                    break
+            else:
+                i += 1
+        return out
 
     def groups_of(self, term: str) -> tuple[str, ...]:
         return self.term_groups.get(term, ())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
@@ -36,7 +35,6 @@ class OutboxDispatcher:
         self._wake = asyncio.Event()
         self.delivered = 0
         self.failed = 0
-        self.last_tick: float | None = None  # monotonic time of the last completed poll
         self.last_error: str | None = None
         self._stopping = False
 
@@ -73,7 +71,6 @@ class OutboxDispatcher:
         lease = self.send_timeout + 5.0
         items: list[OutboxItem] = await self.run_sync(self.handoff.lease_outbox, self.batch, lease)
         results = await asyncio.gather(*(self._deliver(it) for it in items))
-        self.last_tick = time.monotonic()
         self.last_error = None
         return sum(results)
 

@@ -48,7 +48,9 @@ class Refused(Exception):
         self.response = response
 
 
-def web_state(request: Request) -> WebState:
+async def web_state(request: Request) -> WebState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop (queue, wake-up,
+    # call back into the event loop) on every request for an attribute read
     return request.app.state.web
 
 

@@ -30,15 +30,6 @@ def current_request_id() -> str:
     return request_id_var.get()
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds `record.request_id` so that a format string may use %(request_id)s."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
-        return True
-
-
 class BodyTooLarge(HTTPException):
     """Raised from receive(): an HTTPException so that FastAPI's body parser re-raises it as is."""
 
@@ -165,8 +156,10 @@ class _Exchange:
         if self.body_done:  # after the body: only http.disconnect is left to wait for, untimed (event streams)
             return await self._receive()
         try:
-            message = await asyncio.wait_for(self._receive(), max(0.001, self.deadline - time.perf_counter()))
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no task wrapped around every receive
+            async with asyncio.timeout(max(0.001, self.deadline - time.perf_counter())):
+                message = await self._receive()
+        except TimeoutError:
             raise BodyTimeout(self.body_timeout) from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))

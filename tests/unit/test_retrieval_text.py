@@ -91,6 +91,28 @@ def test_lexicon_terms_kept_whole_and_synonyms_bridge_languages(analyzer):
     assert "t:sip" not in analyzer.tokenize("gossip")  # ASCII terms need word boundaries
 
 
+def test_the_term_scanner_finds_what_the_lexicon_pattern_finds(analyzer):
+    """find_terms scans for the terms starting at each character instead of running the alternation
+    of all terms: on every line of the knowledge base, every evaluation question and made-up edge
+    cases (word boundaries, a term cut by the end, longer non-ASCII terms over ASCII ones) it must
+    find exactly what the regular expression finds."""
+    lex = analyzer.lexicon
+    root = LEXICON.parent.parent
+    texts = [line for path in sorted((root / "sources").glob("*.md")) for line in path.read_text(encoding="utf-8").splitlines()]
+    texts += [line for path in sorted((root / "eval").glob("*.jsonl")) if "heldout" not in path.name
+              for line in path.read_text(encoding="utf-8").splitlines()]
+    terms = sorted(lex._terms)
+    texts += [f"x{t}" for t in terms] + [f"{t}1 {t}" for t in terms] + [t[:-1] for t in terms] + ["".join(terms)]
+    texts += ["gossip sip-trunk sip", "5060/udp", "0033から", "ip電話とip-pbx"]
+    found = 0
+    for text in texts:
+        norm = normalize_text(text)
+        expected = [m.group(0) for m in lex._pattern.finditer(norm)] if norm else []
+        assert lex.find_terms(norm) == expected, text
+        found += len(expected)
+    assert found > 1000
+
+
 def test_particles_and_stopwords_dropped(analyzer):
     toks = analyzer.tokenize("PBXが乗っ取られたのですが")
     assert "が" not in toks and "の" not in toks

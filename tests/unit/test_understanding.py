@@ -52,6 +52,37 @@ def test_facts_come_from_the_tables_of_the_knowledge_base(extractor):
     assert any("180万円" in a for a in f.amounts) and f.noticed_at == "昨夜"
 
 
+def test_the_country_and_vendor_prefilter_finds_what_running_every_pattern_finds(extractor):
+    """The extractor runs only the patterns whose phrases' first words occur in the message: for a
+    message naming any phrase of the tables (in upper case, mid-sentence, next to others) it must
+    find exactly what running every table pattern in order finds."""
+    import yaml
+
+    from bot.conversation.understanding.facts import _norm
+
+    def every_pattern(text: str) -> tuple[list[str], str | None]:
+        norm = _norm(text)
+        found: list[str] = []
+        for _, rx, _ in extractor._countries:
+            for m in rx.finditer(norm):
+                if m.group(0) not in found:
+                    found.append(m.group(0))
+        vendor = next((name for name, rx, _ in extractor._vendors if rx.search(norm)), None)
+        return found, vendor
+
+    entities = yaml.safe_load((KNOWLEDGE / "lexicon" / "entities.yaml").read_text(encoding="utf-8"))
+    phrases = [p for c in entities["countries"] for p in [*(c.get("ja") or []), *(c.get("en") or [])]]
+    phrases += [a for v in entities["vendors"]
+                for a in [v["name"], *(v.get("ja") or []), *(v.get("en") or []), *(v.get("products") or [])]]
+    assert len(phrases) > 400
+    for i, phrase in enumerate(phrases):
+        text = f"Calls to {phrase.upper()} and {phrases[i - 7]} keep going out / {phrase}への発信"
+        f = extractor.extract(text)
+        destinations, vendor = every_pattern(text)
+        assert (f.destinations, f.vendor) == (destinations, vendor), phrase
+        assert destinations or vendor, phrase  # the phrase itself is found
+
+
 def test_the_more_specific_carrier_wins_and_ntt_inside_ntt_com_counts_once(extractor):
     assert extractor.carriers("OCNドットフォン(NTT Communications)です") == ["ntt-com"]
     assert extractor.carriers("NTT西日本のひかり電話") == ["ntt-east-west"]
@@ -192,3 +223,30 @@ def test_a_malformed_intents_file_names_the_file_and_the_field(tmp_path: Path):
                                            encoding="utf-8")
     with pytest.raises(IntentDataError, match=r"hard_negatives\[0\]\.intents"):
         load_intents(tmp_path)
+
+
+def test_the_classifier_counts_the_same_character_ngrams_in_the_same_order():
+    """ngrams() counts with Counter.update per length (its order is the order of the model's dot
+    products): the counts and their order must be those of the plain loop the model was trained
+    with, on every intent example and on odd input."""
+    import re
+    import unicodedata
+    from collections import Counter
+
+    from bot.conversation.understanding.classifier import NGRAM_RANGE, ngrams
+
+    def loop(text: str) -> Counter:
+        t = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text or "").lower()).strip()
+        t = re.sub(r" +", " ", re.sub(r"([a-z0-9]+)", r" \1 ", t))
+        out: Counter = Counter()
+        for n in range(NGRAM_RANGE[0], NGRAM_RANGE[1] + 1):
+            for i in range(len(t) - n + 1):
+                if t[i : i + n].strip():
+                    out[t[i : i + n]] += 1
+        return out
+
+    texts = [ex.text for ex in load_intents(KNOWLEDGE).examples]
+    texts += ["", " ", "a", "ab 12", "PBX\u3000が　乗っ取られた!!", "x\t\n y", "aaaa aaaa", "\u00a0 \u2003ＡＢＣ"]
+    assert len(texts) > 1000
+    for text in texts:
+        assert list(ngrams(text).items()) == list(loop(text).items()), text

@@ -51,7 +51,6 @@ class Turn:
 class Skill(Protocol):
     name: str
     claims: frozenset[str]  # the intents this skill answers
-    searches_own_text: bool  # False: answers from fixed searches or templates only
 
     def applies(self, turn: Turn) -> bool: ...
 

@@ -24,7 +24,6 @@ _QUESTION_TYPES = ("payment", "duration", "cost", "number")
 class Incident:
     name = "incident"
     claims = frozenset({"fraud_now", "fraud_bill"})
-    searches_own_text = False  # fixed containment searches; the second question searches its own words
 
     def __init__(self, answerer: Answerer, extractor: FactExtractor) -> None:
         self.answerer = answerer

@@ -13,7 +13,6 @@ from bot.messages import Reply
 class Empty:
     name = "empty"
     claims = frozenset()
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         return not turn.text and not turn.requested_human
@@ -28,7 +27,6 @@ class Refusal:
 
     name = "refusal"
     claims = frozenset({"config_extraction"})
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         return claims(turn, self.claims)
@@ -40,7 +38,6 @@ class Refusal:
 class UnknownLanguage:
     name = "unknown_language"
     claims = frozenset()
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         return turn.meaning.unknown_language and not turn.requested_human
@@ -53,7 +50,6 @@ class UnknownLanguage:
 class HumanRequest:
     name = "human_request"
     claims = frozenset({"human_request"})
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         return turn.requested_human
@@ -68,7 +64,6 @@ class Smalltalk:
 
     name = "smalltalk"
     claims = frozenset({"smalltalk", "thanks"})
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         return claims(turn, self.claims) and not (turn.meaning.intents - self.claims - {"off_topic"})
@@ -83,7 +78,6 @@ class Smalltalk:
 class More:
     name = "more"
     claims = frozenset({"more"})
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         """"More" when there is more to show; with nothing pending, a message that also reads as
@@ -114,7 +108,6 @@ class NotHelped:
 
     name = "not_helped"
     claims = frozenset({"not_helped"})
-    searches_own_text = False
 
     def applies(self, turn: Turn) -> bool:
         return claims(turn, self.claims) and bool(turn.state.last_query) and not turn.meaning.incident

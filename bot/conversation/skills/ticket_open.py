@@ -21,7 +21,6 @@ _EMPTY = (None, "", [], {})
 class TicketOpen:
     name = "ticket_open"
     claims = frozenset()
-    searches_own_text = False
 
     def __init__(self, incident: Incident) -> None:
         self.incident = incident

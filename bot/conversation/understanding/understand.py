@@ -9,9 +9,6 @@ by the tables of knowledge/lexicon/ (facts.py).
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
-
-import numpy as np
 
 from bot.conversation.understanding.classifier import IntentClassifier, Prediction, prepare
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
@@ -135,6 +132,3 @@ def searchable(text: str) -> str:
     retriever cleans a query the same way): one embedding of a message serves both."""
     return prepare(text)
 
-
-def encoder_from(embed_many: Callable[[Sequence[str]], np.ndarray]) -> Callable[[Sequence[str]], np.ndarray]:
-    return lambda texts: np.asarray(embed_many(list(texts)), dtype=np.float64)
