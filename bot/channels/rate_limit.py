@@ -1,5 +1,5 @@
-"""Per-key rate limits: in this process's memory (ProcessWindows), or in Redis (PBXBOT_REDIS_URL,
-the `limits` library) where every process and every node counts in one place.
+"""Per-key rate limits on the `limits` library: in this process's memory, or in Redis (PBXBOT_REDIS_URL,
+where every process and every node counts in one place).
 
 A moving window: at most N events in any `window` seconds per key (the same rule the limits have
 always had). `await limit.check(key)` records the event when it is allowed and returns 0.0, else
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 
-from limits import RateLimitItemPerSecond
+from limits import RateLimitItemPerSecond, strategies
 from limits.aio.storage import Storage
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.aio.strategies import MovingWindowRateLimiter
 
 log = logging.getLogger("bot.channels.rate_limit")
@@ -27,54 +26,16 @@ log = logging.getLogger("bot.channels.rate_limit")
 ERROR_LOG_EVERY = 60.0
 
 
-class ProcessWindows:
-    """Moving windows in this process's memory: per key, the times of the events of the last
-    `window` seconds, oldest first. The rule of the `limits` library's moving window (an event is
-    allowed when fewer than `limit` allowed events happened in the `window` seconds up to now, the
-    bounds included; a refused one is not counted; the wait is until the oldest of them leaves).
+def limit_storage(redis_url: str | None) -> Storage | MemoryStorage:
+    """Memory (one process), or Redis for `redis://` / `rediss://` URLs (redis-py's asyncio client).
 
-    Not the library's asyncio memory storage: after each hit it scans every key it holds (here the
-    conversations of the last minute) with a thread hop per key, which took ~8 % of a busy
-    server's interpreter time (py-spy under scripts/bench_web.py). Here an event costs an append
-    and what expired of its own key; keys left idle are dropped once a window. Used from the
-    event loop only (RateLimit.check), so it needs no lock."""
-
-    def __init__(self) -> None:
-        self._events: dict[tuple, deque[float]] = {}
-        self._swept = time.time()
-        self._longest = 0.0  # the longest window asked for: the sweep keeps what any limit still counts
-
-    def hit(self, key: tuple, limit: int, window: float) -> float:
-        """0.0 when the event is allowed (and recorded), else the seconds until one would be."""
-        now = time.time()
-        start = now - window
-        self._longest = max(self._longest, window)
-        if now - self._swept > self._longest:
-            self._sweep(now - self._longest)
-        events = self._events.get(key)
-        if events is None:
-            events = self._events[key] = deque()
-        while events and events[0] < start:
-            events.popleft()
-        if len(events) < limit:
-            events.append(now)
-            return 0.0
-        return max(0.001, events[0] + window - now)
-
-    def _sweep(self, start: float) -> None:
-        """Forget the keys whose newest event is older than `start`."""
-        self._swept = time.time()
-        for key in [k for k, events in self._events.items() if not events or events[-1] < start]:
-            del self._events[key]
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-
-def limit_storage(redis_url: str | None) -> Storage | ProcessWindows:
-    """Memory (one process), or Redis for `redis://` / `rediss://` URLs (redis-py's asyncio client)."""
+    In memory, the library's *synchronous* storage, called straight from the event loop (a dict and a
+    lock, nothing that waits). Its asyncio memory storage schedules, after every hit, a task that
+    walks every key it holds with one thread hop per key (limits 5.8, `aio/storage/memory.py`,
+    `__expire_events`): ~8 % of a busy server's interpreter time under py-spy. The synchronous one
+    expires in a timer thread instead."""
     if not redis_url:
-        return ProcessWindows()
+        return MemoryStorage()
     url = redis_url if redis_url.startswith("async+") else "async+" + redis_url
     return storage_from_string(url, implementation="redispy", key_prefix="pbxbot")
 
@@ -82,12 +43,12 @@ def limit_storage(redis_url: str | None) -> Storage | ProcessWindows:
 class RateLimit:
     """At most `per_minute` events per key in any `window` seconds (per_minute <= 0: no limit)."""
 
-    def __init__(self, name: str, per_minute: int, storage: Storage | ProcessWindows, *, window: int = 60) -> None:
+    def __init__(self, name: str, per_minute: int, storage: Storage | MemoryStorage, *, window: int = 60) -> None:
         self.name = name
         self.per_minute = per_minute
         self.window = window
         self._item = RateLimitItemPerSecond(per_minute, window) if per_minute > 0 else None
-        self._memory = storage if isinstance(storage, ProcessWindows) else None
+        self._memory = strategies.MovingWindowRateLimiter(storage) if isinstance(storage, MemoryStorage) else None
         self._limiter = MovingWindowRateLimiter(storage) if self._memory is None else None
         self.last_error: str | None = None
         self._logged_at = float("-inf")
@@ -96,7 +57,9 @@ class RateLimit:
         if self._item is None:
             return 0.0
         if self._memory is not None:
-            return self._memory.hit((self.name, self.per_minute, self.window, key), self.per_minute, self.window)
+            if self._memory.hit(self._item, self.name, key):
+                return 0.0
+            return max(0.001, self._memory.get_window_stats(self._item, self.name, key).reset_time - time.time())
         try:
             if await self._limiter.hit(self._item, self.name, key):
                 self.last_error = None
