@@ -122,8 +122,12 @@ def decide(pred) -> frozenset[str]:
         if {"dispute", general} <= labels:
             labels.discard(general if pred.ratios["dispute"] > pred.ratios[general] else "dispute")
     # A bill contested as it arrives is both fraud_bill and dispute (an incident: the PBX may still be
-    # open). Only a message that says the takeover is stopped makes it a dispute alone (understand()
-    # asks the status lexicon): which of the two scores a hair higher must not decide an urgent ticket.
+    # open); a bill for an incident that is over is a dispute. Calls going on now always win. A message
+    # that says the takeover is stopped is a dispute whatever the scores (understand(), status lexicon).
+    # Tried 2026-12-07: deciding by the stop phrases alone (not by the larger margin) made "We are
+    # disputing this invoice, the calls weren't ours." urgent, against the development sets' labels.
+    if {"dispute", "fraud_bill"} <= labels and "fraud_now" not in labels and pred.ratios["dispute"] > pred.ratios["fraud_bill"]:
+        labels.discard("fraud_bill")
     return frozenset(labels)
 
 
