@@ -250,3 +250,17 @@ def test_the_classifier_counts_the_same_character_ngrams_in_the_same_order():
     assert len(texts) > 1000
     for text in texts:
         assert list(ngrams(text).items()) == list(loop(text).items()), text
+
+
+def test_a_sentence_saying_the_calls_still_go_on_needs_no_margin_to_make_an_incident():
+    """A sentence that only just passes the incident threshold counts when the message says the
+    takeover goes on ("まだ続いています"); otherwise it must pass by a tenth."""
+    from bot.conversation.understanding.classifier import Prediction
+    from bot.conversation.understanding.understand import INCIDENT_SEGMENT_BAR, combine
+
+    whole = Prediction({"fraud_now": 0.2, "question": 0.9}, frozenset({"question"}), {"fraud_now": 0.3, "question": 1.5})
+    parts = [Prediction({"fraud_now": 0.7, "question": 0.1}, frozenset({"fraud_now"}), {"fraud_now": 1.05, "question": 0.2}),
+             Prediction({"fraud_now": 0.1, "question": 0.9}, frozenset({"question"}), {"fraud_now": 0.1, "question": 1.6})]
+    assert 1.05 < INCIDENT_SEGMENT_BAR
+    assert "fraud_now" not in combine(whole, parts).labels
+    assert "fraud_now" in combine(whole, parts, ongoing=True).labels

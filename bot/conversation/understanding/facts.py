@@ -170,6 +170,10 @@ class FactExtractor:
 
     # ------------------------------------------------------------ facts
 
+    def says_ongoing(self, text: str) -> bool:
+        """The message says the takeover goes on ("まだ続いています", "still going out")."""
+        return bool(self._still_yes and self._still_yes.search(_norm(text)))
+
     def says_over(self, text: str) -> bool:
         """The message says the takeover has been stopped (and not that it goes on)."""
         norm = _norm(text)

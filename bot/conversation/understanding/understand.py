@@ -46,7 +46,7 @@ class Understander:
             segments = sentences_of(text)
             if len(segments) > 1:
                 parts = self.classifier.predict_many(segments)
-                pred = combine(pred, parts)
+                pred = combine(pred, parts, ongoing=self.extractor.says_ongoing(text))
                 questions = tuple(seg for seg, part in zip(segments, parts)
                                   if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
                                   and not part.labels & {"fraud_now", "fraud_bill"})
@@ -87,7 +87,7 @@ def sentences_of(text: str) -> list[str]:
     return [p for p in parts if len(p) >= 4][:MAX_SEGMENTS]
 
 
-def combine(whole: Prediction, parts: list[Prediction]) -> Prediction:
+def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False) -> Prediction:
     """A message often says two things ("calls are going out right now! and who pays?"): its
     vector mixes them and may pass neither threshold. A label that one of its sentences passes
     counts too, as long as the whole message gives it some weight (SEGMENT_FLOOR): the whole
@@ -102,7 +102,9 @@ def combine(whole: Prediction, parts: list[Prediction]) -> Prediction:
         best = max((p.ratios[label] for p in parts), default=0.0)
         incident = label in ("fraud_now", "fraud_bill")
         floor = INCIDENT_SEGMENT_FLOOR if incident else SEGMENT_FLOOR
-        if best >= (INCIDENT_SEGMENT_BAR if incident else 1.0) and r >= floor:
+        # (a message that says it is still going on, "まだ続いています", needs no margin)
+        bar = INCIDENT_SEGMENT_BAR if incident and not ongoing else 1.0
+        if best >= bar and r >= floor:
             ratios[label] = max(r, best)
     labels = frozenset(label for label, r in ratios.items() if r >= 1.0)
     return Prediction(whole.scores, labels, ratios)
