@@ -47,7 +47,6 @@ _NAME_WORD_RE = re.compile(r"[a-z0-9][a-z0-9\-]*")
 # a capital then a small letter ("Docomo", "FreePBX"). Words in capitals only are left out: acronyms of
 # the domain (GW, FAQ) and shouted or pasted text ("DROP TABLE") more often than names.
 _CAPITALISED_RE = re.compile(r"(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)(?<=[\s(\"'/])([A-Z][a-z][A-Za-z0-9\-]*)\b")
-_MARKUP_RE = re.compile(r"<[^>]{0,200}>")
 # Capitalised words that name no product or company: calendar words, places and people said in English
 # (the Japanese path leaves places and people out by their part of speech), "I".
 _NOT_NAMES = set(
@@ -55,6 +54,17 @@ _NOT_NAMES = set(
     "monday tuesday wednesday thursday friday saturday sunday japan japanese tokyo osaka kyoto english "
     "us usa uk america american europe china chinese ok okay faq pdf".split()
 )
+
+
+_RECENT_PIECES = 64
+_RECENT_MAX_CHARS = 2000
+_MARKUP_RE = re.compile(r"</?[A-Za-z][^<>]{0,300}>")
+
+
+def strip_markup(text: str) -> str:
+    """Tags pasted or injected around a question (<script>, <img onerror=...>) out: they say nothing
+    of it, and their words would only count as words no document has."""
+    return _MARKUP_RE.sub(" ", text)
 
 
 def stem_en(word: str) -> str:
@@ -85,6 +95,7 @@ class Analyzer:
         self._lock = threading.Lock()
         self._synonym_tokens: dict[str, tuple[str, ...]] | None = None
         self._term_words: frozenset[str] | None = None
+        self._recent: dict[str, tuple] = {}  # piece -> its morphemes, the last few queries (_morphemes)
 
     # ---- SudachiPy, loaded lazily (about 0.2 s, ~190 MB resident for the dictionary)
     def _sudachi(self):
@@ -116,24 +127,37 @@ class Analyzer:
             self._synonym_tokens = {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
         return self._synonym_tokens
 
+    def _morphemes(self, piece: str) -> tuple[tuple[str, tuple[str, str, str], str], ...]:
+        """(normal form, the first three parts of speech, surface) of each morpheme. A query's are
+        kept for a while: a search analyses its words and then looks for its names in the same text."""
+        tok = self._sudachi()
+        with self._lock:  # (SudachiPy's tokenizer is not thread-safe; the cache shares the lock)
+            cached = self._recent.get(piece)
+            if cached is not None:
+                return cached
+            morphemes = tuple((m.normalized_form(), tuple(m.part_of_speech()[:3]), m.surface())
+                              for m in tok.tokenize(piece, self._mode))
+            if len(piece) <= _RECENT_MAX_CHARS:  # queries, not the documents of a build
+                if len(self._recent) >= _RECENT_PIECES:
+                    self._recent.pop(next(iter(self._recent)))
+                self._recent[piece] = morphemes
+        return morphemes
+
     def _content_tokens(self, normalized: str) -> list[str]:
         if not normalized:
             return []
         if not _CJK_RE.search(normalized):
             return self._ascii_tokens(normalized)
         out: list[str] = []
-        tok = self._sudachi()
         for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
-            piece = normalized[start:start + _SUDACHI_SLICE_CHARS]
-            with self._lock:
-                morphemes = [(m.normalized_form(), m.part_of_speech()[0], m.surface()) for m in tok.tokenize(piece, self._mode)]
+            morphemes = self._morphemes(normalized[start:start + _SUDACHI_SLICE_CHARS])
             # Known quirk, kept after measuring: an English word inside text with any CJK character (an
             # English section naming 国際電話不取扱受付センター, a mixed query) gets SudachiPy's katakana
             # normal form when its dictionary knows the word (number -> ナンバー, how -> ハウ), so such
             # sections lose their common English words. Keeping those words English (and refitting the
             # reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 -> 0.902, but section
             # recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157 cases.
-            for form, pos, surface in morphemes:
+            for form, (pos, _, _), surface in morphemes:
                 if pos in _DROP_POS:
                     continue
                 form = form.lower()
@@ -192,19 +216,15 @@ class Analyzer:
             self._term_words = frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
         known |= self._term_words
         found: list[str] = []
-        tok = self._sudachi()
-        for m in _CAPITALISED_RE.finditer(_MARKUP_RE.sub(" ", raw)):
+        for m in _CAPITALISED_RE.finditer(strip_markup(raw)):
             word = m.group(1).lower()
             if word in known or word in _EN_STOP or word in _NOT_NAMES:
                 continue
-            with self._lock:
-                place = any(x.part_of_speech()[2] == "地名" for x in tok.tokenize(m.group(1), self._mode))
-            if not place:  # SudachiPy knows places written in English too (Manila, Lithuania)
+            # SudachiPy knows places written in English too (Manila, Lithuania)
+            if not any(pos[2] == "地名" for _, pos, _ in self._morphemes(m.group(1))):
                 found.append(word)
         if _CJK_RE.search(normalized):
-            with self._lock:
-                morphemes = [(m.surface(), m.part_of_speech()) for m in tok.tokenize(normalized, self._mode)]
-            for surface, pos in morphemes:
+            for _, pos, surface in self._morphemes(normalized):
                 if pos[1] == "固有名詞" and pos[2] not in ("地名", "人名") and _CJK_RE.search(surface) \
                         and not any(surface in term for term in known):
                     found.append(surface)

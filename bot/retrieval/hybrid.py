@@ -25,7 +25,7 @@ import numpy as np
 
 from bot.config import ConfigError, Settings
 from bot.ports import Passage, SearchResult
-from bot.retrieval.analysis import Analyzer
+from bot.retrieval.analysis import Analyzer, strip_markup
 from bot.retrieval.confidence import Calibrator, Features
 from bot.retrieval.documents import CARRIERS, DocumentError, load_documents
 from bot.retrieval.fusion import RRF_K, max_rrf, rrf
@@ -61,18 +61,13 @@ def detect_language(text: str) -> str:
     return "ja" if cjk and cjk * 3 >= latin else "en"
 
 
-_MARKUP = re.compile(r"</?[A-Za-z][^<>]{0,300}>")
-
-
 def clean_query(query: Any) -> str:
     if not isinstance(query, str):
         query = "" if query is None else str(query)
     query = query[: MAX_QUERY_CHARS * 4]
     query = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]", " ", query)
     query = query.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
-    # Markup pasted or injected around a question (<script>, <img onerror=...>) says nothing of it;
-    # its attribute words would only count as words no document has (the gate reads that).
-    query = _MARKUP.sub(" ", query)
+    query = strip_markup(query)
     query = re.sub(r"\s+", " ", query).strip()
     return query[:MAX_QUERY_CHARS]
 
@@ -121,6 +116,7 @@ class _SectionInfo:
     specific: bool  # for some carriers only (not "all")
     token_sets: tuple[frozenset[str], ...]  # each sentence's analysed words (sentence_tokens)
     question_vectors: np.ndarray | None  # the rows of its section questions (exact search only)
+    heading_groups: frozenset[str]  # the lexicon concepts its heading names
 
 
 class HybridRetriever:
@@ -146,7 +142,6 @@ class HybridRetriever:
         self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
         self.reranker = Reranker.load()  # None: the fused order stands (bot/retrieval/rerank.py)
         self.last_candidates: tuple[list[str], np.ndarray] | None = None  # for scripts/fit_reranker.py
-        self._heading_cache: dict[str, frozenset[str]] = {}
         self._section_cache: dict[str, _SectionInfo] = {}
         # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
         # for good when the corpus is small (settings.dense_exact_max_chunks).
@@ -405,7 +400,8 @@ class HybridRetriever:
                 doc=doc, carriers=carriers, specific=bool(carriers) and "all" not in doc_carriers,
                 token_sets=tuple(frozenset(toks) for toks in sec.get("sentence_tokens") or ()),
                 # the same rows as self._vectors[list(q_rows)] each time: one copy instead of one a search
-                question_vectors=self._vectors[list(q_rows)] if self._vectors is not None and q_rows else None)
+                question_vectors=self._vectors[list(q_rows)] if self._vectors is not None and q_rows else None,
+                heading_groups=frozenset(self.analyzer.analyze(sec["heading"])[1]) if sec.get("heading") else frozenset())
             self._section_cache[key] = info
         return info
 
@@ -470,7 +466,7 @@ class HybridRetriever:
             carriers, specific = info.carriers, info.specific
             # a section headed for a case the question does not name ("Mobile phones" for "how do I
             # stop international calls?"): the share of its heading's concepts the question lacks
-            heading_groups = self._heading_groups(key)
+            heading_groups = info.heading_groups
             unasked = len(heading_groups - asked) / len(heading_groups) if heading_groups else 0.0
             out[i] = (contribution[0].get(key, 0.0) * 60, contribution[1].get(key, 0.0) * 60,
                       contribution[2].get(key, 0.0) * 60, contribution[3].get(key, 0.0) * 60,
@@ -480,15 +476,6 @@ class HybridRetriever:
                       float(doc.get("kind") == "source"), float(doc.get("language") != pref),
                       float(specific and not (carriers & named)), float(bool(carriers & named)), unasked)
         return out
-
-    def _heading_groups(self, key: str) -> frozenset[str]:
-        """The lexicon concepts a section's heading names (cached: headings do not change)."""
-        cached = self._heading_cache.get(key)
-        if cached is None:
-            heading = self.store.sections[key].get("heading") or ""
-            cached = frozenset(self.analyzer.analyze(heading)[1]) if heading else frozenset()
-            self._heading_cache[key] = cached
-        return cached
 
     def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
                          sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None,
