@@ -104,7 +104,7 @@ def test_a_later_message_adds_facts_and_a_newer_statement_wins(extractor):
 ])
 def test_a_message_that_says_it_goes_on_is_still_happening_even_beside_words_of_stopping(extractor, text):
     assert extractor.extract(text).still_happening is True
-    assert not extractor.says_over(text)
+    assert extractor.status(text) is True
 
 
 def test_the_classifier_says_whether_it_is_still_going_on_when_no_phrase_does(extractor):

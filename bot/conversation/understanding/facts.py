@@ -170,14 +170,18 @@ class FactExtractor:
 
     # ------------------------------------------------------------ facts
 
-    def says_ongoing(self, text: str) -> bool:
-        """The message says the takeover goes on ("まだ続いています", "still going out")."""
-        return bool(self._still_yes and self._still_yes.search(_norm(text)))
+    def status(self, text: str) -> bool | None:
+        """What the message says of the takeover (status.yaml): True, it goes on ("まだ続いています");
+        False, it has been stopped ("blocked since Monday"); None, neither. A phrase that it goes on
+        wins over words of stopping ("we stopped it, but calls are still going out")."""
+        return self._status(_norm(text))
 
-    def says_over(self, text: str) -> bool:
-        """The message says the takeover has been stopped (and not that it goes on)."""
-        norm = _norm(text)
-        return bool(self._still_no and self._still_no.search(norm)) and not (self._still_yes and self._still_yes.search(norm))
+    def _status(self, norm: str) -> bool | None:
+        if self._still_yes and self._still_yes.search(norm):
+            return True
+        if self._still_no and self._still_no.search(norm):
+            return False
+        return None
 
     def extract(self, text: str, known: IncidentFacts | None = None, *, ongoing: bool | None = None) -> IncidentFacts:
         """Facts in one message merged over what is known (a newer statement wins for carrier and
@@ -188,10 +192,9 @@ class FactExtractor:
         carriers = self.carriers(norm)
         if carriers:
             f.carrier = carriers[0]
-        if self._still_yes and self._still_yes.search(norm):
-            f.still_happening = True  # "it stopped, then started again": what goes on wins
-        elif self._still_no and self._still_no.search(norm):
-            f.still_happening = False
+        stated = self._status(norm)
+        if stated is not None:
+            f.still_happening = stated
         elif ongoing is not None:
             f.still_happening = ongoing
         m = _NOTICED.search(norm)

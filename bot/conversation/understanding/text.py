@@ -58,7 +58,6 @@ def calm(text: str) -> str:
     return "".join(c.lower() if c.isascii() else c for c in text)
 
 
-
 def normalize(text: str) -> str:
     """NFKC, lower case, kana-only key words in kanji, spaces between Japanese words removed."""
     t = kana_to_kanji(text).lower()

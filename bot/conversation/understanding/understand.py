@@ -43,18 +43,15 @@ class Understander:
             intents = frozenset()
         else:
             pred = self.classifier.predict(text)
+            stated = self.extractor.status(text)  # the message says the takeover goes on / is stopped
             segments = sentences_of(text)
             if len(segments) > 1:
                 parts = self.classifier.predict_many(segments)
-                pred = combine(pred, parts, ongoing=self.extractor.says_ongoing(text))
+                pred = combine(pred, parts, ongoing=stated is True)
                 questions = tuple(seg for seg, part in zip(segments, parts)
                                   if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
                                   and not part.labels & {"fraud_now", "fraud_bill"})
-            intents, scores = decide(pred), pred.scores
-            # A contested bill for a takeover the message says is stopped ("blocked since Monday; we
-            # contest the October invoice") is a dispute, not a bill just found: a normal ticket.
-            if {"dispute", "fraud_bill"} <= intents and "fraud_now" not in intents and self.extractor.says_over(text):
-                intents = intents - {"fraud_bill"}
+            intents, scores = decide(pred, over=stated is False), pred.scores
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
         facts = self.extractor.extract(text, known, ongoing=ongoing)
         return Meaning(intents=intents, scores=scores, detected_language=detected, unknown_language=unknown,
@@ -110,7 +107,7 @@ def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False
     return Prediction(whole.scores, labels, ratios)
 
 
-def decide(pred) -> frozenset[str]:
+def decide(pred, *, over: bool = False) -> frozenset[str]:
     """The labels the skills act on. Where two labels that exclude each other both pass their
     thresholds, the one that passes it by more wins (near the line, the model's small wobble must
     not open a ticket): a claim about one's own bill against a general question about who pays."""
@@ -124,11 +121,13 @@ def decide(pred) -> frozenset[str]:
         if {"dispute", general} <= labels:
             labels.discard(general if pred.ratios["dispute"] > pred.ratios[general] else "dispute")
     # A bill contested as it arrives is both fraud_bill and dispute (an incident: the PBX may still be
-    # open); a bill for an incident that is over is a dispute. Calls going on now always win. A message
-    # that says the takeover is stopped is a dispute whatever the scores (understand(), status lexicon).
-    # Tried 2026-12-07: deciding by the stop phrases alone (not by the larger margin) made "We are
-    # disputing this invoice, the calls weren't ours." urgent, against the development sets' labels.
-    if {"dispute", "fraud_bill"} <= labels and "fraud_now" not in labels and pred.ratios["dispute"] > pred.ratios["fraud_bill"]:
+    # open); a bill for an incident that is over is a dispute. Calls going on now always win. `over`:
+    # the message says the takeover is stopped ("blocked since Monday; we contest the October
+    # invoice"), a dispute whatever the scores; otherwise the larger margin decides. Tried 2026-12-07:
+    # deciding by the stop phrases alone made "We are disputing this invoice, the calls weren't
+    # ours." urgent, against the development sets' labels.
+    if {"dispute", "fraud_bill"} <= labels and "fraud_now" not in labels and (
+            over or pred.ratios["dispute"] > pred.ratios["fraud_bill"]):
         labels.discard("fraud_bill")
     return frozenset(labels)
 
