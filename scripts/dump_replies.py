@@ -30,7 +30,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from eval_conversations import is_labelled, labelled_turns  # noqa: E402
+from eval_conversations import build_service, is_labelled, labelled_turns  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
 from bot.messages import Address, InboundMessage  # noqa: E402
@@ -76,19 +75,6 @@ class TicketIds:
         return TICKET_ID.sub(lambda m: self.names.setdefault(m.group(0), f"T#{len(self.names) + 1}"), text)
 
 
-def build_service(tmp: Path):
-    from bot.conversation.service import ConversationService
-    from bot.handoff.service import HandoffService
-    from bot.handoff.sql_store import SqlHandoffStore
-    from bot.wiring import build_retriever
-
-    settings = load_settings()
-    retriever = build_retriever(settings)
-    store = SqlHandoffStore.from_settings(settings.model_copy(update={"data_dir": tmp, "database_url": None}))
-    handoff = HandoffService(store)
-    return ConversationService(retriever=retriever, store=store, handoff=handoff, settings=settings), store, handoff
-
-
 def reply_record(r) -> dict[str, Any]:
     return {
         "kind": r.kind, "language": r.language, "answer": r.answer, "confidence": repr(float(r.confidence)),
@@ -106,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-up", action="store_true", help="answer every turn once first (other conversations)")
     args = ap.parse_args(argv)
 
-    tmp = Path(tempfile.mkdtemp(prefix="pbxbot-dump-"))
-    service, store, handoff = build_service(tmp)
+    service = build_service(load_settings(), "sqlite")  # a fresh SQLite file, as the evaluation runs
+    store, handoff = service.store, service.handoff
     cases = workload()
     if args.warm_up:
         for case_id, users in cases:
