@@ -200,6 +200,20 @@ def test_a_panicked_message_in_capitals_is_an_incident(understander, text):
     assert understander.understand(text, None).incident
 
 
+@pytest.mark.parametrize("text", ["ﾃﾞﾝﾜ ﾉｯﾄﾗﾚﾀ ｲﾏﾓ ｶｲｶﾞｲﾆ ﾊｯｼﾝｼﾃﾙ ﾀｽｹﾃ", "コクサイデンワノ セイキュウガ キタ ダレモ カケテナイ"])
+def test_a_message_typed_in_katakana_alone_is_read_like_its_kana_self(understander, text):
+    """A phone's or an old terminal's kana mode (often half-width) writes everything in katakana."""
+    assert understander.understand(text, None).incident
+
+
+def test_katakana_spelling_loanwords_beside_hiragana_or_kanji_stays_katakana():
+    from bot.conversation.understanding.text import kana_to_kanji
+
+    assert kana_to_kanji("ｺｸｻｲﾃﾞﾝﾜ ﾄﾒﾀｲ") == "国際電話 止めたい"
+    assert kana_to_kanji("ルーターのパスワード") == "ルーターのパスワード"
+    assert kana_to_kanji("NTTのセンター") == "NTTのセンター"
+
+
 def test_every_threshold_was_chosen_on_examples_the_training_never_saw(understander):
     report = understander.classifier.meta["out_of_fold"]
     assert set(report) == set(understander.classifier.labels)

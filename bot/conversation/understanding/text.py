@@ -30,10 +30,30 @@ _HAND_WRITTEN = (
 _KANA_WORDS = tuple(sorted({**dict(KANA_READINGS), **dict(_HAND_WRITTEN)}.items(), key=lambda kv: (-len(kv[0]), kv[0])))
 
 
+_KATAKANA_WORD = re.compile(r"[\u30a1-\u30fc]+")
+_HIRAGANA_OR_KANJI = re.compile(r"[\u3041-\u3096\u4e00-\u9fff]")
+_KATAKANA_TO_HIRAGANA = {c: c - 0x60 for c in range(0x30A1, 0x30F7)}
+
+
+def katakana_as_kana(text: str) -> str:
+    """A message typed in a phone's or an old terminal's kana mode (katakana alone, often half-width,
+    which NFKC has made full-width: 「ｺｸｻｲﾃﾞﾝﾜ ﾄﾒﾀｲ」) read as hiragana, so that its key words map to
+    kanji like any other kana-only message's: a message without hiragana or kanji, of several
+    katakana words or spelling a key word. One katakana word that spells none (サンキュー,
+    パスワード) and katakana beside hiragana or kanji (ルーターのパスワード) are loanwords and stay."""
+    if _HIRAGANA_OR_KANJI.search(text) or not _KATAKANA_WORD.search(text):
+        return text
+    folded = text.translate(_KATAKANA_TO_HIRAGANA)
+    if len(_KATAKANA_WORD.findall(text)) >= 2 or any(kana in folded for kana, _ in _KANA_WORDS):
+        return folded
+    return text
+
+
 def kana_to_kanji(text: str) -> str:
     """Only the kana-only key words replaced (for retrieval queries: case and spacing kept, except
-    that a message typed in capitals reads as its lower-case self)."""
-    t = unicodedata.normalize("NFKC", text or "")
+    that a message typed in capitals reads as its lower-case self, and one typed in katakana alone
+    as hiragana)."""
+    t = katakana_as_kana(unicodedata.normalize("NFKC", text or ""))
     for kana, kanji in _KANA_WORDS:
         if kana in t:
             t = t.replace(kana, kanji)
