@@ -46,7 +46,11 @@ _NAME_WORD_RE = re.compile(r"[a-z0-9][a-z0-9\-]*")
 # A capitalised word that is not the first of its sentence (after a period, question mark, colon...):
 # a capital then a small letter ("Docomo", "FreePBX"). Words in capitals only are left out: acronyms of
 # the domain (GW, FAQ) and shouted or pasted text ("DROP TABLE") more often than names.
-_CAPITALISED_RE = re.compile(r"(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)(?<=[\s(\"'/])([A-Z][a-z][A-Za-z0-9\-]*)\b")
+_CAPITALISED_RE = re.compile(r"(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)(?<=[\s(\"'/])([A-Z][a-z][A-Za-z0-9\-]*)(?![A-Za-z0-9])")
+# In Japanese text every capitalised Latin word is a name, the first one too ("Yealinkの電話機",
+# "Microsoft Teamsの…"); an English word glued to Japanese has no word boundary before it (\b: の is
+# a word character), hence the explicit look-arounds.
+_CAPITALISED_IN_JA_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z][a-z][A-Za-z0-9\-]*)(?![A-Za-z0-9])")
 # Capitalised words that name no product or company: calendar words, places and people said in English
 # (the Japanese path leaves places and people out by their part of speech), "I".
 _NOT_NAMES = set(
@@ -208,7 +212,8 @@ class Analyzer:
         know as a term of the domain ("ドコモ", "Teams", "Yealink"; not "NTT", "PBX" or "Asterisk", which
         are lexicon terms): an answer that never mentions them probably answers about something else.
         Japanese: SudachiPy's proper nouns, without places and people's names (日本, 港区, 田中);
-        English: words written with a capital letter that do not start a sentence. Lower case, NFKC."""
+        English: words written with a capital letter that do not start a sentence (in Japanese text,
+        any capitalised Latin word). Lower case, NFKC."""
         raw = unicodedata.normalize("NFKC", text or "")[:_NAMES_MAX_CHARS]
         normalized = normalize_text(raw)
         known = set(self.lexicon.find_terms(normalized))
@@ -216,14 +221,15 @@ class Analyzer:
             self._term_words = frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
         known |= self._term_words
         found: list[str] = []
-        for m in _CAPITALISED_RE.finditer(strip_markup(raw)):
+        japanese = bool(_CJK_RE.search(normalized))
+        for m in (_CAPITALISED_IN_JA_RE if japanese else _CAPITALISED_RE).finditer(strip_markup(raw)):
             word = m.group(1).lower()
             if word in known or word in _EN_STOP or word in _NOT_NAMES:
                 continue
             # SudachiPy knows places written in English too (Manila, Lithuania)
             if not any(pos[2] == "地名" for _, pos, _ in self._morphemes(m.group(1))):
                 found.append(word)
-        if _CJK_RE.search(normalized):
+        if japanese:
             for _, pos, surface in self._morphemes(normalized):
                 if pos[1] == "固有名詞" and pos[2] not in ("地名", "人名") and _CJK_RE.search(surface) \
                         and not any(surface in term for term in known):

@@ -151,6 +151,8 @@ def test_the_lexicon_says_which_carrier_a_question_names(analyzer):
     ("Does NTT Docomo have a monthly limit on international calls?", ["docomo"]),
     ("Is Microsoft Teams exposed to this? Asking for our Osaka office.", ["microsoft", "teams"]),
     ("ドコモの携帯で国際電話を止めるには？", ["ドコモ"]),
+    ("Microsoft Teamsの電話機能も乗っ取られる？", ["microsoft", "teams"]),  # glued to Japanese, first word too
+    ("Yealinkの電話機は大丈夫？", ["yealink"]),
     ("日本の港区の事務所で田中さんがKDDIの回線を使っています", []),  # places, people, a carrier
     ("How do I stop international calls on NTT Hikari Denwa?", []),  # lexicon terms are no names
     ("<b>DROP TABLE</b> tickets; how do we block calls from Manila to Lithuania?", []),  # markup, capitals, places
