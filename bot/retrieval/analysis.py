@@ -51,6 +51,7 @@ _CAPITALISED_RE = re.compile(r"(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)(?<=[\s(\"'/]
 # "Microsoft Teamsの…"); an English word glued to Japanese has no word boundary before it (\b: の is
 # a word character), hence the explicit look-arounds.
 _ASCII_LETTER_RE = re.compile(r"[A-Za-z]")
+_HIRAGANA_RE = re.compile(r"[\u3041-\u3096]")
 _CAPITALISED_IN_JA_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z][a-z][A-Za-z0-9\-]*)(?![A-Za-z0-9])")
 # Capitalised words that name no product or company: calendar words, places and people said in English
 # (the Japanese path leaves places and people out by their part of speech), "I".
@@ -222,8 +223,10 @@ class Analyzer:
             self._term_words = frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
         known |= self._term_words
         found: list[str] = []
-        # written in Japanese (an English sentence naming 警察庁 keeps the English rule: "Back in 2016…")
-        japanese = len(_CJK_RE.findall(normalized)) > len(_ASCII_LETTER_RE.findall(normalized))
+        # written in Japanese: Japanese grammar (hiragana) or mostly Japanese letters (an English
+        # sentence naming 警察庁 keeps the English rule: "Back in 2016 the 警察庁…" names no "Back")
+        japanese = bool(_HIRAGANA_RE.search(normalized)) or \
+            len(_CJK_RE.findall(normalized)) > len(_ASCII_LETTER_RE.findall(normalized))
         for m in (_CAPITALISED_IN_JA_RE if japanese else _CAPITALISED_RE).finditer(strip_markup(raw)):
             word = m.group(1).lower()
             if word in known or word in _EN_STOP or word in _NOT_NAMES:
