@@ -11,7 +11,8 @@ from bot.conversation.skills.base import Skill
 from bot.conversation.skills.dispute import Dispute
 from bot.conversation.skills.incident import Incident
 from bot.conversation.skills.question import Question
-from bot.conversation.skills.simple import Empty, HumanRequest, More, NotHelped, Refusal, Smalltalk, UnknownLanguage
+from bot.conversation.skills.simple import (Empty, HumanRequest, More, NotHelped, Refusal, Smalltalk, UnknownLanguage,
+                                            Unreadable)
 from bot.conversation.skills.ticket_open import TicketOpen
 from bot.conversation.understanding.facts import FactExtractor
 
@@ -24,6 +25,7 @@ def build_skills(answerer: Answerer, extractor: FactExtractor) -> tuple[Skill, .
     return (
         TicketOpen(incident),
         Empty(),
+        Unreadable(),
         Refusal(),
         UnknownLanguage(),
         incident,

@@ -1,7 +1,9 @@
-"""The short skills: an empty message, a refusal, a language the bot does not speak, smalltalk, a
+"""The short skills: an empty message, one of punctuation only, a refusal, a language the bot does not speak, smalltalk, a
 request for a person, "more", "that did not help"."""
 
 from __future__ import annotations
+
+import unicodedata
 
 from bot.conversation import composer
 from bot.conversation.escalation import TurnSignals
@@ -20,6 +22,25 @@ class Empty:
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
         text = t("empty", turn.lang) if turn.state.language else f"{t('empty', 'en')}\n{t('empty', 'ja')}"
         return [kit.reply(turn, text, kind="notice")]
+
+
+class Unreadable:
+    """Only punctuation ("？？？", "!!!", "..."): no words to understand, so ask what happened, instead
+    of whatever a model reads into it ("nothing more on that", "you're welcome"). Emoji are left to
+    the model (👍 is thanks)."""
+
+    name = "unreadable"
+    claims = frozenset()
+
+    def applies(self, turn: Turn) -> bool:
+        text = turn.text
+        return bool(text) and not turn.requested_human and not any(
+            c.isalnum() or unicodedata.category(c) == "So" for c in text)
+
+    def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
+        # punctuation says no language: both, until the conversation has one (as for an empty message)
+        text = t("clarify", turn.lang) if turn.state.language else f"{t('clarify', 'en')}\n{t('clarify', 'ja')}"
+        return [kit.reply(turn, text, kind="clarify")]
 
 
 class Refusal:
