@@ -51,13 +51,9 @@ _ACTION = re.compile(
 )
 
 
+@lru_cache(maxsize=16384)
 def terms(text: str) -> frozenset[str]:
     """Words (English, stemmed) and kanji/katakana bigrams, for overlap scoring."""
-    return _terms_cached(text or "")
-
-
-@lru_cache(maxsize=16384)
-def _terms_cached(text: str) -> frozenset[str]:
     n = unicodedata.normalize("NFKC", text or "").lower()
     out: set[str] = set()
     for w in _WORDS.findall(n):

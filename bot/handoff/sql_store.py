@@ -21,7 +21,7 @@ import hashlib
 import logging
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -264,13 +264,12 @@ class SqlHandoffStore:
         s.flush()  # the ticket row first (foreign key)
         self._insert_audit(s.connection(), ticket_id, actor, action, detail)
 
-    def _enqueue(self, s: Session, address: Address, reply: Reply, ticket_id: str | None) -> int:
-        row = OutboxRow(address=storable.clean_json(address.to_dict()),
-                        reply=storable.clean_json(reply.to_payload()), ticket_id=ticket_id,
-                        status="pending", attempts=0, created_at=self._now())
-        s.add(row)
-        s.flush()
-        return int(row.id)
+    def _insert_outbox(self, conn: Connection, address: dict[str, Any], reply: dict[str, Any], ticket_id: str | None,
+                       now: datetime, leased_until: datetime | None = None) -> int:
+        """A pending outbox item (`address`: already clean JSON), leased until `leased_until`; its id."""
+        return int(conn.execute(_Q.outbox_insert, {
+            "address": address, "reply": storable.clean_json(reply), "ticket_id": ticket_id, "status": "pending",
+            "attempts": 0, "created_at": now, "leased_until": leased_until}).scalar_one())
 
     # ------------------------------------------------------------ ConversationStore
 
@@ -373,10 +372,7 @@ class SqlHandoffStore:
                 if addr_json is not None and isinstance(meta.get("reply"), dict):
                     # The transactional outbox: the reply is owed to the user from this commit on,
                     # whatever happens to the process that is about to send it (leased to it meanwhile).
-                    msg.outbox_id = int(conn.execute(_Q.outbox_insert, {
-                        "address": addr_json, "reply": storable.clean_json(meta["reply"]), "ticket_id": ticket_id,
-                        "status": "pending", "attempts": 0, "created_at": now, "leased_until": leased_until,
-                    }).scalar_one())
+                    msg.outbox_id = self._insert_outbox(conn, addr_json, meta["reply"], ticket_id, now, leased_until)
                 out.append(msg)
             if self.backend != "postgresql":
                 conn.execute(_Q.message_mark_handled, {"mid": message_id})
@@ -555,20 +551,18 @@ class SqlHandoffStore:
         if ticket_id is None and reply.escalation is not None:
             ticket_id = reply.escalation.ticket_id
         with self._tx() as s:
+            conn = s.connection()
             if ticket_id is None:
-                ticket_id = s.connection().execute(_Q.active_ticket_id, {"cid": address.conversation_id}).scalar()
-            return self._enqueue(s, address, reply, ticket_id)
+                ticket_id = conn.execute(_Q.active_ticket_id, {"cid": address.conversation_id}).scalar()
+            return self._insert_outbox(conn, storable.clean_json(address.to_dict()), reply.to_payload(), ticket_id,
+                                       self._now())
 
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
         with self._read_session() as s:
             rows = s.execute(
                 select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id).limit(limit)
             )
-            return [
-                OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
-                           attempts=r.attempts, created_at=r.created_at)
-                for r in rows.scalars()
-            ]
+            return [_outbox_item(r) for r in rows.scalars()]
 
     def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
         """Like pending_outbox, but each item returned is leased to this caller for `seconds`:
@@ -589,11 +583,7 @@ class SqlHandoffStore:
             until = now + timedelta(seconds=seconds)
             for r in rows:
                 r.leased_until = until
-            return [
-                OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
-                           attempts=r.attempts, created_at=r.created_at)
-                for r in rows
-            ]
+            return [_outbox_item(r) for r in rows]
 
     def mark_sent(self, item_id: int) -> None:
         with self._tx() as s:
@@ -749,16 +739,15 @@ class _Q:
                       .order_by(_M.c.id))
 
 
+@dataclass(slots=True)
 class _TurnLock:
     """A turn's advisory lock: its connection, key, the transaction the lock statement began (until
     the turn's first store call takes it over) and whether the lock is still held."""
 
-    __slots__ = ("conn", "key", "tx", "locked")
-
-    def __init__(self, conn: Connection, key: int) -> None:
-        self.conn, self.key = conn, key
-        self.tx: Any = None
-        self.locked = False
+    conn: Connection
+    key: int
+    tx: Any = None
+    locked: bool = False
 
 
 def _lock_key(name: bytes) -> int:
@@ -798,6 +787,11 @@ def _ticket(r: TicketRow) -> Ticket:
                   status=r.status, priority=r.priority, reason=r.reason, summary=dict(r.summary or {}),  # type: ignore[arg-type]
                   created_at=r.created_at, updated_at=r.updated_at, operator=r.operator,
                   reannounced_at=r.reannounced_at)
+
+
+def _outbox_item(r: OutboxRow) -> OutboxItem:
+    return OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply), attempts=r.attempts,
+                      created_at=r.created_at)
 
 
 def _audit(r: AuditRow) -> AuditEntry:
@@ -858,9 +852,8 @@ class SqlTicketTransaction:
                                            meta=meta, ticket_id=ticket_id)
 
     def enqueue(self, address: Address, reply: Reply, ticket_id: str | None) -> int:
-        return int(self._conn.execute(_Q.outbox_insert, {
-            "address": storable.clean_json(address.to_dict()), "reply": storable.clean_json(reply.to_payload()),
-            "ticket_id": ticket_id, "status": "pending", "attempts": 0, "created_at": self._store._now()}).scalar_one())
+        return self._store._insert_outbox(self._conn, storable.clean_json(address.to_dict()), reply.to_payload(),
+                                          ticket_id, self._store._now())
 
 
 def _ticket_values(t: Ticket) -> dict[str, Any]:

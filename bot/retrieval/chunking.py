@@ -25,7 +25,6 @@ CHUNKER_VERSION = "3"
 MAX_CHARS = {"ja": 320, "en": 900}
 MIN_CHARS = {"ja": 60, "en": 160}
 
-_HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _LIST_RE = re.compile(r"^\s*(?:[-*+・]|\d{1,3}[.)．）])\s+")
 _JA_SENT_RE = re.compile(r"(?<=[。！？!?．])(?![」』）)!?！？])")
 _EN_SENT_RE = re.compile(r"(?<=[.?!])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")

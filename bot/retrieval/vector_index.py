@@ -15,6 +15,7 @@ with `known_embedding_functions[name].build_from_config(...)`. So this module
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -34,11 +35,9 @@ class UnsafeCollectionError(ConfigError):
     """A Chroma collection's stored configuration names an embedding function we did not put there."""
 
 
+@functools.cache
 def _ef_class():
     """Defined lazily so that importing this module does not import chromadb (about 1-2 s)."""
-    global _EF_CLASS
-    if _EF_CLASS is not None:
-        return _EF_CLASS
     from chromadb.api.types import Documents, EmbeddingFunction
     from chromadb.utils.embedding_functions import register_embedding_function
 
@@ -71,11 +70,7 @@ def _ef_class():
         register_embedding_function(PbxbotVectorsOnly)
     except ValueError:  # already registered in this process (module reloaded in tests)
         pass
-    _EF_CLASS = PbxbotVectorsOnly
-    return _EF_CLASS
-
-
-_EF_CLASS = None
+    return PbxbotVectorsOnly
 
 
 def foreign_embedding_functions(configuration_json: Any, serialized_schema: Any) -> list[str]:
@@ -168,10 +163,6 @@ class ChromaVectorIndex:
         self.client = client
         self.collection = collection
 
-    @property
-    def name(self) -> str:
-        return self.collection.name
-
     # ---- create / open
     @classmethod
     def create(cls, client: Any, name: str, embedder_name: str) -> "ChromaVectorIndex":
@@ -207,23 +198,15 @@ class ChromaVectorIndex:
         return cls(client, Collection(client=server, model=model, embedding_function=_ef_class()(embedder_name)))
 
     # ---- write
-    def add(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict], documents: list[str] | None = None) -> None:
+    def add(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict]) -> None:
         try:
             batch = int(self.client.get_max_batch_size())
         except Exception:
             batch = 1000
         batch = max(1, min(batch, 2000))
         for i in range(0, len(ids), batch):
-            kw = {}
-            if documents is not None:
-                kw["documents"] = documents[i:i + batch]
-            self.collection.add(
-                ids=ids[i:i + batch], embeddings=np.asarray(vectors[i:i + batch], dtype=np.float32),
-                metadatas=metadatas[i:i + batch], **kw,
-            )
-
-    def count(self) -> int:
-        return int(self.collection.count())
+            self.collection.add(ids=ids[i:i + batch], embeddings=np.asarray(vectors[i:i + batch], dtype=np.float32),
+                                metadatas=metadatas[i:i + batch])
 
     # ---- read
     def query(self, vector: np.ndarray, n: int, *, language: str | None = None, carrier: str | None = None) -> list[tuple[str, float]]:
@@ -237,9 +220,6 @@ class ChromaVectorIndex:
         ids = (res.get("ids") or [[]])[0]
         dists = (res.get("distances") or [[]])[0]
         return [(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)]
-
-    def delete(self) -> None:
-        self.client.delete_collection(self.collection.name)
 
 
 def chunk_metadata(doc_id: str, language: str, kind: str, carriers: Iterable[str]) -> dict:
