@@ -55,14 +55,8 @@ class Chunk:
 
 
 def split_sentences(text: str, language: str) -> list[str]:
-    text = text.strip()
-    if not text:
-        return []
-    parts = _JA_SENT_RE.split(text)
-    out: list[str] = []
-    for p in parts:
-        out.extend(_EN_SENT_RE.split(p))
-    return [s.strip() for s in out if s and s.strip()]
+    parts = (s for part in _JA_SENT_RE.split(text.strip()) for s in _EN_SENT_RE.split(part))
+    return [s.strip() for s in parts if s and s.strip()]
 
 
 def _hard_split(sentence: str, limit: int) -> list[str]:

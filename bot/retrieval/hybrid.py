@@ -430,9 +430,9 @@ class HybridRetriever:
         carriers the question names; a section of a document for other carriers only ("SoftBank: how to
         stop...") answers a question that names none less well than a guide for every carrier. `asked`:
         the lexicon concepts the question names."""
-        contribution = []
-        for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)), list(weights) + [0.0] * (4 - len(weights))):
-            contribution.append({key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)})
+        contribution = [{key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)}
+                        for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)),
+                                              list(weights) + [0.0] * (4 - len(weights)))]
         section_of, is_question = self.store.section_of, self.store.is_question
         dense_text: dict[str, float] = {}
         for cid, score in dense_hits:

@@ -62,11 +62,8 @@ REBUILD_HINT = "run `pbxbot index --rebuild`"
 
 def file_checksums(folder: Path) -> dict[str, str]:
     """{path relative to the build folder: sha256} of every file of a build but its manifest."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            out[p.relative_to(folder).as_posix()] = _sha256(p)
-    return out
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
 
 
 def _sha256(path: Path) -> str:

@@ -128,10 +128,7 @@ class Lexicon:
         return frozenset(c for g in group_ids if (c := self.group_carrier.get(g.removeprefix("syn:"))))
 
     def expansions(self, group_ids: list[str] | tuple[str, ...]) -> list[str]:
-        out: list[str] = []
-        for gid in group_ids:
-            out.extend(self.groups.get(gid, ()))
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(term for gid in group_ids for term in self.groups.get(gid, ())))
 
     @property
     def version_key(self) -> str:
