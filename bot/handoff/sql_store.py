@@ -415,12 +415,24 @@ class SqlHandoffStore:
         """PostgreSQL: a session advisory lock (non-blocking, released when the holder's process
         dies), so that one process of all the nodes runs the job; SQLite: a lock in this process
         (SQLite serves one server process)."""
-        if self.backend == "postgresql":
-            with self._advisory_lock(name.encode(), wait=False) as got:
+        if self.backend != "postgresql":
+            with self._local_exclusive.try_hold(name) as got:
                 yield got
             return
-        with self._local_exclusive.try_hold(name) as got:
-            yield got
+        key = _lock_key(name.encode())
+        with self.engine.connect() as conn:  # a connection of its own, holding the lock while the job runs
+            got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        conn.execute(_Q.advisory_unlock, {"k": key})
+                        conn.commit()
+                    except Exception:  # noqa: BLE001 - a dropped connection released it already
+                        log.warning("releasing an advisory lock failed; dropping its connection")
+                        conn.invalidate()
 
     @contextmanager
     def conversation_turn(self, conversation_id: str) -> Iterator[None]:
@@ -472,29 +484,6 @@ class SqlHandoffStore:
         except Exception:  # noqa: BLE001 - a dropped connection released it already
             log.warning("releasing a turn lock failed; dropping its connection")
             conn.invalidate()
-
-    @contextmanager
-    def _advisory_lock(self, name: bytes, *, wait: bool) -> Iterator[bool]:
-        """A PostgreSQL session advisory lock on a connection of its own; True when this holder
-        got it (always, with wait)."""
-        key = _lock_key(name)
-        with self.engine.connect() as conn:
-            if wait:
-                conn.execute(_Q.advisory_lock, {"k": key})
-                got = True
-            else:
-                got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-            conn.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    try:
-                        conn.execute(_Q.advisory_unlock, {"k": key})
-                        conn.commit()
-                    except Exception:  # noqa: BLE001 - a dropped connection released it already
-                        log.warning("releasing an advisory lock failed; dropping its connection")
-                        conn.invalidate()
 
     def latest_message_id(self) -> int:
         with self._read() as conn:
@@ -662,13 +651,11 @@ class SqlHandoffStore:
     def revoke_session(self, sid: str, expires_at: datetime) -> None:
         """Refuse the console session `sid` from now until `expires_at` (logout); forgets expired ones."""
         now, table = self._now(), RevokedSessionRow.__table__
-        try:
-            with self._write() as conn:
-                conn.execute(table.delete().where(table.c.expires_at < now))
-                if conn.execute(select(table.c.sid).where(table.c.sid == sid[:64])).first() is None:
-                    conn.execute(insert(table).values(sid=sid[:64], expires_at=storable.as_utc(expires_at)))
-        except IntegrityError:  # the same session revoked at once by another worker
-            pass
+        # IntegrityError: the same session revoked at once by another worker
+        with contextlib.suppress(IntegrityError), self._write() as conn:
+            conn.execute(table.delete().where(table.c.expires_at < now))
+            if conn.execute(select(table.c.sid).where(table.c.sid == sid[:64])).first() is None:
+                conn.execute(insert(table).values(sid=sid[:64], expires_at=storable.as_utc(expires_at)))
 
     def session_revoked(self, sid: str) -> bool:
         with self._read() as conn:

@@ -149,12 +149,10 @@ def chroma_target(settings: Settings) -> str:
 def build_lock(index_dir: Path) -> Iterator[None]:
     index_dir.mkdir(parents=True, exist_ok=True)
     with open(index_dir / ".build.lock", "w") as fh:
-        try:
+        with contextlib.suppress(ImportError):  # not POSIX: no lock
             import fcntl
 
             fcntl.flock(fh, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
         yield
 
 
@@ -364,11 +362,9 @@ def _cleanup(settings: Settings, index_dir: Path, keep: set) -> None:
     for p in sorted(builds.iterdir()) if builds.exists() else []:
         if p.name in keep:
             continue
-        try:
+        with contextlib.suppress(Exception):  # best effort: a stale folder or collection is harmless
             manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
             if manifest.get("chroma") == chroma_target(settings):
                 client = client or make_client(settings)
                 client.delete_collection(manifest["collection"])
-        except Exception:  # best effort: a stale folder or collection is harmless
-            pass
         shutil.rmtree(p, ignore_errors=True)

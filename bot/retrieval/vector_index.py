@@ -15,6 +15,7 @@ with `known_embedding_functions[name].build_from_config(...)`. So this module
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -66,10 +67,8 @@ def _ef_class():
         def supported_spaces(self):
             return ["cosine", "ip", "l2"]
 
-    try:
+    with contextlib.suppress(ValueError):  # already registered in this process (module reloaded in tests)
         register_embedding_function(PbxbotVectorsOnly)
-    except ValueError:  # already registered in this process (module reloaded in tests)
-        pass
     return PbxbotVectorsOnly
 
 
@@ -137,12 +136,10 @@ def forget_client(settings) -> None:
     path = str((Path(settings.index_dir) / "chroma").resolve())
     with _CLIENT_LOCK:
         _PERSISTENT.pop(path, None)
-    try:
+    with contextlib.suppress(Exception):  # older or newer chromadb: a fresh process does it anyway
         from chromadb.api.shared_system_client import SharedSystemClient
 
         SharedSystemClient.clear_system_cache()
-    except Exception:  # noqa: BLE001 - older or newer chromadb: a fresh process does it anyway
-        pass
 
 
 def _where(language: str | None, carrier: str | None) -> dict | None:
@@ -167,10 +164,8 @@ class ChromaVectorIndex:
     @classmethod
     def create(cls, client: Any, name: str, embedder_name: str) -> "ChromaVectorIndex":
         ef = _ef_class()(embedder_name)
-        try:
+        with contextlib.suppress(Exception):  # there was none
             client.delete_collection(name)
-        except Exception:
-            pass
         coll = client.create_collection(
             name=name, embedding_function=ef,
             configuration={"hnsw": {"space": "cosine"}},
