@@ -173,12 +173,7 @@ class Analyzer:
 
     @staticmethod
     def _ascii_tokens(text: str) -> list[str]:
-        out = []
-        for w in _ASCII_WORD_RE.findall(text):
-            if w in _EN_STOP:
-                continue
-            out.append(stem_en(w))
-        return out
+        return [stem_en(w) for w in _ASCII_WORD_RE.findall(text) if w not in _EN_STOP]
 
     def analyze(self, text: str) -> tuple[list[str], list[str]]:
         """(tokens, synonym group ids found). Never raises on odd input."""

@@ -553,12 +553,10 @@ def _load_store(folder: Path) -> _Store:
     sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
     idf = json.loads((folder / "idf.json").read_text(encoding="utf-8"))
     questions_of: dict[str, list[int]] = {}
+    carrier_mask = {c: np.zeros(len(rows), dtype=bool) for c in CARRIERS}
     for i, r in enumerate(rows):
         if r.get("kind") == "question":
             questions_of.setdefault(r["section"], []).append(i)
-    n = len(rows)
-    carrier_mask = {c: np.zeros(n, dtype=bool) for c in CARRIERS}
-    for i, r in enumerate(rows):
         for c in docs.get(r["doc_id"], {}).get("carriers", ()):
             if c in carrier_mask:
                 carrier_mask[c][i] = True
