@@ -209,8 +209,6 @@ class InboundPipeline:
         prefetch = getattr(self.core, "prefetch", None)
         if prefetch is not None and threads.available_tokens == 0:
             prefetch(message)  # it waits: its query can ride along in a running turn's embedding pass
-        if recorded is None:
-            return await anyio.to_thread.run_sync(self.core.handle, message, limiter=threads)
         return await anyio.to_thread.run_sync(self.core.handle, message, recorded, limiter=threads)
 
     async def deliver(self, channel: "BaseChannel", inbound: Inbound, replies: list[Reply]) -> None:

@@ -144,7 +144,7 @@ def render_detail(d: TicketDetail, now: datetime | None = None) -> str:
         who = m.role if m.role != "operator" else f"operator:{(m.meta or {}).get('operator') or '?'}"
         flag = "" if m.handled else " [unanswered]"
         body = _clean(m.text, keep_newlines=True).split("\n")
-        lines.append(f"  {_hhmm(m.created_at)} {who}{flag}: {body[0]}")
+        lines.append(f"  {m.created_at.astimezone(timezone.utc):%m-%d %H:%M:%SZ} {who}{flag}: {body[0]}")
         lines += [f"      {b}" for b in body[1:]]
     lines += ["", "Audit:"]
     for a in d.audit:
@@ -182,10 +182,6 @@ def _iso(dt: datetime) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _hhmm(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%m-%d %H:%M:%SZ")
 
 
 def _age(created: datetime, now: datetime) -> str:

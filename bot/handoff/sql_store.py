@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import text as sql_text
@@ -741,13 +742,8 @@ def _lock_key(name: bytes) -> int:
     return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
-class _NewConversation:
-    """_ensure_conversation's answer for a conversation row this transaction just created."""
-
-    address = state = updated_at = ticket_id = dup_id = None
-
-
-_NEW_CONVERSATION = _NewConversation()
+# _ensure_conversation's answer for a conversation row this transaction just created.
+_NEW_CONVERSATION = SimpleNamespace(address=None, state=None, updated_at=None, ticket_id=None, dup_id=None)
 
 
 def _insert_ignoring_duplicates(dialect: str):

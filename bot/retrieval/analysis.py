@@ -184,7 +184,7 @@ class Analyzer:
         groups: list[str] = []
         for term in self.lexicon.find_terms(normalized):
             tokens.append("t:" + term)
-            groups.extend(self.lexicon.groups_of(term))
+            groups.extend(self.lexicon.term_groups.get(term, ()))
         phrase_groups = set(groups)
         content = self._content_tokens(normalized)
         syn = self.synonym_tokens

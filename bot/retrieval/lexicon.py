@@ -110,9 +110,6 @@ class Lexicon:
                 i += 1
         return out
 
-    def groups_of(self, term: str) -> tuple[str, ...]:
-        return self.term_groups.get(term, ())
-
     def carriers_named(self, group_ids: list[str] | tuple[str, ...]) -> frozenset[str]:
         """The carriers a text names, from its groups (`syn:<id>` tokens or bare ids)."""
         return frozenset(c for g in group_ids if (c := self.group_carrier.get(g.removeprefix("syn:"))))
