@@ -74,7 +74,8 @@ class ChannelRegistry:
         self.pipeline = InboundPipeline(settings, core, self.rate_limiter)
         self._channels: dict[str, BaseChannel] = {}
         self._ticket_subscribers: list[Callable[[str, "Ticket"], Awaitable[None]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The app's event loop while it runs (for calls from other threads: call_soon_threadsafe).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def limiter(self, name: str, per_minute: int) -> RateLimit:
         """A per-key limit of `per_minute` events a minute, named `name`: counted in Redis by every
@@ -150,7 +151,7 @@ class ChannelRegistry:
 
     def ticket_listener(self, event: str, ticket: "Ticket") -> None:
         """A bot.ports.TicketListener: called from any thread; fans out on the event loop."""
-        loop = self._loop
+        loop = self.loop
         if loop is None or loop.is_closed():
             return
         try:
@@ -170,13 +171,8 @@ class ChannelRegistry:
 
     # ------------------------------------------------------------ lifecycle
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The app's event loop while it runs (for calls from other threads: call_soon_threadsafe)."""
-        return self._loop
-
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         for ch in self:
             await ch.start()
             log.info("channel %s started", ch.name)
@@ -189,4 +185,4 @@ class ChannelRegistry:
             except Exception:
                 log.exception("channel %s failed to stop cleanly", ch.name)
         await self.pipeline.drain()
-        self._loop = None
+        self.loop = None

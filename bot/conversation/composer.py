@@ -55,20 +55,10 @@ _ACTION = re.compile(
 def terms(text: str) -> frozenset[str]:
     """Words (English, stemmed) and kanji/katakana bigrams, for overlap scoring."""
     n = unicodedata.normalize("NFKC", text or "").lower()
-    out: set[str] = set()
-    for w in _WORDS.findall(n):
-        if w in _EN_STOP or len(w) < 2:
-            continue
-        out.add(_stem(w))
-    for run in _CJK_RUN.findall(n):
-        if len(run) == 1:
-            if not _HIRAGANA.match(run):
-                out.add(run)
-            continue
-        for i in range(len(run) - 1):
-            bg = run[i : i + 2]
-            if not _HIRAGANA.match(bg):
-                out.add(bg)
+    out = {_stem(w) for w in _WORDS.findall(n) if w not in _EN_STOP and len(w) >= 2}
+    for run in _CJK_RUN.findall(n):  # a lone character, or the run's bigrams; hiragana alone says nothing
+        grams = [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+        out.update(g for g in grams if not _HIRAGANA.match(g))
     return frozenset(out)
 
 
@@ -287,13 +277,8 @@ def pieces_of(
 def _redundant(piece: Piece, chosen: Sequence[Piece]) -> bool:
     """Says again what a chosen sentence says (word overlap): the same fact is told once."""
     a = terms(piece.text)
-    if not a:
-        return False
-    for c in chosen:
-        b = terms(c.text)
-        if b and len(a & b) / min(len(a), len(b)) >= 0.6:
-            return True
-    return False
+    others = (terms(c.text) for c in chosen)
+    return bool(a) and any(b and len(a & b) / min(len(a), len(b)) >= 0.6 for b in others)
 
 
 def fingerprint(text: str) -> str:

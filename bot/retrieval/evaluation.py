@@ -66,8 +66,6 @@ def evaluate(search_docs: Callable[[str, str], list[str]], rows: list[dict]) -> 
 
 
 def format_result(res: EvalResult, label: str = "") -> str:
-    lines = []
     tag = f"[{label}] " if label else ""
-    for lang, m in list(res.per_language.items()) + [("all", res.overall)]:
-        lines.append(f"{tag}{lang:>3}  n={m['n']:<4} hit@1={m['hit@1']:.3f}  hit@3={m['hit@3']:.3f}  MRR={m['mrr']:.3f}")
-    return "\n".join(lines)
+    return "\n".join(f"{tag}{lang:>3}  n={m['n']:<4} hit@1={m['hit@1']:.3f}  hit@3={m['hit@3']:.3f}  MRR={m['mrr']:.3f}"
+                     for lang, m in list(res.per_language.items()) + [("all", res.overall)])
