@@ -14,6 +14,7 @@ Text without any CJK character skips SudachiPy (same token forms, much faster).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
@@ -93,8 +94,6 @@ class Analyzer:
         self._tokenizer = None
         self._mode = None
         self._lock = threading.Lock()
-        self._synonym_tokens: dict[str, tuple[str, ...]] | None = None
-        self._term_words: frozenset[str] | None = None
         self._recent: dict[str, tuple] = {}  # piece -> its morphemes, the last few queries (_morphemes)
 
     # ---- SudachiPy, loaded lazily (about 0.2 s, ~190 MB resident for the dictionary)
@@ -114,18 +113,21 @@ class Analyzer:
     def warm_up(self) -> None:
         self.tokenize("PBXが乗っ取られた")
 
-    @property
+    @functools.cached_property
     def synonym_tokens(self) -> dict[str, tuple[str, ...]]:
         """content token -> synonym groups, from every synonym term that analyses to exactly one token."""
-        if self._synonym_tokens is None:
-            table: dict[str, list[str]] = {}
-            for term, gids in self.lexicon.term_groups.items():
-                toks = self._content_tokens(term)
-                if len(toks) == 1:
-                    for gid in gids:
-                        table.setdefault(toks[0], []).append(gid)
-            self._synonym_tokens = {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
-        return self._synonym_tokens
+        table: dict[str, list[str]] = {}
+        for term, gids in self.lexicon.term_groups.items():
+            toks = self._content_tokens(term)
+            if len(toks) == 1:
+                for gid in gids:
+                    table.setdefault(toks[0], []).append(gid)
+        return {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
+
+    @functools.cached_property
+    def _term_words(self) -> frozenset[str]:
+        """Every English word of every lexicon term ("denwa" of "hikari denwa")."""
+        return frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
 
     def _morphemes(self, piece: str) -> tuple[tuple[str, tuple[str, str, str], str], ...]:
         """(normal form, the first three parts of speech, surface) of each morpheme. A query's are
@@ -206,10 +208,7 @@ class Analyzer:
         English: words written with a capital letter that do not start a sentence. Lower case, NFKC."""
         raw = unicodedata.normalize("NFKC", text or "")[:_NAMES_MAX_CHARS]
         normalized = normalize_text(raw)
-        known = set(self.lexicon.find_terms(normalized))
-        if self._term_words is None:  # every English word of every lexicon term ("denwa" of "hikari denwa")
-            self._term_words = frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
-        known |= self._term_words
+        known = set(self.lexicon.find_terms(normalized)) | self._term_words
         found: list[str] = []
         for m in _CAPITALISED_RE.finditer(strip_markup(raw)):
             word = m.group(1).lower()

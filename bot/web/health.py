@@ -77,9 +77,7 @@ def index_state(retriever: Any) -> dict[str, Any]:
     state: dict[str, Any] = {"ok": True, "backend": type(retriever).__name__}
     manifest = getattr(retriever, "manifest", None)
     if isinstance(manifest, dict):
-        for key in ("build_id", "embedder"):
-            if key in manifest:
-                state[key] = manifest[key]
+        state.update({key: manifest[key] for key in ("build_id", "embedder") if key in manifest})
     store = getattr(retriever, "store", None)
     chunk_ids = getattr(store, "chunk_ids", None)
     if chunk_ids is not None:
