@@ -111,9 +111,7 @@ class OperatorAuth:
         self.settings = settings
         token = settings.operator_token.get_secret_value().strip() if settings.operator_token else ""
         self._token = token.encode() if token else None
-        operators = getattr(settings, "operators", None)
-        spec = operators.get_secret_value() if hasattr(operators, "get_secret_value") else operators
-        self.accounts = parse_operator_accounts(spec)
+        self.accounts = parse_operator_accounts(settings.operators.get_secret_value() if settings.operators else None)
         self._dummy_hash: bytes | None = dummy_hash_for(self.accounts) if self.accounts else None
         self._serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-session")
         self._login_serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-login")

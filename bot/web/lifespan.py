@@ -72,7 +72,3 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("background loops did not stop in time: %s", [t.get_name() for t in pending])
         state.queue.close_streams()
         await state.registry.stop()
-        close = getattr(state.core, "close", None)
-        if callable(close):
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(close)
