@@ -412,22 +412,19 @@ class CitationBook:
         )
 
 
-def render(pieces: Iterable[Piece], lang: str, book: CitationBook, *, numbered: bool = False) -> str:
-    """Sentences with a [n] marker after each run from one document; one paragraph (or, numbered,
-    one list item) per run."""
+def render(pieces: Iterable[Piece], lang: str, book: CitationBook) -> str:
+    """Sentences with a [n] marker after each run from one document; one paragraph per run."""
     runs: list[tuple[Source, list[str]]] = []
     for p in pieces:
-        if runs and runs[-1][0].doc_id == p.source.doc_id and not numbered:
+        if runs and runs[-1][0].doc_id == p.source.doc_id:
             runs[-1][1].append(p.text)
         else:
             runs.append((p.source, [p.text]))
     lines = []
-    for i, (src, sents) in enumerate(runs):
+    for src, sents in runs:
         n = book.number(src)
-        body = _join(sents, src.language)
         marker = f"[{n}]" if src.language == "ja" else f" [{n}]"
-        prefix = f"{i + 1}. " if numbered else ""
-        lines.append(f"{prefix}{body}{marker}")
+        lines.append(f"{_join(sents, src.language)}{marker}")
     return "\n".join(lines)
 
 

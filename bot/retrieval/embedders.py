@@ -180,7 +180,7 @@ class E5Embedder(BaseEmbedder):
 class SentenceTransformerEmbedder(BaseEmbedder):
     """sentence-transformers with a local folder or name; imports torch (10-14 s) only here."""
 
-    def __init__(self, model: str, *, query_prefix: str = "", passage_prefix: str = ""):
+    def __init__(self, model: str):
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -204,10 +204,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         # sentence-transformers 5.x renamed get_sentence_embedding_dimension -> get_embedding_dimension
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
-        lowered = model.lower()
-        if not query_prefix and "e5" in lowered:
-            query_prefix, passage_prefix = "query: ", "passage: "
-        self._qp, self._pp = query_prefix, passage_prefix
+        # e5 models are trained with these prefixes; others take the text as it is
+        self._qp, self._pp = ("query: ", "passage: ") if "e5" in model.lower() else ("", "")
         self._lock = threading.Lock()
 
     def embed_documents_np(self, texts: Sequence[str]) -> np.ndarray:

@@ -121,22 +121,20 @@ class _SectionInfo:
 
 class HybridRetriever:
     def __init__(self, *, store: _Store, lexical: LexicalIndex, vector, embedder, analyzer: Analyzer,
-                 calibrator: Calibrator | None = None, manifest: dict | None = None,
-                 dense_weight: float = DENSE_WEIGHT, lexical_weight: float = LEXICAL_WEIGHT,
-                 other_language_factor: float = OTHER_LANGUAGE_FACTOR, max_per_doc: int = MAX_PER_DOC,
-                 source_kind_factor: float = SOURCE_KIND_FACTOR):
+                 manifest: dict | None = None):
         self.store = store
         self.lexical = lexical
         self.vector = vector
         self.embedder = embedder
         self.analyzer = analyzer
-        self.calibrator = calibrator or Calibrator.load()
+        self.calibrator = Calibrator.load()
         self.manifest = manifest or {}
-        self.dense_weight = dense_weight
-        self.lexical_weight = lexical_weight
-        self.other_language_factor = other_language_factor
-        self.max_per_doc = max_per_doc
-        self.source_kind_factor = source_kind_factor
+        # the fusion's weights and factors (scripts/eval_retrieval.py sets them to compare variants)
+        self.dense_weight = DENSE_WEIGHT
+        self.lexical_weight = LEXICAL_WEIGHT
+        self.other_language_factor = OTHER_LANGUAGE_FACTOR
+        self.max_per_doc = MAX_PER_DOC
+        self.source_kind_factor = SOURCE_KIND_FACTOR
         self.question_keys = True  # sections' questions as retrieval keys (False: text rows only, for comparison)
         self.question_dense_weight = QUESTION_DENSE_WEIGHT
         self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
