@@ -97,9 +97,6 @@ class ChannelRegistry:
         """Build the platform channel `name` from its module (see PLATFORMS) and add it."""
         return platform_module(name).register(self, self.settings, self.core)
 
-    def get(self, name: str) -> BaseChannel | None:
-        return self._channels.get(name)
-
     def __getitem__(self, name: str) -> BaseChannel:
         return self._channels[name]
 
