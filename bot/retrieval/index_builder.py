@@ -174,8 +174,8 @@ def section_records(doc: Document, chunks: list[Chunk]) -> list[dict]:
     return out
 
 
-def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder: BaseEmbedder, spec: str,
-                      cache_dir: Path, rebuild: bool, progress: bool) -> tuple[list[np.ndarray], int, int]:
+def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder: BaseEmbedder, cache_dir: Path,
+                      rebuild: bool, progress: bool) -> tuple[list[np.ndarray], int, int]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     out: list[np.ndarray] = []
     embedded = reused = 0
@@ -238,7 +238,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             docs_chunks = [(d, chunk_document(d)) for d in docs]
             embedder = make_embedder(spec, cache_dir=str(Path(settings.data_dir) / "cache"))
             vec_lists, embedded, reused = _embed_with_cache(
-                docs_chunks, embedder, spec, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
+                docs_chunks, embedder, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
             analyzer = Analyzer(lexicon, split_mode=split_mode)
             rows: list[dict] = []
             token_lists: list[list[str]] = []

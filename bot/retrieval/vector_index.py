@@ -108,7 +108,6 @@ def make_client(settings) -> Any:
         u = urlparse(settings.chroma_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ConfigError("PBXBOT_CHROMA_URL must look like http://host:port")
-        kwargs: dict[str, Any] = {"anonymized_telemetry": False}
         headers = {}
         if settings.chroma_token is not None and settings.chroma_token.get_secret_value():
             # Sent as "Authorization: Bearer <token>". `chroma run` 1.x does not check it itself
@@ -117,7 +116,7 @@ def make_client(settings) -> Any:
         try:
             return chromadb.HttpClient(
                 host=u.hostname, port=u.port or (443 if u.scheme == "https" else 80), ssl=u.scheme == "https",
-                headers=headers, settings=ChromaSettings(**kwargs),
+                headers=headers, settings=ChromaSettings(anonymized_telemetry=False),
             )
         except Exception as exc:
             raise ConfigError(f"PBXBOT_CHROMA_URL: cannot reach the Chroma server ({type(exc).__name__})") from None
@@ -218,7 +217,4 @@ class ChromaVectorIndex:
 
 
 def chunk_metadata(doc_id: str, language: str, kind: str, carriers: Iterable[str]) -> dict:
-    md: dict[str, Any] = {"doc_id": doc_id, "language": language, "kind": kind}
-    for c in carriers:
-        md[f"c_{c}"] = True
-    return md
+    return {"doc_id": doc_id, "language": language, "kind": kind, **{f"c_{c}": True for c in carriers}}

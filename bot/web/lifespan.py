@@ -23,8 +23,7 @@ from bot.web.widget import WidgetChannel
 log = logging.getLogger("bot.web")
 
 
-async def run_background(func: Any, *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(func, *args)
+run_background = anyio.to_thread.run_sync  # the loops' store calls: anyio's default threads (see above)
 
 
 def background_jobs(core: ConversationCore, dispatcher: background.OutboxDispatcher, *, reannounce_interval: float,
