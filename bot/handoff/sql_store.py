@@ -87,8 +87,7 @@ class SqlHandoffStore:
         self.url: URL = make_url(normalize_url(url))
         self._clock = clock
         self._max_attempts = max_attempts
-        synchronous = sqlite_synchronous.upper()
-        self.engine: Engine = create_store_engine(self.url, echo=echo, synchronous=synchronous)
+        self.engine: Engine = create_store_engine(self.url, echo=echo, synchronous=sqlite_synchronous.upper())
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
         self._local_exclusive = TryLocks()
