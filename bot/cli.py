@@ -43,14 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("show")
     t.add_argument("ticket_id")
     t.add_argument("--json", action="store_true")
-    for name in ("claim", "resolve"):
+    for name in ("claim", "resolve", "reply"):
         t = tsub.add_parser(name)
         t.add_argument("ticket_id")
+        if name == "reply":
+            t.add_argument("text")
         t.add_argument("--operator", default="cli")
-    t = tsub.add_parser("reply")
-    t.add_argument("ticket_id")
-    t.add_argument("text")
-    t.add_argument("--operator", default="cli")
 
     s = sub.add_parser("serve", help="the whole bot as one HTTP server")
     s.add_argument("--host", default="127.0.0.1")

@@ -208,10 +208,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for log masking and leak tests."""
-        out = []
-        for _name, value in self:
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                out.append(value.get_secret_value())
+        out = [value.get_secret_value() for _name, value in self
+               if isinstance(value, SecretStr) and value.get_secret_value()]
         for section in self.channels.values():
             for key, value in section.items():
                 raw = value.get_secret_value() if isinstance(value, SecretStr) else value

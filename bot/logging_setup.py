@@ -17,8 +17,7 @@ class SecretMaskingFilter(logging.Filter):
 
     def _mask(self, text: str) -> str:
         for s in self.secrets:
-            if s in text:
-                text = text.replace(s, MASK)
+            text = text.replace(s, MASK)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -37,15 +37,11 @@ def split_sentences(text: str) -> list[str]:
     return [u[0] for u in split_units(text)]
 
 
+@lru_cache(maxsize=4096)
 def split_units(text: str) -> tuple[tuple[str, int], ...]:
     """(sentence, leans_on) for every sentence of split_sentences: leans_on is the index of the
     sentence a list item cannot be shown without (the line that introduces the list: "KDDI asks
     for the following measures."), or -1."""
-    return _split_cached(text or "")
-
-
-@lru_cache(maxsize=4096)
-def _split_cached(text: str) -> tuple[tuple[str, int], ...]:
     out: list[tuple[str, int]] = []
     lead = -1  # the sentence that introduces the current list
     previous_was_item = False

@@ -91,7 +91,7 @@ def build_store(settings: Settings, *, attempts: int | None = None,
             raise ConfigError(str(exc)) from None
         except DBAPIError as exc:
             reason = _database_error(exc)
-            if _hopeless(reason) or attempt == attempts:
+            if any(h in reason.lower() for h in _HOPELESS) or attempt == attempts:  # waiting will not help
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
                 raise ConfigError(f"cannot use the database at {where}{tries}: {reason}") from None
             delay = min(5.0, 2.0 ** (attempt - 1))
@@ -103,11 +103,6 @@ def build_store(settings: Settings, *, attempts: int | None = None,
 
 _HOPELESS = ("password authentication failed", "authentication failed", "does not exist", "no password supplied",
              "permission denied", "unable to open database file", "role ")
-
-
-def _hopeless(reason: str) -> bool:
-    low = reason.lower()
-    return any(h in low for h in _HOPELESS)
 
 
 def _database_error(exc: Exception) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from bot.messages import Address, InboundMessage, Reply
 
@@ -49,28 +49,15 @@ class Inbound:
         return self.address.conversation_id
 
 
-@runtime_checkable
-class Channel(Protocol):
-    name: str
-    router: "APIRouter | None"
-    prefix: str | None  # None: /webhooks/<name>
-
-    async def send(self, address: Address, reply: Reply) -> None: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 class BaseChannel:
-    """Defaults for the optional parts of a channel.
+    """What every channel is (the registry holds these), with defaults for its optional parts.
 
     `reply(inbound, replies)` answers an event in its context (LINE's reply token); by default each
     reply is sent. `on_ticket(event, ticket)` hears ticket events ("opened", "reannounced", ...)."""
 
     name: str = ""
     router: "APIRouter | None" = None
-    prefix: str | None = None
+    prefix: str | None = None  # None: /webhooks/<name>
     # How a person is reached here, said in the welcome and help texts: a text key and its values.
     reach_person: tuple[str, dict[str, str]] = ("reach_button", {})
 

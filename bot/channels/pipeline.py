@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -129,7 +130,6 @@ class InboundPipeline:
     def __init__(self, settings: "Settings", core: "ConversationCore | None", user_limit: RateLimit) -> None:
         self.settings, self.core, self.user_limit = settings, core, user_limit
         self.seen = SeenDeliveries()
-        self._threads: anyio.CapacityLimiter | None = None
         self._workers: dict[str, asyncio.Semaphore] = {}
         self._tasks: dict[asyncio.Task, str] = {}  # task -> channel name ("" for the registry's own)
 
@@ -209,8 +209,6 @@ class InboundPipeline:
         prefetch = getattr(self.core, "prefetch", None)
         if prefetch is not None and threads.available_tokens == 0:
             prefetch(message)  # it waits: its query can ride along in a running turn's embedding pass
-        if recorded is None:
-            return await anyio.to_thread.run_sync(self.core.handle, message, limiter=threads)
         return await anyio.to_thread.run_sync(self.core.handle, message, recorded, limiter=threads)
 
     async def deliver(self, channel: "BaseChannel", inbound: Inbound, replies: list[Reply]) -> None:
@@ -248,11 +246,9 @@ class InboundPipeline:
 
     # ------------------------------------------------------------ threads and tasks
 
-    @property
+    @functools.cached_property
     def threads(self) -> anyio.CapacityLimiter:
-        if self._threads is None:
-            self._threads = anyio.CapacityLimiter(core_threads(self.settings))
-        return self._threads
+        return anyio.CapacityLimiter(core_threads(self.settings))
 
     async def run_sync(self, func: Callable[..., Any], *args: Any) -> Any:
         """Any other synchronous core or store call, in a worker thread."""

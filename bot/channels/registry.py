@@ -14,7 +14,7 @@ import logging
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
-from bot.channels.base import Channel, DeliveryError
+from bot.channels.base import BaseChannel, DeliveryError
 from bot.channels.pipeline import InboundPipeline
 from bot.channels.rate_limit import RateLimit, limit_storage
 from bot.channels.rendering import text_only
@@ -72,9 +72,10 @@ class ChannelRegistry:
         self.limit_storage = limit_storage(settings.redis_url)
         self.rate_limiter = self.limiter("user", settings.rate_limit_per_minute)
         self.pipeline = InboundPipeline(settings, core, self.rate_limiter)
-        self._channels: dict[str, Channel] = {}
+        self._channels: dict[str, BaseChannel] = {}
         self._ticket_subscribers: list[Callable[[str, "Ticket"], Awaitable[None]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The app's event loop while it runs (for calls from other threads: call_soon_threadsafe).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def limiter(self, name: str, per_minute: int) -> RateLimit:
         """A per-key limit of `per_minute` events a minute, named `name`: counted in Redis by every
@@ -83,7 +84,7 @@ class ChannelRegistry:
 
     # ------------------------------------------------------------ the channels
 
-    def add(self, channel: Channel) -> Channel:
+    def add(self, channel: BaseChannel) -> BaseChannel:
         name = channel.name
         if not name or not name.isalnum():
             raise ValueError(f"invalid channel name {name!r}")
@@ -92,20 +93,17 @@ class ChannelRegistry:
         self._channels[name] = channel
         return channel
 
-    def register_platform(self, name: str) -> Channel:
+    def register_platform(self, name: str) -> BaseChannel:
         """Build the platform channel `name` from its module (see PLATFORMS) and add it."""
         return platform_module(name).register(self, self.settings, self.core)
 
-    def get(self, name: str) -> Channel | None:
-        return self._channels.get(name)
-
-    def __getitem__(self, name: str) -> Channel:
+    def __getitem__(self, name: str) -> BaseChannel:
         return self._channels[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._channels
 
-    def __iter__(self) -> Iterator[Channel]:
+    def __iter__(self) -> Iterator[BaseChannel]:
         return iter(list(self._channels.values()))
 
     @property
@@ -150,7 +148,7 @@ class ChannelRegistry:
 
     def ticket_listener(self, event: str, ticket: "Ticket") -> None:
         """A bot.ports.TicketListener: called from any thread; fans out on the event loop."""
-        loop = self._loop
+        loop = self.loop
         if loop is None or loop.is_closed():
             return
         try:
@@ -164,21 +162,14 @@ class ChannelRegistry:
 
     def _fan_out(self, event: str, ticket: "Ticket") -> None:
         for ch in self:
-            hook = getattr(ch, "on_ticket", None)
-            if hook is not None:
-                self.spawn(hook(event, ticket), name=f"on_ticket:{ch.name}")
+            self.spawn(ch.on_ticket(event, ticket), name=f"on_ticket:{ch.name}")
         for cb in list(self._ticket_subscribers):
             self.spawn(cb(event, ticket), name="ticket_subscriber")
 
     # ------------------------------------------------------------ lifecycle
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The app's event loop while it runs (for calls from other threads: call_soon_threadsafe)."""
-        return self._loop
-
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         for ch in self:
             await ch.start()
             log.info("channel %s started", ch.name)
@@ -191,4 +182,4 @@ class ChannelRegistry:
             except Exception:
                 log.exception("channel %s failed to stop cleanly", ch.name)
         await self.pipeline.drain()
-        self._loop = None
+        self.loop = None

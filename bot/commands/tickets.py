@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from bot.config import Settings
+from bot.messages import as_utc
 from bot.ports import HandoffError, Ticket, TicketDetail
 
 ALL_STATUSES = ("open", "claimed", "resolved")
@@ -96,9 +97,8 @@ def _list(handoff, args: Any, out: TextIO) -> int:
         print("no tickets" if args.all else "no open tickets", file=out)
         return 0
     rows = [("ID", "PRIORITY", "STATUS", "AGE", "OPERATOR", "REASON", "CONVERSATION", "SUMMARY")]
-    for t in tickets:
-        rows.append((t.id, t.priority, t.status, _age(t.created_at, now), t.operator or "-", t.reason,
-                     t.conversation_id, _summary_line(t.summary)))
+    rows += [(t.id, t.priority, t.status, _age(t.created_at, now), t.operator or "-", t.reason, t.conversation_id,
+              _summary_line(t.summary)) for t in tickets]
     rows = [tuple(_clean(c) for c in r) for r in rows]
     widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -134,21 +134,16 @@ def render_detail(d: TicketDetail, now: datetime | None = None) -> str:
         "",
         "Summary:",
     ]
-    if t.summary:
-        for key, value in t.summary.items():
-            lines.append(f"  {key}: {_value(value)}")
-    else:
-        lines.append("  (none)")
+    lines += [f"  {key}: {_value(value)}" for key, value in t.summary.items()] or ["  (none)"]
     lines += ["", f"Transcript ({len(d.transcript)} messages):"]
     for m in d.transcript:
         who = m.role if m.role != "operator" else f"operator:{(m.meta or {}).get('operator') or '?'}"
         flag = "" if m.handled else " [unanswered]"
         body = _clean(m.text, keep_newlines=True).split("\n")
-        lines.append(f"  {_hhmm(m.created_at)} {who}{flag}: {body[0]}")
+        lines.append(f"  {m.created_at.astimezone(timezone.utc):%m-%d %H:%M:%SZ} {who}{flag}: {body[0]}")
         lines += [f"      {b}" for b in body[1:]]
     lines += ["", "Audit:"]
-    for a in d.audit:
-        lines.append(f"  {_iso(a.at)}  {a.actor}  {a.action}" + (f"  {a.detail}" if a.detail else ""))
+    lines += [f"  {_iso(a.at)}  {a.actor}  {a.action}" + (f"  {a.detail}" if a.detail else "") for a in d.audit]
     return "\n".join(_clean(line, keep_newlines=True) for line in lines) + "\n"
 
 
@@ -179,13 +174,7 @@ def detail_json(d: TicketDetail) -> dict[str, Any]:
 
 
 def _iso(dt: datetime) -> str:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _hhmm(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%m-%d %H:%M:%SZ")
+    return as_utc(dt).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _age(created: datetime, now: datetime) -> str:

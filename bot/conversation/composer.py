@@ -51,28 +51,14 @@ _ACTION = re.compile(
 )
 
 
+@lru_cache(maxsize=16384)
 def terms(text: str) -> frozenset[str]:
     """Words (English, stemmed) and kanji/katakana bigrams, for overlap scoring."""
-    return _terms_cached(text or "")
-
-
-@lru_cache(maxsize=16384)
-def _terms_cached(text: str) -> frozenset[str]:
     n = unicodedata.normalize("NFKC", text or "").lower()
-    out: set[str] = set()
-    for w in _WORDS.findall(n):
-        if w in _EN_STOP or len(w) < 2:
-            continue
-        out.add(_stem(w))
-    for run in _CJK_RUN.findall(n):
-        if len(run) == 1:
-            if not _HIRAGANA.match(run):
-                out.add(run)
-            continue
-        for i in range(len(run) - 1):
-            bg = run[i : i + 2]
-            if not _HIRAGANA.match(bg):
-                out.add(bg)
+    out = {_stem(w) for w in _WORDS.findall(n) if w not in _EN_STOP and len(w) >= 2}
+    for run in _CJK_RUN.findall(n):  # a lone character, or the run's bigrams; hiragana alone says nothing
+        grams = [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+        out.update(g for g in grams if not _HIRAGANA.match(g))
     return frozenset(out)
 
 
@@ -291,13 +277,8 @@ def pieces_of(
 def _redundant(piece: Piece, chosen: Sequence[Piece]) -> bool:
     """Says again what a chosen sentence says (word overlap): the same fact is told once."""
     a = terms(piece.text)
-    if not a:
-        return False
-    for c in chosen:
-        b = terms(c.text)
-        if b and len(a & b) / min(len(a), len(b)) >= 0.6:
-            return True
-    return False
+    others = (terms(c.text) for c in chosen)
+    return bool(a) and any(b and len(a & b) / min(len(a), len(b)) >= 0.6 for b in others)
 
 
 def fingerprint(text: str) -> str:
@@ -431,22 +412,19 @@ class CitationBook:
         )
 
 
-def render(pieces: Iterable[Piece], lang: str, book: CitationBook, *, numbered: bool = False) -> str:
-    """Sentences with a [n] marker after each run from one document; one paragraph (or, numbered,
-    one list item) per run."""
+def render(pieces: Iterable[Piece], lang: str, book: CitationBook) -> str:
+    """Sentences with a [n] marker after each run from one document; one paragraph per run."""
     runs: list[tuple[Source, list[str]]] = []
     for p in pieces:
-        if runs and runs[-1][0].doc_id == p.source.doc_id and not numbered:
+        if runs and runs[-1][0].doc_id == p.source.doc_id:
             runs[-1][1].append(p.text)
         else:
             runs.append((p.source, [p.text]))
     lines = []
-    for i, (src, sents) in enumerate(runs):
+    for src, sents in runs:
         n = book.number(src)
-        body = _join(sents, src.language)
         marker = f"[{n}]" if src.language == "ja" else f" [{n}]"
-        prefix = f"{i + 1}. " if numbered else ""
-        lines.append(f"{prefix}{body}{marker}")
+        lines.append(f"{_join(sents, src.language)}{marker}")
     return "\n".join(lines)
 
 

@@ -49,17 +49,11 @@ class EscalationPolicy:
 
     def decide(self, s: TurnSignals) -> Decision | None:
         """The highest-priority rule that fires (urgent beats normal; earlier rule on a tie)."""
-        fired: list[Decision] = []
         checks = (
             (INCIDENT, s.incident),
             (USER_REQUEST, s.requested_human),
             (BILLING_DISPUTE, s.billing_dispute),
             (REPEATED_FAILURE, s.failures >= self.failures_to_escalate),
         )
-        for reason, hit in checks:
-            priority = self.rules.get(reason)
-            if hit and priority:
-                fired.append(Decision(reason, priority))
-        if not fired:
-            return None
-        return max(fired, key=lambda d: _PRIORITY_RANK.get(d.priority, 0))
+        fired = [Decision(reason, self.rules[reason]) for reason, hit in checks if hit and self.rules.get(reason)]
+        return max(fired, key=lambda d: _PRIORITY_RANK.get(d.priority, 0), default=None)

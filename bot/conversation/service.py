@@ -1,8 +1,9 @@
 """ConversationService: the one conversation core every channel, the web app and the CLI use.
 
-It puts together the turn runner (turn.py: locks, transactions, dedupe, recovery), the skill router
-(router.py: what a message means, then the first skill that applies) and the re-announcement of
-urgent tickets nobody has claimed. Implements bot.ports.ConversationCore.
+It is the turn runner (turn.py: locks, transactions, dedupe, recovery; record, handle and
+recover_pending are its) answering with the skill router (router.py: what a message means, then the
+first skill that applies), plus the re-announcement of urgent tickets nobody has claimed.
+Implements bot.ports.ConversationCore.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from bot.config import Settings
 from bot.conversation.answering import Answerer, AnswerTypes
@@ -27,7 +27,7 @@ from bot.conversation.understanding.intents import load_intents
 from bot.conversation.understanding.understand import Understander, searchable
 from bot.conversation.understanding.text import clean_text
 from bot.messages import InboundMessage, Reply
-from bot.ports import ConversationStore, Handoff, Retriever, StoredMessage, Ticket, TicketListener
+from bot.ports import ConversationStore, Handoff, Retriever, Ticket, TicketListener
 
 log = logging.getLogger("bot.conversation")
 
@@ -42,7 +42,7 @@ def build_understander(settings: Settings, encoder: object | None) -> Understand
     return Understander(data, clf, FactExtractor.load(settings.knowledge_dir))
 
 
-class ConversationService:
+class ConversationService(TurnRunner):
     def __init__(
         self,
         *,
@@ -54,45 +54,17 @@ class ConversationService:
         understander: Understander | None = None,
     ) -> None:
         self.retriever = retriever
-        self.store = store
-        self.handoff = handoff
-        self.settings = settings
         self.kit = Toolkit(retriever=retriever, handoff=handoff, settings=settings, policy=policy or EscalationPolicy())
         self.understander = understander or build_understander(settings, retriever)
         answerer = Answerer(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence,
                             carriers_in=self.understander.extractor.carriers)
         self.router = SkillRouter(self.kit, self.understander, build_skills(answerer, self.understander.extractor))
-        self.turns = TurnRunner(store=store, handoff=handoff, settings=settings, respond=self.router.respond)
+        super().__init__(store=store, handoff=handoff, settings=settings, respond=self.router.respond)
 
-    # ------------------------------------------------------------------ ConversationCore
-
-    @property
-    def started_at(self):
-        return self.turns.started_at
-
-    @started_at.setter
-    def started_at(self, at) -> None:
-        self.turns.started_at = at  # serve --workers: one recovery cutoff for every worker
-
-    @property
-    def after_record_hook(self) -> Callable[[StoredMessage], None] | None:
-        return self.turns.after_record_hook
-
-    @after_record_hook.setter
-    def after_record_hook(self, hook: Callable[[StoredMessage], None] | None) -> None:
-        self.turns.after_record_hook = hook  # test hook (crash tests)
+    # ------------------------------------------------------------------ ConversationCore (with TurnRunner's)
 
     def add_ticket_listener(self, listener: TicketListener) -> None:
         self.kit.listeners.append(listener)
-
-    def record(self, message: InboundMessage) -> StoredMessage | None:
-        return self.turns.record(message)
-
-    def handle(self, message: InboundMessage, recorded: StoredMessage | None = None) -> list[Reply]:
-        return self.turns.handle(message, recorded)
-
-    def recover_pending(self, now: datetime | None = None) -> int:
-        return self.turns.recover_pending(now)
 
     def prefetch(self, message: InboundMessage) -> None:
         """The message will wait for a free worker thread: hand the embedder its text now, so that

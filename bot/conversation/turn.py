@@ -17,7 +17,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
 from bot.config import Settings
@@ -25,7 +25,7 @@ from bot.conversation.locks import KeyedLocks
 from bot.conversation.texts import t
 from bot.conversation.understanding.language import detect_language
 from bot.conversation.understanding.text import clean_text
-from bot.messages import Address, InboundMessage, Reply, utcnow
+from bot.messages import Address, InboundMessage, Reply, as_utc, utcnow
 from bot.ports import ConversationState, ConversationStore, Handoff, StoredMessage
 
 log = logging.getLogger("bot.conversation")
@@ -148,7 +148,7 @@ class TurnRunner:
             if not mine:
                 return 0  # another worker is recovering right now
             for msg in self.store.unhandled_messages():
-                created = _aware(msg.created_at)
+                created = as_utc(msg.created_at)  # (SQLite hands back naive UTC values)
                 if created >= self.started_at and created >= stale:
                     continue  # a live turn is answering it right now
                 if msg.role != "user":
@@ -214,8 +214,3 @@ def error_reply(address: Address, text: str) -> Reply:
 
 def _with_id(reply: Reply, request_id: str | None) -> Reply:
     return replace(reply, id=request_id) if request_id is not None else reply
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands back naive datetimes for UTC values."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)

@@ -106,13 +106,12 @@ def create_store_engine(url: URL, *, echo: bool, synchronous: str = "NORMAL") ->
 
         return engine
 
-    database = url.database or ""
-    memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    memory = in_memory(url)
     if memory:
         engine = create_engine(url, echo=echo, poolclass=StaticPool,
                                connect_args={"check_same_thread": False})
     else:
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        Path(url.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False,
                                                              "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 

@@ -21,9 +21,10 @@ import hashlib
 import logging
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import text as sql_text
@@ -86,8 +87,7 @@ class SqlHandoffStore:
         self.url: URL = make_url(normalize_url(url))
         self._clock = clock
         self._max_attempts = max_attempts
-        synchronous = sqlite_synchronous.upper()
-        self.engine: Engine = create_store_engine(self.url, echo=echo, synchronous=synchronous)
+        self.engine: Engine = create_store_engine(self.url, echo=echo, synchronous=sqlite_synchronous.upper())
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self._insert_conversation = _insert_ignoring_duplicates(self.engine.dialect.name)
         self._local_exclusive = TryLocks()
@@ -264,13 +264,12 @@ class SqlHandoffStore:
         s.flush()  # the ticket row first (foreign key)
         self._insert_audit(s.connection(), ticket_id, actor, action, detail)
 
-    def _enqueue(self, s: Session, address: Address, reply: Reply, ticket_id: str | None) -> int:
-        row = OutboxRow(address=storable.clean_json(address.to_dict()),
-                        reply=storable.clean_json(reply.to_payload()), ticket_id=ticket_id,
-                        status="pending", attempts=0, created_at=self._now())
-        s.add(row)
-        s.flush()
-        return int(row.id)
+    def _insert_outbox(self, conn: Connection, address: dict[str, Any], reply: dict[str, Any], ticket_id: str | None,
+                       now: datetime, leased_until: datetime | None = None) -> int:
+        """A pending outbox item (`address`: already clean JSON), leased until `leased_until`; its id."""
+        return int(conn.execute(_Q.outbox_insert, {
+            "address": address, "reply": storable.clean_json(reply), "ticket_id": ticket_id, "status": "pending",
+            "attempts": 0, "created_at": now, "leased_until": leased_until}).scalar_one())
 
     # ------------------------------------------------------------ ConversationStore
 
@@ -373,10 +372,7 @@ class SqlHandoffStore:
                 if addr_json is not None and isinstance(meta.get("reply"), dict):
                     # The transactional outbox: the reply is owed to the user from this commit on,
                     # whatever happens to the process that is about to send it (leased to it meanwhile).
-                    msg.outbox_id = int(conn.execute(_Q.outbox_insert, {
-                        "address": addr_json, "reply": storable.clean_json(meta["reply"]), "ticket_id": ticket_id,
-                        "status": "pending", "attempts": 0, "created_at": now, "leased_until": leased_until,
-                    }).scalar_one())
+                    msg.outbox_id = self._insert_outbox(conn, addr_json, meta["reply"], ticket_id, now, leased_until)
                 out.append(msg)
             if self.backend != "postgresql":
                 conn.execute(_Q.message_mark_handled, {"mid": message_id})
@@ -419,12 +415,24 @@ class SqlHandoffStore:
         """PostgreSQL: a session advisory lock (non-blocking, released when the holder's process
         dies), so that one process of all the nodes runs the job; SQLite: a lock in this process
         (SQLite serves one server process)."""
-        if self.backend == "postgresql":
-            with self._advisory_lock(name.encode(), wait=False) as got:
+        if self.backend != "postgresql":
+            with self._local_exclusive.try_hold(name) as got:
                 yield got
             return
-        with self._local_exclusive.try_hold(name) as got:
-            yield got
+        key = _lock_key(name.encode())
+        with self.engine.connect() as conn:  # a connection of its own, holding the lock while the job runs
+            got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        conn.execute(_Q.advisory_unlock, {"k": key})
+                        conn.commit()
+                    except Exception:  # noqa: BLE001 - a dropped connection released it already
+                        log.warning("releasing an advisory lock failed; dropping its connection")
+                        conn.invalidate()
 
     @contextmanager
     def conversation_turn(self, conversation_id: str) -> Iterator[None]:
@@ -476,29 +484,6 @@ class SqlHandoffStore:
         except Exception:  # noqa: BLE001 - a dropped connection released it already
             log.warning("releasing a turn lock failed; dropping its connection")
             conn.invalidate()
-
-    @contextmanager
-    def _advisory_lock(self, name: bytes, *, wait: bool) -> Iterator[bool]:
-        """A PostgreSQL session advisory lock on a connection of its own; True when this holder
-        got it (always, with wait)."""
-        key = _lock_key(name)
-        with self.engine.connect() as conn:
-            if wait:
-                conn.execute(_Q.advisory_lock, {"k": key})
-                got = True
-            else:
-                got = bool(conn.execute(sql_text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-            conn.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    try:
-                        conn.execute(_Q.advisory_unlock, {"k": key})
-                        conn.commit()
-                    except Exception:  # noqa: BLE001 - a dropped connection released it already
-                        log.warning("releasing an advisory lock failed; dropping its connection")
-                        conn.invalidate()
 
     def latest_message_id(self) -> int:
         with self._read() as conn:
@@ -555,20 +540,18 @@ class SqlHandoffStore:
         if ticket_id is None and reply.escalation is not None:
             ticket_id = reply.escalation.ticket_id
         with self._tx() as s:
+            conn = s.connection()
             if ticket_id is None:
-                ticket_id = s.connection().execute(_Q.active_ticket_id, {"cid": address.conversation_id}).scalar()
-            return self._enqueue(s, address, reply, ticket_id)
+                ticket_id = conn.execute(_Q.active_ticket_id, {"cid": address.conversation_id}).scalar()
+            return self._insert_outbox(conn, storable.clean_json(address.to_dict()), reply.to_payload(), ticket_id,
+                                       self._now())
 
     def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
         with self._read_session() as s:
             rows = s.execute(
                 select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id).limit(limit)
             )
-            return [
-                OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
-                           attempts=r.attempts, created_at=r.created_at)
-                for r in rows.scalars()
-            ]
+            return [_outbox_item(r) for r in rows.scalars()]
 
     def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
         """Like pending_outbox, but each item returned is leased to this caller for `seconds`:
@@ -589,11 +572,7 @@ class SqlHandoffStore:
             until = now + timedelta(seconds=seconds)
             for r in rows:
                 r.leased_until = until
-            return [
-                OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply),
-                           attempts=r.attempts, created_at=r.created_at)
-                for r in rows
-            ]
+            return [_outbox_item(r) for r in rows]
 
     def mark_sent(self, item_id: int) -> None:
         with self._tx() as s:
@@ -672,13 +651,11 @@ class SqlHandoffStore:
     def revoke_session(self, sid: str, expires_at: datetime) -> None:
         """Refuse the console session `sid` from now until `expires_at` (logout); forgets expired ones."""
         now, table = self._now(), RevokedSessionRow.__table__
-        try:
-            with self._write() as conn:
-                conn.execute(table.delete().where(table.c.expires_at < now))
-                if conn.execute(select(table.c.sid).where(table.c.sid == sid[:64])).first() is None:
-                    conn.execute(insert(table).values(sid=sid[:64], expires_at=storable.as_utc(expires_at)))
-        except IntegrityError:  # the same session revoked at once by another worker
-            pass
+        # IntegrityError: the same session revoked at once by another worker
+        with contextlib.suppress(IntegrityError), self._write() as conn:
+            conn.execute(table.delete().where(table.c.expires_at < now))
+            if conn.execute(select(table.c.sid).where(table.c.sid == sid[:64])).first() is None:
+                conn.execute(insert(table).values(sid=sid[:64], expires_at=storable.as_utc(expires_at)))
 
     def session_revoked(self, sid: str) -> bool:
         with self._read() as conn:
@@ -749,29 +726,23 @@ class _Q:
                       .order_by(_M.c.id))
 
 
+@dataclass(slots=True)
 class _TurnLock:
     """A turn's advisory lock: its connection, key, the transaction the lock statement began (until
     the turn's first store call takes it over) and whether the lock is still held."""
 
-    __slots__ = ("conn", "key", "tx", "locked")
-
-    def __init__(self, conn: Connection, key: int) -> None:
-        self.conn, self.key = conn, key
-        self.tx: Any = None
-        self.locked = False
+    conn: Connection
+    key: int
+    tx: Any = None
+    locked: bool = False
 
 
 def _lock_key(name: bytes) -> int:
     return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
-class _NewConversation:
-    """_ensure_conversation's answer for a conversation row this transaction just created."""
-
-    address = state = updated_at = ticket_id = dup_id = None
-
-
-_NEW_CONVERSATION = _NewConversation()
+# _ensure_conversation's answer for a conversation row this transaction just created.
+_NEW_CONVERSATION = SimpleNamespace(address=None, state=None, updated_at=None, ticket_id=None, dup_id=None)
 
 
 def _insert_ignoring_duplicates(dialect: str):
@@ -798,6 +769,11 @@ def _ticket(r: TicketRow) -> Ticket:
                   status=r.status, priority=r.priority, reason=r.reason, summary=dict(r.summary or {}),  # type: ignore[arg-type]
                   created_at=r.created_at, updated_at=r.updated_at, operator=r.operator,
                   reannounced_at=r.reannounced_at)
+
+
+def _outbox_item(r: OutboxRow) -> OutboxItem:
+    return OutboxItem(id=int(r.id), address=Address.from_dict(r.address), reply=dict(r.reply), attempts=r.attempts,
+                      created_at=r.created_at)
 
 
 def _audit(r: AuditRow) -> AuditEntry:
@@ -858,9 +834,8 @@ class SqlTicketTransaction:
                                            meta=meta, ticket_id=ticket_id)
 
     def enqueue(self, address: Address, reply: Reply, ticket_id: str | None) -> int:
-        return int(self._conn.execute(_Q.outbox_insert, {
-            "address": storable.clean_json(address.to_dict()), "reply": storable.clean_json(reply.to_payload()),
-            "ticket_id": ticket_id, "status": "pending", "attempts": 0, "created_at": self._store._now()}).scalar_one())
+        return self._store._insert_outbox(self._conn, storable.clean_json(address.to_dict()), reply.to_payload(),
+                                          ticket_id, self._store._now())
 
 
 def _ticket_values(t: Ticket) -> dict[str, Any]:

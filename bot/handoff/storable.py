@@ -4,20 +4,11 @@ JSON of plain values, and the conversation state as a JSON document. Stdlib only
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from bot.messages import Address
+from bot.messages import Address, as_utc  # noqa: F401  (as_utc: the store's own name for it too)
 from bot.ports import ConversationState
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    """Aware UTC datetime (naive values are taken to be UTC, as SQLite returns them)."""
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
 
 
 def clean_text(value: str) -> str:

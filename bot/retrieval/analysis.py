@@ -14,6 +14,7 @@ Text without any CJK character skips SudachiPy (same token forms, much faster).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
@@ -99,8 +100,6 @@ class Analyzer:
         self._tokenizer = None
         self._mode = None
         self._lock = threading.Lock()
-        self._synonym_tokens: dict[str, tuple[str, ...]] | None = None
-        self._term_words: frozenset[str] | None = None
         self._recent: dict[str, tuple] = {}  # piece -> its morphemes, the last few queries (_morphemes)
 
     # ---- SudachiPy, loaded lazily (about 0.2 s, ~190 MB resident for the dictionary)
@@ -120,18 +119,21 @@ class Analyzer:
     def warm_up(self) -> None:
         self.tokenize("PBXが乗っ取られた")
 
-    @property
+    @functools.cached_property
     def synonym_tokens(self) -> dict[str, tuple[str, ...]]:
         """content token -> synonym groups, from every synonym term that analyses to exactly one token."""
-        if self._synonym_tokens is None:
-            table: dict[str, list[str]] = {}
-            for term, gids in self.lexicon.term_groups.items():
-                toks = self._content_tokens(term)
-                if len(toks) == 1:
-                    for gid in gids:
-                        table.setdefault(toks[0], []).append(gid)
-            self._synonym_tokens = {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
-        return self._synonym_tokens
+        table: dict[str, list[str]] = {}
+        for term, gids in self.lexicon.term_groups.items():
+            toks = self._content_tokens(term)
+            if len(toks) == 1:
+                for gid in gids:
+                    table.setdefault(toks[0], []).append(gid)
+        return {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
+
+    @functools.cached_property
+    def _term_words(self) -> frozenset[str]:
+        """Every English word of every lexicon term ("denwa" of "hikari denwa")."""
+        return frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
 
     def _morphemes(self, piece: str) -> tuple[tuple[str, tuple[str, str, str], str], ...]:
         """(normal form, the first three parts of speech, surface) of each morpheme. A query's are
@@ -179,12 +181,7 @@ class Analyzer:
 
     @staticmethod
     def _ascii_tokens(text: str) -> list[str]:
-        out = []
-        for w in _ASCII_WORD_RE.findall(text):
-            if w in _EN_STOP:
-                continue
-            out.append(stem_en(w))
-        return out
+        return [stem_en(w) for w in _ASCII_WORD_RE.findall(text) if w not in _EN_STOP]
 
     def analyze(self, text: str) -> tuple[list[str], list[str]]:
         """(tokens, synonym group ids found). Never raises on odd input."""
@@ -195,7 +192,7 @@ class Analyzer:
         groups: list[str] = []
         for term in self.lexicon.find_terms(normalized):
             tokens.append("t:" + term)
-            groups.extend(self.lexicon.groups_of(term))
+            groups.extend(self.lexicon.term_groups.get(term, ()))
         phrase_groups = set(groups)
         content = self._content_tokens(normalized)
         syn = self.synonym_tokens
@@ -218,10 +215,7 @@ class Analyzer:
         any capitalised Latin word). Lower case, NFKC."""
         raw = unicodedata.normalize("NFKC", text or "")[:_NAMES_MAX_CHARS]
         normalized = normalize_text(raw)
-        known = set(self.lexicon.find_terms(normalized))
-        if self._term_words is None:  # every English word of every lexicon term ("denwa" of "hikari denwa")
-            self._term_words = frozenset(w for term in self.lexicon.term_groups for w in _NAME_WORD_RE.findall(term))
-        known |= self._term_words
+        known = set(self.lexicon.find_terms(normalized)) | self._term_words
         found: list[str] = []
         # written in Japanese: Japanese grammar (hiragana) or mostly Japanese letters (an English
         # sentence naming 警察庁 keeps the English rule: "Back in 2016 the 警察庁…" names no "Back")

@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 
+@dataclass(slots=True, eq=False)  # eq=False: slots are found and removed by identity
 class _Slot:
-    __slots__ = ("text", "vector", "error", "done")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.vector: np.ndarray | None = None
-        self.error: BaseException | None = None
-        self.done = False
+    text: str
+    vector: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
 
 
 class QueryBatcher:

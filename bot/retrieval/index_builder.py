@@ -28,11 +28,13 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from bot.config import ConfigError, Settings
 from bot.retrieval.analysis import Analyzer
@@ -60,19 +62,13 @@ REBUILD_HINT = "run `pbxbot index --rebuild`"
 
 def file_checksums(folder: Path) -> dict[str, str]:
     """{path relative to the build folder: sha256} of every file of a build but its manifest."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            out[p.relative_to(folder).as_posix()] = _sha256(p)
-    return out
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def verify_build(index_dir: Path, manifest: dict) -> str | None:
@@ -153,12 +149,10 @@ def chroma_target(settings: Settings) -> str:
 def build_lock(index_dir: Path) -> Iterator[None]:
     index_dir.mkdir(parents=True, exist_ok=True)
     with open(index_dir / ".build.lock", "w") as fh:
-        try:
+        with contextlib.suppress(ImportError):  # not POSIX: no lock
             import fcntl
 
             fcntl.flock(fh, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
         yield
 
 
@@ -180,16 +174,12 @@ def section_records(doc: Document, chunks: list[Chunk]) -> list[dict]:
     return out
 
 
-def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder: BaseEmbedder, spec: str,
-                      cache_dir: Path, rebuild: bool, progress: bool) -> tuple[list[np.ndarray], int, int]:
+def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder: BaseEmbedder, cache_dir: Path,
+                      rebuild: bool, progress: bool) -> tuple[list[np.ndarray], int, int]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     out: list[np.ndarray] = []
     embedded = reused = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(c) for _, c in docs_chunks), unit="chunk", desc="embedding", leave=True)
+    bar = tqdm(total=sum(len(c) for _, c in docs_chunks), unit="chunk", desc="embedding", disable=not progress)
     for doc, chunks in docs_chunks:
         # A document's vectors: its rows (text, questions, summary), then its sections' sentences.
         texts = [c.index_text(doc) for c in chunks] + [x for r in section_records(doc, chunks) for x in r["sentences"]]
@@ -211,10 +201,8 @@ def _embed_with_cache(docs_chunks: list[tuple[Document, list[Chunk]]], embedder:
         else:
             reused += 1
         out.append(vecs)
-        if bar is not None:
-            bar.update(len(chunks))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunks))
+    bar.close()
     return out, embedded, reused
 
 
@@ -250,7 +238,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             docs_chunks = [(d, chunk_document(d)) for d in docs]
             embedder = make_embedder(spec, cache_dir=str(Path(settings.data_dir) / "cache"))
             vec_lists, embedded, reused = _embed_with_cache(
-                docs_chunks, embedder, spec, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
+                docs_chunks, embedder, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
             analyzer = Analyzer(lexicon, split_mode=split_mode)
             rows: list[dict] = []
             token_lists: list[list[str]] = []
@@ -282,25 +270,18 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
             sentences = (np.vstack([v for v in sentence_vectors if len(v)]) if any(len(v) for v in sentence_vectors)
                          else np.zeros((0, vectors.shape[1] if rows else embedder.dim), np.float32))
             np.save(tmp / "sentence_vectors.npy", np.asarray(sentences, dtype=np.float32))
-            with open(tmp / "sections.jsonl", "w", encoding="utf-8") as fh:
-                for r in sections:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            _write_jsonl(tmp / "sections.jsonl", sections)
             LexicalIndex.build(token_lists).save(tmp / "bm25")
             # inverse document frequency of every word over the rows: a rare word of a question
             # ("Docomo", "Teams") weighs more in how much of it a sentence covers
-            df: dict[str, int] = {}
-            for toks in token_lists:
-                for t in set(toks):
-                    df[t] = df.get(t, 0) + 1
+            df = Counter(t for toks in token_lists for t in set(toks))
             n_rows = len(token_lists)
             idf = {t: round(math.log((n_rows + 1) / (c + 0.5)), 4) for t, c in df.items()}
             (tmp / "idf.json").write_text(json.dumps(idf, ensure_ascii=False), encoding="utf-8")
             # row-aligned copy of the vectors: lets a fresh process answer before chromadb is imported
             # (service.HybridRetriever.load(defer_chroma=True)); Chroma stays the index of record.
             np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))
-            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
-                for r in rows:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            _write_jsonl(tmp / "chunks.jsonl", rows)
             (tmp / "documents.json").write_text(
                 json.dumps([d.to_json() for d in docs], ensure_ascii=False), encoding="utf-8")
             collection = f"pbxbot-{build_id}"
@@ -326,6 +307,10 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
         _cleanup(settings, index_dir, keep={build_id, (current or {}).get("build_id")})
         return BuildReport(build_id, len(docs), len(rows), embedded, reused, time.perf_counter() - t0,
                            collection=collection, details={"repaired": repaired} if repaired else {})
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
 def _chroma_problem(settings: Settings, manifest: dict) -> str | None:
@@ -377,11 +362,9 @@ def _cleanup(settings: Settings, index_dir: Path, keep: set) -> None:
     for p in sorted(builds.iterdir()) if builds.exists() else []:
         if p.name in keep:
             continue
-        try:
+        with contextlib.suppress(Exception):  # best effort: a stale folder or collection is harmless
             manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
             if manifest.get("chroma") == chroma_target(settings):
                 client = client or make_client(settings)
                 client.delete_collection(manifest["collection"])
-        except Exception:  # best effort: a stale folder or collection is harmless
-            pass
         shutil.rmtree(p, ignore_errors=True)

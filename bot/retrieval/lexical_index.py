@@ -23,15 +23,7 @@ class LexicalIndex:
         import bm25s
 
         vocab: dict[str, int] = {"": 0}
-        ids: list[list[int]] = []
-        for toks in token_lists:
-            row = []
-            for t in toks:
-                i = vocab.get(t)
-                if i is None:
-                    i = vocab[t] = len(vocab)
-                row.append(i)
-            ids.append(row)
+        ids = [[vocab.setdefault(t, len(vocab)) for t in toks] for toks in token_lists]
         bm25 = bm25s.BM25(k1=k1, b=b)
         # (ids, vocab) form: bm25s skips its own tokenizer entirely
         bm25.index((ids, vocab), show_progress=False)

@@ -31,10 +31,6 @@ def normalize_text(text: str) -> str:
 _ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")  # what an ASCII term must not touch
 
 
-def _is_ascii(term: str) -> bool:
-    return all(ord(c) < 128 for c in term)
-
-
 @dataclass
 class Lexicon:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> normalized terms
@@ -79,13 +75,7 @@ class Lexicon:
 
     def _compile(self) -> None:
         all_terms = sorted(set(self.term_groups) | set(self.keep_whole), key=lambda t: (-len(t), t))
-        parts = []
-        for t in all_terms:
-            esc = re.escape(t)
-            if _is_ascii(t):
-                parts.append(rf"(?<![0-9a-z]){esc}(?![0-9a-z])")
-            else:
-                parts.append(esc)
+        parts = [rf"(?<![0-9a-z]){re.escape(t)}(?![0-9a-z])" if t.isascii() else re.escape(t) for t in all_terms]
         self._pattern = re.compile("|".join(parts)) if parts else None
         lengths: dict[str, set[int]] = {}
         for t in all_terms:
@@ -111,7 +101,7 @@ class Lexicon:
         while i < n:
             for length in lengths.get(normalized[i], ()):
                 t = normalized[i:i + length]
-                if len(t) == length and t in terms and (not _is_ascii(t) or (
+                if len(t) == length and t in terms and (not t.isascii() or (
                         (i == 0 or normalized[i - 1] not in _ALNUM) and (i + length == n or normalized[i + length] not in _ALNUM))):
                     out.append(t)
                     i += length
@@ -120,18 +110,12 @@ class Lexicon:
                 i += 1
         return out
 
-    def groups_of(self, term: str) -> tuple[str, ...]:
-        return self.term_groups.get(term, ())
-
     def carriers_named(self, group_ids: list[str] | tuple[str, ...]) -> frozenset[str]:
         """The carriers a text names, from its groups (`syn:<id>` tokens or bare ids)."""
         return frozenset(c for g in group_ids if (c := self.group_carrier.get(g.removeprefix("syn:"))))
 
     def expansions(self, group_ids: list[str] | tuple[str, ...]) -> list[str]:
-        out: list[str] = []
-        for gid in group_ids:
-            out.extend(self.groups.get(gid, ()))
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(term for gid in group_ids for term in self.groups.get(gid, ())))
 
     @property
     def version_key(self) -> str:

@@ -15,6 +15,8 @@ with `known_embedding_functions[name].build_from_config(...)`. So this module
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -34,11 +36,9 @@ class UnsafeCollectionError(ConfigError):
     """A Chroma collection's stored configuration names an embedding function we did not put there."""
 
 
+@functools.cache
 def _ef_class():
     """Defined lazily so that importing this module does not import chromadb (about 1-2 s)."""
-    global _EF_CLASS
-    if _EF_CLASS is not None:
-        return _EF_CLASS
     from chromadb.api.types import Documents, EmbeddingFunction
     from chromadb.utils.embedding_functions import register_embedding_function
 
@@ -67,15 +67,9 @@ def _ef_class():
         def supported_spaces(self):
             return ["cosine", "ip", "l2"]
 
-    try:
+    with contextlib.suppress(ValueError):  # already registered in this process (module reloaded in tests)
         register_embedding_function(PbxbotVectorsOnly)
-    except ValueError:  # already registered in this process (module reloaded in tests)
-        pass
-    _EF_CLASS = PbxbotVectorsOnly
-    return _EF_CLASS
-
-
-_EF_CLASS = None
+    return PbxbotVectorsOnly
 
 
 def foreign_embedding_functions(configuration_json: Any, serialized_schema: Any) -> list[str]:
@@ -114,7 +108,6 @@ def make_client(settings) -> Any:
         u = urlparse(settings.chroma_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ConfigError("PBXBOT_CHROMA_URL must look like http://host:port")
-        kwargs: dict[str, Any] = {"anonymized_telemetry": False}
         headers = {}
         if settings.chroma_token is not None and settings.chroma_token.get_secret_value():
             # Sent as "Authorization: Bearer <token>". `chroma run` 1.x does not check it itself
@@ -123,7 +116,7 @@ def make_client(settings) -> Any:
         try:
             return chromadb.HttpClient(
                 host=u.hostname, port=u.port or (443 if u.scheme == "https" else 80), ssl=u.scheme == "https",
-                headers=headers, settings=ChromaSettings(**kwargs),
+                headers=headers, settings=ChromaSettings(anonymized_telemetry=False),
             )
         except Exception as exc:
             raise ConfigError(f"PBXBOT_CHROMA_URL: cannot reach the Chroma server ({type(exc).__name__})") from None
@@ -142,12 +135,10 @@ def forget_client(settings) -> None:
     path = str((Path(settings.index_dir) / "chroma").resolve())
     with _CLIENT_LOCK:
         _PERSISTENT.pop(path, None)
-    try:
+    with contextlib.suppress(Exception):  # older or newer chromadb: a fresh process does it anyway
         from chromadb.api.shared_system_client import SharedSystemClient
 
         SharedSystemClient.clear_system_cache()
-    except Exception:  # noqa: BLE001 - older or newer chromadb: a fresh process does it anyway
-        pass
 
 
 def _where(language: str | None, carrier: str | None) -> dict | None:
@@ -168,18 +159,12 @@ class ChromaVectorIndex:
         self.client = client
         self.collection = collection
 
-    @property
-    def name(self) -> str:
-        return self.collection.name
-
     # ---- create / open
     @classmethod
     def create(cls, client: Any, name: str, embedder_name: str) -> "ChromaVectorIndex":
         ef = _ef_class()(embedder_name)
-        try:
+        with contextlib.suppress(Exception):  # there was none
             client.delete_collection(name)
-        except Exception:
-            pass
         coll = client.create_collection(
             name=name, embedding_function=ef,
             configuration={"hnsw": {"space": "cosine"}},
@@ -207,23 +192,15 @@ class ChromaVectorIndex:
         return cls(client, Collection(client=server, model=model, embedding_function=_ef_class()(embedder_name)))
 
     # ---- write
-    def add(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict], documents: list[str] | None = None) -> None:
+    def add(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict]) -> None:
         try:
             batch = int(self.client.get_max_batch_size())
         except Exception:
             batch = 1000
         batch = max(1, min(batch, 2000))
         for i in range(0, len(ids), batch):
-            kw = {}
-            if documents is not None:
-                kw["documents"] = documents[i:i + batch]
-            self.collection.add(
-                ids=ids[i:i + batch], embeddings=np.asarray(vectors[i:i + batch], dtype=np.float32),
-                metadatas=metadatas[i:i + batch], **kw,
-            )
-
-    def count(self) -> int:
-        return int(self.collection.count())
+            self.collection.add(ids=ids[i:i + batch], embeddings=np.asarray(vectors[i:i + batch], dtype=np.float32),
+                                metadatas=metadatas[i:i + batch])
 
     # ---- read
     def query(self, vector: np.ndarray, n: int, *, language: str | None = None, carrier: str | None = None) -> list[tuple[str, float]]:
@@ -238,12 +215,6 @@ class ChromaVectorIndex:
         dists = (res.get("distances") or [[]])[0]
         return [(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)]
 
-    def delete(self) -> None:
-        self.client.delete_collection(self.collection.name)
-
 
 def chunk_metadata(doc_id: str, language: str, kind: str, carriers: Iterable[str]) -> dict:
-    md: dict[str, Any] = {"doc_id": doc_id, "language": language, "kind": kind}
-    for c in carriers:
-        md[f"c_{c}"] = True
-    return md
+    return {"doc_id": doc_id, "language": language, "kind": kind, **{f"c_{c}": True for c in carriers}}

@@ -44,7 +44,10 @@ def create_app(settings: Settings, *, core: ConversationCore | None = None, outb
     _ensure_secret_masking(settings)
     secret_key = (settings.session_secret.get_secret_value().encode()
                   if settings.session_secret and settings.session_secret.get_secret_value() else secrets.token_bytes(32))
-    trusted_proxies = _trusted_proxies(settings)
+    try:
+        trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
+    except ValueError as exc:  # names the bad entry
+        raise ConfigError(str(exc)) from None
     auth = OperatorAuth(settings, secret_key=secret_key)  # validates PBXBOT_OPERATORS
     timeouts.configure(settings.http_header_timeout)  # this process's HTTP protocol (bot/web/timeouts.py)
     if core is None:
@@ -79,7 +82,11 @@ def _wire(settings: Settings, core: ConversationCore, auth: OperatorAuth, secret
         registry.register_platform(name)
     core.add_ticket_listener(registry.ticket_listener)
     queue = QueueEvents()
-    registry.add_ticket_subscriber(_publish_to(queue))
+
+    async def publish(_event: str, ticket) -> None:  # noqa: ANN001 - a bot.ports.Ticket
+        queue.publish(ticket.id, ticket.status)
+
+    registry.add_ticket_subscriber(publish)
     dispatcher = background.OutboxDispatcher(core.handoff, registry, run_background, interval=outbox_interval,
                                              max_backoff=settings.outbox_max_backoff)
     state = WebState(settings=settings, core=core, registry=registry, widget=widget_channel, auth=auth, queue=queue,
@@ -89,20 +96,6 @@ def _wire(settings: Settings, core: ConversationCore, auth: OperatorAuth, secret
                      listener=change_listener(core, widget_channel, queue))
     state.health = HealthCheck(core, registry.run_sync, extra=lambda: health.server_state(state))
     return state
-
-
-def _publish_to(queue: QueueEvents):
-    async def publish(_event: str, ticket) -> None:  # noqa: ANN001 - a bot.ports.Ticket
-        queue.publish(ticket.id, ticket.status)
-
-    return publish
-
-
-def _trusted_proxies(settings: Settings) -> tuple[Network, ...]:
-    try:
-        return parse_trusted_proxies(settings.trusted_proxies)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _add_middleware(app: FastAPI, settings: Settings, trusted_proxies: tuple[Network, ...]) -> None:

@@ -111,9 +111,7 @@ class OperatorAuth:
         self.settings = settings
         token = settings.operator_token.get_secret_value().strip() if settings.operator_token else ""
         self._token = token.encode() if token else None
-        operators = getattr(settings, "operators", None)
-        spec = operators.get_secret_value() if hasattr(operators, "get_secret_value") else operators
-        self.accounts = parse_operator_accounts(spec)
+        self.accounts = parse_operator_accounts(settings.operators.get_secret_value() if settings.operators else None)
         self._dummy_hash: bytes | None = dummy_hash_for(self.accounts) if self.accounts else None
         self._serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-session")
         self._login_serializer = URLSafeTimedSerializer(secret_key, salt="pbxbot-console-login")
@@ -178,7 +176,7 @@ class OperatorAuth:
 
     def session(self, request: Request) -> Operator | None:
         """The session the cookie claims (signature and age only; see current_session)."""
-        data = _signed_cookie(request, SESSION_COOKIE, self._serializer, SESSION_MAX_AGE)
+        data = _unsigned(self._serializer, request.cookies.get(SESSION_COOKIE), SESSION_MAX_AGE)
         if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("op", "csrf", "sid")):
             return None
         return Operator(name=data["op"], csrf=data["csrf"], via="session", sid=data["sid"])
@@ -230,7 +228,7 @@ class OperatorAuth:
 
     def device_id(self, request: Request, account: str) -> str | None:
         """This browser's device id when it holds a valid known-device cookie for `account`."""
-        data = _signed_cookie(request, DEVICE_COOKIE, self._device_serializer, DEVICE_MAX_AGE)
+        data = _unsigned(self._device_serializer, request.cookies.get(DEVICE_COOKIE), DEVICE_MAX_AGE)
         if not isinstance(data, dict) or data.get("acct") != account or not isinstance(data.get("dev"), str):
             return None
         return data["dev"]
@@ -243,19 +241,13 @@ class OperatorAuth:
         return nonce, self._login_serializer.dumps(nonce)
 
     def login_nonce_ok(self, request: Request, form_value: str | None) -> bool:
-        cookie = request.cookies.get(LOGIN_COOKIE)
-        if not cookie or not form_value:
-            return False
-        try:
-            nonce = self._login_serializer.loads(form_value, max_age=3600)
-        except (BadSignature, UnicodeError, ValueError):
-            return False
-        return isinstance(nonce, str) and tokens_equal(nonce, cookie)
+        nonce = _unsigned(self._login_serializer, form_value, 3600)
+        return isinstance(nonce, str) and tokens_equal(nonce, request.cookies.get(LOGIN_COOKIE))
 
 
-def _signed_cookie(request: Request, name: str, serializer: URLSafeTimedSerializer, max_age: int) -> Any:
-    """The value a cookie signed by `serializer` holds, or None (absent, forged, expired, not text)."""
-    raw = request.cookies.get(name)
+def _unsigned(serializer: URLSafeTimedSerializer, raw: str | None, max_age: int) -> Any:
+    """The value `raw` (a cookie, a form field) holds when `serializer` signed it within `max_age`
+    seconds, or None (absent, forged, expired, not text)."""
     if not raw:
         return None
     try:

@@ -101,7 +101,7 @@ class OutboxDispatcher:
 
 class PeriodicJob:
     """Every `interval` seconds (the first time after `first_delay`): `func()` in a worker thread.
-    A non-zero result (things done) is counted, logged with `done_message` and followed by
+    A non-zero result (things done) is logged with `done_message` and followed by
     `on_done()` (the dispatcher is woken to deliver what the job queued). Errors are logged and the
     loop goes on. The re-announcer and the recovery of unanswered messages are two of these."""
 
@@ -112,7 +112,6 @@ class PeriodicJob:
         self.interval = interval
         self.first_delay = interval if first_delay is None else first_delay
         self.done_message, self.on_done = done_message, on_done
-        self.count = 0
         self._stopping = False
 
     def stop(self) -> None:
@@ -133,7 +132,6 @@ class PeriodicJob:
                 log.exception("%s failed", self.name)
                 continue
             if n:
-                self.count += n
                 log.info(self.done_message, n)
                 if self.on_done:
                     self.on_done()

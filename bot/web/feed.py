@@ -23,6 +23,7 @@ taken as rolled back; SQLite writes one transaction at a time and never leaves s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Awaitable, Callable, Sequence
@@ -113,10 +114,8 @@ class TranscriptFeed:
         self._stopping = True
         for subs in self._subscribers.values():
             for q in list(subs):
-                try:
+                with contextlib.suppress(asyncio.QueueFull):
                     q.put_nowait(None)
-                except asyncio.QueueFull:
-                    pass
         self._wake.set()
 
     async def run(self) -> None:
@@ -129,10 +128,8 @@ class TranscriptFeed:
             except Exception as exc:  # the store is down: keep trying, report in /healthz
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("widget feed poll failed: %s", self.last_error)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LIVE_POLL_SECONDS if self.live() else self.poll_seconds)
-            except asyncio.TimeoutError:
-                pass
             self._wake.clear()
 
     async def poll(self) -> int:
@@ -162,11 +159,9 @@ class TranscriptFeed:
             if event is None:
                 continue
             for q in list(self._subscribers.get(msg.conversation_id, ())):
-                try:
+                with contextlib.suppress(asyncio.QueueFull):  # a stuck client: it catches up from history on reconnect
                     q.put_nowait(event)
                     delivered += 1
-                except asyncio.QueueFull:  # a stuck client: it catches up from history on reconnect
-                    pass
         return index, delivered
 
     def _read_new(self, cursor: int, gaps: Sequence[int], followed: set[str]

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from contextlib import contextmanager
 from typing import Iterator, Protocol
 
@@ -184,7 +184,7 @@ class GuessLimiter:
     def __init__(self, store: AttemptStore | None = None, *, per_minute: int = 10) -> None:
         self.store = store or InProcessAttemptStore()
         self.limit = per_minute
-        self._inflight: dict[str, int] = {}  # checks running now (bcrypt runs in a worker thread)
+        self._inflight: Counter[str] = Counter()  # checks running now (bcrypt runs in a worker thread)
         self._lock = threading.Lock()
 
     def _keys(self, address: str, account: str, device: str | None) -> list[str]:
@@ -199,7 +199,7 @@ class GuessLimiter:
     def _wait(self, keys: list[str]) -> float:
         waits = [0.0]
         for key in keys:
-            room = self.limit - self._inflight.get(key, 0)
+            room = self.limit - self._inflight[key]
             waits.append(self.store.wait(key, room) if room > 0 else WINDOW_SECONDS)
         return max(waits)
 
@@ -212,8 +212,7 @@ class GuessLimiter:
         with self._lock:
             wait = self._wait(keys)
             if not wait:
-                for key in keys:
-                    self._inflight[key] = self._inflight.get(key, 0) + 1
+                self._inflight.update(keys)
         attempt = Attempt(wait, keys)
         if wait:
             yield attempt
@@ -222,14 +221,11 @@ class GuessLimiter:
             yield attempt
         finally:
             with self._lock:
-                for key in keys:
-                    if attempt.wrong:
+                if attempt.wrong:
+                    for key in keys:
                         self.store.add(key)
-                    left = self._inflight.get(key, 1) - 1
-                    if left > 0:
-                        self._inflight[key] = left
-                    else:
-                        self._inflight.pop(key, None)
+                self._inflight.subtract(keys)
+                self._inflight = +self._inflight  # (+: without the keys no check holds any more)
 
     def succeeded(self, address: str, account: str) -> None:
         """`address` authenticated as `account`: from now on that account recognises it."""

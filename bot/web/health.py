@@ -1,8 +1,8 @@
 """/healthz: the state of the index and the store (200 when healthy, 503 when not), and of the
 replies owed to users: "degraded" (200) while some have failed to be delivered or are dead.
 
-Uses `core.health()` when the core offers one (a dict with "ok" and details); otherwise probes
-the store with a cheap read (list_queue) and the index with `core.retriever` when present.
+Probes the store (its health(), else a cheap read: list_queue) and the index (`core.retriever`,
+when present).
 Results are cached for a second so that a busy probe cannot load the server.
 """
 
@@ -32,31 +32,20 @@ class HealthCheck:
 
     async def _probe(self) -> tuple[bool, dict[str, Any]]:
         info: dict[str, Any] = {}
-        ok = True
-        core_health = getattr(self.core, "health", None)
-        if callable(core_health):
-            try:
-                data = await asyncio.wait_for(self.run_sync(core_health), PROBE_TIMEOUT)
-                data = dict(data or {})
-                ok = bool(data.pop("ok", True))
-                info.update(data)
-            except Exception as exc:
-                ok, info["core"] = False, f"error: {type(exc).__name__}"
-        else:
-            store_health = getattr(self.core.store, "health", None)
-            try:
-                if callable(store_health):  # SqlHandoffStore: {"ok", "backend", "revision"}
-                    info["store"] = dict(await asyncio.wait_for(self.run_sync(store_health), PROBE_TIMEOUT))
-                else:
-                    await asyncio.wait_for(self.run_sync(self.core.handoff.list_queue), PROBE_TIMEOUT)
-                    info["store"] = {"ok": True, "backend": type(self.core.handoff).__name__}
-            except Exception as exc:
-                info["store"] = {"ok": False, "error": type(exc).__name__}
-            ok = ok and bool(info["store"].get("ok"))
-            retriever = getattr(self.core, "retriever", None)
-            if retriever is not None:
-                info["index"] = index_state(retriever)
-                ok = ok and info["index"]["ok"]
+        store_health = getattr(self.core.store, "health", None)
+        try:
+            if callable(store_health):  # SqlHandoffStore: {"ok", "backend", "revision"}
+                info["store"] = dict(await asyncio.wait_for(self.run_sync(store_health), PROBE_TIMEOUT))
+            else:
+                await asyncio.wait_for(self.run_sync(self.core.handoff.list_queue), PROBE_TIMEOUT)
+                info["store"] = {"ok": True, "backend": type(self.core.handoff).__name__}
+        except Exception as exc:
+            info["store"] = {"ok": False, "error": type(exc).__name__}
+        ok = bool(info["store"].get("ok"))
+        retriever = getattr(self.core, "retriever", None)
+        if retriever is not None:
+            info["index"] = index_state(retriever)
+            ok = ok and info["index"]["ok"]
         counts = getattr(self.core.handoff, "outbox_counts", None)
         if callable(counts):
             try:
@@ -77,9 +66,7 @@ def index_state(retriever: Any) -> dict[str, Any]:
     state: dict[str, Any] = {"ok": True, "backend": type(retriever).__name__}
     manifest = getattr(retriever, "manifest", None)
     if isinstance(manifest, dict):
-        for key in ("build_id", "embedder"):
-            if key in manifest:
-                state[key] = manifest[key]
+        state.update({key: manifest[key] for key in ("build_id", "embedder") if key in manifest})
     store = getattr(retriever, "store", None)
     chunk_ids = getattr(store, "chunk_ids", None)
     if chunk_ids is not None:

@@ -23,8 +23,7 @@ from bot.web.widget import WidgetChannel
 log = logging.getLogger("bot.web")
 
 
-async def run_background(func: Any, *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(func, *args)
+run_background = anyio.to_thread.run_sync  # the loops' store calls: anyio's default threads (see above)
 
 
 def background_jobs(core: ConversationCore, dispatcher: background.OutboxDispatcher, *, reannounce_interval: float,
@@ -72,7 +71,3 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("background loops did not stop in time: %s", [t.get_name() for t in pending])
         state.queue.close_streams()
         await state.registry.stop()
-        close = getattr(state.core, "close", None)
-        if callable(close):
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(close)

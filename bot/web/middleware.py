@@ -45,20 +45,6 @@ class BodyTimeout(HTTPException):
                          headers={"Connection": "close"})
 
 
-def _json_body(status: int, payload: dict[str, Any], rid: str) -> tuple[dict, bytes]:
-    body = json.dumps(payload, ensure_ascii=False).encode()
-    start = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", rid.encode()),
-        ],
-    }
-    return start, body
-
-
 ERROR_MESSAGE = {
     500: "Sorry, something went wrong on our side. Please try again. / 申し訳ありません、エラーが発生しました。もう一度お試しください。",
     413: "The request is too large. / リクエストが大きすぎます。",
@@ -184,10 +170,12 @@ class _Exchange:
         """Answer with a JSON error, unless the response has already begun."""
         if self.started:
             return
-        start, body = _json_body(status, {**payload, "request_id": self.rid}, self.rid)
+        body = json.dumps({**payload, "request_id": self.rid}, ensure_ascii=False).encode()
+        headers = [(b"content-type", b"application/json; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                   (b"x-request-id", self.rid.encode())]
         if close:
-            start["headers"].append((b"connection", b"close"))
-        await self._send(start)
+            headers.append((b"connection", b"close"))
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
         await self._send({"type": "http.response.body", "body": body})
         self.status = status
 

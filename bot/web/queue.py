@@ -8,26 +8,22 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from bot.messages import as_utc
 from bot.ports import Ticket, TicketDetail
 from bot.web.sse import KEEPALIVE, KEEPALIVE_LINE, with_keepalive
 
 
 def iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if dt is None else as_utc(dt).isoformat().replace("+00:00", "Z")
 
 
 def ticket_json(t: Ticket, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
-    created = t.created_at if t.created_at.tzinfo else t.created_at.replace(tzinfo=timezone.utc)
     return {
         "id": t.id, "conversation_id": t.conversation_id, "channel": t.address.channel,
         "status": t.status, "priority": t.priority, "reason": t.reason, "summary": t.summary,
         "operator": t.operator, "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
-        "age_seconds": max(0, int((now - created).total_seconds())),
+        "age_seconds": max(0, int((now - as_utc(t.created_at)).total_seconds())),
         "summary_line": summary_line(t.summary),
     }
 

@@ -27,9 +27,10 @@ from telegram.ext import Application, ContextTypes, TypeHandler
 from bot.channels.base import BaseChannel, DeliveryError, Inbound, PermanentDeliveryError
 from bot.channels.rendering import render_text, split_text
 from bot.channels.telegram.render import CHUNK, human_button, render_html
-from bot.channels.telegram.updates import inbound_of, parse_update, secret_matches
+from bot.channels.telegram.updates import inbound_of, parse_update
 from bot.config import ChannelSettings
 from bot.messages import Address, Reply
+from bot.tokens import tokens_equal
 
 __all__ = ["TelegramChannel", "TelegramSettings", "register", "render_html", "parse_update"]
 
@@ -88,7 +89,7 @@ class TelegramChannel(BaseChannel):
 
     async def webhook(self, request: Request) -> Response:
         given = request.headers.get(SECRET_HEADER)
-        if given is None or not secret_matches(self._secret, given):
+        if given is None or not tokens_equal(self._secret, given):
             error = "missing_secret_token" if given is None else "invalid_secret_token"
             return JSONResponse({"error": error}, status_code=401 if given is None else 403)
         update = parse_update(await request.body(), self.bot)

@@ -3,7 +3,6 @@ exceptions), /start and /help are notices, /human and the inline button ask for 
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -15,10 +14,6 @@ from bot.messages import Address, InboundMessage
 
 HUMAN_CALLBACK = "human"
 NOTICES = {"/start": "welcome", "/help": "help"}
-
-
-def secret_matches(expected: str, given: str | None) -> bool:
-    return given is not None and hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
 
 
 def parse_update(body: bytes, bot: Any) -> Update | None:

@@ -28,10 +28,6 @@ _REFERS_BACK = re.compile(r"\b(it|its|that|this|those|them|they)\b|それ|あれ
                           re.IGNORECASE)
 
 
-def refers_back(text: str) -> bool:
-    return bool(_REFERS_BACK.search(text or ""))
-
-
 SHOWN_KEY = "_shown"  # state.facts: fingerprints of the sentences of the last answers, newest first
 SHOWN_MAX = 24  # about the last three answers: a follow-up asks something they did not say
 
@@ -113,7 +109,7 @@ class Question:
             # A message that names no concept of the domain ("how long does it take?", 「無料？」) or
             # points back ("what if I do it at night?") only makes sense with the last question; one
             # with a topic of its own that its own reading answers is not searched a second time.
-            leans = not own.result.expanded_terms or refers_back(turn.text)
+            leans = not own.result.expanded_terms or bool(_REFERS_BACK.search(turn.text))
             if leans or not own.covered:
                 joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
                 if joined.covered and (leans or not own.covered):

@@ -106,9 +106,6 @@ class Prediction:
     def has(self, label: str) -> bool:
         return label in self.labels
 
-    def top(self) -> str:
-        return max(self.ratios, key=self.ratios.get)
-
 
 class IntentClassifier:
     def __init__(self, *, labels: Sequence[str], vocab: dict[str, int], idf: np.ndarray, w_emb: np.ndarray,

@@ -131,9 +131,8 @@ def _guards(path: Path) -> tuple[dict[str, str], list[re.Pattern[str]]]:
     commands_raw = data.get("commands") or {}
     if not isinstance(commands_raw, dict):
         raise IntentDataError(path, "commands", "must map a command to an intent")
-    commands = {}
-    for cmd, label in commands_raw.items():
-        commands[unicodedata.normalize("NFKC", str(cmd)).strip().lower()] = next(iter(_labels(path, f"commands.{cmd}", label)))
+    commands = {unicodedata.normalize("NFKC", str(cmd)).strip().lower(): next(iter(_labels(path, f"commands.{cmd}", label)))
+                for cmd, label in commands_raw.items()}
     patterns_raw = data.get("config_extraction") or []
     if not isinstance(patterns_raw, list):
         raise IntentDataError(path, "config_extraction", "must be a list of regular expressions")

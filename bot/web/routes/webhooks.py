@@ -10,7 +10,6 @@ from bot.channels.registry import ChannelRegistry
 
 def include_channel_routes(app: FastAPI, registry: ChannelRegistry) -> None:
     for channel in registry:
-        router = getattr(channel, "router", None)
-        if router is not None:
-            prefix = getattr(channel, "prefix", None)
-            app.include_router(router, prefix=f"/webhooks/{channel.name}" if prefix is None else prefix)
+        if channel.router is not None:
+            prefix = channel.prefix if channel.prefix is not None else f"/webhooks/{channel.name}"
+            app.include_router(channel.router, prefix=prefix)

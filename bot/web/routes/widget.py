@@ -3,6 +3,7 @@ console's own script and style (/console/static/...)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -12,16 +13,13 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 CONSOLE_FILES = {"console.js": "application/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
-_CACHE: dict[str, bytes] = {}
 
 router = APIRouter(tags=["widget"])
 
 
+@functools.cache
 def static(name: str) -> bytes:
-    data = _CACHE.get(name)
-    if data is None:
-        data = _CACHE[name] = (STATIC_DIR / name).read_bytes()
-    return data
+    return (STATIC_DIR / name).read_bytes()
 
 
 @router.get("/", response_class=HTMLResponse)
