@@ -149,11 +149,17 @@ def t(key: str, lang: str, **kw: str) -> str:
     return text.format(**kw) if kw else text
 
 
+def all_template_lines() -> set[str]:
+    """Every fixed text, both languages, unformatted."""
+    return {v for entry in TEXTS.values() for v in entry.values()}
+
+
 @lru_cache(maxsize=1)
 def _template_patterns() -> tuple[re.Pattern[str], ...]:
-    """Every fixed text, both languages, its {placeholders} matching any text."""
-    return tuple(re.compile(".+".join(re.escape(part) for part in re.split(r"\{[a-z]+\}", text)))
-                 for text in {v for entry in TEXTS.values() for v in entry.values()})
+    return tuple(
+        re.compile(".+".join(re.escape(part) for part in re.split(r"\{[a-z]+\}", text)))
+        for text in all_template_lines()
+    )
 
 
 def is_template_line(line: str) -> bool:

@@ -18,17 +18,17 @@ from typing import Any
 from bot.handoff.storable import as_utc
 from bot.messages import Address, Reply
 from bot.ports import (
+    OutboxItem,
     Ticket,
     TicketDetail,
     TicketNotFound,
     TicketStateError,
     TicketStore,
     TicketTransaction,
+    UndeliveredItem,
 )
 
 ACTIVE_STATUSES = ("open", "claimed")
-OUTBOX_CALLS = frozenset({"enqueue", "pending_outbox", "lease_outbox", "mark_sent", "mark_failed", "retry_outbox",
-                          "undelivered", "outbox_counts", "outbox_status"})
 PRIORITIES = ("urgent", "normal")
 
 
@@ -152,12 +152,33 @@ class HandoffService:
 
     # ------------------------------------------------------------ the outbox
 
-    def __getattr__(self, name: str) -> Any:
-        """The calls of bot.ports.Outbox (enqueue, lease_outbox, mark_sent, mark_failed...) are the
-        store's own: the ticket rules add nothing to them."""
-        if name in OUTBOX_CALLS:
-            return getattr(self.outbox, name)
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+    def enqueue(self, address: Address, reply: Reply, ticket_id: str | None = None) -> int:
+        return self.outbox.enqueue(address, reply, ticket_id)
+
+    def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
+        return self.outbox.pending_outbox(limit)
+
+    def lease_outbox(self, limit: int = 50, seconds: float = 60.0) -> list[OutboxItem]:
+        return self.outbox.lease_outbox(limit, seconds)
+
+    def mark_sent(self, item_id: int) -> None:
+        self.outbox.mark_sent(item_id)
+
+    def mark_failed(self, item_id: int, error: str, retry_in: float | None = None, *,
+                    permanent: bool = False) -> None:
+        self.outbox.mark_failed(item_id, error, retry_in, permanent=permanent)
+
+    def retry_outbox(self, item_id: int, actor: str = "system") -> bool:
+        return self.outbox.retry_outbox(item_id, actor)
+
+    def undelivered(self, limit: int = 100, ticket_id: str | None = None) -> list[UndeliveredItem]:
+        return self.outbox.undelivered(limit, ticket_id)
+
+    def outbox_counts(self) -> dict[str, int]:
+        return self.outbox.outbox_counts()
+
+    def outbox_status(self, item_id: int) -> dict[str, Any] | None:
+        return self.outbox.outbox_status(item_id)
 
     # ------------------------------------------------------------ helpers
 
