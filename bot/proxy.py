@@ -34,6 +34,7 @@ def parse_trusted_proxies(spec: str) -> tuple[Network, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1024)  # a request parses its peer and hops several times; the same few repeat
 def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     value = value.strip()
     if value.startswith("[") and "]" in value:  # "[::1]:443"

@@ -46,6 +46,8 @@ class AnswerTypes:
 
     def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]]):
         self.types = types
+        # cue() and strength() read the same question in one answer: its patterns run once
+        self._asked = lru_cache(maxsize=64)(self._read_asked)
 
     @classmethod
     def load(cls, knowledge_dir: Path | str) -> "AnswerTypes":
@@ -66,8 +68,11 @@ class AnswerTypes:
         return cls(types)
 
     def asked(self, question: str) -> list[str]:
+        return list(self._asked(question))
+
+    def _read_asked(self, question: str) -> tuple[str, ...]:
         q = asking_part(unicodedata.normalize("NFKC", question or "").lower())
-        return [name for name, (rx, _, _) in self.types.items() if rx is not None and rx.search(q)]
+        return tuple(name for name, (rx, _, _) in self.types.items() if rx is not None and rx.search(q))
 
     def cue(self, question: str) -> composer.Cue | None:
         """How strongly a sentence gives the asked kind of answer (0: not at all; a type's `strength`,
@@ -174,13 +179,23 @@ def unnamed(names: Sequence[str], shown: Sequence[composer.Piece]) -> float:
     return sum(1 for n in names if n not in text) / len(names)
 
 
+def _sentence_cache(carriers_in: Callable[[str], Sequence[str]]) -> Callable[[str], Sequence[str]]:
+    @lru_cache(maxsize=16384)
+    def cached(sentence: str) -> tuple[str, ...]:
+        return tuple(carriers_in(sentence))
+
+    return cached
+
+
 class Answerer:
     def __init__(self, answer_types: AnswerTypes, gate: Gate | None = None, *, min_confidence: float = 0.35,
                  carriers_in: Callable[[str], Sequence[str]] | None = None) -> None:
         self.answer_types = answer_types
         self.gate = gate or Gate.load()
         self.min_confidence = min_confidence  # the bar when there are no sentence similarities
-        self.carriers_in = carriers_in  # the carrier ids a sentence names (the facts tables)
+        # The carrier ids a sentence names (the facts tables). Asked of passage sentences only,
+        # which repeat across turns (the documents and the tables are static): each is read once.
+        self.carriers_in = _sentence_cache(carriers_in) if carriers_in is not None else None
 
     def _for_carrier(self, pieces: list[composer.Piece], carrier: str | None) -> list[composer.Piece]:
         """Under "For KDDI:", no sentence about NTT West alone: a guide for every carrier also has

