@@ -1,6 +1,6 @@
 """How much the intent model's decisions move when its training data barely changes.
 
-    python scripts/intent_stability.py [--runs 5] [--drop 0.01] [--repeats R]
+    python scripts/intent_stability.py [--runs 5] [--drop 0.01]
 
 Trains the intent classifier (bot/conversation/understanding/classifier.py) once on all of
 knowledge/intents/ and then --runs times, each time without a different random --drop share of the
@@ -9,8 +9,6 @@ thresholds' mean and spread over the runs, and over the development messages (ev
 knowledge/eval/dev_labelled/*.jsonl, knowledge/eval/conversations.jsonl and
 knowledge/eval/dev_probes.jsonl; never a held-out set) the share whose labels differ from the full
 model's, and how many of them gain or lose fraud_now or fraud_bill (the urgent decision).
---repeats and --window set classifier.REPEATS (pooled out-of-fold runs) and
-classifier.THRESHOLD_WINDOW (F-beta smoothing) for this run only.
 
 The sentence vectors of all examples are computed once, in one batch, and reused by every run
 (PBXBOT_DATA_DIR must hold a built index for the embedder).
@@ -54,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--drop", type=float, default=0.01)
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--window", type=int, default=None)
     args = ap.parse_args(argv)
 
     from bot.config import load_settings
@@ -63,10 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     from bot.conversation.understanding.intents import load_intents
     from bot.retrieval.hybrid import QueryEncoder
 
-    if args.repeats is not None:
-        classifier.REPEATS = args.repeats
-    if args.window is not None:
-        classifier.THRESHOLD_WINDOW = args.window
     settings = load_settings()
     data = load_intents(settings.knowledge_dir)
     encoder = QueryEncoder(settings.embedder, cache_dir=str(Path(settings.data_dir) / "cache"))
@@ -86,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return clf, took, [clf.predict(m).labels for m in messages]
 
     full, took, base = fit(data.examples)
-    print(f"REPEATS={classifier.REPEATS} THRESHOLD_WINDOW={classifier.THRESHOLD_WINDOW} FOLDS={classifier.FOLDS}; {len(data.examples)} examples, "
+    print(f"FOLDS={classifier.FOLDS}; {len(data.examples)} examples, "
           f"{len(messages)} development messages; full model trained in {took:.1f} s")
     thresholds = {lab: [] for lab in full.labels}
     changed, gained, lost = [], [], []

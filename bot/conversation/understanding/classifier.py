@@ -54,17 +54,14 @@ MAX_FEATURES = 40000
 EMBEDDING_WEIGHT = 1.0  # the sentence vector and the n-gram vector are both unit length
 C = 4.0
 FOLDS = 4
-# Out-of-fold runs over differently drawn folds, pooled before each threshold is chosen, and each
-# threshold's F-beta averaged over THRESHOLD_WINDOW grid steps each side. Both are off. Measured with
-# scripts/intent_stability.py (5 runs, each without 1% of the examples; 2026-12-07): the thresholds
-# move by 0.121 on average (fraud_now by 0.17) and 6.5% of the development messages change labels;
-# window 3: 0.105 / 5.7%; window 5: 0.092 / 4.6%; 3 repeats and window 3: 0.076 / 4.3%. The cause:
-# out-of-fold F1 of fraud_now is flat (0.863-0.871) from 0.56 to 0.76, so where its maximum lies is
-# chance. But the steadier choice (fraud_now 0.71, fraud_bill 0.66) lost two live incidents of the
-# development twin (urgent recall 1.0 -> 0.951) and one probe, so the one-run choice stays until
-# the examples give the incident labels a curve with a peak.
-REPEATS = 1
-THRESHOLD_WINDOW = 0  # grid steps (0.01) each side whose F-beta is averaged with a threshold's own
+# One out-of-fold run chooses the thresholds, and they are not steady: scripts/intent_stability.py
+# (5 runs, each without 1% of the examples; 2026-12-07) moved them by 0.121 on average (fraud_now by
+# 0.17), and 6.5% of the development messages changed labels. Out-of-fold F1 of fraud_now is flat
+# (0.863-0.871) from 0.56 to 0.76, so where its maximum lies is chance. Pooling 3 differently drawn
+# fold runs and averaging each F1 with ±3 neighbours (tried in commit 1a3e212) cut the spread to 0.076
+# and 4.3%, but those steadier thresholds lost two live incidents of the development twin (urgent
+# recall 1.0 -> 0.951), so they were taken out again: the examples, not the selection rule, must give
+# the incident labels a curve with a peak.
 
 Encoder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, dim) unit rows
 
@@ -238,43 +235,36 @@ def _fit_label(X, y: np.ndarray):
 
 
 def _best_threshold(p: np.ndarray, y: np.ndarray, beta: float = 1.0) -> tuple[float, dict]:
-    """The threshold with the best F-beta on out-of-fold probabilities, each threshold's F-beta
-    averaged with its neighbours' within THRESHOLD_WINDOW (ties: the higher threshold)."""
-    grid = np.round(np.arange(0.10, 0.95, 0.01), 2)
-    b2 = beta * beta
-    rows = []
-    for t in grid:
+    """The threshold with the best F-beta on out-of-fold probabilities (ties: the higher threshold)."""
+    best = (0.5, -1.0, 0.0, 0.0)
+    for t in np.arange(0.10, 0.95, 0.01):
         pred = p >= t
         tp = float((pred & (y == 1)).sum())
         fp = float((pred & (y == 0)).sum())
         fn = float((~pred & (y == 1)).sum())
         prec = tp / (tp + fp) if tp + fp else 1.0
         rec = tp / (tp + fn) if tp + fn else 1.0
-        rows.append(((1 + b2) * prec * rec / (b2 * prec + rec) if prec + rec else 0.0, prec, rec))
-    f = np.array([r[0] for r in rows])
-    w = THRESHOLD_WINDOW
-    smooth = np.array([f[max(0, i - w): i + w + 1].mean() for i in range(len(f))])
-    best = max(range(len(grid)), key=lambda i: (smooth[i], i))
+        b2 = beta * beta
+        f = (1 + b2) * prec * rec / (b2 * prec + rec) if prec + rec else 0.0
+        if f >= best[1]:
+            best = (float(t), f, prec, rec)
     key = "f1" if beta == 1.0 else f"f{beta:g}"
-    fb, prec, rec = rows[best]
-    return float(grid[best]), {key: round(fb, 3), "precision": round(prec, 3), "recall": round(rec, 3)}
+    return best[0], {key: round(best[1], 3), "precision": round(best[2], 3), "recall": round(best[3], 3)}
 
 
-def _folds(texts: Sequence[str], primary: Sequence[str], repeat: int) -> np.ndarray:
-    """Each example's fold: stratified by its first label, in an order fixed by its text and the
-    repeat (reproducible; the first repeat is the order used before repeats existed)."""
-    salt = f"{repeat}|" if repeat else ""
+def train(data: IntentData, encoder: Encoder | None, *, embedder_name: str = "") -> IntentClassifier:
+    texts = [prepare(ex.text) for ex in data.examples]
+    Y = np.array([[1 if (lab in ex.labels or bool(set(DERIVED.get(lab, ())) & ex.labels)) else 0 for lab in MODEL_LABELS]
+                  for ex in data.examples])
+    vectors = np.asarray(encoder(texts), dtype=np.float64) if encoder is not None else None
+    # Folds stratified by the example's first label, in a fixed order (reproducible).
+    primary = [sorted(ex.labels)[0] for ex in data.examples]  # (data labels only)
     fold = np.zeros(len(texts), dtype=int)
     for lab in sorted(set(primary)):
         members = [i for i, p in enumerate(primary) if p == lab]
-        members.sort(key=lambda i: hashlib.sha1((salt + texts[i]).encode()).hexdigest())
+        members.sort(key=lambda i: hashlib.sha1(texts[i].encode()).hexdigest())
         for k, i in enumerate(members):
             fold[i] = k % FOLDS
-    return fold
-
-
-def _out_of_fold(texts: Sequence[str], vectors: np.ndarray | None, Y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Every example's probabilities from the model trained on the other folds."""
     oof = np.zeros(Y.shape)
     for k in range(FOLDS):
         train_idx, test_idx = np.where(fold != k)[0], np.where(fold == k)[0]
@@ -284,20 +274,9 @@ def _out_of_fold(texts: Sequence[str], vectors: np.ndarray | None, Y: np.ndarray
         for j in range(len(MODEL_LABELS)):
             model = _fit_label(X_tr, Y[train_idx, j])
             oof[test_idx, j] = model.predict_proba(X_te)[:, 1] if model is not None else float(Y[train_idx, j].mean())
-    return oof
-
-
-def train(data: IntentData, encoder: Encoder | None, *, embedder_name: str = "") -> IntentClassifier:
-    texts = [prepare(ex.text) for ex in data.examples]
-    Y = np.array([[1 if (lab in ex.labels or bool(set(DERIVED.get(lab, ())) & ex.labels)) else 0 for lab in MODEL_LABELS]
-                  for ex in data.examples])
-    vectors = np.asarray(encoder(texts), dtype=np.float64) if encoder is not None else None
-    primary = [sorted(ex.labels)[0] for ex in data.examples]  # (data labels only)
-    oof = np.concatenate([_out_of_fold(texts, vectors, Y, _folds(texts, primary, r)) for r in range(REPEATS)])
-    Y_oof = np.tile(Y, (REPEATS, 1))
     thresholds, report = [], {}
     for j, lab in enumerate(MODEL_LABELS):
-        t, stats = _best_threshold(oof[:, j], Y_oof[:, j], BETA.get(lab, 1.0))
+        t, stats = _best_threshold(oof[:, j], Y[:, j], BETA.get(lab, 1.0))
         thresholds.append(t)
         report[lab] = {"threshold": round(t, 2), "positives": int(Y[:, j].sum()), **stats}
     vocab, idf = _fit_vocab(texts)
@@ -322,7 +301,7 @@ def train(data: IntentData, encoder: Encoder | None, *, embedder_name: str = "")
 
 
 def model_key(data: IntentData, embedder_name: str) -> str:
-    raw = f"{MODEL_VERSION}|{data.fingerprint}|{embedder_name}|{NGRAM_RANGE}|{MIN_DF}|{MAX_FEATURES}|{C}|{EMBEDDING_WEIGHT}|{FOLDS}|{REPEATS}|{THRESHOLD_WINDOW}|{DERIVED}|{BETA}"
+    raw = f"{MODEL_VERSION}|{data.fingerprint}|{embedder_name}|{NGRAM_RANGE}|{MIN_DF}|{MAX_FEATURES}|{C}|{EMBEDDING_WEIGHT}|{FOLDS}|{DERIVED}|{BETA}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
