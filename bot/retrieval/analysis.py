@@ -48,11 +48,11 @@ _NAME_WORD_RE = re.compile(r"[a-z0-9][a-z0-9\-]*")
 # a capital then a small letter ("Docomo", "FreePBX"). Words in capitals only are left out: acronyms of
 # the domain (GW, FAQ) and shouted or pasted text ("DROP TABLE") more often than names.
 _CAPITALISED_RE = re.compile(r"(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)(?<=[\s(\"'/])([A-Z][a-z][A-Za-z0-9\-]*)(?![A-Za-z0-9])")
+_ASCII_LETTER_RE = re.compile(r"[A-Za-z]")
+_HIRAGANA_RE = re.compile(r"[\u3041-\u3096]")
 # In Japanese text every capitalised Latin word is a name, the first one too ("Yealinkの電話機",
 # "Microsoft Teamsの…"); an English word glued to Japanese has no word boundary before it (\b: の is
 # a word character), hence the explicit look-arounds.
-_ASCII_LETTER_RE = re.compile(r"[A-Za-z]")
-_HIRAGANA_RE = re.compile(r"[\u3041-\u3096]")
 _CAPITALISED_IN_JA_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z][a-z][A-Za-z0-9\-]*)(?![A-Za-z0-9])")
 # Capitalised words that name no product or company: calendar words, places and people said in English
 # (the Japanese path leaves places and people out by their part of speech), "I".
@@ -228,7 +228,7 @@ class Analyzer:
             # SudachiPy knows places written in English too (Manila, Lithuania)
             if not any(pos[2] == "地名" for _, pos, _ in self._morphemes(m.group(1))):
                 found.append(word)
-        if japanese:
+        if _CJK_RE.search(normalized):  # a Japanese proper noun is a name in an English sentence too
             for _, pos, surface in self._morphemes(normalized):
                 if pos[1] == "固有名詞" and pos[2] not in ("地名", "人名") and _CJK_RE.search(surface) \
                         and not any(surface in term for term in known):

@@ -154,6 +154,7 @@ def test_the_lexicon_says_which_carrier_a_question_names(analyzer):
     ("Microsoft Teamsの電話機能も乗っ取られる？", ["microsoft", "teams"]),  # glued to Japanese, first word too
     ("Yealinkの電話機は大丈夫？", ["yealink"]),
     ("Back in 2016 the 警察庁 put out advice. What were their recommendations?", []),  # English with a kanji name
+    ("Does ドコモ have a monthly limit on international calls?", ["ドコモ"]),  # a Japanese name in English
     ("日本の港区の事務所で田中さんがKDDIの回線を使っています", []),  # places, people, a carrier
     ("How do I stop international calls on NTT Hikari Denwa?", []),  # lexicon terms are no names
     ("<b>DROP TABLE</b> tickets; how do we block calls from Manila to Lithuania?", []),  # markup, capitals, places
