@@ -62,18 +62,13 @@ def _phrase_rx(phrases: Iterable[str]) -> re.Pattern[str] | None:
 
 
 class _Phrases:
-    """_phrase_rx(phrases), run only when the text holds the first word of one of its phrases.
-
-    A phrase matches only where its first word occurs literally (see _Prefilter), so a text
-    without any of them gets the answer the pattern would give (no match) from a few substring
-    tests instead of trying every alternative at every position. Exact; for the short tables
-    (carriers, the still-happening phrases) that nearly every message is checked against."""
+    """_phrase_rx(phrases), run only when the text holds the first word of one of its phrases
+    (_Prefilter over the one list): exact, and a few substring tests for the short tables (carriers,
+    the still-happening phrases) that nearly every message is checked against."""
 
     def __init__(self, rx: re.Pattern[str], phrases: Iterable[str]) -> None:
         self.rx = rx
-        words = [p.split() for p in {_norm(x) for x in phrases if x}]
-        self.always = any(not w for w in words)  # a phrase without a word (cannot happen with sane tables)
-        self.first_words = tuple(sorted({w[0] for w in words if w}))
+        self.prefilter = _Prefilter([phrases])
 
     @classmethod
     def of(cls, phrases: Iterable[str]) -> "_Phrases | None":
@@ -81,14 +76,11 @@ class _Phrases:
         rx = _phrase_rx(phrases)
         return cls(rx, phrases) if rx is not None else None
 
-    def _may_match(self, text: str) -> bool:
-        return self.always or any(w in text for w in self.first_words)
-
     def search(self, text: str) -> re.Match[str] | None:
-        return self.rx.search(text) if self._may_match(text) else None
+        return self.rx.search(text) if self.prefilter.may_match(text) else None
 
     def sub(self, repl: str, text: str) -> str:
-        return self.rx.sub(repl, text) if self._may_match(text) else text
+        return self.rx.sub(repl, text) if self.prefilter.may_match(text) else text
 
 
 class _Prefilter:
@@ -111,6 +103,10 @@ class _Prefilter:
                     self.always.add(i)
                     continue
                 self.by_key.setdefault(words[0], set()).add(i)
+
+    def may_match(self, text: str) -> bool:
+        """Whether any of the patterns can match (stops at the first first word found)."""
+        return bool(self.always) or any(key in text for key in self.by_key)
 
     def candidates(self, text: str) -> list[int]:
         out = set(self.always)
