@@ -29,6 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from eval_conversations import is_labelled, labelled_turns  # noqa: E402
 
 URGENT = ("fraud_now", "fraud_bill")
 
@@ -36,16 +39,10 @@ URGENT = ("fraud_now", "fraud_bill")
 def dev_messages() -> list[str]:
     files = sorted((ROOT / "knowledge" / "eval" / "dev_labelled").glob("*.jsonl"))
     files += [ROOT / "knowledge" / "eval" / "conversations.jsonl", ROOT / "knowledge" / "eval" / "dev_probes.jsonl"]
-    out: list[str] = []
-    for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            case = json.loads(line)
-            if "text" in case:
-                out.append(case["text"])
-            out.extend(t["user"] for t in case.get("turns", []) if t.get("user"))
-    return [m for m in out if m.strip()]
+    cases = [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split into turns as scripts/eval_conversations.py does
+    return [t["user"] for case in cases for t in (labelled_turns(case) if is_labelled(case) else case["turns"])
+            if t.get("user", "").strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
