@@ -1,5 +1,5 @@
-"""The short skills: an empty message, one of punctuation only, a refusal, a language the bot does not speak, smalltalk, a
-request for a person, "more", "that did not help"."""
+"""The short skills: an empty message, one of punctuation only, a refusal, a language the bot does
+not speak, smalltalk, a request for a person, "more", "that did not help"."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from bot.conversation.texts import t
 from bot.messages import Reply
 
 
+def _in_known_language(turn: Turn, key: str) -> str:
+    """A message with no words says no language: the text in the conversation's language, or in
+    both until it has one."""
+    return t(key, turn.lang) if turn.state.language else f"{t(key, 'en')}\n{t(key, 'ja')}"
+
+
 class Empty:
     name = "empty"
     claims = frozenset()
@@ -20,8 +26,7 @@ class Empty:
         return not turn.text and not turn.requested_human
 
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
-        text = t("empty", turn.lang) if turn.state.language else f"{t('empty', 'en')}\n{t('empty', 'ja')}"
-        return [kit.reply(turn, text, kind="notice")]
+        return [kit.reply(turn, _in_known_language(turn, "empty"), kind="notice")]
 
 
 class Unreadable:
@@ -38,9 +43,7 @@ class Unreadable:
             c.isalnum() or unicodedata.category(c) == "So" for c in text)
 
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
-        # punctuation says no language: both, until the conversation has one (as for an empty message)
-        text = t("clarify", turn.lang) if turn.state.language else f"{t('clarify', 'en')}\n{t('clarify', 'ja')}"
-        return [kit.reply(turn, text, kind="clarify")]
+        return [kit.reply(turn, _in_known_language(turn, "clarify"), kind="clarify")]
 
 
 class Refusal:
