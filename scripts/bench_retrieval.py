@@ -167,7 +167,7 @@ def synthetic(settings, base_manifest: dict, n_chunks: int, rows: list[dict]) ->
         t = time.perf_counter()
         r.search(row["question"], k=5, language=row["language"], carrier="kddi")
         lat_c.append((time.perf_counter() - t) * 1000)
-    client.delete_collection("pbxbot-bench-synthetic")
+    ChromaVectorIndex.delete(client, "pbxbot-bench-synthetic")
     return {"chunks": n, "bm25_build_s": t_lex, "chroma_build_s": t_vec, "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
             "p95_carrier_filter_ms": pct(lat_c, 95)}
 

@@ -98,12 +98,14 @@ class _Store:
     section_of: dict[str, str] = field(init=False)  # chunk id -> its section key
     doc_of: dict[str, str] = field(init=False)  # chunk id -> its document id
     is_question: dict[str, bool] = field(init=False)  # chunk id -> a section question (not a text piece)
+    question_rows: np.ndarray = field(init=False)  # (n,) bool: the rows that are section questions
     max_idf: float = field(init=False)  # the weight of a word no document has (the rarest)
 
     def __post_init__(self) -> None:
         self.section_of = {r["chunk_id"]: r["section"] for r in self.rows}
         self.doc_of = {r["chunk_id"]: r["doc_id"] for r in self.rows}
         self.is_question = {r["chunk_id"]: (r.get("kind") or "text") == "question" for r in self.rows}
+        self.question_rows = np.array([self.is_question[c] for c in self.chunk_ids], dtype=bool)
         self.max_idf = max(self.idf.values(), default=1.0)
 
 
@@ -268,47 +270,34 @@ class HybridRetriever:
             mask &= self.store.carrier_mask.get(carrier, np.zeros(n, bool)) | self.store.carrier_mask.get("all", np.zeros(n, bool))
         if strict_language:
             mask &= self.store.lang == pref
-        lex_hits = self.lexical.top(tokens, CANDIDATES, mask)
-        lex_ids = [self.store.chunk_ids[i] for i, _ in lex_hits]
-        lex_score = {self.store.chunk_ids[i]: s for i, s in lex_hits}
+        # Text pieces and section questions are ranked apart, each kind to its own CANDIDATES: the
+        # questions are short and worded like queries, so in one shared ranking they took every
+        # dense place (a query's 60 nearest rows were all questions) and the dense ranking of the
+        # text itself was empty. The dense ranking of the text holds the asked language only: the
+        # multilingual encoder puts Japanese text close to English questions (the nearest text to
+        # "How can we prevent our PBX from being hijacked?" was five Japanese sections), which
+        # pushed the English sections out of it; the other language still comes through the other
+        # rankings, at OTHER_LANGUAGE_FACTOR.
+        questions = self.store.question_rows
+        lex_text, lex_questions = self.lexical.top(tokens, CANDIDATES, mask & ~questions, mask & questions)
+        lex_score = {self.store.chunk_ids[i]: s for i, s in lex_text + lex_questions}
+        lex_ids = [self.store.chunk_ids[i] for i, _ in sorted(lex_text + lex_questions, key=lambda h: -h[1])]
 
         qv = self.embedder.embed_query_np(_dense_text(q))
-        vector = self.vector
-        if self._vectors is not None:  # exact scan (a small corpus, or Chroma still opening)
-            sims = self._vectors @ qv
-            if carrier or strict_language:  # (no filter: every row is allowed)
-                sims = np.where(mask, sims, -np.inf)
-            top = _top_rows(sims, min(CANDIDATES, int(mask.sum())))
-            dense_hits = [(self.store.chunk_ids[i], float(sims[i])) for i in top]
-        elif vector is not None:
-            allowed = int(mask.sum())
-            if not carrier and not strict_language:
-                dense_hits = vector.query(qv, min(CANDIDATES, n))
-            else:
-                # Chroma's filtered HNSW search with an $or over metadata flags measured ~1.2 s p95 at 100k chunks
-                # (vs 25 ms unfiltered): over-fetch unfiltered and filter with our own masks; fall back to the
-                # filtered query only when too few candidates survive.
-                over = vector.query(qv, min(n, CANDIDATES * 5))
-                dense_hits = [(cid, sc) for cid, sc in over
-                              if cid in self.store.row_of and mask[self.store.row_of[cid]]][:CANDIDATES]
-                if len(dense_hits) < min(CANDIDATES // 2, allowed) and len(over) < n:
-                    dense_hits = vector.query(qv, min(CANDIDATES, max(1, allowed)),
-                                              language=pref if strict_language else None, carrier=carrier)
-        else:
-            dense_hits = []
-        dense_hits = [(cid, s) for cid, s in dense_hits if cid in self.store.row_of]
+        dense_text, dense_questions = self._dense_hits(qv, mask & ~questions & (self.store.lang == pref), mask & questions,
+                                                       language=pref, strict_language=strict_language, carrier=carrier)
+        dense_hits = sorted(dense_text + dense_questions, key=lambda h: -h[1])
         dense_ids = [cid for cid, _ in dense_hits]
 
         # Rows are text pieces and section questions; both stand for their section, which is what a
         # search returns. Four rankings of sections (each at its best row's rank): dense and BM25
         # over the text, dense and BM25 over the questions, fused with weighted RRF.
-        is_question = self.store.is_question
-        rankings = [self._sections_of([c for c in dense_ids if not is_question[c]]),
-                    self._sections_of([c for c in lex_ids if not is_question[c]])]
+        rankings = [self._sections_of([c for c, _ in dense_text]),
+                    self._sections_of([self.store.chunk_ids[i] for i, _ in lex_text])]
         weights: tuple[float, ...] = (self.dense_weight, self.lexical_weight)
         if self.question_keys:
-            rankings += [self._sections_of([c for c in dense_ids if is_question[c]]),
-                         self._sections_of([c for c in lex_ids if is_question[c]])]
+            rankings += [self._sections_of([c for c, _ in dense_questions]),
+                         self._sections_of([self.store.chunk_ids[i] for i, _ in lex_questions])]
             weights += (self.question_dense_weight, self.question_lexical_weight)
         fused = rrf(rankings, weights)
         best = max_rrf(weights)
@@ -368,6 +357,44 @@ class HybridRetriever:
         unknown = sum(1 for t in distinct if t not in self.lexical.vocab) / len(distinct) if distinct else 0.0
         return SearchResult(query=q, passages=tuple(passages), confidence=round(conf, 4), expanded_terms=expanded,
                             unknown_terms=round(unknown, 4), names=tuple(self.analyzer.names(q)))
+
+    def _dense_hits(self, qv: np.ndarray, text_mask: np.ndarray, question_mask: np.ndarray, *, language: str,
+                    strict_language: bool, carrier: str | None) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """The CANDIDATES text rows (within `text_mask`: `language` only) and the CANDIDATES question
+        rows (within `question_mask`) nearest the query."""
+        if self._vectors is not None:  # exact scan (a small corpus, or Chroma still opening)
+            sims = self._vectors @ qv
+            out = []
+            for allowed in (text_mask, question_mask):
+                ranked = np.where(allowed, sims, -np.inf)
+                out.append([(self.store.chunk_ids[i], float(sims[i]))
+                            for i in _top_rows(ranked, min(CANDIDATES, int(allowed.sum())))])
+            return out[0], out[1]
+        if self.vector is None:
+            return [], []
+        return (self._chroma_hits(qv, text_mask, question=False, language=language, carrier=carrier),
+                self._chroma_hits(qv, question_mask, question=True, language=language if strict_language else None,
+                                  carrier=carrier))
+
+    def _chroma_hits(self, qv: np.ndarray, mask: np.ndarray, *, question: bool, language: str | None,
+                     carrier: str | None) -> list[tuple[str, float]]:
+        """The collection of one kind of row, searched as `mask` allows."""
+        allowed = int(mask.sum())
+        if allowed == 0:
+            return []
+        vector = self.vector
+        kind = self.store.question_rows == question
+        if allowed == int(kind.sum()):  # the whole collection
+            hits = vector.query(qv, min(CANDIDATES, allowed), question=question)
+        else:
+            # Chroma's filtered HNSW search with an $or over metadata flags measured ~1.2 s p95 at 100k chunks
+            # (vs 25 ms unfiltered): over-fetch unfiltered and filter with our own masks; fall back to the
+            # filtered query only when too few candidates survive.
+            over = vector.query(qv, min(int(kind.sum()), CANDIDATES * 5), question=question)
+            hits = [(cid, sc) for cid, sc in over if cid in self.store.row_of and mask[self.store.row_of[cid]]][:CANDIDATES]
+            if len(hits) < min(CANDIDATES // 2, allowed) and len(over) < int(kind.sum()):
+                hits = vector.query(qv, min(CANDIDATES, allowed), language=language, carrier=carrier, question=question)
+        return [(cid, s) for cid, s in hits if cid in self.store.row_of]
 
     def _sections_of(self, row_ids: list[str]) -> list[str]:
         """A ranking of rows as a ranking of their sections (each at its best row's rank)."""

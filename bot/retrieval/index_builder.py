@@ -48,6 +48,10 @@ from bot.text import split_sentences
 from bot.retrieval.vector_index import ChromaVectorIndex, chunk_metadata, make_client
 
 log = logging.getLogger(__name__)
+# What a build holds beyond the chunks (Chroma metadata, store files): a change here rebuilds the
+# index without re-embedding (CHUNKER_VERSION would also throw the cached embeddings away).
+# 2: Chroma rows say whether they are a section question ("question"), so each kind is searched apart.
+INDEX_FORMAT = "2"
 
 ANALYZER_VERSION = "2"  # 2: sentence tokens and word rarity in the build
 SPLIT_MODE = "C"  # SudachiPy split mode, chosen by measurement (docs/retrieval.md)
@@ -114,7 +118,7 @@ def read_current(index_dir: Path) -> dict | None:
 
 def fingerprint(docs: list[Document], embedder: str, lexicon: Lexicon, chroma_target: str, split_mode: str = SPLIT_MODE) -> str:
     h = hashlib.sha256()
-    for part in (embedder, CHUNKER_VERSION, ANALYZER_VERSION, split_mode, lexicon.version_key, chroma_target):
+    for part in (embedder, CHUNKER_VERSION, INDEX_FORMAT, ANALYZER_VERSION, split_mode, lexicon.version_key, chroma_target):
         h.update(part.encode() + b"\0")
     for d in sorted(docs, key=lambda d: d.id):
         h.update(f"{d.id}={d.content_hash}\0".encode())
@@ -252,7 +256,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
                                  "heading": c.heading, "text": c.text, "language": c.language,
                                  "kind": c.kind, "section": c.section_key})
                     token_lists.append(analyzer.tokenize(c.index_text(doc)))
-                    metas.append(chunk_metadata(doc.id, doc.language, doc.kind, doc.carriers))
+                    metas.append(chunk_metadata(doc.id, doc.language, doc.kind, doc.carriers, question=c.kind == "question"))
                 records = section_records(doc, chunks)
                 start = len(chunks)
                 for r in records:
@@ -319,7 +323,7 @@ def _chroma_problem(settings: Settings, manifest: dict) -> str | None:
         return None  # a server's health is the server's; serving reports a missing collection
     try:
         vindex = ChromaVectorIndex.open(make_client(settings), manifest["collection"], manifest["embedder"])
-        count = vindex.collection.count()
+        count = vindex.count()
     except Exception as exc:  # noqa: BLE001 - reported, then rebuilt
         return f"the Chroma database in {Path(settings.index_dir) / 'chroma'} cannot be used ({type(exc).__name__})"
     if count != manifest.get("chunks"):
@@ -366,5 +370,5 @@ def _cleanup(settings: Settings, index_dir: Path, keep: set) -> None:
             manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
             if manifest.get("chroma") == chroma_target(settings):
                 client = client or make_client(settings)
-                client.delete_collection(manifest["collection"])
+                ChromaVectorIndex.delete(client, manifest["collection"])
         shutil.rmtree(p, ignore_errors=True)

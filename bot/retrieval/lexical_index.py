@@ -48,16 +48,19 @@ class LexicalIndex:
             return None
         return np.asarray(self.bm25.get_scores_from_ids(ids), dtype=np.float32)
 
-    def top(self, tokens: list[str], n: int, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """[(row, score)] best first; rows with score 0 or masked out are dropped."""
+    def top(self, tokens: list[str], n: int, *masks: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """For each mask (no mask: every row), [(row, score)] best first; rows with score 0 or masked
+        out are dropped. The scores are computed once for all masks."""
         s = self.scores(tokens)
-        if s is None:
-            return []
-        if mask is not None:
-            s = np.where(mask, s, 0.0)
-        n = min(n, len(s))
-        if n <= 0:
-            return []
-        idx = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
-        idx = idx[np.argsort(-s[idx], kind="stable")]
-        return [(int(i), float(s[i])) for i in idx if s[i] > 0]
+        return [[] if s is None else _best(s, n, mask) for mask in (masks or (None,))]
+
+
+def _best(s: np.ndarray, n: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+    if mask is not None:
+        s = np.where(mask, s, 0.0)
+    n = min(n, len(s))
+    if n <= 0:
+        return []
+    idx = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
+    idx = idx[np.argsort(-s[idx], kind="stable")]
+    return [(int(i), float(s[i])) for i in idx if s[i] > 0]

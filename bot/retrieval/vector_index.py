@@ -152,62 +152,79 @@ def _where(language: str | None, carrier: str | None) -> dict | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-class ChromaVectorIndex:
-    """One collection of chunk vectors. Metadata: doc_id, language, kind, c_<carrier>=True flags."""
+QUESTIONS_SUFFIX = "-q"  # the section questions' collection: "<name>-q" beside the text's "<name>"
 
-    def __init__(self, client: Any, collection: Any):
+
+def collection_names(name: str) -> tuple[str, str]:
+    """The two collections of one build: text pieces, and section questions."""
+    return name, name + QUESTIONS_SUFFIX
+
+
+class ChromaVectorIndex:
+    """The vectors of one build in two collections: the text pieces under `name`, the section
+    questions under `name-q`. Metadata: doc_id, language, kind, question, c_<carrier>=True flags.
+
+    Two collections, not one with a filter: a search ranks each kind of row apart (a query's nearest
+    rows would otherwise all be questions), and a `where` filter made a Chroma query 3.5-4.5x slower
+    on the development index (2.8 ms unfiltered, 10-13 ms with {"question": ...}; scripts/bench_retrieval.py
+    at 100k chunks measured 1.2 s p95 for a filter over carrier flags)."""
+
+    def __init__(self, client: Any, text: Any, questions: Any):
         self.client = client
-        self.collection = collection
+        self.collections = {False: text, True: questions}
 
     # ---- create / open
     @classmethod
     def create(cls, client: Any, name: str, embedder_name: str) -> "ChromaVectorIndex":
         ef = _ef_class()(embedder_name)
-        with contextlib.suppress(Exception):  # there was none
-            client.delete_collection(name)
-        coll = client.create_collection(
-            name=name, embedding_function=ef,
-            configuration={"hnsw": {"space": "cosine"}},
-            metadata={"pbxbot": "chunks", "embedder": embedder_name},
-        )
-        return cls(client, coll)
+        made = []
+        for coll_name in collection_names(name):
+            with contextlib.suppress(Exception):  # there was none
+                client.delete_collection(coll_name)
+            made.append(client.create_collection(
+                name=coll_name, embedding_function=ef,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"pbxbot": "chunks", "embedder": embedder_name},
+            ))
+        return cls(client, *made)
 
     @classmethod
     def open(cls, client: Any, name: str, embedder_name: str) -> "ChromaVectorIndex":
-        """Open an existing collection safely (see module docstring); refuse a foreign embedding function."""
-        from chromadb.api.models.Collection import Collection
+        """Open an existing build's collections safely (see module docstring); refuse a foreign embedding function."""
+        return cls(client, *(_open_collection(client, n, embedder_name) for n in collection_names(name)))
 
-        server = client._server  # the raw API: returns the stored model without building anything from it
-        try:
-            model = server.get_collection(name=name, tenant=client.tenant, database=client.database)
-        except Exception as exc:
-            raise ConfigError(f"Chroma collection {name!r} is missing ({type(exc).__name__}); run `pbxbot index`") from None
-        foreign = foreign_embedding_functions(model.configuration_json, model.serialized_schema)
-        if foreign:
-            raise UnsafeCollectionError(
-                f"Chroma collection {name!r} names embedding function(s) {', '.join(sorted(set(foreign)))} in its "
-                "stored configuration; refusing to load it (CVE-2026-45829). Rebuild with `pbxbot index --rebuild` "
-                "after checking who wrote to the Chroma server."
-            )
-        return cls(client, Collection(client=server, model=model, embedding_function=_ef_class()(embedder_name)))
+    @staticmethod
+    def delete(client: Any, name: str) -> None:
+        for coll_name in collection_names(name):
+            with contextlib.suppress(Exception):  # best effort: one may never have been made
+                client.delete_collection(coll_name)
+
+    def count(self) -> int:
+        return sum(c.count() for c in self.collections.values())
 
     # ---- write
     def add(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict]) -> None:
+        """Rows whose metadata says `question` go to the questions' collection, the others to the text's."""
         try:
             batch = int(self.client.get_max_batch_size())
         except Exception:
             batch = 1000
         batch = max(1, min(batch, 2000))
-        for i in range(0, len(ids), batch):
-            self.collection.add(ids=ids[i:i + batch], embeddings=np.asarray(vectors[i:i + batch], dtype=np.float32),
-                                metadatas=metadatas[i:i + batch])
+        for question, collection in self.collections.items():
+            rows = [i for i, m in enumerate(metadatas) if bool(m.get("question")) is question]
+            for i in range(0, len(rows), batch):
+                part = rows[i:i + batch]
+                collection.add(ids=[ids[j] for j in part], embeddings=np.asarray(vectors[part], dtype=np.float32),
+                               metadatas=[metadatas[j] for j in part])
 
     # ---- read
-    def query(self, vector: np.ndarray, n: int, *, language: str | None = None, carrier: str | None = None) -> list[tuple[str, float]]:
-        """[(chunk_id, cosine similarity)] best first."""
+    def query(self, vector: np.ndarray, n: int, *, question: bool, language: str | None = None,
+              carrier: str | None = None) -> list[tuple[str, float]]:
+        """[(chunk_id, cosine similarity)] best first, among the section questions (`question`) or
+        the text pieces."""
         if n <= 0:
             return []
-        res = self.collection.query(
+        res = self.collections[bool(question)].query(
             query_embeddings=[np.asarray(vector, dtype=np.float32)], n_results=n,
             where=_where(language, carrier), include=["distances"],
         )
@@ -216,5 +233,25 @@ class ChromaVectorIndex:
         return [(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)]
 
 
-def chunk_metadata(doc_id: str, language: str, kind: str, carriers: Iterable[str]) -> dict:
-    return {"doc_id": doc_id, "language": language, "kind": kind, **{f"c_{c}": True for c in carriers}}
+def _open_collection(client: Any, name: str, embedder_name: str) -> Any:
+    from chromadb.api.models.Collection import Collection
+
+    server = client._server  # the raw API: returns the stored model without building anything from it
+    try:
+        model = server.get_collection(name=name, tenant=client.tenant, database=client.database)
+    except Exception as exc:
+        raise ConfigError(f"Chroma collection {name!r} is missing ({type(exc).__name__}); run `pbxbot index`") from None
+    foreign = foreign_embedding_functions(model.configuration_json, model.serialized_schema)
+    if foreign:
+        raise UnsafeCollectionError(
+            f"Chroma collection {name!r} names embedding function(s) {', '.join(sorted(set(foreign)))} in its "
+            "stored configuration; refusing to load it (CVE-2026-45829). Rebuild with `pbxbot index --rebuild` "
+            "after checking who wrote to the Chroma server."
+        )
+    return Collection(client=server, model=model, embedding_function=_ef_class()(embedder_name))
+
+
+def chunk_metadata(doc_id: str, language: str, kind: str, carriers: Iterable[str], question: bool = False) -> dict:
+    """`kind`: the document's (guide or source); `question`: the row is a section question, not text."""
+    return {"doc_id": doc_id, "language": language, "kind": kind, "question": question,
+            **{f"c_{c}": True for c in carriers}}
