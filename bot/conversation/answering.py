@@ -30,7 +30,7 @@ from bot.ports import Passage, SearchResult
 
 GATE_PATH = Path(__file__).with_name("answerability.json")
 WEAK_TYPES = ("steps", "yesno")
-FEATURES = ("sentence", "question", "confidence", "typed", "coverage", "unknown", "unnamed")
+FEATURES = ("sentence", "question", "confidence", "typed", "missing", "coverage", "unknown", "unnamed")
 # Until a fit exists: a close sentence or section question with a confident search answers.
 DEFAULT_GATE = {"intercept": -6.0, "weights": {"sentence": 6.0, "question": 4.0, "confidence": 2.0,
                                                 "typed": 0.5, "coverage": 2.0, "unknown": -2.0}, "threshold": 0.5}
@@ -150,9 +150,12 @@ def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequ
     share of its words no document contains at all ("Vietnam": a sign the sources do not cover the
     question), and the share of the names it mentions that the shown sentences never do."""
     sims = [p.similarity for p in shown if p.similarity is not None]
-    typed = 0.0
-    if asked_strength:  # found: +1; not found: minus the asked type's strength
-        typed = 1.0 if any(p.typed for p in shown) else -asked_strength
+    # the asked kind of answer found (1), or not found (`missing`: the asked type's strength, so a
+    # phone number or a web address asked for and absent weighs more than a duration)
+    typed = missing = 0.0
+    if asked_strength:
+        found = any(p.typed for p in shown)
+        typed, missing = (1.0, 0.0) if found else (0.0, asked_strength)
     if any(p.coverage for p in shown):
         coverage = max(p.coverage for p in shown)
     else:  # a retriever without word analysis: the composer's word overlap over the top sections
@@ -164,6 +167,7 @@ def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequ
         "question": max((p.question_score for p in passages[:3]), default=0.0),
         "confidence": float(result.confidence),
         "typed": typed,
+        "missing": missing,
         "coverage": coverage,
         "unknown": float(result.unknown_terms),
         "unnamed": unnamed(result.names, shown),
