@@ -6,11 +6,14 @@
 Development data only: the answerable questions of knowledge/eval/dev_labelled/questions.jsonl
 (incidents left out), each labelled with strings a correct answer contains. Every question is
 searched and cut into scored sentences as the question skill does; a sentence is a positive when it
-contains one of the strings. Logistic regression over the composer's SENTENCE_FEATURES (classes
-balanced), 5 folds by question: the out-of-fold share of questions whose best-scored sentence is a
-positive (and whose top three hold one) is compared with the current weights'. Saved only when
-better; the weights are scaled so that scores spread as the hand-set ones do (the composer's
-relevance margins are in those units).
+contains one of the strings. A listwise model over the composer's SENTENCE_FEATURES: per question, a
+softmax over its sentences, fitted to put the probability on the positives (L2 1.0) — what the
+composer needs is the right order within one question, not a calibrated probability across
+questions (a pointwise logistic fit, used until 2026-12-07, scored 0.611 / 0.800 out of fold on the
+same 95 questions against 0.653 / 0.821 for this one). 5 folds by question: the out-of-fold share of
+questions whose best-scored sentence is a positive (and whose top three hold one) is compared with
+the current weights'. Saved only when better; the weights are scaled so that scores spread as the
+hand-set ones do (the composer's relevance margins are in those units).
 """
 
 from __future__ import annotations
@@ -52,22 +55,19 @@ class Recorder:
         return self.inner(features)
 
 
-def fit(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[float, np.ndarray]:
-    w_pos, w_neg = len(y) / (2 * max(1, y.sum())), len(y) / (2 * max(1, (1 - y).sum()))
-    sw = np.where(y == 1, w_pos, w_neg)
-    A = np.hstack([np.ones((len(y), 1)), X])
-    beta = np.zeros(A.shape[1])
-    reg = np.eye(A.shape[1]) * l2
-    reg[0, 0] = 0
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-np.clip(A @ beta, -30, 30)))
-        g = A.T @ (sw * (p - y)) + reg @ beta
-        H = (A * (sw * p * (1 - p))[:, None]).T @ A + reg + 1e-9 * np.eye(A.shape[1])
-        step = np.linalg.solve(H, g)
-        beta -= step
-        if np.abs(step).max() < 1e-9:
-            break
-    return float(beta[0]), beta[1:]
+def fit(groups: list[tuple[np.ndarray, np.ndarray]], l2: float = 1.0, iters: int = 300, lr: float = 0.5) -> np.ndarray:
+    """Weights minimising, over the questions, the cross-entropy between the softmax of the
+    sentences' scores and the positives (spread evenly over them), plus L2; full-batch gradient
+    descent (the loss is convex; 300 steps settle it at these sizes)."""
+    w = np.zeros(groups[0][0].shape[1])
+    for _ in range(iters):
+        grad = l2 * w
+        for X, y in groups:
+            s = X @ w
+            p = np.exp(s - s.max())
+            grad += X.T @ (p / p.sum() - y / y.sum())
+        w -= lr * grad / len(groups)
+    return w
 
 
 def hits(groups, scorer) -> tuple[float, float]:
@@ -122,10 +122,9 @@ def main() -> int:
     folds = np.arange(len(groups)) % FOLDS
     oof_top1 = oof_top3 = 0
     for f in range(FOLDS):
-        train = [g for g, k in zip(groups, folds) if k != f]
-        b0, w = fit(np.vstack([g[0] for g in train]), np.concatenate([g[1] for g in train]))
+        w = fit([g for g, k in zip(groups, folds) if k != f])
         test = [g for g, k in zip(groups, folds) if k == f]
-        t1, t3 = hits(test, lambda X: b0 + X @ w)
+        t1, t3 = hits(test, lambda X: X @ w)
         oof_top1 += t1 * len(test)
         oof_top3 += t3 * len(test)
     oof = (oof_top1 / len(groups), oof_top3 / len(groups))
@@ -135,7 +134,7 @@ def main() -> int:
         print("not saved" + ("" if args.report else " (no better than the current weights)"))
         return 0
     X = np.vstack([g[0] for g in groups])
-    b0, w = fit(X, np.concatenate([g[1] for g in groups]))
+    w = fit(groups)
     hand = composer.SentenceScorer(composer.SentenceScorer.HAND_SET)
     spread = np.std(X @ np.array(hand.w)) / max(1e-9, np.std(X @ w))
     data = {"weights": {f: float(v * spread) for f, v in zip(composer.SENTENCE_FEATURES, w)}, "intercept": 0.0,
