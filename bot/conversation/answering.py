@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import yaml
 
+from bot.config import ConfigError
 from bot.conversation import composer
 from bot.conversation.passages import for_carrier, in_language
 from bot.ports import Passage, SearchResult
@@ -53,17 +54,23 @@ class AnswerTypes:
     def load(cls, knowledge_dir: Path | str) -> "AnswerTypes":
         path = Path(knowledge_dir) / "lexicon" / "answer_types.yaml"
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            return cls({})
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            return cls({})  # no table: no answer types (a knowledge base without one)
+        # A table that is there but cannot be read stops the start with one line naming it: read
+        # silently as empty, it had every answer lose its answer types without a word.
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         types = {}
         for name, spec in (data.get("types") or {}).items():
             words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in spec.get("question") or []}, key=len, reverse=True)
             parts = [rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w) for w in words]
             try:
                 answer = re.compile(spec["answer"], re.IGNORECASE)
-            except (KeyError, re.error):
-                continue
+            except (KeyError, re.error) as exc:
+                raise ConfigError(f"{path}: type '{name}', field 'answer': {type(exc).__name__}: {exc}") from None
             types[name] = (re.compile("|".join(parts)) if parts else None, answer, float(spec.get("strength", 1.0)))
         return cls(types)
 

@@ -24,6 +24,7 @@ def types():
     ("How long does the block take?", "duration"),
     ("How big was the refund in total?", "quantity"),
     ("被害は全部で何件くらいあったんですか？", "quantity"),
+    ("Is blocking international calls free?", "cost"),
 ])
 def test_the_kind_of_answer_asked_for_is_recognised(types, question, kind):
     assert kind in types.asked(question)
@@ -41,3 +42,21 @@ def test_a_quantity_asked_for_is_found_in_a_sentence_with_a_count_or_an_amount(t
     cue = types.cue("How many contracts did the special measure cover, and how big was it in total?")
     assert cue("NTT repaid about 71 million yen for some 120 contracts.") > 0
     assert cue("NTT announced a special measure in July 2015.") == 0
+
+
+def test_a_toll_free_number_asked_for_is_not_a_question_about_cost(types):
+    assert "cost" not in types.asked("What is the toll-free number of the centre?")
+
+
+@pytest.mark.parametrize("content,named", [
+    ("types:\n  cost:\n    question: [is it free, free?]\n    answer: 'free'\n", "not valid YAML"),
+    ("types:\n  cost:\n    question: [is it free]\n    answer: '(unclosed'\n", "type 'cost', field 'answer'"),
+])
+def test_a_malformed_answer_type_table_stops_the_start_with_one_line_naming_it(tmp_path, content, named):
+    from bot.config import ConfigError
+
+    (tmp_path / "lexicon").mkdir()
+    (tmp_path / "lexicon" / "answer_types.yaml").write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        AnswerTypes.load(tmp_path)
+    assert "answer_types.yaml" in str(err.value) and named in str(err.value) and "\n" not in str(err.value)
