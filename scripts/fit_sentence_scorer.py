@@ -3,7 +3,8 @@
     python scripts/fit_sentence_scorer.py            # fit, compare out-of-fold with the current weights, save if better
     python scripts/fit_sentence_scorer.py --report   # compare only
 
-Development data only: the answerable questions of knowledge/eval/dev_labelled/questions.jsonl
+Development data only: the answerable questions of knowledge/eval/dev_labelled/questions.jsonl and
+knowledge/eval/dev_probes.jsonl and the first turns of knowledge/eval/dev_labelled/conversations.jsonl
 (incidents left out), each labelled with strings a correct answer contains. Every question is
 searched and cut into scored sentences as the question skill does; a sentence is a positive when it
 contains one of the strings. A listwise model over the composer's SENTENCE_FEATURES: per question, a
@@ -79,6 +80,23 @@ def hits(groups, scorer) -> tuple[float, float]:
     return top1 / len(groups), top3 / len(groups)
 
 
+def labelled_questions():
+    """The development questions labelled with what their answer contains: the single questions of
+    knowledge/eval/dev_labelled/questions.jsonl and knowledge/eval/dev_probes.jsonl, and the first
+    turn of each development conversation (later turns lean on the conversation, which a search of
+    their text alone would not)."""
+    eval_dir = ROOT / "knowledge" / "eval"
+    for path in (eval_dir / "dev_labelled" / "questions.jsonl", eval_dir / "dev_probes.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                yield json.loads(line)
+    for line in (eval_dir / "dev_labelled" / "conversations.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            case = json.loads(line)
+            first = case["turns"][0]
+            yield {**first, "text": first["user"], "language": case.get("language")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true")
@@ -88,14 +106,10 @@ def main() -> int:
     settings = load_settings()
     retriever = build_retriever(settings)
     types = AnswerTypes.load(settings.knowledge_dir)
-    path = ROOT / "knowledge" / "eval" / "dev_labelled" / "questions.jsonl"
     groups = []
     t0 = time.perf_counter()
     current = composer.SENTENCE_SCORER
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in labelled_questions():
         if row.get("answerable") is not True or not row.get("expect_any") or row.get("language") not in ("ja", "en"):
             continue
         if {"fraud_now", "fraud_bill"} & set(row.get("intents") or []):
