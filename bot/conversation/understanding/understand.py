@@ -17,15 +17,11 @@ from bot.conversation.understanding.language import detect_language, has_letters
 from bot.conversation.understanding.meaning import Meaning
 
 
-
 class Understander:
     def __init__(self, data: IntentData, classifier: IntentClassifier, extractor: FactExtractor) -> None:
         self.data = data
         self.classifier = classifier
         self.extractor = extractor
-
-    def predict(self, text: str) -> Prediction:
-        return self.classifier.predict(text)
 
     def understand(self, text: str, known: IncidentFacts | None, action: str | None = None) -> Meaning:
         detected = detect_language(text)
