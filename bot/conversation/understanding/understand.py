@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from bot.conversation.understanding.classifier import IntentClassifier, Prediction, prepare
+from bot.conversation.understanding.classifier import IntentClassifier, Prediction
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
 from bot.conversation.understanding.intents import IntentData
 from bot.conversation.understanding.language import detect_language, has_letters
@@ -126,10 +126,4 @@ def decide(pred, *, over: bool = False) -> frozenset[str]:
             over or pred.ratios["dispute"] > pred.ratios["fraud_bill"]):
         labels.discard("fraud_bill")
     return frozenset(labels)
-
-
-def searchable(text: str) -> str:
-    """The text the classifier embeds, which is also what a plain question's search embeds (the
-    retriever cleans a query the same way): one embedding of a message serves both."""
-    return prepare(text)
 
