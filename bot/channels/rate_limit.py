@@ -45,7 +45,6 @@ class RateLimit:
 
     def __init__(self, name: str, per_minute: int, storage: Storage | MemoryStorage, *, window: int = 60) -> None:
         self.name = name
-        self.per_minute = per_minute
         self._item = RateLimitItemPerSecond(per_minute, window) if per_minute > 0 else None
         self._memory = strategies.MovingWindowRateLimiter(storage) if isinstance(storage, MemoryStorage) else None
         self._limiter = MovingWindowRateLimiter(storage) if self._memory is None else None

@@ -19,7 +19,7 @@ from bot.channels.pipeline import InboundPipeline
 from bot.channels.rate_limit import RateLimit, limit_storage
 from bot.channels.rendering import text_only
 from bot.config import ConfigError
-from bot.messages import Address, InboundMessage, Reply
+from bot.messages import Address, Reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.config import Settings
@@ -130,16 +130,10 @@ class ChannelRegistry:
             else:
                 raise
 
-    # ------------------------------------------------------------ the pipeline's helpers, for routes and loops
-
-    async def handle(self, message: InboundMessage) -> list[Reply]:
-        return await self.pipeline.handle(message)
+    # ------------------------------------------------------------ the pipeline's worker threads, for routes
 
     async def run_sync(self, func: Callable[..., Any], *args: Any) -> Any:
         return await self.pipeline.run_sync(func, *args)
-
-    def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task:
-        return self.pipeline.spawn(coro, name=name)
 
     # ------------------------------------------------------------ ticket events
 
@@ -162,9 +156,9 @@ class ChannelRegistry:
 
     def _fan_out(self, event: str, ticket: "Ticket") -> None:
         for ch in self:
-            self.spawn(ch.on_ticket(event, ticket), name=f"on_ticket:{ch.name}")
+            self.pipeline.spawn(ch.on_ticket(event, ticket), name=f"on_ticket:{ch.name}")
         for cb in list(self._ticket_subscribers):
-            self.spawn(cb(event, ticket), name="ticket_subscriber")
+            self.pipeline.spawn(cb(event, ticket), name="ticket_subscriber")
 
     # ------------------------------------------------------------ lifecycle
 

@@ -21,10 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from bot.messages import Citation
 from bot.ports import Passage
-
-# ---------------------------------------------------------------- sentences (bot/text.py)
-
-from bot.text import clean_line, split_sentences, split_units  # noqa: E402,F401  (re-exported: tests use them here)
+from bot.text import split_units
 
 
 # ---------------------------------------------------------------- terms and scores

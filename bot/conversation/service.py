@@ -24,7 +24,7 @@ from bot.conversation.turn import TurnRunner
 from bot.conversation.understanding import classifier as intent_classifier
 from bot.conversation.understanding.facts import FactExtractor
 from bot.conversation.understanding.intents import load_intents
-from bot.conversation.understanding.understand import Understander, searchable
+from bot.conversation.understanding.understand import Understander
 from bot.conversation.understanding.text import clean_text
 from bot.messages import InboundMessage, Reply
 from bot.ports import ConversationStore, Handoff, Retriever, Ticket, TicketListener
@@ -76,7 +76,7 @@ class ConversationService(TurnRunner):
         try:
             text = clean_text(message.text, self.settings.max_text_chars)
             if text:
-                prefetch(searchable(text))
+                prefetch(intent_classifier.prepare(text))  # (the retriever cleans a query the same way)
         except Exception:  # noqa: BLE001 - an optimisation must never fail a message
             log.exception("prefetching a query failed")
 

@@ -47,10 +47,6 @@ TEXTS: dict[str, dict[str, str]] = {
         "ja": "日本語または英語でお書きください。",
         "en": "Please write in English or Japanese.",
     },
-    "low_confidence": {
-        "ja": "申し訳ありません。この質問に出典付きでお答えできる情報がナレッジベースにありません。",
-        "en": "Sorry, the knowledge base has no sourced answer to this question.",
-    },
     "not_covered": {
         "ja": "申し訳ありません。この質問に答える情報は、このボットの出典(通信会社・総務省などの注意喚起)にはありません。",
         "en": "Sorry, the sources I answer from (carrier and regulator advisories) do not cover this question.",
@@ -133,10 +129,6 @@ TEXTS: dict[str, dict[str, str]] = {
     "rate_limited": {
         "ja": "申し訳ありません、短い時間にたくさんのメッセージを受け取りました。{seconds}秒ほどお待ちいただいてから、もう一度お送りください。",
         "en": "Sorry, we received many messages in a short time. Please wait about {seconds} seconds and send it again.",
-    },
-    "human_no_kb": {
-        "ja": "担当者に引き継ぎます。",
-        "en": "I'll hand this over to a person.",
     },
 }
 

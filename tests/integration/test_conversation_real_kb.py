@@ -18,6 +18,7 @@ from bot.conversation.texts import is_template_line
 from bot.handoff.service import HandoffService
 from bot.handoff.sql_store import SqlHandoffStore
 from bot.messages import Address, InboundMessage
+from bot.text import split_sentences
 from tests.fakes import shared_understander
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,7 @@ def test_every_answer_sentence_comes_from_a_passage_retrieved_this_turn(real_ret
                     allowed = pending_more  # "more" shows sentences retrieved in an earlier turn
                 else:
                     memo = [p for res in service.kit.fixed_results.values() for p in res.passages]
-                    allowed = {s for p in rec.returned + memo for s in C.split_sentences(p.text)}
+                    allowed = {s for p in rec.returned + memo for s in split_sentences(p.text)}
                     pending_more = allowed
                 # fixed queries (containment steps, stop lines) are searched once per process and
                 # their result reused: identical query, identical index, identical passages

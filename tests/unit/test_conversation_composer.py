@@ -8,16 +8,17 @@ from bot.conversation import composer as C
 from bot.conversation.texts import is_template_line
 from tests.fakes import PASSAGES, FakeRetriever, make_service
 from bot.messages import Address, InboundMessage
+from bot.text import split_sentences
 
 
 def test_sentences_keep_brackets_whole_and_drop_markup():
     text = "## 見出し\n- **NTT Com**(2016年6月。OCNも同内容)は3つを挙げます。次に[記録](https://x.example/a)を残す！\n| a | b |"
-    assert C.split_sentences(text) == ["NTT Com(2016年6月。OCNも同内容)は3つを挙げます。", "次に記録を残す！"]
+    assert split_sentences(text) == ["NTT Com(2016年6月。OCNも同内容)は3つを挙げます。", "次に記録を残す！"]
 
 
 def test_english_sentences_do_not_split_after_abbreviations():
     text = "Ask the carrier, e.g. NTT East, to bar calls. As of July 2015, relief existed. Then call the maintainer."
-    assert C.split_sentences(text) == [
+    assert split_sentences(text) == [
         "Ask the carrier, e.g. NTT East, to bar calls.",
         "As of July 2015, relief existed.",
         "Then call the maintainer.",
@@ -74,7 +75,7 @@ QUESTIONS = [
 
 def test_every_answer_line_is_a_passage_sentence_or_template_text():
     service, _, _ = make_service()
-    passage_sentences = {s for p in PASSAGES for s in C.split_sentences(p.text)}
+    passage_sentences = {s for p in PASSAGES for s in split_sentences(p.text)}
     addr = Address("test", "test:grounding")
     for q in QUESTIONS:
         for reply in service.handle(InboundMessage(address=addr, text=q)):
@@ -83,11 +84,11 @@ def test_every_answer_line_is_a_passage_sentence_or_template_text():
                 body = re.sub(r"\s?\[\d+\]$", "", line).strip()
                 if is_template_line(body):
                     continue
-                sentences = C.split_sentences(body)
+                sentences = split_sentences(body)
                 assert sentences, line
                 for s in sentences:
                     assert s in passage_sentences, f"unsupported sentence: {s!r}"
-                    owners = {p.doc_id for p in PASSAGES if s in C.split_sentences(p.text)}
+                    owners = {p.doc_id for p in PASSAGES if s in split_sentences(p.text)}
                     assert owners & cited, f"sentence not from a cited document: {s!r}"
             assert C.markers(reply.answer) == {c.n for c in reply.citations}
 

@@ -10,7 +10,7 @@ import pytest
 
 from bot.messages import Address, InboundMessage, utcnow
 from bot.ports import Passage
-from bot.conversation.understanding.understand import searchable
+from bot.conversation.understanding.classifier import prepare
 from tests.fakes import CANARY, PASSAGES, FakeRetriever, make_service
 
 
@@ -470,7 +470,7 @@ def test_a_waiting_message_announces_the_text_its_turn_embeds(text, searched):
     service.prefetch(message)
     service.handle(message)
     searched_queries = [c["query"] for c in retriever.calls]
-    assert retriever.prefetched == [searchable(text)]
+    assert retriever.prefetched == [prepare(text)]
     if searched:
         assert searched_queries[0] == retriever.prefetched[0]
     else:

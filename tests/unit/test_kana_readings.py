@@ -25,7 +25,7 @@ def test_everyday_kana_is_left_alone():
 
 
 def test_kana_only_question_is_understood_as_in_scope():
-    prediction = shared_understander().predict(S.kana_to_kanji("ふせいりようされた"))
+    prediction = shared_understander().classifier.predict(S.kana_to_kanji("ふせいりようされた"))
     assert not prediction.has("off_topic") and prediction.labels
 
 

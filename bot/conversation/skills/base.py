@@ -2,7 +2,7 @@
 
 A skill is one behaviour of the bot (incident, question, request for a person, ...). It declares
 the intents it claims and whether it searches the message's own text; the router (router.py) asks
-the skills in the order of skills.PRECEDENCE and the first that applies answers the turn.
+the skills in the order of skills.build_skills and the first that applies answers the turn.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class Turn:
 
 
 class Skill(Protocol):
-    name: str
     claims: frozenset[str]  # the intents this skill answers
 
     def applies(self, turn: Turn) -> bool: ...

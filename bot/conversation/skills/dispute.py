@@ -14,7 +14,6 @@ _WHO_PAYS = {"ja": "乗っ取り 国際通話料 誰が払う 返金 救済", "e
 
 
 class Dispute:
-    name = "dispute"
     claims = frozenset({"dispute"})
 
     def __init__(self, answerer: Answerer) -> None:

@@ -22,7 +22,6 @@ _QUESTION_TYPES = ("payment", "duration", "cost", "number")
 
 
 class Incident:
-    name = "incident"
     claims = frozenset({"fraud_now", "fraud_bill"})
 
     def __init__(self, answerer: Answerer, extractor: FactExtractor) -> None:

@@ -33,7 +33,6 @@ SHOWN_MAX = 24  # about the last three answers: a follow-up asks something they 
 
 
 class Question:
-    name = "question"
     claims = frozenset({"question", "billing_question", "incoming_scam", "domestic_billing", "off_topic"})
 
     def __init__(self, answerer: Answerer, extractor: FactExtractor) -> None:

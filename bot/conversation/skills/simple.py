@@ -7,7 +7,7 @@ import unicodedata
 
 from bot.conversation import composer
 from bot.conversation.escalation import TurnSignals
-from bot.conversation.skills.base import MORE_KEY, PLACEHOLDER_TICKET, Toolkit, Turn, claims
+from bot.conversation.skills.base import MORE_KEY, Toolkit, Turn, claims
 from bot.conversation.texts import t
 from bot.messages import Reply
 
@@ -19,7 +19,6 @@ def _in_known_language(turn: Turn, key: str) -> str:
 
 
 class Empty:
-    name = "empty"
     claims = frozenset()
 
     def applies(self, turn: Turn) -> bool:
@@ -34,7 +33,6 @@ class Unreadable:
     of whatever a model reads into it ("nothing more on that", "you're welcome"). Emoji are left to
     the model (👍 is thanks)."""
 
-    name = "unreadable"
     claims = frozenset()
 
     def applies(self, turn: Turn) -> bool:
@@ -49,7 +47,6 @@ class Unreadable:
 class Refusal:
     """Attempts to get the bot's configuration, secrets or instructions: a polite refusal."""
 
-    name = "refusal"
     claims = frozenset({"config_extraction"})
 
     def applies(self, turn: Turn) -> bool:
@@ -60,7 +57,6 @@ class Refusal:
 
 
 class UnknownLanguage:
-    name = "unknown_language"
     claims = frozenset()
 
     def applies(self, turn: Turn) -> bool:
@@ -72,7 +68,6 @@ class UnknownLanguage:
 
 
 class HumanRequest:
-    name = "human_request"
     claims = frozenset({"human_request"})
 
     def applies(self, turn: Turn) -> bool:
@@ -86,7 +81,6 @@ class Smalltalk:
     """Greetings and "what can you do": the introduction. Thanks: "you're welcome" (and the count of
     "that did not help" starts again)."""
 
-    name = "smalltalk"
     claims = frozenset({"smalltalk", "thanks"})
 
     def applies(self, turn: Turn) -> bool:
@@ -100,7 +94,6 @@ class Smalltalk:
 
 
 class More:
-    name = "more"
     claims = frozenset({"more"})
 
     def applies(self, turn: Turn) -> bool:
@@ -130,7 +123,6 @@ class NotHelped:
     """"That did not help": the count grows with each one (a rephrased question in between keeps
     it: the same unmet need); at the policy's limit a person takes over."""
 
-    name = "not_helped"
     claims = frozenset({"not_helped"})
 
     def applies(self, turn: Turn) -> bool:
@@ -144,5 +136,3 @@ class NotHelped:
             return [kit.escalate(turn, "", (), 0.0, decision, kind="handoff")]
         return [kit.reply(turn, t("not_helped", turn.lang), kind="notice", offer_human=True)]
 
-
-__all__ = ["Empty", "Refusal", "UnknownLanguage", "HumanRequest", "Smalltalk", "More", "NotHelped", "PLACEHOLDER_TICKET"]

@@ -19,7 +19,6 @@ _EMPTY = (None, "", [], {})
 
 
 class TicketOpen:
-    name = "ticket_open"
     claims = frozenset()
 
     def __init__(self, incident: Incident) -> None:

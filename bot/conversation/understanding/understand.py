@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 
-from bot.conversation.understanding.classifier import IntentClassifier, Prediction, prepare
+from bot.conversation.understanding.classifier import IntentClassifier, Prediction
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
 from bot.conversation.understanding.intents import IntentData
 from bot.conversation.understanding.language import detect_language, has_letters
 from bot.conversation.understanding.meaning import Meaning
-
 
 
 class Understander:
@@ -23,9 +22,6 @@ class Understander:
         self.data = data
         self.classifier = classifier
         self.extractor = extractor
-
-    def predict(self, text: str) -> Prediction:
-        return self.classifier.predict(text)
 
     def understand(self, text: str, known: IncidentFacts | None, action: str | None = None) -> Meaning:
         detected = detect_language(text)
@@ -130,10 +126,4 @@ def decide(pred, *, over: bool = False) -> frozenset[str]:
             over or pred.ratios["dispute"] > pred.ratios["fraud_bill"]):
         labels.discard("fraud_bill")
     return frozenset(labels)
-
-
-def searchable(text: str) -> str:
-    """The text the classifier embeds, which is also what a plain question's search embeds (the
-    retriever cleans a query the same way): one embedding of a message serves both."""
-    return prepare(text)
 
