@@ -99,6 +99,7 @@ class _Store:
     doc_of: dict[str, str] = field(init=False)  # chunk id -> its document id
     is_question: dict[str, bool] = field(init=False)  # chunk id -> a section question (not a text piece)
     question_rows: np.ndarray = field(init=False)  # (n,) bool: the rows that are section questions
+    text_rows: dict[str, np.ndarray] = field(init=False)  # language -> (n,) bool: its text rows (not questions)
     max_idf: float = field(init=False)  # the weight of a word no document has (the rarest)
 
     def __post_init__(self) -> None:
@@ -106,6 +107,7 @@ class _Store:
         self.doc_of = {r["chunk_id"]: r["doc_id"] for r in self.rows}
         self.is_question = {r["chunk_id"]: (r.get("kind") or "text") == "question" for r in self.rows}
         self.question_rows = np.array([self.is_question[c] for c in self.chunk_ids], dtype=bool)
+        self.text_rows = {lang: ~self.question_rows & (self.lang == lang) for lang in ("ja", "en")}
         self.max_idf = max(self.idf.values(), default=1.0)
 
 
@@ -284,7 +286,7 @@ class HybridRetriever:
         lex_ids = [self.store.chunk_ids[i] for i, _ in sorted(lex_text + lex_questions, key=lambda h: -h[1])]
 
         qv = self.embedder.embed_query_np(_dense_text(q))
-        dense_text, dense_questions = self._dense_hits(qv, mask & ~questions & (self.store.lang == pref), mask & questions,
+        dense_text, dense_questions = self._dense_hits(qv, mask & self.store.text_rows[pref], mask & questions,
                                                        language=pref, strict_language=strict_language, carrier=carrier)
         dense_hits = sorted(dense_text + dense_questions, key=lambda h: -h[1])
         dense_ids = [cid for cid, _ in dense_hits]
