@@ -97,16 +97,16 @@ class _Store:
     # Derived once from the rows (a search looks rows up by chunk id a few hundred times):
     section_of: dict[str, str] = field(init=False)  # chunk id -> its section key
     doc_of: dict[str, str] = field(init=False)  # chunk id -> its document id
-    is_question: dict[str, bool] = field(init=False)  # chunk id -> a section question (not a text piece)
     question_rows: np.ndarray = field(init=False)  # (n,) bool: the rows that are section questions
+    question_count: int = field(init=False)  # how many (the rest are text rows)
     text_rows: dict[str, np.ndarray] = field(init=False)  # language -> (n,) bool: its text rows (not questions)
     max_idf: float = field(init=False)  # the weight of a word no document has (the rarest)
 
     def __post_init__(self) -> None:
         self.section_of = {r["chunk_id"]: r["section"] for r in self.rows}
         self.doc_of = {r["chunk_id"]: r["doc_id"] for r in self.rows}
-        self.is_question = {r["chunk_id"]: (r.get("kind") or "text") == "question" for r in self.rows}
-        self.question_rows = np.array([self.is_question[c] for c in self.chunk_ids], dtype=bool)
+        self.question_rows = np.array([(r.get("kind") or "text") == "question" for r in self.rows], dtype=bool)
+        self.question_count = int(self.question_rows.sum())
         self.text_rows = {lang: ~self.question_rows & (self.lang == lang) for lang in ("ja", "en")}
         self.max_idf = max(self.idf.values(), default=1.0)
 
@@ -317,7 +317,7 @@ class HybridRetriever:
         weights_q = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(tokens) if not t.startswith("syn:")}
         head = ranked[:RERANK_CANDIDATES]
         named = self.analyzer.lexicon.carriers_named(groups) | ({carrier} if carrier else set())
-        features = self._candidate_features([key for key, _ in head], rankings, weights, dense_hits, lex_score,
+        features = self._candidate_features([key for key, _ in head], rankings, weights, dense_text, dense_hits, lex_score,
                                             qv, pref, sentence_sims, named, frozenset(groups), question_scores)
         self.last_candidates = ([key for key, _ in head], features)
         if self.reranker is not None and head:
@@ -385,16 +385,16 @@ class HybridRetriever:
         if allowed == 0:
             return []
         vector = self.vector
-        kind = self.store.question_rows == question
-        if allowed == int(kind.sum()):  # the whole collection
+        total = self.store.question_count if question else len(self.store.chunk_ids) - self.store.question_count
+        if allowed == total:  # the whole collection
             hits = vector.query(qv, min(CANDIDATES, allowed), question=question)
         else:
             # Chroma's filtered HNSW search with an $or over metadata flags measured ~1.2 s p95 at 100k chunks
             # (vs 25 ms unfiltered): over-fetch unfiltered and filter with our own masks; fall back to the
             # filtered query only when too few candidates survive.
-            over = vector.query(qv, min(int(kind.sum()), CANDIDATES * 5), question=question)
+            over = vector.query(qv, min(total, CANDIDATES * 5), question=question)
             hits = [(cid, sc) for cid, sc in over if cid in self.store.row_of and mask[self.store.row_of[cid]]][:CANDIDATES]
-            if len(hits) < min(CANDIDATES // 2, allowed) and len(over) < int(kind.sum()):
+            if len(hits) < min(CANDIDATES // 2, allowed) and len(over) < total:
                 hits = vector.query(qv, min(CANDIDATES, allowed), language=language, carrier=carrier, question=question)
         return [(cid, s) for cid, s in hits if cid in self.store.row_of]
 
@@ -452,7 +452,8 @@ class HybridRetriever:
         return score
 
     def _candidate_features(self, keys: list[str], rankings: list[list[str]], weights: tuple[float, ...],
-                            dense_hits: list[tuple[str, float]], lex_score: dict[str, float], qv: np.ndarray,
+                            text_hits: list[tuple[str, float]], dense_hits: list[tuple[str, float]],
+                            lex_score: dict[str, float], qv: np.ndarray,
                             pref: str, sentence_sims: dict[str, np.ndarray], named: frozenset[str] | set[str],
                             asked: frozenset[str], question_scores: dict[str, float] | None = None) -> np.ndarray:
         """One row of rerank.FEATURES per candidate section (see bot/retrieval/rerank.py). `named`: the
@@ -462,12 +463,11 @@ class HybridRetriever:
         contribution = [{key: w / (RRF_K + r + 1) for r, key in enumerate(ranking)}
                         for ranking, w in zip(list(rankings) + [[]] * (4 - len(rankings)),
                                               list(weights) + [0.0] * (4 - len(weights)))]
-        section_of, is_question = self.store.section_of, self.store.is_question
+        section_of = self.store.section_of
         dense_text: dict[str, float] = {}
-        for cid, score in dense_hits:
-            if not is_question[cid]:
-                sec = section_of[cid]
-                dense_text[sec] = max(dense_text.get(sec, -1.0), score)
+        for cid, score in text_hits:
+            sec = section_of[cid]
+            dense_text[sec] = max(dense_text.get(sec, -1.0), score)
         bm25: dict[str, float] = {}
         for cid, score in lex_score.items():
             sec = section_of[cid]
