@@ -30,12 +30,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from bot.config import load_settings  # noqa: E402
 from bot.conversation import composer  # noqa: E402
 from bot.conversation.answering import AnswerTypes  # noqa: E402
 from bot.conversation.passages import in_language  # noqa: E402
 from bot.conversation.understanding.text import kana_to_kanji  # noqa: E402
+from eval_conversations import labelled_turns  # noqa: E402
 
 FOLDS = 5
 
@@ -84,17 +86,13 @@ def labelled_questions():
     """The development questions labelled with what their answer contains: the single questions of
     knowledge/eval/dev_labelled/questions.jsonl and knowledge/eval/dev_probes.jsonl, and the first
     turn of each development conversation (later turns lean on the conversation, which a search of
-    their text alone would not)."""
+    their text alone would not), each read as eval_conversations reads a labelled turn."""
     eval_dir = ROOT / "knowledge" / "eval"
-    for path in (eval_dir / "dev_labelled" / "questions.jsonl", eval_dir / "dev_probes.jsonl"):
+    for path in (eval_dir / "dev_labelled" / "questions.jsonl", eval_dir / "dev_probes.jsonl",
+                 eval_dir / "dev_labelled" / "conversations.jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                yield json.loads(line)
-    for line in (eval_dir / "dev_labelled" / "conversations.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            case = json.loads(line)
-            first = case["turns"][0]
-            yield {**first, "text": first["user"], "language": case.get("language")}
+                yield labelled_turns(json.loads(line))[0]
 
 
 def main() -> int:
@@ -114,13 +112,13 @@ def main() -> int:
             continue
         if {"fraud_now", "fraud_bill"} & set(row.get("intents") or []):
             continue
-        query = kana_to_kanji(row["text"])
+        query = kana_to_kanji(row["user"])
         res = retriever.search(query, settings.retrieval_k, language=row["language"])
         passages, _ = in_language(res.passages, row["language"])
         recorder = Recorder(current)
         composer.SENTENCE_SCORER = recorder
         try:
-            pieces = composer.pieces_of(passages, query, focus=row["text"], cue=types.cue(row["text"]),
+            pieces = composer.pieces_of(passages, query, focus=row["user"], cue=types.cue(row["user"]),
                                         max_passages=max(3, len(passages)))
         finally:
             composer.SENTENCE_SCORER = current
