@@ -149,5 +149,5 @@ def prepare_understanding(settings: Settings) -> Any:
     saved = classifier.saved_model(data, cache, settings.embedder)
     if saved is not None:
         return saved
-    encoder = QueryEncoder(settings.embedder, cache_dir=str(Path(settings.data_dir) / "cache"))
+    encoder = QueryEncoder(settings.embedder)
     return classifier.load_or_train(data, cache, encoder.encode_queries, settings.embedder)

