@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from bot.config import Settings
 from bot.messages import as_utc
-from bot.ports import HandoffError, Ticket, TicketDetail
+from bot.ports import HandoffError, TicketDetail
+from bot.ticket_json import detail_json, ticket_json
 
 ALL_STATUSES = ("open", "claimed", "resolved")
 ACTIVE_STATUSES = ("open", "claimed")
@@ -145,29 +146,6 @@ def render_detail(d: TicketDetail, now: datetime | None = None) -> str:
     lines += ["", "Audit:"]
     lines += [f"  {_iso(a.at)}  {a.actor}  {a.action}" + (f"  {a.detail}" if a.detail else "") for a in d.audit]
     return "\n".join(_clean(line, keep_newlines=True) for line in lines) + "\n"
-
-
-# ---------------------------------------------------------------- JSON (same shape as /console/api/tickets)
-
-
-def ticket_json(t: Ticket, now: datetime | None = None) -> dict[str, Any]:
-    now = now or datetime.now(timezone.utc)
-    return {
-        "id": t.id, "conversation_id": t.conversation_id, "channel": t.address.channel,
-        "status": t.status, "priority": t.priority, "reason": t.reason, "summary": t.summary,
-        "operator": t.operator, "created_at": _iso(t.created_at), "updated_at": _iso(t.updated_at),
-        "reannounced_at": _iso(t.reannounced_at) if t.reannounced_at else None,
-        "age_seconds": max(0, int((now - t.created_at).total_seconds())),
-    }
-
-
-def detail_json(d: TicketDetail) -> dict[str, Any]:
-    return {
-        "ticket": ticket_json(d.ticket),
-        "transcript": [{"id": m.id, "role": m.role, "text": m.text, "created_at": _iso(m.created_at),
-                        "handled": m.handled, "operator": (m.meta or {}).get("operator")} for m in d.transcript],
-        "audit": [{"actor": a.actor, "action": a.action, "detail": a.detail, "at": _iso(a.at)} for a in d.audit],
-    }
 
 
 # ---------------------------------------------------------------- formatting helpers

@@ -1,56 +1,13 @@
-"""The ticket queue as the console shows it: tickets as JSON, one-line summaries, and QueueEvents,
-the push stream of ticket changes that console pages follow (/console/api/events)."""
+"""The ticket queue as the console shows it: ages as short text, and QueueEvents, the push stream
+of ticket changes that console pages follow (/console/api/events). A ticket's JSON: bot/ticket_json.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
-from bot.messages import as_utc
-from bot.ports import Ticket, TicketDetail
 from bot.web.sse import KEEPALIVE, KEEPALIVE_LINE, with_keepalive
-
-
-def iso(dt: datetime | None) -> str | None:
-    return None if dt is None else as_utc(dt).isoformat().replace("+00:00", "Z")
-
-
-def ticket_json(t: Ticket, now: datetime | None = None) -> dict[str, Any]:
-    now = now or datetime.now(timezone.utc)
-    return {
-        "id": t.id, "conversation_id": t.conversation_id, "channel": t.address.channel,
-        "status": t.status, "priority": t.priority, "reason": t.reason, "summary": t.summary,
-        "operator": t.operator, "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
-        "age_seconds": max(0, int((now - as_utc(t.created_at)).total_seconds())),
-        "summary_line": summary_line(t.summary),
-    }
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    """One line for the queue: carrier · still happening · amounts · language."""
-    parts = []
-    if summary.get("carrier"):
-        parts.append(str(summary["carrier"]))
-    if summary.get("still_happening") is True:
-        parts.append("still happening / 継続中")
-    for key in ("amounts", "destinations"):
-        value = summary.get(key)
-        if value:
-            parts.append(", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
-    if summary.get("language"):
-        parts.append(str(summary["language"]))
-    return " · ".join(parts)[:160]
-
-
-def detail_json(d: TicketDetail) -> dict[str, Any]:
-    return {
-        "ticket": ticket_json(d.ticket),
-        "transcript": [{"id": m.id, "role": m.role, "text": m.text, "created_at": iso(m.created_at),
-                        "operator": (m.meta or {}).get("operator")} for m in d.transcript],
-        "audit": [{"actor": a.actor, "action": a.action, "detail": a.detail, "at": iso(a.at)} for a in d.audit],
-    }
 
 
 def age_text(seconds: int) -> str:

@@ -67,6 +67,11 @@ def test_api_with_bearer_token_lists_the_queue_urgent_first(client):
     tickets = r.json()["tickets"]
     assert [t["priority"] for t in tickets] == ["urgent", "normal"]
     assert tickets[0]["summary"]["carrier"] == "ntt-east-west"
+    # the same shape as `pbxbot tickets list --json` (tests/unit/test_handoff_cli.py)
+    assert {"reannounced_at", "age_seconds", "summary_line"} <= set(tickets[0])
+    assert "still happening" in tickets[0]["summary_line"]
+    detail = client.get(f"/console/api/tickets/{tickets[0]['id']}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert detail["ticket"]["id"] == tickets[0]["id"] and {"transcript", "audit"} <= set(detail)
 
 
 def test_token_login_sets_a_strict_httponly_session(client):

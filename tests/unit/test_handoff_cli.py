@@ -82,7 +82,7 @@ def test_list_json(seeded, capsys):
     assert code == 0 and [t["id"] for t in data["tickets"]] == [seeded["urgent"], seeded["billing"]]
     first = data["tickets"][0]
     assert {"id", "conversation_id", "channel", "status", "priority", "reason", "summary", "operator",
-            "created_at", "updated_at", "age_seconds"} <= set(first)
+            "created_at", "updated_at", "reannounced_at", "age_seconds", "summary_line"} <= set(first)  # as the console API
     assert first["created_at"].endswith("Z") and first["summary"]["still_happening"] is True
 
 
@@ -105,6 +105,7 @@ def test_show_json(seeded, capsys):
     data = json.loads(out)
     assert code == 0 and data["ticket"]["id"] == seeded["urgent"]
     assert [m["text"] for m in data["transcript"]] == ["our PBX is calling abroad right now"]
+    assert all("handled" in m for m in data["transcript"])
     assert [a["action"] for a in data["audit"]] == ["opened"]
 
 

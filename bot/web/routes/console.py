@@ -24,7 +24,8 @@ from bot.ports import HandoffError, Ticket, UndeliveredItem
 from bot.proxy import client_address, cookie_secure
 from bot.web.auth import DEVICE_COOKIE, DEVICE_MAX_AGE, LOGIN_COOKIE, SESSION_COOKIE, SESSION_MAX_AGE, Operator
 from bot.web.deps import PageOperator, State, WebState
-from bot.web.queue import age_text, iso, ticket_json
+from bot.ticket_json import iso, ticket_json
+from bot.web.queue import age_text
 
 log = logging.getLogger("bot.web.console")
 

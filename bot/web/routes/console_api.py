@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bot.web.deps import ApiOperator, State
-from bot.web.queue import detail_json, ticket_json
+from bot.ticket_json import detail_json, ticket_json
 from bot.web.routes.console import ACTIONS, OPERATOR_PARAMETERS, STRING, TICKET_ID, act
 
 API_DOC = {"parameters": OPERATOR_PARAMETERS}
