@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from bot.channels.base import BaseChannel, Inbound
 from bot.config import ChannelSettings
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.messages import Address, InboundMessage, Reply
 from bot.tokens import tokens_equal
 

@@ -36,7 +36,7 @@ from pydantic import SecretStr
 from bot.channels.base import BaseChannel, DeliveryError, Inbound, PermanentDeliveryError
 from bot.channels.rendering import HUMAN_BUTTON_LABEL, OPERATOR_LABEL, language_of, render_text, split_text
 from bot.config import ChannelSettings
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from bot.conversation.skills.base import Skill, Toolkit, Turn
 from bot.conversation.understanding.facts import IncidentFacts
-from bot.conversation.understanding.language import has_english_words
+from bot.language import has_english_words
 from bot.conversation.understanding.text import normalize
 from bot.conversation.understanding.understand import Understander
 from bot.messages import Address, Reply

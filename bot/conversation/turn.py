@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 from bot.config import Settings
 from bot.conversation.locks import KeyedLocks
 from bot.conversation.texts import t
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.conversation.understanding.text import clean_text
 from bot.messages import Address, InboundMessage, Reply, as_utc, utcnow
 from bot.ports import ConversationState, ConversationStore, Handoff, StoredMessage

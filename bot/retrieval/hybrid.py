@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bot.config import ConfigError, Settings
+from bot.language import detect_language
 from bot.ports import Passage, SearchResult
 from bot.retrieval.analysis import Analyzer, strip_markup
 from bot.retrieval.confidence import Calibrator, Features
@@ -48,17 +49,6 @@ QUESTION_LEXICAL_WEIGHT = 0.5
 OTHER_LANGUAGE_FACTOR = 0.5
 SOURCE_KIND_FACTOR = 1.0  # multiplier for kind=source documents (guides are written for users)
 MAX_PER_DOC = 2
-_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
-_KANA_RE = re.compile(r"[\u3040-\u30ff]")
-
-
-def detect_language(text: str) -> str:
-    """'ja' when the text has kana, or kanji and little Latin text; else 'en'."""
-    if _KANA_RE.search(text):
-        return "ja"
-    cjk = len(_CJK_RE.findall(text))
-    latin = len(re.findall(r"[A-Za-z]", text))
-    return "ja" if cjk and cjk * 3 >= latin else "en"
 
 
 def clean_query(query: Any) -> str:
@@ -262,7 +252,9 @@ class HybridRetriever:
             carrier = None  # no carrier, every carrier, or an unknown one: do not filter rather than return nothing
         if not _searchable(q):
             return SearchResult(query=q, passages=(), confidence=0.0)
-        pref = language or detect_language(q)
+        # no language given (`pbxbot search`, a direct caller): the message's own, from its grammar
+        # ("Our 大阪支店 got a strange bill" is English); text that says nothing (digits) searches English
+        pref = language or detect_language(q) or "en"
         tokens, groups = self.analyzer.analyze(q)
         expanded = tuple(t for t in self.analyzer.lexicon.expansions(groups))
 

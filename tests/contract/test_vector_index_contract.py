@@ -144,6 +144,14 @@ def test_language_preference_and_other_language_still_possible(retriever):
     assert {p.language for p in strict.passages} == {"en"}
 
 
+def test_a_search_without_a_language_reads_it_from_the_grammar_not_from_any_kana(retriever):
+    # the project's one detector (bot/language.py): an English sentence naming a service in kana is English
+    en = retriever.search("Our ひかり電話 line is calling abroad, how do I stop it?", k=3, strict_language=True)
+    assert en.passages and {p.language for p in en.passages} == {"en"}
+    ja = retriever.search("国際電話を止めるには", k=3, strict_language=True)
+    assert ja.passages and {p.language for p in ja.passages} == {"ja"}
+
+
 def test_carrier_filter_keeps_all_carrier_documents(retriever):
     res = retriever.search("国際電話を止めたい 返金", k=10, language="ja", carrier="kddi")
     docs = set(_docs(res))

@@ -9,7 +9,7 @@ import pytest
 
 from bot.channels.pipeline import SeenDeliveries, rate_limited_reply
 from bot.channels.rendering import render_text
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.channels.rate_limit import RateLimit, limit_storage
 from bot.messages import Citation, Escalation, Reply
 

@@ -9,7 +9,7 @@ import pytest
 
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts, missing_facts
 from bot.conversation.understanding.intents import IntentDataError, load_intents
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from tests.fakes import REPO, shared_understander
 
 KNOWLEDGE = REPO / "knowledge"

@@ -30,7 +30,7 @@ from bot.channels.slack.payloads import (
 )
 from bot.config import ChannelSettings
 from bot.conversation.texts import t
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.messages import Address, InboundMessage, Reply
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -9,7 +9,7 @@ from typing import Any
 from telegram import Update
 
 from bot.channels.base import Inbound
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.messages import Address, InboundMessage
 
 HUMAN_CALLBACK = "human"

@@ -13,7 +13,7 @@ import re
 from bot.conversation.understanding.classifier import IntentClassifier, Prediction
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
 from bot.conversation.understanding.intents import IntentData
-from bot.conversation.understanding.language import detect_language, has_letters
+from bot.language import detect_language, has_letters
 from bot.conversation.understanding.meaning import Meaning
 
 

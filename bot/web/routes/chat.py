@@ -25,7 +25,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from bot.channels.pipeline import rate_limited_reply
-from bot.conversation.understanding.language import detect_language
+from bot.language import detect_language
 from bot.messages import Address, InboundMessage, Reply
 from bot.proxy import client_address
 from bot.web.deps import State, WebState

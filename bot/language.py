@@ -5,7 +5,8 @@ the words) and English when English function words do. Names in the other script
 "Our 大阪支店 got a strange bill" is English, 「PBXのSIPアカウントを確認したい」 is Japanese.
 Text without letters ("?", digits, emoji) gives no signal (None): the caller keeps the
 conversation's language. Other scripts and other Latin-script languages are None as well.
-The one language detector of the project: the channels use it too.
+The one language detector of the project: the channels, the conversation core and the retriever
+(for a search that names no language) all use it. Stdlib only.
 """
 
 from __future__ import annotations
