@@ -40,17 +40,17 @@ def containment(kit: "Toolkit", lang: str, carrier: str | None, ip050: bool, fix
     the reply's citation numbering, when more text with citations follows the steps."""
     budget = kit.budget(lang, fixed, reserve)
     res = kit.fixed_search(_CONTAINMENT_QUERY[lang], lang, None)
-    steps_passage = _lead(kit, pick(in_language(res.passages, lang)[0], topics=("containment",), prefer_lead=True))
+    steps_passage = kit.guide_lead(pick(in_language(res.passages, lang)[0], topics=("containment",), prefer_lead=True))
     stop_passage = None
     stop_header = ""
     if carrier in KNOWN_CARRIERS:
         stop_res = kit.fixed_search(_STOP_QUERY[lang].format(carrier=carrier_name), lang, carrier)
-        stop_passage = _lead(kit, pick(in_language(stop_res.passages, lang)[0], topics=("stop-international",),
+        stop_passage = kit.guide_lead(pick(in_language(stop_res.passages, lang)[0], topics=("stop-international",),
                                        carrier=carrier, prefer_lead=True))
         stop_header = t("carrier_header", lang, carrier=carrier_name)
     elif ip050:
         stop_res = kit.fixed_search(_IP050_QUERY[lang], lang, None)
-        stop_passage = _lead(kit, pick(in_language(stop_res.passages, lang)[0], topics=("050-ip",), prefer_lead=True))
+        stop_passage = kit.guide_lead(pick(in_language(stop_res.passages, lang)[0], topics=("050-ip",), prefer_lead=True))
     if stop_passage is not None and steps_passage is not None and stop_passage.doc_id == steps_passage.doc_id:
         stop_passage = None
     book = book if book is not None else composer.CitationBook()
@@ -71,12 +71,3 @@ def containment(kit: "Toolkit", lang: str, carrier: str | None, ip050: bool, fix
         parts.append(f"{stop_header}\n{body}" if stop_header else body)
         rest = rest + more
     return Steps("\n".join(parts), book.citations(), res.confidence, rest)
-
-
-def _lead(kit: "Toolkit", passage):
-    """A guide opens with what to do first: the lead of the chosen guide, also when the search
-    returned other sections of it (retrievers that can fetch a section by its key)."""
-    get_section = getattr(kit.retriever, "get_section", None)
-    if passage is None or get_section is None or passage.kind != "guide" or passage.section.endswith("#0"):
-        return passage
-    return get_section(f"{passage.doc_id}#0") or passage

@@ -268,3 +268,22 @@ def test_the_development_retrieval_questions_find_their_documents(real_retriever
     rows = load_eval_rows([ROOT / "knowledge" / "eval" / "retrieval.jsonl"])
     res = evaluate(lambda q, lang: [p.doc_id for p in inner.search(q, k=12, language=lang).passages], rows)
     assert res.overall["hit@3"] >= 0.90, res.overall
+
+
+@pytest.mark.parametrize("text,rule", [
+    ("The block has been on since Tuesday and nothing odd since. We contest the ¥900k of calls on last month's "
+     "invoice and want it cancelled.", "subscriber generally pays"),
+    ("先週から国際発信は止めてあります。先月の請求の70万円は納得できないので取り消してほしいです。", "原則として契約者"),
+])
+def test_a_dispute_hears_who_pays_first_whatever_story_comes_with_it(real_retriever, text, rule):
+    """A contested bill gets a normal ticket and, first, the general rule and the one relief found,
+    not how to block (the story says it is blocked) nor a list of court cases."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    replies = service.handle(InboundMessage(address=Address("eval", "dispute-" + rule[:4]), text=text))
+    reply = replies[0]
+    assert reply.escalation is not None and reply.escalation.priority == "normal", reply.answer
+    body = [line for line in reply.answer.splitlines() if not is_template_line(line)]
+    assert body and rule in body[0], reply.answer
+    assert "case-law" not in reply.answer and "判例" not in reply.answer

@@ -33,6 +33,6 @@ def build_skills(answerer: Answerer, extractor: FactExtractor) -> tuple[Skill, .
         More(),
         Smalltalk(),
         NotHelped(),
-        Dispute(answerer),
+        Dispute(),
         Question(answerer, extractor),
     )

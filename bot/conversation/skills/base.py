@@ -17,7 +17,8 @@ from bot.conversation.escalation import Decision, EscalationPolicy
 from bot.conversation.texts import t
 from bot.conversation.understanding.meaning import Meaning
 from bot.messages import Address, Escalation, Reply
-from bot.ports import ConversationState, Handoff, Retriever, SearchResult, StoredMessage, Ticket, TicketListener
+from bot.ports import (ConversationState, Handoff, Passage, Retriever, SearchResult, StoredMessage, Ticket,
+                       TicketListener)
 
 log = logging.getLogger("bot.conversation")
 
@@ -83,6 +84,14 @@ class Toolkit:
                 return result  # an index being rebuilt: do not remember "nothing"
             self.fixed_results[key] = result
         return self.fixed_results[key]
+
+    def guide_lead(self, passage: Passage | None) -> Passage | None:
+        """A guide opens with what to do first: the lead of the chosen guide, also when the search
+        returned other sections of it (retrievers that can fetch a section by its key)."""
+        get_section = getattr(self.retriever, "get_section", None)
+        if passage is None or get_section is None or passage.kind != "guide" or passage.section.endswith("#0"):
+            return passage
+        return get_section(f"{passage.doc_id}#0") or passage
 
     # ------------------------------------------------------------ sizes
 

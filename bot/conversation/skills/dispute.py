@@ -4,8 +4,8 @@ a person takes it (a normal ticket), and the user hears now what the sources say
 from __future__ import annotations
 
 from bot.conversation import composer
-from bot.conversation.answering import Answerer
 from bot.conversation.escalation import TurnSignals
+from bot.conversation.passages import in_language, pick
 from bot.conversation.skills.base import PLACEHOLDER_TICKET, Toolkit, Turn
 from bot.conversation.texts import t
 from bot.messages import Reply
@@ -14,10 +14,14 @@ _WHO_PAYS = {"ja": "乗っ取り 国際通話料 誰が払う 返金 救済", "e
 
 
 class Dispute:
-    claims = frozenset({"dispute"})
+    """Whatever story comes with the claim ("blocked since Monday", "the bank took it already"), what
+    the user needs to hear is the same: who pays in Japan, the one relief found, no refund promised,
+    and what to keep for the person who takes the claim. The who-pays guide opens with exactly that,
+    so its opening is shown in its own order, as the incident skill shows the first-steps guide's.
+    (Sentences picked by similarity to the story led with how to block, or with a list of court
+    cases whose content was never checked.)"""
 
-    def __init__(self, answerer: Answerer) -> None:
-        self.answerer = answerer
+    claims = frozenset({"dispute"})
 
     def applies(self, turn: Turn) -> bool:
         return turn.meaning.has("dispute")
@@ -25,12 +29,14 @@ class Dispute:
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
         lang = turn.lang
         fixed = [t("dispute_header", lang), t("handoff", lang, ticket=PLACEHOLDER_TICKET)]
-        query = f"{turn.text} {_WHO_PAYS[lang]}"
-        result = kit.search(query, lang, None)
-        answer = self.answerer.answer(result, lang, query=query, focus=turn.text, budget=kit.budget(lang, fixed))
+        result = kit.fixed_search(_WHO_PAYS[lang], lang, None)
+        lead = kit.guide_lead(pick(in_language(result.passages, lang)[0], topics=("refund",), prefer_lead=True))
+        shown, rest = (composer.take_in_order(composer.pieces_of([lead], "", max_passages=1), lang,
+                                              kit.budget(lang, fixed)) if lead is not None else ([], []))
+        kit.keep_more(turn.state, rest, lang)
         book = composer.CitationBook()
-        body = composer.render(answer.shown, lang, book) if answer.shown else ""
+        body = composer.render(shown, lang, book) if shown else ""
         text = "\n".join(x for x in (t("dispute_header", lang) if body else "", body) if x)
         turn.state.last_query = turn.text[-300:]
         decision = kit.policy.decide(TurnSignals(billing_dispute=True))
-        return [kit.escalate(turn, text, book.citations(), answer.confidence, decision, kind="answer")]
+        return [kit.escalate(turn, text, book.citations(), result.confidence, decision, kind="answer")]
