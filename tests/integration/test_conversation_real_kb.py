@@ -287,3 +287,21 @@ def test_a_dispute_hears_who_pays_first_whatever_story_comes_with_it(real_retrie
     body = [line for line in reply.answer.splitlines() if not is_template_line(line)]
     assert body and rule in body[0], reply.answer
     assert "case-law" not in reply.answer and "判例" not in reply.answer
+
+
+@pytest.mark.parametrize("text,rule", [
+    ("今まさに海外に電話かけられ続けてます！ひかり電話です。止めたあと、この分の料金って払わなきゃいけないんですか？",
+     "原則として契約者"),
+    ("Our PBX is dialling Sierra Leone nonstop right now. Once it's stopped, do we have to pay for these calls?",
+     "subscriber generally pays"),
+])
+def test_an_incident_that_asks_who_pays_gets_the_steps_then_the_general_rule(real_retriever, text, rule):
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    reply = service.handle(InboundMessage(address=Address("eval", "incident-pays-" + rule[:4]), text=text))[0]
+    assert reply.kind == "incident" and reply.escalation is not None and reply.escalation.priority == "urgent"
+    from bot.conversation.texts import t
+
+    steps, _, asked = reply.answer.partition(t("also_asked", "en" if rule.isascii() else "ja"))
+    assert steps and rule in asked, reply.answer  # the steps first, then the answer to the question

@@ -7,13 +7,14 @@ block takes...), and opens an urgent ticket."""
 from __future__ import annotations
 
 from bot.conversation import composer
-from bot.conversation.answering import Answerer
+from bot.conversation.answering import WEAK_TYPES, Answerer
 from bot.conversation.containment import containment
 from bot.conversation.escalation import TurnSignals
 from bot.conversation.skills.base import PLACEHOLDER_TICKET, Toolkit, Turn
 from bot.conversation.texts import LIST_SEP, t
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts, missing_facts
 from bot.conversation.understanding.text import kana_to_kanji
+from bot.conversation.who_pays import who_pays
 from bot.messages import Reply
 
 # Labels that mean "and I also ask something" next to an incident; answer types that do too.
@@ -41,6 +42,16 @@ class Incident:
             return turn.text
         return ""
 
+    def asks_who_pays(self, turn: Turn, question: str) -> bool:
+        """The other question is who pays, and only that: the classifier reads a who-pays question in
+        the message, or a question sentence of it asks for a payment ("Do we have to pay for these
+        calls?"); and it asks for nothing more specific ("how much did NTT refund?" asks an amount the
+        composer finds). Not a message that only says it was billed ("...請求された会社の事例を知りたい")."""
+        asked = set(self.answerer.answer_types.asked(question))
+        if asked - {"payment", *WEAK_TYPES}:
+            return False
+        return turn.meaning.has("billing_question") or (bool(turn.meaning.questions) and "payment" in asked)
+
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
         st, lang = turn.state, turn.lang
         facts = IncidentFacts.from_dict(st.facts)
@@ -49,20 +60,26 @@ class Incident:
         ask = t("ask_facts", lang, items=LIST_SEP[lang].join(t(f"fact_{m}", lang) for m in missing)) if missing else ""
         decision = kit.policy.decide(TurnSignals(incident=True, requested_human=turn.requested_human))
         fixed = [t("incident_header", lang), ask, t("handoff_urgent", lang, ticket=PLACEHOLDER_TICKET)]
-        second, reserve = None, 0
+        second: list[composer.Piece] = []
+        reserve = 0
         question = self.second_question(turn)
         if question:
             reserve = kit.budget(lang, fixed) * 2 // 5  # two fifths of the reply answer the other question
-            query = kana_to_kanji(question)
-            result = kit.search(query, lang, None)
-            second = self.answerer.answer(result, lang, query=query, focus=question, budget=reserve)
+            if self.asks_who_pays(turn, question):
+                # "do we have to pay for this?": the general rule and the one relief, as a dispute hears it
+                second = who_pays(kit, lang, reserve)[0]
+            else:
+                query = kana_to_kanji(question)
+                answer = self.answerer.answer(kit.search(query, lang, None), lang, query=query, focus=question,
+                                              budget=reserve)
+                second = answer.shown if answer.covered else []
         name = self.extractor.carrier_name(carrier, lang) if carrier else ""
         book = composer.CitationBook()
         steps = containment(kit, lang, carrier, "050" in turn.norm, fixed, name, book=book, reserve=reserve)
         kit.keep_more(st, steps.rest, lang)
         parts = [t("incident_header", lang), steps.text]
-        if second is not None and second.covered and second.shown:
-            parts += [t("also_asked", lang), composer.render(second.shown, lang, book)]
+        if second:
+            parts += [t("also_asked", lang), composer.render(second, lang, book)]
         citations = book.citations()
         if ask:
             parts.append(ask)
