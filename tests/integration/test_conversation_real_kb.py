@@ -305,3 +305,17 @@ def test_an_incident_that_asks_who_pays_gets_the_steps_then_the_general_rule(rea
 
     steps, _, asked = reply.answer.partition(t("also_asked", "en" if rule.isascii() else "ja"))
     assert steps and rule in asked, reply.answer  # the steps first, then the answer to the question
+
+
+def test_a_short_follow_up_asking_how_long_is_answered_from_the_topic_of_the_conversation(real_retriever):
+    """"how long does it take?" has no topic of its own: searched with the last question, a sentence
+    that gives a duration is the answer (the gate alone refused it as not covered)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    address = Address("eval", "follow-up-duration")
+    # (the first question of development case dc-002: its own reply is "not covered")
+    service.handle(InboundMessage(address=address, text="So what's this suspension centre thing everyone in Japan "
+                                                        "talks about? what does it do for me?"))
+    reply = service.handle(InboundMessage(address=address, text="how long does it take?"))[0]
+    assert reply.kind == "answer" and re.search(r"\bdays?\b|\bweek\b", reply.answer), reply.answer

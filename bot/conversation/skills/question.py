@@ -111,6 +111,11 @@ class Question:
             leans = not own.result.expanded_terms or bool(_REFERS_BACK.search(turn.text))
             if leans or not own.covered:
                 joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
+                # A follow-up that asks a kind of answer ("how long does it take?", 「無料？」) is answered
+                # when the conversation's topic holds a sentence of that kind: on a known topic, the
+                # kind of answer found is the evidence the gate's general features lack.
+                if leans and not joined.covered and joined.shown and joined.features.get("typed") == 1.0:
+                    joined.covered = True
                 if joined.covered and (leans or not own.covered):
                     joined.followup = True
                     return joined
