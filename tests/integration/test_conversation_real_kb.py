@@ -319,3 +319,19 @@ def test_a_short_follow_up_asking_how_long_is_answered_from_the_topic_of_the_con
                                                         "talks about? what does it do for me?"))
     reply = service.handle(InboundMessage(address=address, text="how long does it take?"))[0]
     assert reply.kind == "answer" and re.search(r"\bdays?\b|\bweek\b", reply.answer), reply.answer
+
+
+@pytest.mark.parametrize("first,switch,carrier", [
+    ("OCNで海外にかけられないようにするオプションがあるって聞いたんですけど、有料ですか？", "じゃあKDDIの場合は？", "KDDI"),
+    ("NTT Comの国際電話利用休止って、お金かかるんですか？", "KDDIだと？", "KDDI"),
+])
+def test_a_carrier_switch_is_answered_with_that_carriers_procedure(real_retriever, first, switch, carrier):
+    """The last question asked again for another carrier: that carrier's procedure answers it, even
+    when the sources do not say its cost (the detail the first question asked)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    address = Address("eval", "switch-" + str(len(first)))
+    service.handle(InboundMessage(address=address, text=first))
+    reply = service.handle(InboundMessage(address=address, text=switch))[0]
+    assert reply.kind == "answer" and carrier in reply.answer, reply.answer

@@ -64,6 +64,11 @@ class Question:
         fixed = [header, t("more_hint", lang)]
         budget = kit.budget(lang, fixed)
         answer = self._best(turn, kit, query, carrier, budget, focus)
+        if header and not answer.covered and self._about(answer, carrier):
+            # "じゃあKDDIの場合は？": the last question asked again for another carrier. Sentences about
+            # that very carrier on the last question's topic answer it, even when they lack one detail
+            # the first question asked (its cost): the gate's general features cannot see that.
+            answer.covered = True
         if off_topic and not (answer.covered and answer.answerability >= 0.8):
             st.facts.pop(MORE_KEY, None)
             return [kit.reply(turn, t("scope", lang), kind="scope", confidence=answer.confidence)]
@@ -90,6 +95,14 @@ class Question:
                           confidence=answer.confidence, offer_human=True)]
 
     # ------------------------------------------------------------------ helpers
+
+    def _about(self, answer: Answer, carrier: str | None) -> bool:
+        """The answer's best sentence names `carrier` and is close to the question."""
+        carriers_in = self.answerer.carriers_in
+        if not carrier or carriers_in is None or not answer.shown:
+            return False
+        best = answer.shown[0]
+        return carrier in carriers_in(best.text) and (best.similarity or 0.0) >= CLOSEST_MIN_SIMILARITY
 
     def _carrier_only(self, turn: Turn) -> bool:
         rest = self.extractor.strip_carriers(turn.text)
