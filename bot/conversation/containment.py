@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from bot.conversation import composer
-from bot.conversation.passages import in_language, pick
 from bot.conversation.texts import t
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,18 +38,15 @@ def containment(kit: "Toolkit", lang: str, carrier: str | None, ip050: bool, fix
     """The containment steps in order (first-steps guide), then the carrier's stop line. `book`:
     the reply's citation numbering, when more text with citations follows the steps."""
     budget = kit.budget(lang, fixed, reserve)
-    res = kit.fixed_search(_CONTAINMENT_QUERY[lang], lang, None)
-    steps_passage = kit.guide_lead(pick(in_language(res.passages, lang)[0], topics=("containment",), prefer_lead=True))
+    steps_passage, res = kit.guide_opening(_CONTAINMENT_QUERY[lang], lang, "containment")
     stop_passage = None
     stop_header = ""
     if carrier in KNOWN_CARRIERS:
-        stop_res = kit.fixed_search(_STOP_QUERY[lang].format(carrier=carrier_name), lang, carrier)
-        stop_passage = kit.guide_lead(pick(in_language(stop_res.passages, lang)[0], topics=("stop-international",),
-                                       carrier=carrier, prefer_lead=True))
+        stop_passage, _ = kit.guide_opening(_STOP_QUERY[lang].format(carrier=carrier_name), lang, "stop-international",
+                                            carrier)
         stop_header = t("carrier_header", lang, carrier=carrier_name)
     elif ip050:
-        stop_res = kit.fixed_search(_IP050_QUERY[lang], lang, None)
-        stop_passage = kit.guide_lead(pick(in_language(stop_res.passages, lang)[0], topics=("050-ip",), prefer_lead=True))
+        stop_passage, _ = kit.guide_opening(_IP050_QUERY[lang], lang, "050-ip")
     if stop_passage is not None and steps_passage is not None and stop_passage.doc_id == steps_passage.doc_id:
         stop_passage = None
     book = book if book is not None else composer.CitationBook()

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.conversation import composer
-from bot.conversation.passages import in_language, pick
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.conversation.skills.base import Toolkit
@@ -23,8 +22,7 @@ _QUERY = {"ja": "乗っ取り 国際通話料 誰が払う 返金 救済", "en":
 
 def who_pays(kit: "Toolkit", lang: str, budget: int) -> tuple[list[composer.Piece], list[composer.Piece], float]:
     """The sentences that fit in `budget`, the rest (for "more"), and the search's confidence."""
-    result = kit.fixed_search(_QUERY[lang], lang, None)
-    lead = kit.guide_lead(pick(in_language(result.passages, lang)[0], topics=("refund",), prefer_lead=True))
+    lead, result = kit.guide_opening(_QUERY[lang], lang, "refund")
     if lead is None:
         return [], [], result.confidence
     shown, rest = composer.take_in_order(composer.pieces_of([lead], "", max_passages=1), lang, budget)

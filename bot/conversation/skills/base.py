@@ -14,6 +14,7 @@ from typing import Any, Protocol, Sequence
 from bot.config import Settings
 from bot.conversation import composer
 from bot.conversation.escalation import Decision, EscalationPolicy
+from bot.conversation.passages import in_language, pick
 from bot.conversation.texts import t
 from bot.conversation.understanding.meaning import Meaning
 from bot.messages import Address, Escalation, Reply
@@ -85,13 +86,17 @@ class Toolkit:
             self.fixed_results[key] = result
         return self.fixed_results[key]
 
-    def guide_lead(self, passage: Passage | None) -> Passage | None:
-        """A guide opens with what to do first: the lead of the chosen guide, also when the search
-        returned other sections of it (retrievers that can fetch a section by its key)."""
+    def guide_opening(self, query: str, lang: str, topic: str,
+                      carrier: str | None = None) -> tuple[Passage | None, SearchResult]:
+        """The opening section of the guide on `topic` that a fixed search finds (for `carrier`, else a
+        guide for every carrier), and that search. A guide opens with what to do first; the lead is
+        fetched by its key when the search returned other sections of the guide (retrievers that can)."""
+        result = self.fixed_search(query, lang, carrier)
+        passage = pick(in_language(result.passages, lang)[0], topics=(topic,), carrier=carrier, prefer_lead=True)
         get_section = getattr(self.retriever, "get_section", None)
         if passage is None or get_section is None or passage.kind != "guide" or passage.section.endswith("#0"):
-            return passage
-        return get_section(f"{passage.doc_id}#0") or passage
+            return passage, result
+        return get_section(f"{passage.doc_id}#0") or passage, result
 
     # ------------------------------------------------------------ sizes
 
