@@ -45,8 +45,10 @@ def _gives(pattern: re.Pattern[str], sentence: str) -> bool:
 class AnswerTypes:
     """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
 
-    def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]]):
+    def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]],
+                 not_asking: re.Pattern[str] | None = None):
         self.types = types
+        self.not_asking = not_asking  # words holding a question word that do not ask ("いつも")
         # cue() and strength() read the same question in one answer: its patterns run once
         self._asked = lru_cache(maxsize=64)(self._read_asked)
 
@@ -72,13 +74,16 @@ class AnswerTypes:
             except (KeyError, re.error) as exc:
                 raise ConfigError(f"{path}: type '{name}', field 'answer': {type(exc).__name__}: {exc}") from None
             types[name] = (re.compile("|".join(parts)) if parts else None, answer, float(spec.get("strength", 1.0)))
-        return cls(types)
+        words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in data.get("not_asking") or []}, key=len, reverse=True)
+        return cls(types, re.compile("|".join(map(re.escape, words))) if words else None)
 
     def asked(self, question: str) -> list[str]:
         return list(self._asked(question))
 
     def _read_asked(self, question: str) -> tuple[str, ...]:
         q = asking_part(unicodedata.normalize("NFKC", question or "").lower())
+        if self.not_asking is not None:
+            q = self.not_asking.sub(" ", q)
         return tuple(name for name, (rx, _, _) in self.types.items() if rx is not None and rx.search(q))
 
     def cue(self, question: str) -> composer.Cue | None:
@@ -218,15 +223,21 @@ class Answerer:
         return kept or pieces
 
     def answer(self, result: SearchResult, lang: str, *, query: str, focus: str | None, budget: int,
-               carrier: str | None = None, seen: frozenset[str] = frozenset()) -> Answer:
+               carrier: str | None = None, seen: frozenset[str] = frozenset(), judge_budget: int | None = None) -> Answer:
+        """`judge_budget`: the room the gate judges by, when the reply shows the answer in less room
+        (the incident's second question): whether the sources answer a question does not depend on
+        how much of the reply is left for it. The gate was fitted on whole question replies."""
         passages, other_language = in_language(result.passages, lang)
         passages = for_carrier(passages, carrier)
         cue = self.answer_types.cue(focus or query)
         pieces = composer.pieces_of(passages, query, focus=focus, cue=cue, max_passages=max(3, len(passages)))
         pieces = self._for_carrier(pieces, carrier)
         shown, rest = composer.select(pieces, lang, budget, seen)
-        features = gate_features(focus or query, shown, passages, result, self.answer_types.strength(focus or query))
-        with_sims = any(p.similarity is not None for p in shown)
+        judged = shown
+        if judge_budget is not None and judge_budget > budget:
+            judged = composer.select(pieces, lang, judge_budget, seen)[0]
+        features = gate_features(focus or query, judged, passages, result, self.answer_types.strength(focus or query))
+        with_sims = any(p.similarity is not None for p in judged)
         # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.
         score = self.gate.score(features) if with_sims else float(result.confidence)
         covered = bool(shown) and score >= (self.gate.threshold if with_sims else self.min_confidence)

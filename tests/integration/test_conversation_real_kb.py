@@ -307,6 +307,23 @@ def test_an_incident_that_asks_who_pays_gets_the_steps_then_the_general_rule(rea
     assert steps and rule in asked, reply.answer  # the steps first, then the answer to the question
 
 
+def test_the_question_an_incident_report_also_asks_is_judged_as_if_asked_alone(real_retriever):
+    """"...should I tell the police too?" after a bill just found: the steps leave little room, but
+    whether the sources answer the question does not depend on that room (the gate judged only the
+    one sentence that fitted, and dropped the question)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    # (development case dq-ja-024)
+    text = "請求みたら知らん国への通話で100万超えとる。すぐ止めなあかんのはわかった、で、警察にも言うたほうがええの？"
+    reply = service.handle(InboundMessage(address=Address("eval", "incident-police"), text=text))[0]
+    assert reply.kind == "incident" and reply.escalation is not None and reply.escalation.priority == "urgent"
+    from bot.conversation.texts import t
+
+    steps, _, asked = reply.answer.partition(t("also_asked", "ja"))
+    assert steps and "警察" in asked, reply.answer
+
+
 def test_a_short_follow_up_asking_how_long_is_answered_from_the_topic_of_the_conversation(real_retriever):
     """"how long does it take?" has no topic of its own: searched with the last question, a sentence
     that gives a duration is the answer (the gate alone refused it as not covered)."""

@@ -60,3 +60,16 @@ def test_a_malformed_answer_type_table_stops_the_start_with_one_line_naming_it(t
     with pytest.raises(ConfigError) as err:
         AnswerTypes.load(tmp_path)
     assert "answer_types.yaml" in str(err.value) and named in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("story", [
+    "今月の請求、いつもは月1万円くらいなのに今回は80万円でした",
+    "いつの間にか海外への通話が何百件も増えていました",
+])
+def test_words_holding_when_that_do_not_ask_when_ask_for_no_duration(types, story):
+    """いつも ("always") and いつの間にか ("before anyone noticed") tell a story; they do not ask "when?"."""
+    assert "duration" not in types.asked(story)
+
+
+def test_when_is_still_asked_when_it_is_asked(types):
+    assert "duration" in types.asked("いつもの回線ですが、規制はいつから有効になりますか？")

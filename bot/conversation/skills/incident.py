@@ -70,8 +70,9 @@ class Incident:
                 second = who_pays(kit, lang, reserve)[0]
             else:
                 query = kana_to_kanji(question)
+                # judged as the same question asked alone would be (its reply's room), shown in the reserve
                 answer = self.answerer.answer(kit.search(query, lang, None), lang, query=query, focus=question,
-                                              budget=reserve)
+                                              budget=reserve, judge_budget=kit.budget(lang, [t("more_hint", lang)]))
                 second = answer.shown if answer.covered else []
         name = self.extractor.carrier_name(carrier, lang) if carrier else ""
         book = composer.CitationBook()
