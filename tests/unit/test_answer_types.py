@@ -73,3 +73,10 @@ def test_words_holding_when_that_do_not_ask_when_ask_for_no_duration(types, stor
 
 def test_when_is_still_asked_when_it_is_asked(types):
     assert "duration" in types.asked("いつもの回線ですが、規制はいつから有効になりますか？")
+
+
+def test_a_pin_is_not_a_phone_number(types):
+    """"暗証番号って何桁…" asks how long a PIN should be: a sentence with a phone number does not answer it,
+    and its absence is no sign the sources miss the question."""
+    assert "number" not in types.asked("ボイスメールの暗証番号って何桁以上にすべき？")
+    assert "number" in types.asked("国際電話不取扱受付センターの番号って何番？")
