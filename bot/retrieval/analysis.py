@@ -179,6 +179,39 @@ class Analyzer:
                     out.extend(self._ascii_tokens(surface.lower()))
         return out
 
+    def unknown_share(self, text: str, known) -> float:
+        """The share of a query's distinct content words that no document holds (`known`: the index's
+        vocabulary). An English word inside a message with Japanese in it ("My landlord 田中さん says…")
+        is tokenised in SudachiPy's katakana form (ago -> アゴー), which English documents never hold:
+        it counts as known when its English form is known, and an English stop word counts not at all.
+        What a search matches is unchanged (see the quirk in _content_tokens)."""
+        normalized = normalize_text(text or "")
+        if not normalized:
+            return 0.0
+        if not _CJK_RE.search(normalized):
+            words = [(t,) for t in self._ascii_tokens(normalized)]
+        else:
+            words = []
+            for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
+                for form, (pos, _, _), surface in self._morphemes(normalized[start:start + _SUDACHI_SLICE_CHARS]):
+                    if pos in _DROP_POS:
+                        continue
+                    form, surface = form.lower(), surface.lower()
+                    if _CJK_RE.search(surface):
+                        if form in _JA_STOP or surface in _JA_STOP or (len(form) == 1 and "\u3040" <= form <= "\u309f"):
+                            continue
+                        words.append((form,))
+                    elif _CJK_RE.search(form):  # an English word in its katakana form
+                        english = self._ascii_tokens(surface)
+                        if english or not _ASCII_WORD_RE.search(surface):
+                            words.append((form, *english))
+                    else:
+                        words.extend((t,) for t in self._ascii_tokens(surface))
+        distinct = list(dict.fromkeys(words))
+        if not distinct:
+            return 0.0
+        return sum(1 for forms in distinct if not any(f in known for f in forms)) / len(distinct)
+
     @staticmethod
     def _ascii_tokens(text: str) -> list[str]:
         return [stem_en(w) for w in _ASCII_WORD_RE.findall(text) if w not in _EN_STOP]

@@ -347,8 +347,7 @@ class HybridRetriever:
                              lex_top=l_top / (l_top + 5.0), margin=(doc_best[top_doc] - second) / best)
             conf = self.calibrator(feats)
             self.last_features = feats
-        distinct = [t for t in dict.fromkeys(tokens) if not t.startswith(("t:", "syn:"))]
-        unknown = sum(1 for t in distinct if t not in self.lexical.vocab) / len(distinct) if distinct else 0.0
+        unknown = self.analyzer.unknown_share(q, self.lexical.vocab)
         return SearchResult(query=q, passages=tuple(passages), confidence=round(conf, 4), expanded_terms=expanded,
                             unknown_terms=round(unknown, 4), names=tuple(self.analyzer.names(q)))
 

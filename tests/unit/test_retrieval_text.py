@@ -162,3 +162,16 @@ def test_the_lexicon_says_which_carrier_a_question_names(analyzer):
 def test_a_question_names_the_products_and_companies_it_asks_about(analyzer, text, names):
     """What the answerability gate checks the answer against: the names no lexicon term covers."""
     assert analyzer.names(text) == names
+
+
+def test_english_words_beside_japanese_are_known_in_their_english_form(analyzer):
+    """"…years ago. How does that even happen?" with 田中さん in it: SudachiPy gives ago, even, back
+    their katakana forms, which no English document holds. The share of words no document holds
+    (a sign the sources do not cover a question) must not count them, nor English stop words."""
+    vocab = {"year", "ago", "even", "happen", "hack", "050", "number", "back", "advice", "scan", "sip"}
+    mixed = "My 050 number from 田中さん got hacked years ago. How does that even happen?"
+    english = "My 050 number got hacked years ago. How does that even happen?"
+    assert analyzer.unknown_share(mixed, vocab) <= 0.25  # only 田中 is unknown to this vocabulary
+    assert analyzer.unknown_share(english, vocab) == 0.0
+    assert analyzer.unknown_share("Back in 2016 the 警察庁 put out SIP scan advice", vocab) < 0.5
+    assert analyzer.unknown_share("補助金は出る？", vocab) == 1.0  # a word no document holds still counts
