@@ -361,3 +361,17 @@ def test_an_english_question_naming_a_japanese_body_is_not_full_of_unknown_words
     result = real_retriever.search("Back in 2016 the 警察庁 put out advice after seeing more SIP scanning. "
                                    "What were their recommendations?", 5, language="en")
     assert result.unknown_terms <= 0.15, result.unknown_terms
+
+
+def test_a_question_about_stopping_incoming_calls_from_abroad_hears_how_to_stop_them(real_retriever):
+    """The best sentence says incoming scam calls are a different problem from a hijack; the next one of
+    the same section says how to stop them (the centre). A section answers as a whole: the way to stop
+    them must not be left behind "more" (development case dq-ja-001)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    text = ("最近「+」から始まる海外の番号から何回も電話がかかってきて気持ち悪いです。"
+            "出てないけど、そもそもかかってこないようにする方法ってありますか？")
+    reply = service.handle(InboundMessage(address=Address("eval", "incoming-stop"), text=text))[0]
+    assert reply.kind == "answer" and reply.escalation is None
+    assert "国際電話不取扱受付センター" in reply.answer or "0120-210-364" in reply.answer, reply.answer
