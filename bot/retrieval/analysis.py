@@ -42,6 +42,21 @@ _EN_STOP = set(
 )
 
 
+# Words that say nothing of a question's topic, for the share of its words no document holds (the
+# gate's evidence that the sources do not cover it): Japanese by part of speech (adverbs, interjections,
+# adnominals, pronouns, conjunctions: まだ, ああ, そんな, あちら, でも), English by a closed list of
+# function and discourse words the stop list above lacks. Not used for matching.
+_JA_NO_TOPIC_POS = {"副詞", "感動詞", "連体詞", "代名詞", "接続詞"}
+_EN_NO_TOPIC = set(
+    "his her him hers ours yours theirs mine myself ourselves yourself themselves itself anybody anyone everyone "
+    "everybody somebody someone something anything everything nothing nobody ago ever even yet still already really "
+    "actually basically literally probably maybe perhaps hypothetically anyway though although because since while "
+    "until unless whether either neither instead else okay ok yeah yes hey hi hello thanks thank lol tbh pls plz "
+    "guys gonna wanna kinda sorta".split()
+)
+# "we're", "friend's": the word before the apostrophe is the word
+_APOSTROPHE_TAIL_RE = re.compile(r"'(?:s|re|ve|ll|d|m|t)$")
+
 _NAMES_MAX_CHARS = 2000
 _NAME_WORD_RE = re.compile(r"[a-z0-9][a-z0-9\-]*")
 # A capitalised word that is not the first of its sentence (after a period, question mark, colon...):
@@ -189,7 +204,7 @@ class Analyzer:
         if not normalized:
             return 0.0
         if not _CJK_RE.search(normalized):
-            words = [(t,) for t in self._ascii_tokens(normalized)]
+            words = [(t,) for t in self._topic_words_en(normalized)]
         else:
             words = []
             for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
@@ -198,19 +213,30 @@ class Analyzer:
                         continue
                     form, surface = form.lower(), surface.lower()
                     if _CJK_RE.search(surface):
-                        if form in _JA_STOP or surface in _JA_STOP or (len(form) == 1 and "\u3040" <= form <= "\u309f"):
+                        if form in _JA_STOP or surface in _JA_STOP or (len(form) == 1 and "\u3040" <= form <= "\u309f") \
+                                or pos in _JA_NO_TOPIC_POS:
                             continue
                         words.append((form,))
                     elif _CJK_RE.search(form):  # an English word in its katakana form
-                        english = self._ascii_tokens(surface)
+                        english = self._topic_words_en(surface)
                         if english or not _ASCII_WORD_RE.search(surface):
                             words.append((form, *english))
                     else:
-                        words.extend((t,) for t in self._ascii_tokens(surface))
+                        words.extend((t,) for t in self._topic_words_en(surface))
         distinct = list(dict.fromkeys(words))
         if not distinct:
             return 0.0
         return sum(1 for forms in distinct if not any(f in known for f in forms)) / len(distinct)
+
+    @staticmethod
+    def _topic_words_en(text: str) -> list[str]:
+        """English words that can name a topic: no stop or function words, no "'s" / "'re" tails."""
+        out = []
+        for w in _ASCII_WORD_RE.findall(text):
+            w = _APOSTROPHE_TAIL_RE.sub("", w)
+            if w and w not in _EN_STOP and w not in _EN_NO_TOPIC:
+                out.append(stem_en(w))
+        return out
 
     @staticmethod
     def _ascii_tokens(text: str) -> list[str]:

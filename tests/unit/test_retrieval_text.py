@@ -175,3 +175,13 @@ def test_english_words_beside_japanese_are_known_in_their_english_form(analyzer)
     assert analyzer.unknown_share(english, vocab) == 0.0
     assert analyzer.unknown_share("Back in 2016 the 警察庁 put out SIP scan advice", vocab) < 0.5
     assert analyzer.unknown_share("補助金は出る？", vocab) == 1.0  # a word no document holds still counts
+
+
+def test_words_that_name_no_topic_are_not_counted_as_unknown(analyzer):
+    """"everyone", "friend's", "we're" and Japanese adverbs or pronouns (まだ, そんな) say nothing of what
+    a question is about: a document lacking them is no sign the sources do not cover it."""
+    vocab = {"centre", "suspension", "japan", "talk", "friend", "bill", "hack", "国際", "電話", "止める", "請求"}
+    assert analyzer.unknown_share("So what's this suspension centre everyone in Japan talks about?", vocab) == 0.0
+    assert analyzer.unknown_share("My friend's bill got hacked, we're worried", vocab) <= 1 / 3  # only "worri"
+    assert analyzer.unknown_share("そんな請求、まだ止める方法ある？", vocab) <= 1 / 3  # only 方法
+    assert analyzer.unknown_share("What about the corporate tax deduction?", vocab) == 1.0
