@@ -149,6 +149,9 @@ def test_worry_stories_and_past_incidents_are_not_an_incident_now(understander, 
 @pytest.mark.parametrize("text", [
     "KDDIの回線で、心当たりのない海外への通話がいまも続いています。KDDIに連絡するのとは別に、国際電話不取扱受付センターにも申込みが必要でしょうか？",
     "Unknown calls to Latvia are still going out on our line. Besides calling NTT, do we also need to register with the suspension centre, and is that free?",
+    # the question pulls the whole message's vector far from an incident (0.15 of its threshold); "今も"
+    # says it goes on, so the incident sentence counts however far
+    "国際電話が今も勝手にかかってる。止めたあと料金は誰が払うの？",
 ])
 def test_a_live_incident_is_seen_even_when_the_message_goes_on_to_ask_something_else(understander, text):
     meaning = understander.understand(text, None)
@@ -278,3 +281,12 @@ def test_a_sentence_saying_the_calls_still_go_on_needs_no_margin_to_make_an_inci
     assert 1.05 < INCIDENT_SEGMENT_BAR
     assert "fraud_now" not in combine(whole, parts).labels
     assert "fraud_now" in combine(whole, parts, ongoing=True).labels
+
+
+def test_a_sentence_that_reads_more_like_a_question_than_an_incident_does_not_make_one(understander):
+    """"The vendor says our maintenance port is open; should we close it?": a security question. Read
+    alone, its first sentence passes the incident threshold, but it reads more like a question still
+    (development case dq-ja-090): no containment steps, no urgent ticket."""
+    text = "うちのPBX、remote maintenance portがopenのままって業者に言われました。closeした方がいいんですか？"
+    meaning = understander.understand(text, None)
+    assert not meaning.incident and "question" in meaning.intents, meaning.intents
