@@ -166,7 +166,9 @@ class Analyzer:
                 self._recent[piece] = morphemes
         return morphemes
 
-    def _content_tokens(self, normalized: str) -> list[str]:
+    def _content_tokens(self, normalized: str, english_forms: list[str] | None = None) -> list[str]:
+        """Content tokens. `english_forms`: a query's list that receives the English form of each English
+        word SudachiPy gave a katakana form (kept apart: its concept is already counted once)."""
         if not normalized:
             return []
         if not _CJK_RE.search(normalized):
@@ -177,7 +179,8 @@ class Analyzer:
             # Known quirk, kept after measuring: an English word inside text with any CJK character (an
             # English section naming 国際電話不取扱受付センター, a mixed query) gets SudachiPy's katakana
             # normal form when its dictionary knows the word (number -> ナンバー, how -> ハウ), so such
-            # sections lose their common English words. Keeping those words English (and refitting the
+            # sections lose their common English words. A query gets both forms (`english_forms`, since
+            # 2026-12-07: development twin 175 -> 177, the mixed-language class 5 -> 7 of 10). Keeping those words English (and refitting the
             # reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 -> 0.902, but section
             # recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157 cases.
             for form, (pos, _, _), surface in morphemes:
@@ -190,6 +193,10 @@ class Analyzer:
                     if len(form) == 1 and "\u3040" <= form <= "\u309f":  # a lone hiragana
                         continue
                     out.append(form)
+                    if english_forms is not None and not _CJK_RE.search(surface):
+                        # a query's English word beside Japanese ("firewallでblock"): its katakana form
+                        # finds Japanese loanwords, its English form the English sections
+                        english_forms.extend(self._ascii_tokens(surface.lower()))
                 else:
                     out.extend(self._ascii_tokens(surface.lower()))
         return out
@@ -242,8 +249,9 @@ class Analyzer:
     def _ascii_tokens(text: str) -> list[str]:
         return [stem_en(w) for w in _ASCII_WORD_RE.findall(text) if w not in _EN_STOP]
 
-    def analyze(self, text: str) -> tuple[list[str], list[str]]:
-        """(tokens, synonym group ids found). Never raises on odd input."""
+    def analyze(self, text: str, *, query: bool = False) -> tuple[list[str], list[str]]:
+        """(tokens, synonym group ids found). Never raises on odd input. `query`: a search's text, whose
+        English words beside Japanese also count in their English form (documents are analysed without)."""
         normalized = normalize_text(text or "")
         if not normalized:
             return [], []
@@ -253,12 +261,14 @@ class Analyzer:
             tokens.append("t:" + term)
             groups.extend(self.lexicon.term_groups.get(term, ()))
         phrase_groups = set(groups)
-        content = self._content_tokens(normalized)
+        english: list[str] | None = [] if query else None
+        content = self._content_tokens(normalized, english)
         syn = self.synonym_tokens
         for t in content:
             tokens.append(t)
             # a group already found as a phrase is not counted again for its inner morphemes
             groups.extend(g for g in syn.get(t, ()) if g not in phrase_groups)
+        tokens.extend(english or ())
         tokens.extend("syn:" + g for g in groups)
         return tokens, list(dict.fromkeys(groups))
 

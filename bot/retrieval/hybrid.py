@@ -255,7 +255,7 @@ class HybridRetriever:
         # no language given (`pbxbot search`, a direct caller): the message's own, from its grammar
         # ("Our 大阪支店 got a strange bill" is English); text that says nothing (digits) searches English
         pref = language or detect_language(q) or "en"
-        tokens, groups = self.analyzer.analyze(q)
+        tokens, groups = self.analyzer.analyze(q, query=True)
         expanded = tuple(t for t in self.analyzer.lexicon.expansions(groups))
 
         n = len(self.store.chunk_ids)

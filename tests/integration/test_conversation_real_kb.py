@@ -375,3 +375,16 @@ def test_a_question_about_stopping_incoming_calls_from_abroad_hears_how_to_stop_
     reply = service.handle(InboundMessage(address=Address("eval", "incoming-stop"), text=text))[0]
     assert reply.kind == "answer" and reply.escalation is None
     assert "国際電話不取扱受付センター" in reply.answer or "0120-210-364" in reply.answer, reply.answer
+
+
+def test_an_english_question_naming_a_japanese_service_finds_it(real_retriever):
+    """An English question with a Japanese name in it ("OCNドットフォン"): its English words were searched
+    in SudachiPy's katakana forms only, which no English section holds, and the question was refused as
+    not covered although NTT Com's warning about that very service answers it (development case dq-en-084)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    text = "My landlord 田中さん says his 050 number from OCNドットフォン got hacked years ago. How does that even happen?"
+    reply = service.handle(InboundMessage(address=Address("eval", "mixed-ocn"), text=text))[0]
+    assert reply.kind == "answer" and reply.language == "en", reply.answer
+    assert "OCN Dotphone" in reply.answer, reply.answer

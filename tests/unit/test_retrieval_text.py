@@ -185,3 +185,15 @@ def test_words_that_name_no_topic_are_not_counted_as_unknown(analyzer):
     assert analyzer.unknown_share("My friend's bill got hacked, we're worried", vocab) <= 1 / 3  # only "worri"
     assert analyzer.unknown_share("そんな請求、まだ止める方法ある？", vocab) <= 1 / 3  # only 方法
     assert analyzer.unknown_share("What about the corporate tax deduction?", vocab) == 1.0
+
+
+def test_a_querys_english_words_beside_japanese_count_in_both_forms(analyzer):
+    """"firewallでoutbound SIPをblock": SudachiPy gives firewall its katakana form, which finds Japanese
+    loanwords; a search also needs the English word, which English sections hold. Documents are analysed
+    as before (the index is unchanged), and the concept of a word is counted once."""
+    query, _ = analyzer.analyze("firewallでoutbound SIPをblockするのって有効？", query=True)
+    document, _ = analyzer.analyze("firewallでoutbound SIPをblockするのって有効？")
+    assert {"firewall", "outbound", "block"} <= set(query)
+    assert not {"outbound", "block"} & set(document)
+    assert query.count("syn:stop-intl") == document.count("syn:stop-intl") == 1
+    assert analyzer.analyze("How do I block calls abroad?", query=True) == analyzer.analyze("How do I block calls abroad?")
