@@ -62,7 +62,12 @@ FOLDS = 4
 # incidents of the development twin were missed (urgent recall 0.951), and dealing the folds by each
 # text's own hash (so that an added example leaves the others' folds alone) shifted them once more
 # (twin 169 -> 167 cases, escalation precision 0.986 -> 0.958). Before adding examples or an intents
-# file, check the twin's urgent recall and scripts/intent_stability.py.
+# file, check the twin's urgent recall and scripts/intent_stability.py. Seventh session: taking the
+# centre of the thresholds within 0.01 of the best F1 (instead of the highest best) halved the spread
+# (0.132 -> 0.077, 5.3% -> 3.1% of development messages relabelled) with the development sets unchanged,
+# but six added examples (an intrusion found without calls named; "will they cut our line if we don't
+# pay?") still cost a live incident of the twin and one of the probes either way: the model, not only
+# its thresholds, moves. Not kept.
 
 Encoder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, dim) unit rows
 
