@@ -290,3 +290,28 @@ def test_a_sentence_that_reads_more_like_a_question_than_an_incident_does_not_ma
     text = "うちのPBX、remote maintenance portがopenのままって業者に言われました。closeした方がいいんですか？"
     meaning = understander.understand(text, None)
     assert not meaning.incident and "question" in meaning.intents, meaning.intents
+
+
+def test_a_pasted_call_log_of_calls_abroad_is_an_incident(understander):
+    """Three calls to Guinea pasted from the PBX's log and "what is this?": no example wording carries
+    that evidence, the numbers do (the model leans towards an incident, short of its threshold)."""
+    text = ("2026-12-05 02:13:44 ext201 -> 00224612345678 00:00:31\n"
+            "2026-12-05 02:13:51 ext201 -> 00224612345679 00:00:29\n"
+            "2026-12-05 02:14:02 ext201 -> 00224612345680 00:00:33\nwhat is this?")
+    meaning = understander.understand(text, None)
+    assert meaning.incident, meaning.intents
+    assert "+224" in meaning.facts.destinations
+
+
+@pytest.mark.parametrize("text", [
+    "Our new branch numbers are +81 3 1234 5678, +81 3 1234 5679 and +81 6 9876 5432. How do we block calls abroad on them?",
+    "Is it safe to call +44 20 7946 0958 back? It rang three times today.",
+])
+def test_numbers_in_japan_or_a_single_number_are_no_call_log(understander, text):
+    assert not understander.understand(text, None).incident
+
+
+def test_the_numbers_dialled_abroad_are_counted_whatever_their_grouping(extractor):
+    assert extractor.dialled_abroad("+371 6712 3456, +371 6712 3457 and 00232-76-123456") == 3
+    assert extractor.dialled_abroad("Call +81 3 1234 5678 or 0120-210-364") == 0
+    assert extractor.dialled_abroad("シエラレオネ(+232)への通話") == 0

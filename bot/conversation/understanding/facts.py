@@ -129,6 +129,8 @@ _AMOUNT = re.compile("|".join((
 )))
 # A calling code as dialled: +232, 00232, 010-232 (Japan's international prefix), 国番号232.
 _CODE = re.compile(r"(?:\+|(?<![\d-])00|(?<![\d-])010-?|国番号\s*|country code\s*)([1-9]\d{0,14})")
+# a whole number dialled abroad, its digits perhaps grouped ("+371 6712 3456", "00224-61-234-5678")
+_DIALLED = re.compile(r"(?:\+|(?<![\d-])00|(?<![\d-])010-?)([1-9](?:[ -]?\d){7,15})(?!\d)")
 
 
 class FactExtractor:
@@ -252,6 +254,19 @@ class FactExtractor:
             if f.vendor is None and self._vendor_unknown and self._vendor_unknown.search(norm):
                 f.vendor = "unknown"
         return f
+
+
+    def dialled_abroad(self, text: str) -> int:
+        """How many whole international numbers the message holds (a known calling code other than
+        Japan's +81 and enough digits for a subscriber number: "00224612345678", "+371 6712 3456"):
+        several of them are a pasted call log or bill, not a question about one number."""
+        count = 0
+        for m in _DIALLED.finditer(_norm(text)):
+            digits = re.sub(r"[\s-]", "", m.group(1))
+            code = next((digits[:n] for n in (3, 2, 1) if digits[:n] in self._country_codes), None)
+            if code is not None and code != "81" and len(digits) - len(code) >= 6:
+                count += 1
+        return count
 
 
 def _entries(raw: object) -> list[dict]:

@@ -48,6 +48,7 @@ class Understander:
                                   if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
                                   and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred, over=stated is False), pred.scores
+            intents = _call_log(intents, pred, self.extractor.dialled_abroad(text), over=stated is False)
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
         facts = self.extractor.extract(text, known, ongoing=ongoing)
         return Meaning(intents=intents, scores=scores, detected_language=detected, unknown_language=unknown,
@@ -108,6 +109,22 @@ def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False
             ratios[label] = max(r, best)
     labels = frozenset(label for label, r in ratios.items() if r >= 1.0)
     return Prediction(whole.scores, labels, ratios)
+
+
+CALL_LOG_NUMBERS = 3  # whole international numbers in one message: a pasted call log or bill
+
+
+def _call_log(intents: frozenset[str], pred, numbers: int, *, over: bool) -> frozenset[str]:
+    """A pasted call log or bill ("02:13:44 ext201 -> 00224612345678 00:00:31" three times, "what is
+    this?") is evidence of calls abroad that no example wording carries: read as an incident when the
+    model leans that way at all (a fifth of the threshold, as for an incident sentence), unless the
+    message is about incoming calls or says the takeover is over."""
+    if numbers < CALL_LOG_NUMBERS or over or intents & {"fraud_now", "fraud_bill", "incoming_scam", "dispute"}:
+        return intents
+    label = max(("fraud_now", "fraud_bill"), key=lambda lab: pred.ratios.get(lab, 0.0))
+    if pred.ratios.get(label, 0.0) < INCIDENT_SEGMENT_FLOOR:
+        return intents
+    return intents | {label}
 
 
 def decide(pred, *, over: bool = False) -> frozenset[str]:
