@@ -67,7 +67,10 @@ FOLDS = 4
 # (0.132 -> 0.077, 5.3% -> 3.1% of development messages relabelled) with the development sets unchanged,
 # but six added examples (an intrusion found without calls named; "will they cut our line if we don't
 # pay?") still cost a live incident of the twin and one of the probes either way: the model, not only
-# its thresholds, moves. Not kept.
+# its thresholds, moves. Not kept. Three fraud_now examples alone moved fraud_bill's threshold 0.64 ->
+# 0.66 (its one-vs-rest model gains negatives: a 050 bill of the twin was missed) and fraud_now's 0.69 ->
+# 0.62-0.64 (a false urgent ticket). Thresholds set for an out-of-fold recall of the incident labels
+# instead (0.90 / 0.95) cost the twin's escalation precision (0.921 / 0.778).
 
 Encoder = Callable[[Sequence[str]], np.ndarray]  # texts -> (n, dim) unit rows
 
