@@ -179,10 +179,11 @@ class Analyzer:
             # Known quirk, kept after measuring: an English word inside text with any CJK character (an
             # English section naming 国際電話不取扱受付センター, a mixed query) gets SudachiPy's katakana
             # normal form when its dictionary knows the word (number -> ナンバー, how -> ハウ), so such
-            # sections lose their common English words. A query gets both forms (`english_forms`, since
-            # 2026-12-07: development twin 175 -> 177, the mixed-language class 5 -> 7 of 10). Keeping those words English (and refitting the
-            # reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 -> 0.902, but section
-            # recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157 cases.
+            # sections lose their common English words. Keeping those words English in the documents too
+            # (and refitting the reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 ->
+            # 0.902, but section recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157
+            # cases. A query gets both forms instead (`english_forms`, later that day: development twin
+            # 175 -> 177, its mixed-language class 5 -> 7 of 10; the index unchanged).
             for form, (pos, _, _), surface in morphemes:
                 if pos in _DROP_POS:
                     continue
@@ -202,11 +203,12 @@ class Analyzer:
         return out
 
     def unknown_share(self, text: str, known) -> float:
-        """The share of a query's distinct content words that no document holds (`known`: the index's
-        vocabulary). An English word inside a message with Japanese in it ("My landlord 田中さん says…")
-        is tokenised in SudachiPy's katakana form (ago -> アゴー), which English documents never hold:
-        it counts as known when its English form is known, and an English stop word counts not at all.
-        What a search matches is unchanged (see the quirk in _content_tokens)."""
+        """The share of a query's distinct words that could name a topic and that no document holds
+        (`known`: the index's vocabulary; the gate's sign of a question the sources do not cover). An
+        English word inside a message with Japanese in it ("My landlord 田中さん says…") has SudachiPy's
+        katakana form (ago -> アゴー), which English documents never hold: it counts as known when its
+        English form is known. Stop, function and discourse words (_EN_NO_TOPIC, _JA_NO_TOPIC_POS) do not
+        count. What a search matches is unchanged."""
         normalized = normalize_text(text or "")
         if not normalized:
             return 0.0

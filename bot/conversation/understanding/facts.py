@@ -255,7 +255,6 @@ class FactExtractor:
                 f.vendor = "unknown"
         return f
 
-
     def dialled_abroad(self, text: str) -> int:
         """How many whole international numbers the message holds (a known calling code other than
         Japan's +81 and enough digits for a subscriber number: "00224612345678", "+371 6712 3456"):
