@@ -166,6 +166,28 @@ class Analyzer:
                 self._recent[piece] = morphemes
         return morphemes
 
+    def _content_morphemes(self, normalized: str):
+        """(lower-case normal form, lower-case surface, part of speech) of each content morpheme of text
+        with CJK in it: no particles, symbols, Japanese stop words or lone hiragana.
+
+        Known quirk, kept after measuring: an English word inside text with any CJK character (an
+        English section naming 国際電話不取扱受付センター, a mixed query) gets SudachiPy's katakana normal
+        form when its dictionary knows the word (number -> ナンバー, how -> ハウ), so such sections lose
+        their common English words. Keeping those words English in the documents too (and refitting the
+        reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 -> 0.902, but section
+        recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157 cases. A query gets both
+        forms instead (`analyze(query=True)`, later that day: development twin 175 -> 177, its
+        mixed-language class 5 -> 7 of 10; the index unchanged)."""
+        for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
+            for form, (pos, _, _), surface in self._morphemes(normalized[start:start + _SUDACHI_SLICE_CHARS]):
+                if pos in _DROP_POS:
+                    continue
+                form, surface = form.lower(), surface.lower()
+                if (_CJK_RE.search(form) or _CJK_RE.search(surface)) and (
+                        form in _JA_STOP or surface in _JA_STOP or (len(form) == 1 and "\u3040" <= form <= "\u309f")):
+                    continue
+                yield form, surface, pos
+
     def _content_tokens(self, normalized: str, english_forms: list[str] | None = None) -> list[str]:
         """Content tokens. `english_forms`: a query's list that receives the English form of each English
         word SudachiPy gave a katakana form (kept apart: its concept is already counted once)."""
@@ -174,32 +196,15 @@ class Analyzer:
         if not _CJK_RE.search(normalized):
             return self._ascii_tokens(normalized)
         out: list[str] = []
-        for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
-            morphemes = self._morphemes(normalized[start:start + _SUDACHI_SLICE_CHARS])
-            # Known quirk, kept after measuring: an English word inside text with any CJK character (an
-            # English section naming 国際電話不取扱受付センター, a mixed query) gets SudachiPy's katakana
-            # normal form when its dictionary knows the word (number -> ナンバー, how -> ハウ), so such
-            # sections lose their common English words. Keeping those words English in the documents too
-            # (and refitting the reranker and the gate) was tried on 2026-12-07: document hit@3 0.894 ->
-            # 0.902, but section recall@5 out of fold 0.945 -> 0.928 and the development twin 162 -> 157
-            # cases. A query gets both forms instead (`english_forms`, later that day: development twin
-            # 175 -> 177, its mixed-language class 5 -> 7 of 10; the index unchanged).
-            for form, (pos, _, _), surface in morphemes:
-                if pos in _DROP_POS:
-                    continue
-                form = form.lower()
-                if _CJK_RE.search(form) or _CJK_RE.search(surface):
-                    if form in _JA_STOP or surface in _JA_STOP:
-                        continue
-                    if len(form) == 1 and "\u3040" <= form <= "\u309f":  # a lone hiragana
-                        continue
-                    out.append(form)
-                    if english_forms is not None and not _CJK_RE.search(surface):
-                        # a query's English word beside Japanese ("firewallでblock"): its katakana form
-                        # finds Japanese loanwords, its English form the English sections
-                        english_forms.extend(self._ascii_tokens(surface.lower()))
-                else:
-                    out.extend(self._ascii_tokens(surface.lower()))
+        for form, surface, _ in self._content_morphemes(normalized):
+            if _CJK_RE.search(form) or _CJK_RE.search(surface):
+                out.append(form)
+                if english_forms is not None and not _CJK_RE.search(surface):
+                    # a query's English word beside Japanese ("firewallでblock"): its katakana form
+                    # finds Japanese loanwords, its English form the English sections
+                    english_forms.extend(self._ascii_tokens(surface))
+            else:
+                out.extend(self._ascii_tokens(surface))
         return out
 
     def unknown_share(self, text: str, known) -> float:
@@ -213,43 +218,32 @@ class Analyzer:
         if not normalized:
             return 0.0
         if not _CJK_RE.search(normalized):
-            words = [(t,) for t in self._topic_words_en(normalized)]
+            words = [(t,) for t in self._ascii_tokens(normalized, topic_only=True)]
         else:
             words = []
-            for start in range(0, len(normalized), _SUDACHI_SLICE_CHARS):
-                for form, (pos, _, _), surface in self._morphemes(normalized[start:start + _SUDACHI_SLICE_CHARS]):
-                    if pos in _DROP_POS:
-                        continue
-                    form, surface = form.lower(), surface.lower()
-                    if _CJK_RE.search(surface):
-                        if form in _JA_STOP or surface in _JA_STOP or (len(form) == 1 and "\u3040" <= form <= "\u309f") \
-                                or pos in _JA_NO_TOPIC_POS:
-                            continue
+            for form, surface, pos in self._content_morphemes(normalized):
+                if _CJK_RE.search(surface):
+                    if pos not in _JA_NO_TOPIC_POS:
                         words.append((form,))
-                    elif _CJK_RE.search(form):  # an English word in its katakana form
-                        english = self._topic_words_en(surface)
-                        if english or not _ASCII_WORD_RE.search(surface):
-                            words.append((form, *english))
-                    else:
-                        words.extend((t,) for t in self._topic_words_en(surface))
+                elif _CJK_RE.search(form):  # an English word in its katakana form
+                    english = self._ascii_tokens(surface, topic_only=True)
+                    if english or not _ASCII_WORD_RE.search(surface):
+                        words.append((form, *english))
+                else:
+                    words.extend((t,) for t in self._ascii_tokens(surface, topic_only=True))
         distinct = list(dict.fromkeys(words))
         if not distinct:
             return 0.0
         return sum(1 for forms in distinct if not any(f in known for f in forms)) / len(distinct)
 
     @staticmethod
-    def _topic_words_en(text: str) -> list[str]:
-        """English words that can name a topic: no stop or function words, no "'s" / "'re" tails."""
-        out = []
-        for w in _ASCII_WORD_RE.findall(text):
-            w = _APOSTROPHE_TAIL_RE.sub("", w)
-            if w and w not in _EN_STOP and w not in _EN_NO_TOPIC:
-                out.append(stem_en(w))
-        return out
-
-    @staticmethod
-    def _ascii_tokens(text: str) -> list[str]:
-        return [stem_en(w) for w in _ASCII_WORD_RE.findall(text) if w not in _EN_STOP]
+    def _ascii_tokens(text: str, *, topic_only: bool = False) -> list[str]:
+        """English tokens: stemmed, stop words out. `topic_only`: also without function and discourse
+        words and "'s" / "'re" tails, the words that can name a topic (unknown_share)."""
+        if not topic_only:
+            return [stem_en(w) for w in _ASCII_WORD_RE.findall(text) if w not in _EN_STOP]
+        words = (_APOSTROPHE_TAIL_RE.sub("", w) for w in _ASCII_WORD_RE.findall(text))
+        return [stem_en(w) for w in words if w and w not in _EN_STOP and w not in _EN_NO_TOPIC]
 
     def analyze(self, text: str, *, query: bool = False) -> tuple[list[str], list[str]]:
         """(tokens, synonym group ids found). Never raises on odd input. `query`: a search's text, whose

@@ -237,8 +237,7 @@ class FactExtractor:
                     f.destinations.append(v)
         for m in _CODE.finditer(norm):
             digits = m.group(1)
-            # the longest known calling code the digits start with ("2325..." -> +232)
-            known_code = next((digits[:n] for n in (3, 2, 1) if digits[:n] in self._country_codes), None)
+            known_code = self._calling_code(digits)
             if known_code is None:
                 if len(digits) > 3:
                     continue  # a long number with no known code: not a destination we can name
@@ -262,10 +261,14 @@ class FactExtractor:
         count = 0
         for m in _DIALLED.finditer(_norm(text)):
             digits = re.sub(r"[\s-]", "", m.group(1))
-            code = next((digits[:n] for n in (3, 2, 1) if digits[:n] in self._country_codes), None)
+            code = self._calling_code(digits)
             if code is not None and code != "81" and len(digits) - len(code) >= 6:
                 count += 1
         return count
+
+    def _calling_code(self, digits: str) -> str | None:
+        """The longest known calling code the digits start with ("2325..." -> "232"), or None."""
+        return next((digits[:n] for n in (3, 2, 1) if digits[:n] in self._country_codes), None)
 
 
 def _entries(raw: object) -> list[dict]:
