@@ -98,13 +98,13 @@ def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False
         # maintenance port is still open." reads as both, a question more)
         best = max((p.ratios[label] for p in parts
                     if not incident or p.ratios[label] >= p.ratios.get("question", 0.0)), default=0.0)
-        floor = INCIDENT_SEGMENT_FLOOR if incident else SEGMENT_FLOOR
         # A message that says it is still going on ("まだ続いています", "今も") needs no margin, and its
         # incident sentence counts however much a question after it pulls the whole message's vector
         # away ("国際電話が今も勝手にかかってる。止めたあと料金は誰が払うの？": 0.15 of the threshold).
-        bar = INCIDENT_SEGMENT_BAR if incident and not ongoing else 1.0
-        if incident and ongoing:
-            floor = 0.0
+        if incident:
+            floor, bar = (0.0, 1.0) if ongoing else (INCIDENT_SEGMENT_FLOOR, INCIDENT_SEGMENT_BAR)
+        else:
+            floor, bar = SEGMENT_FLOOR, 1.0
         if best >= bar and r >= floor:
             ratios[label] = max(r, best)
     labels = frozenset(label for label, r in ratios.items() if r >= 1.0)
