@@ -68,6 +68,7 @@ class Retriever(Protocol):
         *,
         language: str | None = None,
         carrier: str | None = None,
+        sentences_for: str | None = None,  # score the sentences against this text instead (HybridRetriever.search)
     ) -> SearchResult: ...
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:

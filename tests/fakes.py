@@ -97,7 +97,8 @@ class FakeRetriever:
     calls: list[dict[str, Any]] = field(default_factory=list)
     fail: bool = False
 
-    def search(self, query: str, k: int = 5, *, language: str | None = None, carrier: str | None = None) -> SearchResult:
+    def search(self, query: str, k: int = 5, *, language: str | None = None, carrier: str | None = None,
+               sentences_for: str | None = None) -> SearchResult:
         self.calls.append({"query": query, "k": k, "language": language, "carrier": carrier})
         if self.fail:
             raise RuntimeError("index unavailable")

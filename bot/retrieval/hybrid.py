@@ -216,9 +216,13 @@ class HybridRetriever:
         return {**d, "body": strip_markers(d.get("body", "")).strip()}
 
     def search(self, query: str, k: int = 5, *, language: str | None = None, carrier: str | None = None,
-               strict_language: bool = False) -> SearchResult:
+               strict_language: bool = False, sentences_for: str | None = None) -> SearchResult:
+        """`sentences_for`: the text the passages' sentence scores (similarity, word coverage) are
+        measured against, when it is not the query: a short follow-up searched together with the last
+        question ("what if I do it at night?") finds its sections through the pair, but the sentence
+        that answers it is the one closest to the follow-up itself (one more query embedding)."""
         try:
-            return self._search(query, k, language, carrier, strict_language)
+            return self._search(query, k, language, carrier, strict_language, sentences_for)
         except (ConfigError, MemoryError):
             raise
         except Exception:  # never let an odd query crash a conversation; log it and answer "nothing found"
@@ -242,7 +246,8 @@ class HybridRetriever:
             self.embedder.prefetch_query(_dense_text(q))
 
     # ------------------------------------------------------------------ internals
-    def _search(self, query: str, k: int, language: str | None, carrier: str | None, strict_language: bool) -> SearchResult:
+    def _search(self, query: str, k: int, language: str | None, carrier: str | None, strict_language: bool,
+                sentences_for: str | None = None) -> SearchResult:
         q = clean_query(query)
         k = max(1, min(int(k or 5), 50))
         if language not in (None, "ja", "en"):
@@ -318,6 +323,13 @@ class HybridRetriever:
         else:
             ranked = _give_way(ranked, self.store.sections)
 
+        # what the returned passages' sentences are scored against (the query unless told otherwise)
+        sv, sv_sims, sv_weights = qv, sentence_sims, weights_q
+        fq = clean_query(sentences_for) if sentences_for else ""
+        if fq and fq != q and _searchable(fq):
+            sv, sv_sims = self.embedder.embed_query_np(_dense_text(fq)), {}
+            f_tokens, _ = self.analyzer.analyze(fq, query=True)
+            sv_weights = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(f_tokens) if not t.startswith("syn:")}
         passages: list[Passage] = []
         per_doc: dict[str, int] = {}
         doc_order: list[str] = []
@@ -331,7 +343,7 @@ class HybridRetriever:
                 continue
             per_doc[did] = per_doc.get(did, 0) + 1
             passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims, weights_q,
-                                                  question_scores))
+                                                  question_scores, sentences=(sv, sv_sims, sv_weights)))
 
         conf = 0.0
         if passages:
@@ -485,15 +497,21 @@ class HybridRetriever:
 
     def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
                          sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None,
-                         question_scores: dict[str, float] | None = None) -> Passage:
+                         question_scores: dict[str, float] | None = None,
+                         sentences: tuple[np.ndarray | None, dict[str, np.ndarray], dict[str, float]] | None = None,
+                         ) -> Passage:
+        """`sentences`: the vector, the similarity cache and the weighted words the sentence scores
+        are measured against, when not the query's (`search(sentences_for=...)`)."""
         sec = self.store.sections[key]
         info = self._section_info(key)
+        q_score = self._question_score(key, qv, dense_hits, question_scores)
+        if sentences is not None:
+            qv, sentence_sims, query_weights = sentences
         total = sum((query_weights or {}).values())
         coverage = tuple(round(sum(w for t, w in query_weights.items() if t in toks) / total, 4)
                          for toks in info.token_sets) if query_weights and total > 0 else ()
         d = info.doc
         sims = self._sentence_sims(key, qv, sentence_sims)
-        q_score = self._question_score(key, qv, dense_hits, question_scores)
         return Passage(
             chunk_id=key, doc_id=sec["doc_id"], text=sec["text"], score=round(float(score), 6),
             title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),

@@ -33,8 +33,8 @@ class RecordingRetriever:
         self.inner = inner
         self.returned = []
 
-    def search(self, query, k=5, *, language=None, carrier=None):
-        result = self.inner.search(query, k, language=language, carrier=carrier)
+    def search(self, query, k=5, *, language=None, carrier=None, sentences_for=None):
+        result = self.inner.search(query, k, language=language, carrier=carrier, sentences_for=sentences_for)
         self.returned.extend(result.passages)
         return result
 
@@ -388,3 +388,32 @@ def test_an_english_question_naming_a_japanese_service_finds_it(real_retriever):
     reply = service.handle(InboundMessage(address=Address("eval", "mixed-ocn"), text=text))[0]
     assert reply.kind == "answer" and reply.language == "en", reply.answer
     assert "OCN Dotphone" in reply.answer, reply.answer
+
+
+def test_a_follow_up_searched_with_the_last_question_has_its_sentences_scored_for_itself(real_retriever):
+    """The pair finds the sections; each sentence's closeness is measured to the follow-up alone, so
+    that the sentence which answers the follow-up can lead (not the one closest to the last question)."""
+    pair = "ひかり電話の国際電話を止めるのってお金かかるんですか？ それ、うちみたいな普通の家でもやっといた方がいい？"
+    follow_up = "それ、うちみたいな普通の家でもやっといた方がいい？"
+    plain = real_retriever.search(pair, 5, language="ja")
+    scored = real_retriever.search(pair, 5, language="ja", sentences_for=follow_up)
+    alone = {p.chunk_id: p for p in real_retriever.search(follow_up, 50, language="ja").passages}
+    assert [p.chunk_id for p in scored.passages] == [p.chunk_id for p in plain.passages]  # same sections
+    assert [p.sentence_scores for p in scored.passages] != [p.sentence_scores for p in plain.passages]
+    shared = [p for p in scored.passages if p.chunk_id in alone]
+    assert shared and all(p.sentence_scores == alone[p.chunk_id].sentence_scores for p in shared)
+
+
+def test_a_follow_up_pointing_back_is_answered_about_itself_within_the_topic(real_retriever):
+    """"Should a household like ours do it too?" after "does blocking calls abroad cost anything?":
+    the reply is about households (it had repeated where to apply, closest to the first question)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    address = Address("eval", "follow-up-household")
+    # (development case dc-001)
+    service.handle(InboundMessage(address=address, text="ひかり電話の国際電話を止めるのってお金かかるんですか？"))
+    reply = service.handle(InboundMessage(address=address, text="それ、うちみたいな普通の家でもやっといた方がいい？"))[0]
+    assert reply.kind == "answer", reply.answer
+    first = split_sentences(reply.answer.splitlines()[0])[0]
+    assert "家庭" in first, reply.answer

@@ -482,7 +482,7 @@ class _TopicRetriever(FakeRetriever):
     one with more confidence; names a domain concept only when the query has one (as the real
     retriever's lexicon does)."""
 
-    def search(self, query, k=5, *, language=None, carrier=None):
+    def search(self, query, k=5, *, language=None, carrier=None, sentences_for=None):
         self.calls.append({"query": query, "k": k, "language": language, "carrier": carrier})
         centre = "centre" in query.lower()
         p = _CENTRE if centre else _ROUTER

@@ -73,9 +73,12 @@ class Toolkit:
 
     # ------------------------------------------------------------ searching
 
-    def search(self, query: str, lang: str, carrier: str | None, *, k: int | None = None) -> SearchResult:
+    def search(self, query: str, lang: str, carrier: str | None, *, k: int | None = None,
+               sentences_for: str | None = None) -> SearchResult:
+        # only when asked: a retriever that cannot score sentences for another text need not accept it
+        extra = {"sentences_for": sentences_for[:SEARCH_MAX_CHARS]} if sentences_for else {}
         return self.retriever.search(query[:SEARCH_MAX_CHARS], k or self.settings.retrieval_k, language=lang,
-                                     carrier=carrier)
+                                     carrier=carrier, **extra)
 
     def fixed_search(self, query: str, lang: str, carrier: str | None) -> SearchResult:
         key = (query, lang, carrier)

@@ -123,7 +123,8 @@ class Question:
             # with a topic of its own that its own reading answers is not searched a second time.
             leans = not own.result.expanded_terms or bool(_REFERS_BACK.search(turn.text))
             if leans or not own.covered:
-                joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen)
+                joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen,
+                                      sentences_for=query)
                 # A follow-up that asks a kind of answer ("how long does it take?", 「無料？」) is answered
                 # when the conversation's topic holds a sentence of that kind: on a known topic, the
                 # kind of answer found is the evidence the gate's general features lack.
@@ -135,8 +136,8 @@ class Question:
         return own
 
     def _answer(self, kit: Toolkit, query: str, focus: str, lang: str, carrier: str | None, budget: int,
-                seen: frozenset[str]) -> Answer:
-        result = kit.search(query, lang, carrier)
+                seen: frozenset[str], sentences_for: str | None = None) -> Answer:
+        result = kit.search(query, lang, carrier, sentences_for=sentences_for)
         return self.answerer.answer(result, lang, query=query, focus=focus, budget=budget, carrier=carrier, seen=seen)
 
     def _not_covered(self, turn: Turn, kit: Toolkit, answer: Answer) -> Reply:
