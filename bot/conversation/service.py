@@ -58,7 +58,8 @@ class ConversationService(TurnRunner):
         self.understander = understander or build_understander(settings, retriever)
         answerer = Answerer(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence,
                             carriers_in=self.understander.extractor.carriers)
-        self.router = SkillRouter(self.kit, self.understander, build_skills(answerer, self.understander.extractor))
+        self.router = SkillRouter(self.kit, self.understander, build_skills(answerer, self.understander.extractor,
+                                                                                self.understander.data.answer_hints))
         super().__init__(store=store, handoff=handoff, settings=settings, respond=self.router.respond)
 
     # ------------------------------------------------------------------ ConversationCore (with TurnRunner's)

@@ -417,3 +417,18 @@ def test_a_follow_up_pointing_back_is_answered_about_itself_within_the_topic(rea
     assert reply.kind == "answer", reply.answer
     first = split_sentences(reply.answer.splitlines()[0])[0]
     assert "家庭" in first, reply.answer
+
+
+def test_a_story_of_calls_from_abroad_asking_if_it_is_a_hijack_hears_that_it_is_a_different_problem(real_retriever):
+    """Its own reading found the centre's publicity and the gate refused it; searched with what an
+    incoming-scam message generally asks (the intent's answer hint), the section saying incoming
+    scams are not a hijack answers it."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    # (development case dq-en-001)
+    text = ("We keep getting calls from weird +44 and +234 numbers at our Tokyo office. Someone picked up once "
+            "and it was some scam pitch. Is this the PBX hacking thing I read about?")
+    reply = service.handle(InboundMessage(address=Address("eval", "incoming-story"), text=text))[0]
+    assert reply.kind == "answer" and reply.escalation is None, reply.answer
+    assert re.search(r"incoming", reply.answer, re.IGNORECASE), reply.answer

@@ -240,6 +240,14 @@ def test_a_malformed_intents_file_names_the_file_and_the_field(tmp_path: Path):
                                            encoding="utf-8")
     with pytest.raises(IntentDataError, match=r"hard_negatives\[0\]\.intents"):
         load_intents(tmp_path)
+    (folder / "fraud_now.yaml").write_text("intent: fraud_now\nexamples:\n  ja: [a]\nanswer_hint:\n  fr: b\n", encoding="utf-8")
+    with pytest.raises(IntentDataError, match=r"fraud_now.yaml: field 'answer_hint'"):
+        load_intents(tmp_path)
+    (folder / "fraud_now.yaml").write_text("intent: fraud_now\nexamples:\n  ja: [a]\nanswer_hint:\n  ja: ''\n", encoding="utf-8")
+    with pytest.raises(IntentDataError, match=r"answer_hint\.ja"):
+        load_intents(tmp_path)
+    (folder / "fraud_now.yaml").write_text("intent: fraud_now\nexamples:\n  ja: [a]\nanswer_hint:\n  ja: 何か\n", encoding="utf-8")
+    assert load_intents(tmp_path).answer_hints == {"fraud_now": {"ja": "何か"}}
 
 
 def test_the_classifier_counts_the_same_character_ngrams_in_the_same_order():

@@ -17,7 +17,8 @@ from bot.conversation.skills.ticket_open import TicketOpen
 from bot.conversation.understanding.facts import FactExtractor
 
 
-def build_skills(answerer: Answerer, extractor: FactExtractor) -> tuple[Skill, ...]:
+def build_skills(answerer: Answerer, extractor: FactExtractor,
+                 answer_hints: dict[str, dict[str, str]] | None = None) -> tuple[Skill, ...]:
     """The precedence: the first skill that applies answers the turn. An open ticket takes every
     message; a request for a person comes after an incident (which opens an urgent ticket anyway);
     the question skill answers whatever no other skill claims."""
@@ -34,5 +35,5 @@ def build_skills(answerer: Answerer, extractor: FactExtractor) -> tuple[Skill, .
         Smalltalk(),
         NotHelped(),
         Dispute(),
-        Question(answerer, extractor),
+        Question(answerer, extractor, answer_hints),
     )

@@ -35,9 +35,11 @@ SHOWN_MAX = 24  # about the last three answers: a follow-up asks something they 
 class Question:
     claims = frozenset({"question", "billing_question", "incoming_scam", "domestic_billing", "off_topic"})
 
-    def __init__(self, answerer: Answerer, extractor: FactExtractor) -> None:
+    def __init__(self, answerer: Answerer, extractor: FactExtractor,
+                 answer_hints: dict[str, dict[str, str]] | None = None) -> None:
         self.answerer = answerer
         self.extractor = extractor
+        self.answer_hints = answer_hints or {}  # label -> {language: what its messages generally ask}
 
     def applies(self, turn: Turn) -> bool:
         return True  # the default skill: last in the precedence
@@ -133,7 +135,26 @@ class Question:
                 if joined.covered and (leans or not own.covered):
                     joined.followup = True
                     return joined
+        if not own.covered:
+            hinted = self._hinted(turn, kit, query, focus, carrier, budget, seen)
+            if hinted is not None:
+                return hinted
         return own
+
+    def _hinted(self, turn: Turn, kit: Toolkit, query: str, focus: str, carrier: str | None, budget: int,
+                seen: frozenset[str]) -> Answer | None:
+        """A message its own reading does not answer, searched with what its intent generally asks
+        (`answer_hint` of knowledge/intents/<label>.yaml): a story of odd calls from abroad that asks
+        "is this the hacking thing?" is answered by the section on incoming scams not being a hijack.
+        The sentences are still scored against the message itself; None when that is not answered either."""
+        for label in sorted(turn.meaning.intents & self.answer_hints.keys()):
+            hint = self.answer_hints[label].get(turn.lang)
+            if hint:
+                hinted = self._answer(kit, f"{query} {hint}", focus, turn.lang, carrier, budget, seen,
+                                      sentences_for=query)
+                if hinted.covered:
+                    return hinted
+        return None
 
     def _answer(self, kit: Toolkit, query: str, focus: str, lang: str, carrier: str | None, budget: int,
                 seen: frozenset[str], sentences_for: str | None = None) -> Answer:

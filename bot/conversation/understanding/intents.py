@@ -1,6 +1,7 @@
 """Intent data: labelled examples, hard negatives and the few exact guards (knowledge/intents/).
 
-    <label>.yaml   intent, description, examples: {ja: [...], en: [...]}, hard_negatives: [{text, intents}]
+    <label>.yaml   intent, description, examples: {ja: [...], en: [...]}, hard_negatives: [{text, intents}],
+                   answer_hint: {ja: ..., en: ...} (optional: what a message of the label generally asks)
     multi_label.yaml  (optional) examples: [{text, intents}] of messages with several labels
     guards.yaml    commands: {"/human": human_request, ...}; config_extraction: [regex, ...]
 
@@ -45,6 +46,9 @@ class IntentData:
     commands: dict[str, str] = field(default_factory=dict)
     extraction_patterns: list[re.Pattern[str]] = field(default_factory=list)
     fingerprint: str = ""
+    # label -> {language: text}: the general question messages of that label are about, searched
+    # with a message whose own reading the sources do not answer (`answer_hint` of <label>.yaml)
+    answer_hints: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def command(self, text: str) -> str | None:
         """The intent of an exact command or button payload ("/human", "request_human")."""
@@ -102,7 +106,16 @@ def _labelled_list(path: Path, key: str, items: object) -> list[Example]:
     return out
 
 
-def _intent_file(path: Path) -> list[Example]:
+def _answer_hint(path: Path, raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw or set(raw) - {"ja", "en"}:
+        raise IntentDataError(path, "answer_hint", "must map a language (ja, en) to a text")
+    return {lang: _text(path, f"answer_hint.{lang}", text) for lang, text in raw.items()}
+
+
+def _intent_file(path: Path) -> tuple[str, list[Example], dict[str, str]]:
+    """The file's label, its examples and hard negatives, and its answer hint."""
     data = _load_yaml(path)
     if not isinstance(data, dict):
         raise IntentDataError(path, "file", "must be a YAML mapping")
@@ -121,7 +134,7 @@ def _intent_file(path: Path) -> list[Example]:
         out.extend(Example(_text(path, f"examples.{lang}[{i}]", t), frozenset([label]), lang, path.name)
                    for i, t in enumerate(texts))
     out.extend(_labelled_list(path, "hard_negatives", data.get("hard_negatives")))
-    return out
+    return label, out, _answer_hint(path, data.get("answer_hint"))
 
 
 def _guards(path: Path) -> tuple[dict[str, str], list[re.Pattern[str]]]:
@@ -153,6 +166,7 @@ def load_intents(knowledge_dir: Path | str) -> IntentData:
     examples: list[Example] = []
     commands: dict[str, str] = {}
     patterns: list[re.Pattern[str]] = []
+    hints: dict[str, dict[str, str]] = {}
     for path in sorted(folder.glob("*.yaml")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
         if path.name == "guards.yaml":
@@ -163,7 +177,10 @@ def load_intents(knowledge_dir: Path | str) -> IntentData:
                 raise IntentDataError(path, "file", "must be a YAML mapping")
             examples.extend(_labelled_list(path, "examples", data.get("examples")))
         else:
-            examples.extend(_intent_file(path))
+            label, found, hint = _intent_file(path)
+            examples.extend(found)
+            if hint:
+                hints[label] = hint
     if not examples:
         raise IntentDataError(folder, "examples", "no intent examples found")
     # One text, one example: the labels of repeated texts are merged.
@@ -175,4 +192,4 @@ def load_intents(knowledge_dir: Path | str) -> IntentData:
             merged[key] = Example(old.text, old.labels | ex.labels, old.language or ex.language, old.source)
         else:
             merged[key] = ex
-    return IntentData(list(merged.values()), commands, patterns, digest.hexdigest()[:16])
+    return IntentData(list(merged.values()), commands, patterns, digest.hexdigest()[:16], hints)
