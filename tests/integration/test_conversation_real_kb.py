@@ -432,3 +432,22 @@ def test_a_story_of_calls_from_abroad_asking_if_it_is_a_hijack_hears_that_it_is_
     reply = service.handle(InboundMessage(address=Address("eval", "incoming-story"), text=text))[0]
     assert reply.kind == "answer" and reply.escalation is None, reply.answer
     assert re.search(r"incoming", reply.answer, re.IGNORECASE), reply.answer
+
+
+@pytest.mark.parametrize("first,switch,expected", [
+    # (development probes dp-conv-001 and dp-conv-004)
+    ("OCNの国際電話の止め方を教えて", "うちはauひかりなんだけど、同じやり方？", "KDDI"),
+    ("Is there a fee for the international call block on Hikari Denwa?",
+     "We're actually with OCN, does that change anything?", "NTT Com"),
+])
+def test_a_short_message_naming_another_carrier_asks_the_last_question_for_it(real_retriever, first, switch, expected):
+    """Not just "and KDDI?": a short message that names a carrier and little else of its own is the
+    last question asked for that carrier (it was read alone: auひかり got au mobile's spending limit)."""
+    store = SqlHandoffStore("sqlite://")
+    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
+                                  settings=load_settings(), understander=shared_understander())
+    address = Address("eval", "switch-" + expected)
+    service.handle(InboundMessage(address=address, text=first))
+    reply = service.handle(InboundMessage(address=address, text=switch))[0]
+    assert reply.kind == "answer" and reply.answer.splitlines()[0].startswith(("For " + expected, expected + "の場合")), \
+        reply.answer

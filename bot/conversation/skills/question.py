@@ -48,14 +48,13 @@ class Question:
         st, lang = turn.state, turn.lang
         query, header, carrier, focus = kana_to_kanji(turn.text), "", None, turn.text
         carriers = list(turn.meaning.carriers)
-        if st.last_query and carriers and self._carrier_only(turn):
+        switch = self._switch_query(turn)  # the last question asked for the carrier this message names
+        if switch and self._carrier_only(turn):
             carrier = carriers[0]
-            name = self.extractor.carrier_name(carrier, lang)
-            query = f"{self.extractor.strip_carriers(normalize(st.last_query))} {name}"
             # "And with KDDI?" asks the last question again: what kind of answer it wanted (how
             # long, which number) picks the sentences, not the two words typed now.
-            focus = query
-            header = t("carrier_header", lang, carrier=name)
+            query = focus = switch
+            header = t("carrier_header", lang, carrier=self.extractor.carrier_name(carrier, lang))
         elif carriers:
             carrier = carriers[0]
         elif st.carrier:
@@ -71,6 +70,8 @@ class Question:
             # that very carrier on the last question's topic answer it, even when they lack one detail
             # the first question asked (its cost): the gate's general features cannot see that.
             answer.covered = True
+        elif switch and not header and composer.measure(turn.text, lang) <= SHORT[lang]:
+            answer, header = self._maybe_switch(turn, kit, switch, carrier, answer)
         if off_topic and not (answer.covered and answer.answerability >= 0.8):
             st.facts.pop(MORE_KEY, None)
             return [kit.reply(turn, t("scope", lang), kind="scope", confidence=answer.confidence)]
@@ -105,6 +106,31 @@ class Question:
             return False
         best = answer.shown[0]
         return carrier in carriers_in(best.text) and (best.similarity or 0.0) >= CLOSEST_MIN_SIMILARITY
+
+    def _switch_query(self, turn: Turn) -> str | None:
+        carriers = turn.meaning.carriers
+        if not (turn.state.last_query and carriers):
+            return None
+        name = self.extractor.carrier_name(carriers[0], turn.lang)
+        return f"{self.extractor.strip_carriers(normalize(turn.state.last_query))} {name}"
+
+    def _maybe_switch(self, turn: Turn, kit: Toolkit, switch: str, carrier: str | None,
+                      own: Answer) -> tuple[Answer, str]:
+        """A short message that names a carrier and says more than "and KDDI?" ("うちはauひかりなんだけど、
+        同じやり方？", "Same question for NTT Com.", "We're actually with OCN, does that change anything?")
+        may still ask the last question again for that carrier. Both readings are searched; the switch is
+        taken when the gate prefers it (or it is about that carrier, as a plain switch is). Otherwise the
+        message's own reading, without a header."""
+        lang = turn.lang
+        header = t("carrier_header", lang, carrier=self.extractor.carrier_name(turn.meaning.carriers[0], lang))
+        seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
+        switched = self._answer(kit, switch, switch, lang, carrier, kit.budget(lang, [header, t("more_hint", lang)]),
+                                seen)
+        if not switched.covered and self._about(switched, carrier):
+            switched.covered = True
+        if switched.covered and (not own.covered or switched.answerability > own.answerability):
+            return switched, header
+        return own, ""
 
     def _carrier_only(self, turn: Turn) -> bool:
         rest = self.extractor.strip_carriers(turn.text)
