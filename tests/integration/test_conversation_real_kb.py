@@ -49,6 +49,13 @@ def real_retriever():
     return build_retriever(load_settings())
 
 
+def new_service(retriever) -> ConversationService:
+    """The conversation core on `retriever` with an in-memory store and the shared intent model."""
+    store = SqlHandoffStore("sqlite://")
+    return ConversationService(retriever=retriever, store=store, handoff=HandoffService(store), settings=load_settings(),
+                               understander=shared_understander())
+
+
 def cases():
     path = ROOT / "knowledge" / "eval" / "conversations.jsonl"
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -58,9 +65,7 @@ def test_development_conversation_set_meets_its_targets(real_retriever):
     sys.path.insert(0, str(ROOT))
     from scripts.eval_conversations import run
 
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store), settings=load_settings(),
-                                  understander=shared_understander())
+    service = new_service(real_retriever)
     report = run(cases(), service)
     failures = {r["id"]: r["failures"] for r in report["results"] if r["failures"]}
     assert report["pass_rate"] >= 0.95, failures
@@ -139,9 +144,7 @@ def test_a_waiting_question_announces_exactly_the_query_its_turn_embeds(real_ret
     """What the web layer prefetches for a waiting message is the text its turn then embeds: the
     turn takes the vector from the shared pass instead of running a pass of its own."""
     batcher = real_retriever.embedder._queries
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store), settings=load_settings(),
-                                  understander=shared_understander())
+    service = new_service(real_retriever)
     message = InboundMessage(address=Address("web", f"web:prefetch:{hash(text)}"), text=text)
     hits, passes = batcher.prefetch_hits, batcher.passes
     service.prefetch(message)
@@ -200,9 +203,7 @@ def test_a_follow_up_keeps_the_carrier_named_earlier_in_the_conversation(real_re
     from bot.retrieval.documents import load_documents
 
     carriers_of = {d.id: set(d.carriers) for d in load_documents(load_settings().knowledge_dir)}
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     address = Address("eval", "carrier-context")
     service.handle(InboundMessage(address=address, text="Our office phone lines are with SoftBank."))
     replies = service.handle(InboundMessage(address=address, text="How long does the block take to start?"))
@@ -219,9 +220,7 @@ def test_a_follow_up_keeps_the_carrier_named_earlier_in_the_conversation(real_re
 def test_a_question_about_a_product_the_sources_never_mention_is_not_covered(real_retriever, text):
     """The sources cover mobile caps and PBX dial rules, but not Docomo's plans or Teams: the reply
     says so, shows the closest facts, and opens no ticket (it used to answer about something else)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     replies = service.handle(InboundMessage(address=Address("eval", "uncovered-name"), text=text))
     assert [r.kind for r in replies] == ["not_covered"], [r.answer for r in replies]
     assert all(r.escalation is None or r.escalation.ticket_id is None for r in replies)
@@ -278,9 +277,7 @@ def test_the_development_retrieval_questions_find_their_documents(real_retriever
 def test_a_dispute_hears_who_pays_first_whatever_story_comes_with_it(real_retriever, text, rule):
     """A contested bill gets a normal ticket and, first, the general rule and the one relief found,
     not how to block (the story says it is blocked) nor a list of court cases."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     replies = service.handle(InboundMessage(address=Address("eval", "dispute-" + rule[:4]), text=text))
     reply = replies[0]
     assert reply.escalation is not None and reply.escalation.priority == "normal", reply.answer
@@ -296,9 +293,7 @@ def test_a_dispute_hears_who_pays_first_whatever_story_comes_with_it(real_retrie
      "subscriber generally pays"),
 ])
 def test_an_incident_that_asks_who_pays_gets_the_steps_then_the_general_rule(real_retriever, text, rule):
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     reply = service.handle(InboundMessage(address=Address("eval", "incident-pays-" + rule[:4]), text=text))[0]
     assert reply.kind == "incident" and reply.escalation is not None and reply.escalation.priority == "urgent"
     from bot.conversation.texts import t
@@ -311,9 +306,7 @@ def test_the_question_an_incident_report_also_asks_is_judged_as_if_asked_alone(r
     """"...should I tell the police too?" after a bill just found: the steps leave little room, but
     whether the sources answer the question does not depend on that room (the gate judged only the
     one sentence that fitted, and dropped the question)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     # (development case dq-ja-024)
     text = "請求みたら知らん国への通話で100万超えとる。すぐ止めなあかんのはわかった、で、警察にも言うたほうがええの？"
     reply = service.handle(InboundMessage(address=Address("eval", "incident-police"), text=text))[0]
@@ -327,9 +320,7 @@ def test_the_question_an_incident_report_also_asks_is_judged_as_if_asked_alone(r
 def test_a_short_follow_up_asking_how_long_is_answered_from_the_topic_of_the_conversation(real_retriever):
     """"how long does it take?" has no topic of its own: searched with the last question, a sentence
     that gives a duration is the answer (the gate alone refused it as not covered)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     address = Address("eval", "follow-up-duration")
     # (the first question of development case dc-002: its own reply is "not covered")
     service.handle(InboundMessage(address=address, text="So what's this suspension centre thing everyone in Japan "
@@ -345,9 +336,7 @@ def test_a_short_follow_up_asking_how_long_is_answered_from_the_topic_of_the_con
 def test_a_carrier_switch_is_answered_with_that_carriers_procedure(real_retriever, first, switch, carrier):
     """The last question asked again for another carrier: that carrier's procedure answers it, even
     when the sources do not say its cost (the detail the first question asked)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     address = Address("eval", "switch-" + str(len(first)))
     service.handle(InboundMessage(address=address, text=first))
     reply = service.handle(InboundMessage(address=address, text=switch))[0]
@@ -367,9 +356,7 @@ def test_a_question_about_stopping_incoming_calls_from_abroad_hears_how_to_stop_
     """The best sentence says incoming scam calls are a different problem from a hijack; the next one of
     the same section says how to stop them (the centre). A section answers as a whole: the way to stop
     them must not be left behind "more" (development case dq-ja-001)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     text = ("最近「+」から始まる海外の番号から何回も電話がかかってきて気持ち悪いです。"
             "出てないけど、そもそもかかってこないようにする方法ってありますか？")
     reply = service.handle(InboundMessage(address=Address("eval", "incoming-stop"), text=text))[0]
@@ -381,9 +368,7 @@ def test_an_english_question_naming_a_japanese_service_finds_it(real_retriever):
     """An English question with a Japanese name in it ("OCNドットフォン"): its English words were searched
     in SudachiPy's katakana forms only, which no English section holds, and the question was refused as
     not covered although NTT Com's warning about that very service answers it (development case dq-en-084)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     text = "My landlord 田中さん says his 050 number from OCNドットフォン got hacked years ago. How does that even happen?"
     reply = service.handle(InboundMessage(address=Address("eval", "mixed-ocn"), text=text))[0]
     assert reply.kind == "answer" and reply.language == "en", reply.answer
@@ -407,9 +392,7 @@ def test_a_follow_up_searched_with_the_last_question_has_its_sentences_scored_fo
 def test_a_follow_up_pointing_back_is_answered_about_itself_within_the_topic(real_retriever):
     """"Should a household like ours do it too?" after "does blocking calls abroad cost anything?":
     the reply is about households (it had repeated where to apply, closest to the first question)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     address = Address("eval", "follow-up-household")
     # (development case dc-001)
     service.handle(InboundMessage(address=address, text="ひかり電話の国際電話を止めるのってお金かかるんですか？"))
@@ -423,9 +406,7 @@ def test_a_story_of_calls_from_abroad_asking_if_it_is_a_hijack_hears_that_it_is_
     """Its own reading found the centre's publicity and the gate refused it; searched with what an
     incoming-scam message generally asks (the intent's answer hint), the section saying incoming
     scams are not a hijack answers it."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     # (development case dq-en-001)
     text = ("We keep getting calls from weird +44 and +234 numbers at our Tokyo office. Someone picked up once "
             "and it was some scam pitch. Is this the PBX hacking thing I read about?")
@@ -443,9 +424,7 @@ def test_a_story_of_calls_from_abroad_asking_if_it_is_a_hijack_hears_that_it_is_
 def test_a_short_message_naming_another_carrier_asks_the_last_question_for_it(real_retriever, first, switch, expected):
     """Not just "and KDDI?": a short message that names a carrier and little else of its own is the
     last question asked for that carrier (it was read alone: auひかり got au mobile's spending limit)."""
-    store = SqlHandoffStore("sqlite://")
-    service = ConversationService(retriever=real_retriever, store=store, handoff=HandoffService(store),
-                                  settings=load_settings(), understander=shared_understander())
+    service = new_service(real_retriever)
     address = Address("eval", "switch-" + expected)
     service.handle(InboundMessage(address=address, text=first))
     reply = service.handle(InboundMessage(address=address, text=switch))[0]
