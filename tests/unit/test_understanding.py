@@ -58,12 +58,14 @@ def test_the_country_and_vendor_prefilter_finds_what_running_every_pattern_finds
     find exactly what running every table pattern in order finds."""
     import yaml
 
-    from bot.conversation.understanding.facts import _norm
+    from bot.conversation.understanding.facts import HOME_CODE, _norm
 
     def every_pattern(text: str) -> tuple[list[str], str | None]:
         norm = _norm(text)
         found: list[str] = []
-        for _, rx, _ in extractor._countries:
+        for code, rx, _ in extractor._countries:
+            if code == HOME_CODE:
+                continue  # Japan is never a destination
             for m in rx.finditer(norm):
                 if m.group(0) not in found:
                     found.append(m.group(0))
@@ -323,3 +325,31 @@ def test_the_numbers_dialled_abroad_are_counted_whatever_their_grouping(extracto
     assert extractor.dialled_abroad("+371 6712 3456, +371 6712 3457 and 00232-76-123456") == 3
     assert extractor.dialled_abroad("Call +81 3 1234 5678 or 0120-210-364") == 0
     assert extractor.dialled_abroad("シエラレオネ(+232)への通話") == 0
+
+
+@pytest.mark.parametrize("text", [
+    # (second development set, cases df-en-001 and df-ja-004: both opened urgent tickets)
+    "If I phone NTT to bar international calls on our Hikari Denwa, does it kick in straight away or is there a lag? "
+    "I've heard stories of it taking days.",
+    "PBXのダイヤルプランで発信をブロックする国を決めたい。ソフトバンクが最近の不正発信先として挙げてる国番号ってどこ？",
+])
+def test_a_question_about_blocking_that_reports_nothing_is_no_incident(understander, text):
+    """It shares its words with "stop these calls!" and passes both thresholds, the question's by
+    more; it states nothing of the user's own line (amount, destination, time, status, a takeover):
+    a question, no urgent ticket."""
+    meaning = understander.understand(text, None)
+    assert not meaning.incident and "question" in meaning.intents, meaning.intents
+
+
+def test_a_takeover_reported_as_a_fact_stays_an_incident_when_it_asks_what_to_do(understander):
+    """(a guard for the rule above: this one passed before it too) "It looks like our PBX was taken
+    over. What should we do?" reads more like a question, but it reports a takeover."""
+    meaning = understander.understand("PBXが乗っ取られたみたいです。どうしたらいいですか", None)
+    assert meaning.incident, meaning.intents
+
+
+def test_japan_is_no_destination_and_a_question_reports_nothing(extractor):
+    assert extractor.extract("東日本電信電話からの手紙に利用休止とあります。Our Japan office asks.").destinations == []
+    assert not extractor.reports("How does the international call block on Hikari Denwa work?")
+    assert extractor.reports("calls to Latvia nobody here made")
+    assert extractor.reports("国際電話が勝手にかかってる")

@@ -119,15 +119,14 @@ class Question:
         """A short message that names a carrier and says more than "and KDDI?" ("うちはauひかりなんだけど、
         同じやり方？", "Same question for NTT Com.", "We're actually with OCN, does that change anything?")
         may still ask the last question again for that carrier. Both readings are searched; the switch is
-        taken when the gate prefers it (or it is about that carrier, as a plain switch is). Otherwise the
-        message's own reading, without a header."""
+        taken when the gate passes it and prefers it. Otherwise the message's own reading, without a header."""
         lang = turn.lang
         header = t("carrier_header", lang, carrier=self.extractor.carrier_name(turn.meaning.carriers[0], lang))
         seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
         switched = self._answer(kit, switch, switch, lang, carrier, kit.budget(lang, [header, t("more_hint", lang)]),
                                 seen)
-        if not switched.covered and self._about(switched, carrier):
-            switched.covered = True
+        # No benefit of the doubt here (unlike "and KDDI?"): the message may ask something of its own, and
+        # "then which number for SoftBank?" is not covered by SoftBank's procedure without its number.
         if switched.covered and (not own.covered or switched.answerability > own.answerability):
             return switched, header
         return own, ""

@@ -123,6 +123,7 @@ _NOTICED = re.compile("|".join((
     r"\b\d{1,3}\s*(minutes?|hours?|days?) ago\b", r"\b(at|around|since) \d{1,2}(:\d{2})?\s*(am|pm)?\b",
     r"\b(on )?(mon|tues|wednes|thurs|fri|satur|sun)day\b", r"\b\d{1,2}/\d{1,2}\b", r"\b\d{4}-\d{2}-\d{2}\b",
 )))
+HOME_CODE = "81"  # Japan: never a destination of calls abroad
 _AMOUNT = re.compile("|".join((
     r"(?:約|およそ)?\d[\d,，.]*\s*(?:億|万|千)?\s*円", r"[¥￥]\s*\d[\d,，.]*\s*(?:万|million|m|k)?",
     r"\b\d[\d,.]*\s*(?:million|thousand|k|m)?\s*(?:yen|jpy)\b", r"\b(?:usd|us\$|\$)\s*\d[\d,.]*", r"(?:数十|数百|数千)万円",
@@ -149,6 +150,7 @@ class FactExtractor:
         self._still_yes = _Phrases.of(still.get("ongoing") or [])
         self._still_no = _Phrases.of(still.get("over") or [])
         self._vendor_unknown = _Phrases.of(status.get("vendor_unknown") or [])
+        self._reported = _Phrases.of(status.get("reported") or [])
 
     @classmethod
     def load(cls, knowledge_dir: Path | str) -> "FactExtractor":
@@ -232,6 +234,8 @@ class FactExtractor:
             if (v := m.group(0).strip()) not in f.amounts:
                 f.amounts.append(v)
         for i in self._country_filter.candidates(norm):
+            if self._countries[i][0] == HOME_CODE:
+                continue  # "東日本電信電話", "our Japan office": Japan is where the calls come from
             for m in self._countries[i][1].finditer(norm):
                 if (v := m.group(0)) not in f.destinations:
                     f.destinations.append(v)
@@ -254,6 +258,19 @@ class FactExtractor:
                 f.vendor = "unknown"
         return f
 
+    def reports(self, text: str) -> bool:
+        """The message states something of the user's own line, as an incident report does and a
+        question about how blocking works does not: an amount, a destination, when it was noticed,
+        whether it goes on, a dialled number, or words of a takeover or of calls nobody made
+        (status.yaml `reported`)."""
+        norm = _norm(text)
+        if _AMOUNT.search(norm) or _NOTICED.search(norm) or _CODE.search(norm) or self._status(norm) is not None:
+            return True
+        if self._reported and self._reported.search(norm):
+            return True
+        return any(self._countries[i][0] != HOME_CODE and self._countries[i][1].search(norm)
+                   for i in self._country_filter.candidates(norm))
+
     def dialled_abroad(self, text: str) -> int:
         """How many whole international numbers the message holds (a known calling code other than
         Japan's +81 and enough digits for a subscriber number: "00224612345678", "+371 6712 3456"):
@@ -262,7 +279,7 @@ class FactExtractor:
         for m in _DIALLED.finditer(_norm(text)):
             digits = re.sub(r"[\s-]", "", m.group(1))
             code = self._calling_code(digits)
-            if code is not None and code != "81" and len(digits) - len(code) >= 6:
+            if code is not None and code != HOME_CODE and len(digits) - len(code) >= 6:
                 count += 1
         return count
 

@@ -49,6 +49,7 @@ class Understander:
                                   and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred, over=stated is False), pred.scores
             intents = _call_log(intents, pred, self.extractor.dialled_abroad(text), over=stated is False)
+            intents = _unreported(intents, pred, self.extractor.reports(text))
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
         facts = self.extractor.extract(text, known, ongoing=ongoing)
         return Meaning(intents=intents, scores=scores, detected_language=detected, unknown_language=unknown,
@@ -125,6 +126,20 @@ def _call_log(intents: frozenset[str], pred, numbers: int, *, over: bool) -> fro
     if pred.ratios.get(label, 0.0) < INCIDENT_SEGMENT_FLOOR:
         return intents
     return intents | {label}
+
+
+def _unreported(intents: frozenset[str], pred, reports: bool) -> frozenset[str]:
+    """A question about blocking ("if I phone NTT to bar international calls, does it kick in
+    straight away?") shares its words with "stop these calls!": both labels pass. When it reads more
+    like a question than like an incident and states nothing of the user's own line (no amount,
+    destination, time, status, or words of a takeover or of calls nobody made: FactExtractor.reports),
+    it is the question; a report that also asks keeps its incident."""
+    incident = intents & {"fraud_now", "fraud_bill"}
+    if not incident or reports or "question" not in intents:
+        return intents
+    if pred.ratios.get("question", 0.0) <= max(pred.ratios.get(lab, 0.0) for lab in incident):
+        return intents
+    return intents - incident
 
 
 def decide(pred, *, over: bool = False) -> frozenset[str]:
