@@ -109,8 +109,17 @@ class AnswerTypes:
 _JA_CONDITION = re.compile(r"^.*(?:たら|れば|なら|場合は?|ときは?|時は?)[、,]")
 
 
+_SENTENCE = re.compile(r"[^。！？!?.\n]*(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
+
+
 def asking_part(question: str) -> str:
-    """The part of a question that asks: without a leading Japanese condition clause."""
+    """The part of a question that asks: its sentences that end in a question mark when it has others
+    too ("I got a letter that mentions a web page. Are they the same service?" does not ask for a web
+    page), without a leading Japanese condition clause."""
+    sentences = [m.group(0).strip() for m in _SENTENCE.finditer(question) if m.group(0).strip()]
+    asking = [x for x in sentences if x.endswith(("?", "？"))]
+    if asking and len(asking) < len(sentences):
+        question = " ".join(asking)
     rest = _JA_CONDITION.sub("", question, count=1)
     return rest if rest.strip() else question
 
@@ -155,7 +164,8 @@ class Answer:
 
 
 def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequence[Passage],
-                  result: SearchResult, asked_strength: float) -> dict[str, float]:
+                  result: SearchResult, asked_strength: float,
+                  carriers_in: Callable[[str], Sequence[str]] | None = None) -> dict[str, float]:
     """What the gate looks at: how close the best shown sentence and the best section question are
     to the question, the search's confidence, whether the kind of answer asked for was found, how
     much of the question's words (rare ones weigh more) the best shown sentence contains, and the
@@ -182,17 +192,25 @@ def gate_features(question: str, shown: Sequence[composer.Piece], passages: Sequ
         "missing": missing,
         "coverage": coverage,
         "unknown": float(result.unknown_terms),
-        "unnamed": unnamed(result.names, shown),
+        "unnamed": unnamed(result.names, shown, carriers_in),
     }
 
 
-def unnamed(names: Sequence[str], shown: Sequence[composer.Piece]) -> float:
+def unnamed(names: Sequence[str], shown: Sequence[composer.Piece],
+            carriers_in: Callable[[str], Sequence[str]] | None = None) -> float:
     """The share of the names the question mentions (products, companies: "ドコモ", "Teams") that no
-    shown sentence mentions: an answer about NTT's block does not answer a question about Docomo's."""
+    shown sentence mentions: an answer about NTT's block does not answer a question about Docomo's.
+    A carrier's other name (東日本電信電話, a carriers.yaml alias) is mentioned by a sentence that
+    names that carrier in any of its names ("NTT東日本")."""
     if not names:
         return 0.0
     text = unicodedata.normalize("NFKC", " ".join(p.text for p in shown)).lower()
-    return sum(1 for n in names if n not in text) / len(names)
+    named = {c for p in shown for c in carriers_in(p.text)} if carriers_in is not None else set()
+
+    def mentioned(name: str) -> bool:
+        return name in text or bool(carriers_in is not None and set(carriers_in(name)) & named)
+
+    return sum(1 for n in names if not mentioned(n)) / len(names)
 
 
 def _sentence_cache(carriers_in: Callable[[str], Sequence[str]]) -> Callable[[str], Sequence[str]]:
@@ -236,7 +254,8 @@ class Answerer:
         judged = shown
         if judge_budget is not None and judge_budget > budget:
             judged = composer.select(pieces, lang, judge_budget, seen)[0]
-        features = gate_features(focus or query, judged, passages, result, self.answer_types.strength(focus or query))
+        features = gate_features(focus or query, judged, passages, result, self.answer_types.strength(focus or query),
+                                 self.carriers_in)
         with_sims = any(p.similarity is not None for p in judged)
         # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.
         score = self.gate.score(features) if with_sims else float(result.confidence)

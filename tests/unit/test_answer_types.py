@@ -38,6 +38,19 @@ def test_a_condition_clause_does_not_say_what_is_asked(types):
     assert cue is None or cue("センターの番号は0120-210-364です。") == 0
 
 
+@pytest.mark.parametrize("message,kind", [
+    ("I got a letter that mentions a web page about 発信規制. Are the two the same service?", "url"),
+    ("センターの電話番号は手紙に書いてありました。申し込んだら何日で止まりますか？", "number"),
+])
+def test_the_sentences_around_a_question_do_not_say_what_is_asked(types, message, kind):
+    """A message that tells its story and then asks: what it asks is in its question sentences. The
+    web page or the phone number it mentions on the way is not asked for (the gate counted the web
+    address as asked and missing, and refused a sourced answer)."""
+    assert kind not in types.asked(message)
+    assert kind in types.asked(message.replace("?", ".").replace("？", "。") + " " + {
+        "url": "What is its web page?", "number": "電話番号は何番ですか？"}[kind])
+
+
 def test_a_quantity_asked_for_is_found_in_a_sentence_with_a_count_or_an_amount(types):
     cue = types.cue("How many contracts did the special measure cover, and how big was it in total?")
     assert cue("NTT repaid about 71 million yen for some 120 contracts.") > 0
