@@ -13,11 +13,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.conversation import composer
+from bot.conversation.answering import WEAK_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.conversation.skills.base import Toolkit
 
 _QUERY = {"ja": "乗っ取り 国際通話料 誰が払う 返金 救済", "en": "who pays hijacked international call charges refund relief"}
+
+
+def only_who_pays(asked: set[str]) -> bool:
+    """What a question asks (AnswerTypes.asked) is who pays and nothing more specific ("how much did
+    NTT refund?" asks an amount, which a search finds)."""
+    return not (asked - {"payment", *WEAK_TYPES})
 
 
 def who_pays(kit: "Toolkit", lang: str, budget: int) -> tuple[list[composer.Piece], list[composer.Piece], float]:

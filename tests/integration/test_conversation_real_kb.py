@@ -430,3 +430,16 @@ def test_a_short_message_naming_another_carrier_asks_the_last_question_for_it(re
     reply = service.handle(InboundMessage(address=address, text=switch))[0]
     assert reply.kind == "answer" and reply.answer.splitlines()[0].startswith(("For " + expected, expected + "の場合")), \
         reply.answer
+
+
+def test_a_general_question_about_who_pays_that_the_search_misses_hears_the_general_rule(real_retriever):
+    """"Who pays for the gap between asking for a block and the block?" asks who pays and nothing
+    more specific; its own search found no sentence about paying (the gate refused it): the who-pays
+    guide's opening answers, as a dispute hears it, without a ticket."""
+    service = new_service(real_retriever)
+    # (second development set, case df-en-033)
+    text = ("Say a customer asks for a block and the hackers keep calling until the block is actually in place. "
+            "Who pays for that gap?")
+    reply = service.handle(InboundMessage(address=Address("eval", "who-pays-general"), text=text))[0]
+    assert reply.kind == "answer" and reply.escalation is None, reply.answer
+    assert re.search(r"subscriber generally pays", reply.answer), reply.answer

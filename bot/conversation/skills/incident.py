@@ -7,14 +7,14 @@ block takes...), and opens an urgent ticket."""
 from __future__ import annotations
 
 from bot.conversation import composer
-from bot.conversation.answering import WEAK_TYPES, Answerer
+from bot.conversation.answering import Answerer
 from bot.conversation.containment import containment
 from bot.conversation.escalation import TurnSignals
 from bot.conversation.skills.base import PLACEHOLDER_TICKET, Toolkit, Turn
 from bot.conversation.texts import LIST_SEP, t
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts, missing_facts
 from bot.conversation.understanding.text import kana_to_kanji
-from bot.conversation.who_pays import who_pays
+from bot.conversation.who_pays import only_who_pays, who_pays
 from bot.messages import Reply
 
 # Labels that mean "and I also ask something" next to an incident; answer types that do too.
@@ -48,7 +48,7 @@ class Incident:
         calls?"); and it asks for nothing more specific ("how much did NTT refund?" asks an amount the
         composer finds). Not a message that only says it was billed ("...請求された会社の事例を知りたい")."""
         asked = set(self.answerer.answer_types.asked(question))
-        if asked - {"payment", *WEAK_TYPES}:
+        if not only_who_pays(asked):
             return False
         return turn.meaning.has("billing_question") or (bool(turn.meaning.questions) and "payment" in asked)
 

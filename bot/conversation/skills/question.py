@@ -16,6 +16,7 @@ from bot.conversation.skills.base import MORE_KEY, Toolkit, Turn
 from bot.conversation.texts import t
 from bot.conversation.understanding.facts import FactExtractor
 from bot.conversation.understanding.text import kana_to_kanji, normalize
+from bot.conversation.who_pays import only_who_pays, who_pays
 from bot.messages import Reply
 
 SHORT = {"ja": 25, "en": 8}  # a message this short may lean on the previous question (characters / words)
@@ -65,6 +66,12 @@ class Question:
         fixed = [header, t("more_hint", lang)]
         budget = kit.budget(lang, fixed)
         answer = self._best(turn, kit, query, carrier, budget, focus)
+        if not header and self._asks_who_pays(turn) and not (answer.covered and any(p.typed for p in answer.shown)):
+            # "Who pays if our PBX gets hijacked?" and nothing more specific, and the search found no
+            # sentence about paying: the who-pays guide's opening, as a dispute hears it (no ticket).
+            shown, rest, _ = who_pays(kit, lang, budget)
+            if shown:
+                answer.shown, answer.rest, answer.covered = shown, rest, True
         if header and not answer.covered and self._about(answer, carrier):
             # "じゃあKDDIの場合は？": the last question asked again for another carrier. Sentences about
             # that very carrier on the last question's topic answer it, even when they lack one detail
@@ -106,6 +113,14 @@ class Question:
             return False
         best = answer.shown[0]
         return carrier in carriers_in(best.text) and (best.similarity or 0.0) >= CLOSEST_MIN_SIMILARITY
+
+    def _asks_who_pays(self, turn: Turn) -> bool:
+        """A general question about who pays for a hijacker's calls, and only that (the classifier
+        reads a billing question; what it asks is a payment, nothing more specific such as an amount)."""
+        if not turn.meaning.has("billing_question"):
+            return False
+        asked = set(self.answerer.answer_types.asked(turn.text))
+        return "payment" in asked and only_who_pays(asked)
 
     def _switch_query(self, turn: Turn) -> str | None:
         carriers = turn.meaning.carriers
