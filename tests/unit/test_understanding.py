@@ -353,3 +353,14 @@ def test_japan_is_no_destination_and_a_question_reports_nothing(extractor):
     assert not extractor.reports("How does the international call block on Hikari Denwa work?")
     assert extractor.reports("calls to Latvia nobody here made")
     assert extractor.reports("国際電話が勝手にかかってる")
+
+
+def test_a_bill_just_found_that_asks_about_refunds_is_an_incident_not_a_dispute(understander):
+    """(second development set, case df-en-047: a normal ticket, the calls may still be going out)
+    The refund question pulls the whole message to a dispute, but no sentence of it contests
+    anything: the bill of calls nobody made, just found, is an incident (the incident skill answers
+    first: steps, urgent ticket, then the refund question)."""
+    text = ("Just opened this month's bill: about JPY 1.2 million in calls to Latvia that nobody here made. Also, if "
+            "we ask NTT to block today, will calls made after our request but before the block kicks in be refunded?")
+    meaning = understander.understand(text, None)
+    assert meaning.incident, meaning.intents

@@ -43,7 +43,8 @@ class Understander:
             segments = sentences_of(text)
             if len(segments) > 1:
                 parts = self.classifier.predict_many(segments)
-                pred = combine(pred, parts, ongoing=stated is True)
+                pred = combine(pred, parts, ongoing=stated is True,
+                               asking=[seg.rstrip().endswith(("?", "？")) for seg in segments])
                 questions = tuple(seg for seg, part in zip(segments, parts)
                                   if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
                                   and not part.labels & {"fraud_now", "fraud_bill"})
@@ -82,15 +83,21 @@ def sentences_of(text: str) -> list[str]:
     return [p for p in parts if len(p) >= 4][:MAX_SEGMENTS]
 
 
-def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False) -> Prediction:
+def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False,
+            asking: list[bool] | None = None) -> Prediction:
     """A message often says two things ("calls are going out right now! and who pays?"): its
     vector mixes them and may pass neither threshold. A label that one of its sentences passes
     counts too, as long as the whole message gives it some weight (SEGMENT_FLOOR): the whole
-    message keeps the context a single sentence lacks ("last year... now it is fine")."""
+    message keeps the context a single sentence lacks ("last year... now it is fine"). `asking`:
+    which of the sentences end in a question mark."""
     ratios = dict(whole.ratios)
     # A bill the whole message contests as over ("blocked since Tuesday; I dispute invoice #123")
     # stays a dispute: its sentence about the charges alone reads like a bill just found.
     contested = whole.ratios.get("dispute", 0.0) >= 1.0 and whole.ratios["dispute"] > whole.ratios.get("fraud_bill", 0.0)
+    if contested and asking is not None:
+        # ...when a sentence of it contests: a bill just found that goes on to ask "will the calls
+        # after our request be refunded?" asks about refunds, it contests nothing yet
+        contested = any(p.ratios.get("dispute", 0.0) >= 1.0 for p, q in zip(parts, asking) if not q)
     for label, r in whole.ratios.items():
         if label not in SEGMENT_LABELS or (label == "fraud_bill" and contested):
             continue
