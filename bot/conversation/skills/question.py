@@ -142,7 +142,10 @@ class Question:
                                 seen)
         # No benefit of the doubt here (unlike "and KDDI?"): the message may ask something of its own, and
         # "then which number for SoftBank?" is not covered by SoftBank's procedure without its number.
-        if switched.covered and (not own.covered or switched.answerability > own.answerability):
+        # A message whose only concept is the carrier ("Same question for NTT West.") has no question of
+        # its own: its own reading, however the gate scores it, answers nothing that was asked.
+        topicless = all(self.extractor.carriers(term) for term in own.result.expanded_terms)
+        if switched.covered and (topicless or not own.covered or switched.answerability > own.answerability):
             return switched, header
         return own, ""
 
