@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.config import load_settings  # noqa: E402
-from bot.conversation.answering import FEATURES, GATE_PATH, Answerer, AnswerTypes, Gate  # noqa: E402
+from bot.conversation.answering import FEATURES, GATE_PATH, Answerer, Gate  # noqa: E402
 from bot.conversation.understanding.facts import FactExtractor  # noqa: E402
 from bot.conversation.understanding.text import kana_to_kanji  # noqa: E402
 from scripts.eval_retrieval import OFF_TOPIC  # noqa: E402
@@ -106,10 +106,7 @@ def main() -> int:
 
     settings = load_settings()
     retriever = build_retriever(settings)
-    # the served Answerer's carrier reading too (a carrier's other name counts as mentioned: `unnamed`)
-    carriers_in = FactExtractor.load(settings.knowledge_dir).carriers
-    answerer = Answerer(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence,
-                        carriers_in=carriers_in)
+    answerer = Answerer.served(settings, FactExtractor.load(settings.knowledge_dir).carriers)
     budget = {"ja": settings.answer_max_chars_ja * 2 // 3, "en": settings.answer_max_words_en * 2 // 3}
     rows = load_rows()
     t0 = time.perf_counter()

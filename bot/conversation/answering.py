@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from bot.config import ConfigError
+from bot.config import ConfigError, Settings
 from bot.conversation import composer
 from bot.conversation.passages import for_carrier, in_language
 from bot.ports import Passage, SearchResult
@@ -230,6 +230,14 @@ class Answerer:
         # The carrier ids a sentence names (the facts tables). Asked of passage sentences only,
         # which repeat across turns (the documents and the tables are static): each is read once.
         self.carriers_in = _sentence_cache(carriers_in) if carriers_in is not None else None
+
+    @classmethod
+    def served(cls, settings: Settings, carriers_in: Callable[[str], Sequence[str]]) -> "Answerer":
+        """The answerer the conversation core serves with, and the one the gate is fitted with
+        (scripts/fit_answerability.py): the same answer types, bar and carrier reading, so that the
+        features the gate was fitted on are the features it judges."""
+        return cls(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence,
+                   carriers_in=carriers_in)
 
     def _for_carrier(self, pieces: list[composer.Piece], carrier: str | None) -> list[composer.Piece]:
         """Under "For KDDI:", no sentence about NTT West alone: a guide for every carrier also has

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.config import Settings
-from bot.conversation.answering import Answerer, AnswerTypes
+from bot.conversation.answering import Answerer
 from bot.conversation.containment import containment
 from bot.conversation.escalation import EscalationPolicy
 from bot.conversation.router import SkillRouter
@@ -56,8 +56,7 @@ class ConversationService(TurnRunner):
         self.retriever = retriever
         self.kit = Toolkit(retriever=retriever, handoff=handoff, settings=settings, policy=policy or EscalationPolicy())
         self.understander = understander or build_understander(settings, retriever)
-        answerer = Answerer(AnswerTypes.load(settings.knowledge_dir), min_confidence=settings.min_confidence,
-                            carriers_in=self.understander.extractor.carriers)
+        answerer = Answerer.served(settings, self.understander.extractor.carriers)
         self.router = SkillRouter(self.kit, self.understander, build_skills(answerer, self.understander.extractor,
                                                                                 self.understander.data.answer_hints))
         super().__init__(store=store, handoff=handoff, settings=settings, respond=self.router.respond)
