@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -99,6 +99,15 @@ class _Store:
         self.question_count = int(self.question_rows.sum())
         self.text_rows = {lang: ~self.question_rows & (self.lang == lang) for lang in ("ja", "en")}
         self.max_idf = max(self.idf.values(), default=1.0)
+
+
+class _SentenceTarget(NamedTuple):
+    """What a search's passages score their sentences against: a vector (cosine per sentence, cached
+    per search in `sims`) and words with their rarity (the share of them each sentence holds)."""
+
+    vector: np.ndarray | None
+    sims: dict[str, np.ndarray]
+    weights: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -206,7 +215,7 @@ class HybridRetriever:
         """One section as a passage ("<doc_id>#0": the document's lead), whatever a search returned."""
         if section_key not in self.store.sections:
             return None
-        return self._section_passage(section_key, 0.0, None, [], {}, None)
+        return self._section_passage(section_key, 0.0, None, [], None, None)
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
         """Front matter and body (without the section markers, which only retrieval reads)."""
@@ -309,9 +318,6 @@ class HybridRetriever:
         ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
         sentence_sims: dict[str, np.ndarray] = {}
         question_scores: dict[str, float] = {}
-        # the query's words with their rarity (words no document has weigh like the rarest)
-        max_idf = self.store.max_idf
-        weights_q = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(tokens) if not t.startswith("syn:")}
         head = ranked[:RERANK_CANDIDATES]
         named = self.analyzer.lexicon.carriers_named(groups) | ({carrier} if carrier else set())
         features = self._candidate_features([key for key, _ in head], rankings, weights, dense_text, dense_hits, lex_score,
@@ -323,13 +329,12 @@ class HybridRetriever:
         else:
             ranked = _give_way(ranked, self.store.sections)
 
-        # what the returned passages' sentences are scored against (the query unless told otherwise)
-        sv, sv_sims, sv_weights = qv, sentence_sims, weights_q
+        # what the returned passages' sentences are scored against: the query, or `sentences_for`
+        target = _SentenceTarget(qv, sentence_sims, self._word_weights(tokens))
         fq = clean_query(sentences_for) if sentences_for else ""
         if fq and fq != q and _searchable(fq):
-            sv, sv_sims = self.embedder.embed_query_np(_dense_text(fq)), {}
-            f_tokens, _ = self.analyzer.analyze(fq, query=True)
-            sv_weights = {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(f_tokens) if not t.startswith("syn:")}
+            target = _SentenceTarget(self.embedder.embed_query_np(_dense_text(fq)), {},
+                                     self._word_weights(self.analyzer.analyze(fq, query=True)[0]))
         passages: list[Passage] = []
         per_doc: dict[str, int] = {}
         doc_order: list[str] = []
@@ -342,8 +347,7 @@ class HybridRetriever:
             if len(passages) >= k or per_doc.get(did, 0) >= self.max_per_doc:
                 continue
             per_doc[did] = per_doc.get(did, 0) + 1
-            passages.append(self._section_passage(key, score, qv, dense_hits, sentence_sims, weights_q,
-                                                  question_scores, sentences=(sv, sv_sims, sv_weights)))
+            passages.append(self._section_passage(key, score, qv, dense_hits, question_scores, target))
 
         conf = 0.0
         if passages:
@@ -495,23 +499,23 @@ class HybridRetriever:
                       float(specific and not (carriers & named)), float(bool(carriers & named)), unasked)
         return out
 
+    def _word_weights(self, tokens: list[str]) -> dict[str, float]:
+        """A text's words with their rarity (words no document has weigh like the rarest)."""
+        max_idf = self.store.max_idf
+        return {t: self.store.idf.get(t, max_idf) for t in dict.fromkeys(tokens) if not t.startswith("syn:")}
+
     def _section_passage(self, key: str, score: float, qv: np.ndarray | None, dense_hits: list[tuple[str, float]],
-                         sentence_sims: dict[str, np.ndarray], query_weights: dict[str, float] | None = None,
-                         question_scores: dict[str, float] | None = None,
-                         sentences: tuple[np.ndarray | None, dict[str, np.ndarray], dict[str, float]] | None = None,
-                         ) -> Passage:
-        """`sentences`: the vector, the similarity cache and the weighted words the sentence scores
-        are measured against, when not the query's (`search(sentences_for=...)`)."""
+                         question_scores: dict[str, float] | None, sentences: "_SentenceTarget | None") -> Passage:
+        """`sentences`: what the sentence scores are measured against (none: a section fetched by its key)."""
         sec = self.store.sections[key]
         info = self._section_info(key)
         q_score = self._question_score(key, qv, dense_hits, question_scores)
-        if sentences is not None:
-            qv, sentence_sims, query_weights = sentences
-        total = sum((query_weights or {}).values())
-        coverage = tuple(round(sum(w for t, w in query_weights.items() if t in toks) / total, 4)
-                         for toks in info.token_sets) if query_weights and total > 0 else ()
+        weights = sentences.weights if sentences is not None else {}
+        total = sum(weights.values())
+        coverage = tuple(round(sum(w for t, w in weights.items() if t in toks) / total, 4)
+                         for toks in info.token_sets) if total > 0 else ()
         d = info.doc
-        sims = self._sentence_sims(key, qv, sentence_sims)
+        sims = self._sentence_sims(key, sentences.vector, sentences.sims) if sentences is not None else np.zeros(0)
         return Passage(
             chunk_id=key, doc_id=sec["doc_id"], text=sec["text"], score=round(float(score), 6),
             title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),
