@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -233,12 +233,9 @@ class FactExtractor:
         for m in _AMOUNT.finditer(norm):
             if (v := m.group(0).strip()) not in f.amounts:
                 f.amounts.append(v)
-        for i in self._country_filter.candidates(norm):
-            if self._countries[i][0] == HOME_CODE:
-                continue  # "東日本電信電話", "our Japan office": Japan is where the calls come from
-            for m in self._countries[i][1].finditer(norm):
-                if (v := m.group(0)) not in f.destinations:
-                    f.destinations.append(v)
+        for v in self._countries_named(norm):
+            if v not in f.destinations:
+                f.destinations.append(v)
         for m in _CODE.finditer(norm):
             digits = m.group(1)
             known_code = self._calling_code(digits)
@@ -268,8 +265,7 @@ class FactExtractor:
             return True
         if self._reported and self._reported.search(norm):
             return True
-        return any(self._countries[i][0] != HOME_CODE and self._countries[i][1].search(norm)
-                   for i in self._country_filter.candidates(norm))
+        return next(self._countries_named(norm), None) is not None
 
     def dialled_abroad(self, text: str) -> int:
         """How many whole international numbers the message holds (a known calling code other than
@@ -282,6 +278,14 @@ class FactExtractor:
             if code is not None and code != HOME_CODE and len(digits) - len(code) >= 6:
                 count += 1
         return count
+
+    def _countries_named(self, norm: str) -> Iterator[str]:
+        """The names of countries abroad in normalized text, as written; never Japan ("東日本電信電話",
+        "our Japan office": Japan is where the calls come from)."""
+        for i in self._country_filter.candidates(norm):
+            code, rx, _ = self._countries[i]
+            if code != HOME_CODE:
+                yield from (m.group(0) for m in rx.finditer(norm))
 
     def _calling_code(self, digits: str) -> str | None:
         """The longest known calling code the digits start with ("2325..." -> "232"), or None."""

@@ -9,6 +9,7 @@ by the tables of knowledge/lexicon/ (facts.py).
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from bot.conversation.understanding.classifier import IntentClassifier, Prediction
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
@@ -43,14 +44,14 @@ class Understander:
             segments = sentences_of(text)
             if len(segments) > 1:
                 parts = self.classifier.predict_many(segments)
-                pred = combine(pred, parts, ongoing=stated is True,
-                               asking=[seg.rstrip().endswith(("?", "？")) for seg in segments])
-                questions = tuple(seg for seg, part in zip(segments, parts)
-                                  if (part.labels & QUESTION_LABELS or seg.rstrip().endswith(("?", "？")))
-                                  and not part.labels & {"fraud_now", "fraud_bill"})
+                asking = [seg.rstrip().endswith(("?", "？")) for seg in segments]
+                pred = combine(pred, parts, ongoing=stated is True, asking=asking)
+                questions = tuple(seg for seg, part, asks in zip(segments, parts, asking)
+                                  if (part.labels & QUESTION_LABELS or asks) and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred, over=stated is False), pred.scores
-            intents = _call_log(intents, pred, self.extractor.dialled_abroad(text), over=stated is False)
-            intents = _unreported(intents, pred, self.extractor.reports(text))
+            # the tables are read only when their rule could change the labels
+            intents = _call_log(intents, pred, lambda: self.extractor.dialled_abroad(text), over=stated is False)
+            intents = _unreported(intents, pred, lambda: self.extractor.reports(text))
         ongoing = True if "fraud_now" in intents else (False if "dispute" in intents else None)
         facts = self.extractor.extract(text, known, ongoing=ongoing)
         return Meaning(intents=intents, scores=scores, detected_language=detected, unknown_language=unknown,
@@ -122,29 +123,29 @@ def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False
 CALL_LOG_NUMBERS = 3  # whole international numbers in one message: a pasted call log or bill
 
 
-def _call_log(intents: frozenset[str], pred, numbers: int, *, over: bool) -> frozenset[str]:
+def _call_log(intents: frozenset[str], pred, numbers: Callable[[], int], *, over: bool) -> frozenset[str]:
     """A pasted call log or bill ("02:13:44 ext201 -> 00224612345678 00:00:31" three times, "what is
     this?") is evidence of calls abroad that no example wording carries: read as an incident when the
     model leans that way at all (a fifth of the threshold, as for an incident sentence), unless the
     message is about incoming calls or says the takeover is over."""
-    if numbers < CALL_LOG_NUMBERS or over or intents & {"fraud_now", "fraud_bill", "incoming_scam", "dispute"}:
+    if over or intents & {"fraud_now", "fraud_bill", "incoming_scam", "dispute"}:
         return intents
     label = max(("fraud_now", "fraud_bill"), key=lambda lab: pred.ratios.get(lab, 0.0))
-    if pred.ratios.get(label, 0.0) < INCIDENT_SEGMENT_FLOOR:
+    if pred.ratios.get(label, 0.0) < INCIDENT_SEGMENT_FLOOR or numbers() < CALL_LOG_NUMBERS:
         return intents
     return intents | {label}
 
 
-def _unreported(intents: frozenset[str], pred, reports: bool) -> frozenset[str]:
+def _unreported(intents: frozenset[str], pred, reports: Callable[[], bool]) -> frozenset[str]:
     """A question about blocking ("if I phone NTT to bar international calls, does it kick in
     straight away?") shares its words with "stop these calls!": both labels pass. When it reads more
     like a question than like an incident and states nothing of the user's own line (no amount,
     destination, time, status, or words of a takeover or of calls nobody made: FactExtractor.reports),
     it is the question; a report that also asks keeps its incident."""
     incident = intents & {"fraud_now", "fraud_bill"}
-    if not incident or reports or "question" not in intents:
+    if not incident or "question" not in intents:
         return intents
-    if pred.ratios.get("question", 0.0) <= max(pred.ratios.get(lab, 0.0) for lab in incident):
+    if pred.ratios.get("question", 0.0) <= max(pred.ratios.get(lab, 0.0) for lab in incident) or reports():
         return intents
     return intents - incident
 
