@@ -27,6 +27,7 @@ import yaml
 from bot.config import ConfigError, Settings
 from bot.conversation import composer
 from bot.conversation.passages import for_carrier, in_language
+from bot.conversation.understanding.text import message_sentences
 from bot.ports import Passage, SearchResult
 
 GATE_PATH = Path(__file__).with_name("answerability.json")
@@ -109,14 +110,11 @@ class AnswerTypes:
 _JA_CONDITION = re.compile(r"^.*(?:たら|れば|なら|場合は?|ときは?|時は?)[、,]")
 
 
-_SENTENCE = re.compile(r"[^。！？!?.\n]*(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
-
-
 def asking_part(question: str) -> str:
     """The part of a question that asks: its sentences that end in a question mark when it has others
     too ("I got a letter that mentions a web page. Are they the same service?" does not ask for a web
     page), without a leading Japanese condition clause."""
-    sentences = [m.group(0).strip() for m in _SENTENCE.finditer(question) if m.group(0).strip()]
+    sentences = message_sentences(question)
     asking = [x for x in sentences if x.endswith(("?", "？"))]
     if asking and len(asking) < len(sentences):
         question = " ".join(asking)

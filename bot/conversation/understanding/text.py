@@ -82,3 +82,13 @@ def normalize(text: str) -> str:
     """NFKC, lower case, kana-only key words in kanji, spaces between Japanese words removed."""
     t = kana_to_kanji(text).lower()
     return re.sub(r"(?<=[\u3040-\u30ff\u4e00-\u9fff])\s+(?=[\u3040-\u30ff\u4e00-\u9fff])", "", t)
+
+
+# a message's sentences end at 。！？!? (each), at a full stop before a space, or at a line break
+_SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+|\n+")
+
+
+def message_sentences(text: str) -> list[str]:
+    """The sentences of a message, as typed: "Calls to Somalia are going out now. Who pays?" is two.
+    Unlike bot.text.split_sentences (the documents'), it needs no capital after a full stop."""
+    return [p.strip() for p in _SENTENCE_END.split(text or "") if p and p.strip()]

@@ -8,12 +8,12 @@ by the tables of knowledge/lexicon/ (facts.py).
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 from bot.conversation.understanding.classifier import IntentClassifier, Prediction
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
 from bot.conversation.understanding.intents import IntentData
+from bot.conversation.understanding.text import message_sentences
 from bot.language import detect_language, has_letters
 from bot.conversation.understanding.meaning import Meaning
 
@@ -75,13 +75,9 @@ INCIDENT_SEGMENT_BAR = 1.1
 SEGMENT_LABELS = frozenset({"fraud_now", "fraud_bill", "question", "billing_question", "incoming_scam", "thanks"})
 QUESTION_LABELS = frozenset({"question", "billing_question", "incoming_scam", "domestic_billing"})
 MAX_SEGMENTS = 6
-_SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+|\n+")
-
-
 def sentences_of(text: str) -> list[str]:
-    """The sentences of a message ("Calls to Somalia are going out now. Who pays for them?")."""
-    parts = [p.strip() for p in _SENTENCE_END.split(text or "") if p and p.strip()]
-    return [p for p in parts if len(p) >= 4][:MAX_SEGMENTS]
+    """The sentences of a message worth classifying alone (four characters or more, the first few)."""
+    return [p for p in message_sentences(text) if len(p) >= 4][:MAX_SEGMENTS]
 
 
 def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False,
