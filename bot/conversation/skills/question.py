@@ -33,6 +33,11 @@ SHOWN_KEY = "_shown"  # state.facts: fingerprints of the sentences of the last a
 SHOWN_MAX = 24  # about the last three answers: a follow-up asks something they did not say
 
 
+def _seen(turn: Turn) -> frozenset[str]:
+    """Fingerprints of the sentences the conversation's last answers showed."""
+    return frozenset(turn.state.facts.get(SHOWN_KEY) or ())
+
+
 class Question:
     claims = frozenset({"question", "billing_question", "incoming_scam", "domestic_billing", "off_topic"})
 
@@ -55,7 +60,7 @@ class Question:
             # "And with KDDI?" asks the last question again: what kind of answer it wanted (how
             # long, which number) picks the sentences, not the two words typed now.
             query = focus = switch
-            header = t("carrier_header", lang, carrier=self.extractor.carrier_name(carrier, lang))
+            header = self._carrier_header(turn)
         elif carriers:
             carrier = carriers[0]
         elif st.carrier:
@@ -122,6 +127,10 @@ class Question:
         asked = set(self.answerer.answer_types.asked(turn.text))
         return "payment" in asked and only_who_pays(asked)
 
+    def _carrier_header(self, turn: Turn) -> str:
+        """"For KDDI:" over an answer that asks the last question again for the carrier named now."""
+        return t("carrier_header", turn.lang, carrier=self.extractor.carrier_name(turn.meaning.carriers[0], turn.lang))
+
     def _switch_query(self, turn: Turn) -> str | None:
         carriers = turn.meaning.carriers
         if not (turn.state.last_query and carriers):
@@ -136,8 +145,8 @@ class Question:
         may still ask the last question again for that carrier. Both readings are searched; the switch is
         taken when the gate passes it and prefers it. Otherwise the message's own reading, without a header."""
         lang = turn.lang
-        header = t("carrier_header", lang, carrier=self.extractor.carrier_name(turn.meaning.carriers[0], lang))
-        seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
+        header = self._carrier_header(turn)
+        seen = _seen(turn)
         switched = self._answer(kit, switch, switch, lang, carrier, kit.budget(lang, [header, t("more_hint", lang)]),
                                 seen)
         # No benefit of the doubt here (unlike "and KDDI?"): the message may ask something of its own, and
@@ -159,7 +168,7 @@ class Question:
         of its own, or a word pointing back), or that its own reading does not answer, also with the
         last question ("how long does it take?" is about what was just discussed)."""
         lang = turn.lang
-        seen = frozenset(turn.state.facts.get(SHOWN_KEY) or ())
+        seen = _seen(turn)
         own = self._answer(kit, query, focus, lang, carrier, budget, seen)
         last = turn.state.last_query
         if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
