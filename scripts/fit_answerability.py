@@ -4,8 +4,9 @@
     python scripts/fit_answerability.py --check    # report the saved gate on the same data, save nothing
 
 Data (development only, never the held-out set): knowledge/eval/answerability_dev.jsonl and the
-questions of knowledge/eval/dev_labelled/ (questions the sources answer and questions they do not,
-incidents left out), the retrieval development questions
+questions of the three development sets in the held-out format, dev_labelled/, dev_fresh/ and
+dev_blind3/ (questions the sources answer and questions they do not, incidents left out;
+`--leave-out FILE` fits without one, to judge the gate on questions it never saw), the retrieval development questions
 (knowledge/eval/retrieval*.jsonl: all answered by the sources) and off-topic questions (not
 answered). Each question is searched and composed as the question skill does; the gate's features
 are what the composer saw. L2 logistic regression, classes weighted to balance; the threshold is
@@ -35,9 +36,11 @@ from bot.conversation.understanding.text import kana_to_kanji  # noqa: E402
 from scripts.eval_retrieval import OFF_TOPIC  # noqa: E402
 
 FOLDS = 5
+# The development sets written in the held-out format, in the voices of users (never the held-out set).
+LABELLED = tuple(ROOT / "knowledge" / "eval" / d / "questions.jsonl" for d in ("dev_labelled", "dev_fresh", "dev_blind3"))
 
 
-def load_rows() -> list[tuple[str, str, int]]:
+def load_rows(leave_out: frozenset[Path] = frozenset()) -> list[tuple[str, str, int]]:
     rows: list[tuple[str, str, int]] = []
     for line in (ROOT / "knowledge" / "eval" / "answerability_dev.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -48,8 +51,9 @@ def load_rows() -> list[tuple[str, str, int]]:
             if line.strip():
                 r = json.loads(line)
                 rows.append((r["language"], r["question"], 1))
-    labelled = ROOT / "knowledge" / "eval" / "dev_labelled" / "questions.jsonl"
-    if labelled.exists():  # the development set in the held-out format: questions as users ask them
+    for labelled in LABELLED:  # the development sets in the held-out format: questions as users ask them
+        if not labelled.exists() or labelled in leave_out:
+            continue
         for line in labelled.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 r = json.loads(line)
@@ -101,6 +105,8 @@ def report(name: str, scores: np.ndarray, y: np.ndarray, t: float) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--leave-out", nargs="*", default=[], type=Path,
+                    help="labelled question files to fit without (to judge the fit on a set it never saw)")
     args = ap.parse_args()
     from bot.retrieval.hybrid import open_retriever as build_retriever  # the retriever itself, no wrapper
 
@@ -108,7 +114,8 @@ def main() -> int:
     retriever = build_retriever(settings)
     answerer = Answerer.served(settings, FactExtractor.load(settings.knowledge_dir).carriers)
     budget = {"ja": settings.answer_max_chars_ja * 2 // 3, "en": settings.answer_max_words_en * 2 // 3}
-    rows = load_rows()
+    leave_out = frozenset(p.resolve() for p in args.leave_out)
+    rows = load_rows(leave_out)
     t0 = time.perf_counter()
     X, y = [], []
     for lang, question, label in rows:
@@ -140,7 +147,8 @@ def main() -> int:
     b0, w = fit(X, y)
     data = {"intercept": b0, "weights": {f: float(v) for f, v in zip(FEATURES, w)}, "threshold": round(float(best_t), 2),
             "fitted_on": {"questions": int(len(y)), "answerable": int(y.sum()), "files": ["knowledge/eval/answerability_dev.jsonl",
-                          "knowledge/eval/retrieval*.jsonl", "knowledge/eval/dev_labelled/questions.jsonl",
+                          "knowledge/eval/retrieval*.jsonl",
+                          *(str(p.relative_to(ROOT)) for p in LABELLED if p.resolve() not in leave_out),
                           "scripts/eval_retrieval.py OFF_TOPIC"],
                           "date": time.strftime("%Y-%m-%d"), "embedder": settings.embedder}}
     GATE_PATH.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
