@@ -47,9 +47,10 @@ class AnswerTypes:
     """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
 
     def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]],
-                 not_asking: re.Pattern[str] | None = None):
+                 not_asking: re.Pattern[str] | None = None, gap: re.Pattern[str] | None = None):
         self.types = types
         self.not_asking = not_asking  # words holding a question word that do not ask ("いつも")
+        self.gap = gap  # a sentence saying our sources lack something ("Our sources give no phone number for…")
         # cue() and strength() read the same question in one answer: its patterns run once
         self._asked = lru_cache(maxsize=64)(self._read_asked)
 
@@ -76,7 +77,16 @@ class AnswerTypes:
                 raise ConfigError(f"{path}: type '{name}', field 'answer': {type(exc).__name__}: {exc}") from None
             types[name] = (re.compile("|".join(parts)) if parts else None, answer, float(spec.get("strength", 1.0)))
         words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in data.get("not_asking") or []}, key=len, reverse=True)
-        return cls(types, re.compile("|".join(map(re.escape, words))) if words else None)
+        try:
+            gaps = [re.compile(str(x)) for x in data.get("gap_statements") or []]
+        except re.error as exc:
+            raise ConfigError(f"{path}: field 'gap_statements': {exc}") from None
+        gap = re.compile("|".join(g.pattern for g in gaps), re.IGNORECASE) if gaps else None
+        return cls(types, re.compile("|".join(map(re.escape, words))) if words else None, gap)
+
+    def states_gap(self, sentence: str) -> bool:
+        """The sentence says our sources lack something (`gap_statements`)."""
+        return self.gap is not None and _gives(self.gap, sentence)
 
     def asked(self, question: str) -> list[str]:
         return list(self._asked(question))
@@ -155,6 +165,7 @@ class Answer:
     answerability: float = 0.0
     covered: bool = False
     followup: bool = False  # read together with the conversation's last question
+    lacking: bool = False  # the sources say they lack the kind of answer asked for ("no phone number for KDDI")
 
     @property
     def confidence(self) -> float:
@@ -266,4 +277,15 @@ class Answerer:
         # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.
         score = self.gate.score(features) if with_sims else float(result.confidence)
         covered = bool(shown) and score >= (self.gate.threshold if with_sims else self.min_confidence)
-        return Answer(query, result, passages, other_language, shown, rest, features, round(score, 4), covered)
+        gaps = [p for p in shown if self.answer_types.states_gap(p.text)]
+        lacking = bool(gaps) and features["missing"] > 0
+        if lacking:
+            # A kind of answer asked for (a phone number, a fee, a duration) that no shown sentence gives,
+            # and the sources saying they lack it ("Our sources give no phone number for KDDI's block"):
+            # not an answer. The reply says the sources do not cover the question and shows that sentence
+            # first, among the closest facts. (Whether a scheme exists is answered by "none was found":
+            # a yes-or-no question asks no kind, so such a sentence still answers it.)
+            covered = False
+            shown = gaps + [p for p in shown if p not in gaps]
+        return Answer(query, result, passages, other_language, shown, rest, features, round(score, 4), covered,
+                      lacking=lacking)

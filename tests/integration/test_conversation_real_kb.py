@@ -443,3 +443,22 @@ def test_a_general_question_about_who_pays_that_the_search_misses_hears_the_gene
     reply = service.handle(InboundMessage(address=Address("eval", "who-pays-general"), text=text))[0]
     assert reply.kind == "answer" and reply.escalation is None, reply.answer
     assert re.search(r"subscriber generally pays", reply.answer), reply.answer
+
+
+@pytest.mark.parametrize("first,switch,lacking", [
+    # (third development set, case db3c-011)
+    ("NTT東日本で国際電話の発信を止めてもらう電話番号おしえて", "KDDIの場合の番号も教えてほしい", "手元の資料には、KDDIの国際発信規制の受付電話番号"),
+    ("What number do I call to stop international calls on NTT Hikari Denwa?", "And KDDI's number?",
+     "Our sources give no phone number for KDDI"),
+])
+def test_a_number_the_sources_say_they_lack_is_not_covered_and_the_reply_says_what_is_missing(
+        real_retriever, first, switch, lacking):
+    """The number asked for is in no document, and the KDDI guide says so: the reply is "not covered"
+    (with the person button), and the sentence saying what the sources lack comes first among the
+    closest facts, not a sentence about caller-number authentication that happens to say 番号."""
+    service = new_service(real_retriever)
+    address = Address("eval", "lacking-" + switch[:6])
+    service.handle(InboundMessage(address=address, text=first))
+    reply = service.handle(InboundMessage(address=address, text=switch))[0]
+    assert reply.kind == "not_covered" and reply.escalation is None, reply.answer
+    assert lacking in reply.answer.splitlines()[2], reply.answer

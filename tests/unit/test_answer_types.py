@@ -64,6 +64,7 @@ def test_a_toll_free_number_asked_for_is_not_a_question_about_cost(types):
 @pytest.mark.parametrize("content,named", [
     ("types:\n  cost:\n    question: [is it free, free?]\n    answer: 'free'\n", "not valid YAML"),
     ("types:\n  cost:\n    question: [is it free]\n    answer: '(unclosed'\n", "type 'cost', field 'answer'"),
+    ("gap_statements: ['our sources (do not']\ntypes: {}\n", "field 'gap_statements'"),
 ])
 def test_a_malformed_answer_type_table_stops_the_start_with_one_line_naming_it(tmp_path, content, named):
     from bot.config import ConfigError
@@ -93,3 +94,14 @@ def test_a_pin_is_not_a_phone_number(types):
     and its absence is no sign the sources miss the question."""
     assert "number" not in types.asked("ボイスメールの暗証番号って何桁以上にすべき？")
     assert "number" in types.asked("国際電話不取扱受付センターの番号って何番？")
+
+
+@pytest.mark.parametrize("sentence,gap", [
+    ("Our sources give no phone number for KDDI's international block.", True),
+    ("手元の資料には、KDDIの国際発信規制の受付電話番号もありません。", True),
+    # a partial statement still gives something: users' reports of a free block
+    ("NTT東日本の発信規制の料金については、利用者の報告しか手元の資料にないため、NTTに確認してください。", False),
+    ("KDDI can bar international outgoing calls on request.", False),
+])
+def test_a_sentence_saying_the_sources_lack_something_is_known_as_such(types, sentence, gap):
+    assert types.states_gap(sentence) is gap

@@ -77,7 +77,7 @@ class Question:
             shown, rest, _ = who_pays(kit, lang, budget)
             if shown:
                 answer.shown, answer.rest, answer.covered = shown, rest, True
-        if header and not answer.covered and self._about(answer, carrier):
+        if header and not answer.covered and not answer.lacking and self._about(answer, carrier):
             # "じゃあKDDIの場合は？": the last question asked again for another carrier. Sentences about
             # that very carrier on the last question's topic answer it, even when they lack one detail
             # the first question asked (its cost): the gate's general features cannot see that.
@@ -156,6 +156,10 @@ class Question:
         topicless = all(self.extractor.carriers(term) for term in own.result.expanded_terms)
         if switched.covered and (topicless or not own.covered or switched.answerability > own.answerability):
             return switched, header
+        if switched.lacking and not own.covered:
+            # Neither reading is answered, and the switch finds the sources saying they lack it ("no
+            # phone number for KDDI's block"): that sentence is the closest fact there is.
+            return switched, header
         return own, ""
 
     def _carrier_only(self, turn: Turn) -> bool:
@@ -218,6 +222,8 @@ class Question:
         lines = [t("not_covered", lang)]
         book = composer.CitationBook()
         close = [p for p in answer.shown if (p.similarity or 0.0) >= CLOSEST_MIN_SIMILARITY][:2]
+        if answer.lacking:  # the sentence saying the sources lack what was asked comes first, however close
+            close = [answer.shown[0]] + [p for p in close if p is not answer.shown[0]][:1]
         if close:
             lines += [t("closest_facts", lang), composer.render(close, lang, book)]
         lines.append(t("offer_person", lang))
