@@ -3,9 +3,9 @@
     python scripts/fit_sentence_scorer.py            # fit, compare out-of-fold with the current weights, save if better
     python scripts/fit_sentence_scorer.py --report   # compare only
 
-Development data only: the answerable questions of knowledge/eval/dev_labelled/questions.jsonl and
-knowledge/eval/dev_probes.jsonl and the first turns of knowledge/eval/dev_labelled/conversations.jsonl
-(incidents left out), each labelled with strings a correct answer contains. Every question is
+Development data only: the answerable questions of the development sets in the held-out format
+(dev_labelled, dev_fresh, dev_blind3; `--leave-out` fits without one) and knowledge/eval/dev_probes.jsonl,
+and the first turns of their conversations (incidents left out), each labelled with strings a correct answer contains. Every question is
 searched and cut into scored sentences as the question skill does; a sentence is a positive when it
 contains one of the strings. A listwise model over the composer's SENTENCE_FEATURES: per question, a
 softmax over its sentences, fitted to put the probability on the positives (L2 1.0) — what the
@@ -82,14 +82,18 @@ def hits(groups, scorer) -> tuple[float, float]:
     return top1 / len(groups), top3 / len(groups)
 
 
-def labelled_questions():
+DEV_SETS = ("dev_labelled", "dev_fresh", "dev_blind3")  # development sets in the held-out format
+
+
+def labelled_questions(leave_out: frozenset[str] = frozenset()):
     """The development questions labelled with what their answer contains: the single questions of
-    knowledge/eval/dev_labelled/questions.jsonl and knowledge/eval/dev_probes.jsonl, and the first
-    turn of each development conversation (later turns lean on the conversation, which a search of
-    their text alone would not), each read as eval_conversations reads a labelled turn."""
+    the development sets (DEV_SETS, `leave_out` excepted) and knowledge/eval/dev_probes.jsonl, and the
+    first turn of each development conversation (later turns lean on the conversation, which a search
+    of their text alone would not), each read as eval_conversations reads a labelled turn."""
     eval_dir = ROOT / "knowledge" / "eval"
-    for path in (eval_dir / "dev_labelled" / "questions.jsonl", eval_dir / "dev_probes.jsonl",
-                 eval_dir / "dev_labelled" / "conversations.jsonl"):
+    paths = [eval_dir / "dev_probes.jsonl"] + [eval_dir / d / f for d in DEV_SETS if d not in leave_out
+                                               for f in ("questions.jsonl", "conversations.jsonl")]
+    for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 yield labelled_turns(json.loads(line))[0]
@@ -98,6 +102,8 @@ def labelled_questions():
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--leave-out", nargs="*", default=[], choices=DEV_SETS,
+                    help="development sets to fit without (to judge the fit on a set it never saw)")
     args = ap.parse_args()
     from bot.retrieval.hybrid import open_retriever as build_retriever  # the retriever itself, no wrapper
 
@@ -107,7 +113,7 @@ def main() -> int:
     groups = []
     t0 = time.perf_counter()
     current = composer.SENTENCE_SCORER
-    for row in labelled_questions():
+    for row in labelled_questions(frozenset(args.leave_out)):
         if row.get("answerable") is not True or not row.get("expect_any") or row.get("language") not in ("ja", "en"):
             continue
         if {"fraud_now", "fraud_bill"} & set(row.get("intents") or []):
