@@ -462,3 +462,16 @@ def test_a_number_the_sources_say_they_lack_is_not_covered_and_the_reply_says_wh
     reply = service.handle(InboundMessage(address=address, text=switch))[0]
     assert reply.kind == "not_covered" and reply.escalation is None, reply.answer
     assert lacking in reply.answer.splitlines()[2], reply.answer
+
+
+def test_a_longer_follow_up_pointing_back_is_read_with_the_last_question(real_retriever):
+    """"So what should we do about it?" after a question about DISA, in a message too long to be a
+    short follow-up: read alone it was "not covered"; read with the last question it hears to remove
+    the feature or protect it (third development set, case db3c-012)."""
+    service = new_service(real_retriever)
+    address = Address("eval", "long-follow-up")
+    service.handle(InboundMessage(address=address, text="What does DISA mean? Our PBX vendor mentioned it."))
+    reply = service.handle(InboundMessage(
+        address=address, text="Our sales reps use it when they're on the road. So what should we do about it?"))[0]
+    assert reply.kind == "answer", reply.answer
+    assert re.search(r"caller-number authentication|remove", reply.answer), reply.answer

@@ -20,6 +20,7 @@ from bot.conversation.who_pays import only_who_pays, who_pays
 from bot.messages import Reply
 
 SHORT = {"ja": 25, "en": 8}  # a message this short may lean on the previous question (characters / words)
+LONG_FOLLOWUP = {"ja": 60, "en": 25}  # up to this long, a message with a word pointing back may too
 CARRIER_ONLY = {"ja": 8, "en": 3}  # what is left of "KDDIの場合は？" once the carrier is taken out
 CLOSEST_MIN_SIMILARITY = 0.3  # below this, the "closest facts" are not close: none are shown
 VAGUE_MAX_TERMS = 2  # "どうすればいいの？": too few content words to search without a context
@@ -175,7 +176,18 @@ class Question:
         seen = _seen(turn)
         own = self._answer(kit, query, focus, lang, carrier, budget, seen)
         last = turn.state.last_query
-        if last and composer.measure(turn.text, lang) <= SHORT[lang] and query == kana_to_kanji(turn.text):
+        size = composer.measure(turn.text, lang)
+        if last and SHORT[lang] < size <= LONG_FOLLOWUP[lang] and query == kana_to_kanji(turn.text) \
+                and _REFERS_BACK.search(turn.text):
+            # A longer message that points back ("Our sales reps use it on the road. So what should we do
+            # about it?") may still lean on the last question; read with it, it is taken only when the
+            # gate prefers that reading, since a longer message more often has a topic of its own.
+            joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen,
+                                  sentences_for=query)
+            if joined.covered and (not own.covered or joined.answerability > own.answerability):
+                joined.followup = True
+                return joined
+        if last and size <= SHORT[lang] and query == kana_to_kanji(turn.text):
             # A message that names no concept of the domain ("how long does it take?", 「無料？」) or
             # points back ("what if I do it at night?") only makes sense with the last question; one
             # with a topic of its own that its own reading answers is not searched a second time.
