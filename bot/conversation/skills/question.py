@@ -178,10 +178,11 @@ class Question:
         last = turn.state.last_query
         size = composer.measure(turn.text, lang)
         if last and SHORT[lang] < size <= LONG_FOLLOWUP[lang] and query == kana_to_kanji(turn.text) \
-                and _REFERS_BACK.search(turn.text):
+                and (_REFERS_BACK.search(turn.text) or not own.covered):
             # A longer message that points back ("Our sales reps use it on the road. So what should we do
-            # about it?") may still lean on the last question; read with it, it is taken only when the
-            # gate prefers that reading, since a longer message more often has a topic of its own.
+            # about it?"), or that its own reading does not answer ("and the Fujitsu FENICS IP phone
+            # service at our other site?"), may still lean on the last question; read with it, it is
+            # taken only when the gate prefers that reading: a longer message more often has a topic of its own.
             joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen,
                                   sentences_for=query)
             if joined.covered and (not own.covered or joined.answerability > own.answerability):
