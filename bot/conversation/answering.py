@@ -27,7 +27,7 @@ import yaml
 from bot.config import ConfigError, Settings
 from bot.conversation import composer
 from bot.conversation.passages import for_carrier, in_language
-from bot.conversation.understanding.text import message_sentences
+from bot.conversation.understanding.text import asks, message_sentences
 from bot.ports import Passage, SearchResult
 
 GATE_PATH = Path(__file__).with_name("answerability.json")
@@ -125,7 +125,7 @@ def asking_part(question: str) -> str:
     too ("I got a letter that mentions a web page. Are they the same service?" does not ask for a web
     page), without a leading Japanese condition clause."""
     sentences = message_sentences(question)
-    asking = [x for x in sentences if x.endswith(("?", "？"))]
+    asking = [x for x in sentences if asks(x)]
     if asking and len(asking) < len(sentences):
         question = " ".join(asking)
     rest = _JA_CONDITION.sub("", question, count=1)

@@ -364,3 +364,17 @@ def test_a_bill_just_found_that_asks_about_refunds_is_an_incident_not_a_dispute(
             "we ask NTT to block today, will calls made after our request but before the block kicks in be refunded?")
     meaning = understander.understand(text, None)
     assert meaning.incident, meaning.intents
+
+
+@pytest.mark.parametrize("sentence,asking", [
+    ("申し込んでから止まるまでの分も請求されるのでしょうか。", True),
+    ("国際電話は止まりますか", True),
+    ("返金してもらえるのかな", True),
+    ("Who pays?", True),
+    ("電話代が急に増えました。", False),
+    ("We called our carrier.", False),
+])
+def test_a_sentence_asks_by_its_question_mark_or_a_japanese_final_ka(sentence, asking):
+    from bot.conversation.understanding.text import asks
+
+    assert asks(sentence) is asking

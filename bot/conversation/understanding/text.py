@@ -88,6 +88,17 @@ def normalize(text: str) -> str:
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+|\n+")
 
 
+# A Japanese sentence that asks without a question mark ends in the particle か (「請求されるのでしょうか。」,
+# 「止まりますか」, 「あるのかな」): a grammatical ending, not a topic word.
+_JA_ASKING_END = re.compile(r"(?:か|かな|かね|かしら)[。．.]?$")
+
+
+def asks(sentence: str) -> bool:
+    """The sentence asks: a question mark at its end, or a Japanese sentence-final か."""
+    s = sentence.rstrip()
+    return s.endswith(("?", "？")) or bool(_JA_ASKING_END.search(s))
+
+
 def message_sentences(text: str) -> list[str]:
     """The sentences of a message, as typed: "Calls to Somalia are going out now. Who pays?" is two.
     Unlike bot.text.split_sentences (the documents'), it needs no capital after a full stop."""

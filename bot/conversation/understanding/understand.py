@@ -13,7 +13,7 @@ from typing import Callable
 from bot.conversation.understanding.classifier import IntentClassifier, Prediction
 from bot.conversation.understanding.facts import FactExtractor, IncidentFacts
 from bot.conversation.understanding.intents import IntentData
-from bot.conversation.understanding.text import message_sentences
+from bot.conversation.understanding.text import asks, message_sentences
 from bot.language import detect_language, has_letters
 from bot.conversation.understanding.meaning import Meaning
 
@@ -44,7 +44,7 @@ class Understander:
             segments = sentences_of(text)
             if len(segments) > 1:
                 parts = self.classifier.predict_many(segments)
-                asking = [seg.rstrip().endswith(("?", "？")) for seg in segments]
+                asking = [asks(seg) for seg in segments]
                 pred = combine(pred, parts, ongoing=stated is True, asking=asking)
                 questions = tuple(seg for seg, part, asks in zip(segments, parts, asking)
                                   if (part.labels & QUESTION_LABELS or asks) and not part.labels & {"fraud_now", "fraud_bill"})
