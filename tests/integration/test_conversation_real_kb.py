@@ -286,20 +286,27 @@ def test_a_dispute_hears_who_pays_first_whatever_story_comes_with_it(real_retrie
     assert "case-law" not in reply.answer and "判例" not in reply.answer
 
 
-@pytest.mark.parametrize("text,rule", [
+@pytest.mark.parametrize("text,rule,relief", [
     ("今まさに海外に電話かけられ続けてます！ひかり電話です。止めたあと、この分の料金って払わなきゃいけないんですか？",
-     "原則として契約者"),
+     "原則として契約者", "特別措置"),
     ("Our PBX is dialling Sierra Leone nonstop right now. Once it's stopped, do we have to pay for these calls?",
-     "subscriber generally pays"),
+     "subscriber generally pays", "special measure"),
+    # (third development set, cases db3-en-055 and db3-ja-026: the relief did not fit; a polite question
+    # ending in か without a question mark was not read as asking)
+    ("We just got a ¥2M bill for calls to Somalia that nobody here made. Will the carrier refund any of it?",
+     "subscriber generally pays", "no refund can be promised"),
+    ("事務所のPBXから勝手に海外へ発信されています。すぐ止めてもらうつもりですが、申し込んでから実際に止まるまでの分も請求されるのでしょうか。",
+     "原則として契約者", "返金は約束できません"),
 ])
-def test_an_incident_that_asks_who_pays_gets_the_steps_then_the_general_rule(real_retriever, text, rule):
+def test_an_incident_that_asks_who_pays_gets_the_steps_then_the_general_rule_and_the_one_relief(
+        real_retriever, text, rule, relief):
     service = new_service(real_retriever)
-    reply = service.handle(InboundMessage(address=Address("eval", "incident-pays-" + rule[:4]), text=text))[0]
+    reply = service.handle(InboundMessage(address=Address("eval", "incident-pays-" + text[:12]), text=text))[0]
     assert reply.kind == "incident" and reply.escalation is not None and reply.escalation.priority == "urgent"
     from bot.conversation.texts import t
 
     steps, _, asked = reply.answer.partition(t("also_asked", "en" if rule.isascii() else "ja"))
-    assert steps and rule in asked, reply.answer  # the steps first, then the answer to the question
+    assert steps and rule in asked and relief in asked, reply.answer  # the steps first, then the answer to the question
 
 
 def test_the_question_an_incident_report_also_asks_is_judged_as_if_asked_alone(real_retriever):

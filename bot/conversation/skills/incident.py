@@ -20,6 +20,7 @@ from bot.messages import Reply
 # Labels that mean "and I also ask something" next to an incident; answer types that do too.
 _QUESTION_LABELS = frozenset({"billing_question", "dispute", "question", "incoming_scam"})
 _QUESTION_TYPES = ("payment", "duration", "cost", "number")
+WHO_PAYS_SENTENCES = 2  # the who-pays guide's opening: the general rule, then the one relief found
 
 
 class Incident:
@@ -66,8 +67,13 @@ class Incident:
         if question:
             reserve = kit.budget(lang, fixed) * 2 // 5  # two fifths of the reply answer the other question
             if self.asks_who_pays(turn, question):
-                # "do we have to pay for this?": the general rule and the one relief, as a dispute hears it
-                second = who_pays(kit, lang, reserve)[0]
+                # "do we have to pay for this?": the general rule and the one relief, as a dispute hears it,
+                # both whatever their length (the guide's opening; its next sentence, "first stop the calls",
+                # the steps above already say). In two fifths of the reply the relief and "no refund can be
+                # promised" did not fit, and a user asking "will they refund any of it?" heard only "you
+                # generally pay". The steps get what is left, at least their first one.
+                second = who_pays(kit, lang, kit.budget(lang, fixed))[0][:WHO_PAYS_SENTENCES]
+                reserve = sum(composer.measure(p.text, lang) for p in second)
             else:
                 query = kana_to_kanji(question)
                 # judged as the same question asked alone would be (its reply's room), shown in the reserve
