@@ -105,3 +105,14 @@ def test_a_pin_is_not_a_phone_number(types):
 ])
 def test_a_sentence_saying_the_sources_lack_something_is_known_as_such(types, sentence, gap):
     assert types.states_gap(sentence) is gap
+
+
+@pytest.mark.parametrize("question,asks_number", [
+    ("what about KDDI's number?", True),
+    ("What's NTT's number for requesting an international block?", True),
+    ("What is the number of cases in 2015?", False),
+    ("弊社はKDDIです。どちらの窓口に頼めばよいですか。", False),  # which party, not a phone number
+    ("KDDIの場合の番号も教えてほしい", True),
+])
+def test_a_phone_number_is_asked_in_the_ways_people_ask_for_one(types, question, asks_number):
+    assert ("number" in types.asked(question)) is asks_number
