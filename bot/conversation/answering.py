@@ -47,10 +47,12 @@ class AnswerTypes:
     """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
 
     def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]],
-                 not_asking: re.Pattern[str] | None = None, gap: re.Pattern[str] | None = None):
+                 not_asking: re.Pattern[str] | None = None, gap: re.Pattern[str] | None = None,
+                 named: dict[str, re.Pattern[str]] | None = None):
         self.types = types
         self.not_asking = not_asking  # words holding a question word that do not ask ("いつも")
         self.gap = gap  # a sentence saying our sources lack something ("Our sources give no phone number for…")
+        self.named = named or {}  # type -> the words by which a sentence names that kind ("電話番号", "fee")
         # cue() and strength() read the same question in one answer: its patterns run once
         self._asked = lru_cache(maxsize=64)(self._read_asked)
 
@@ -67,8 +69,12 @@ class AnswerTypes:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        types = {}
+        types, named = {}, {}
         for name, spec in (data.get("types") or {}).items():
+            if spec.get("named"):
+                named[name] = re.compile("|".join(
+                    rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w)
+                    for w in sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in spec["named"]}, key=len, reverse=True)))
             words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in spec.get("question") or []}, key=len, reverse=True)
             parts = [rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w) for w in words]
             try:
@@ -82,11 +88,19 @@ class AnswerTypes:
         except re.error as exc:
             raise ConfigError(f"{path}: field 'gap_statements': {exc}") from None
         gap = re.compile("|".join(g.pattern for g in gaps), re.IGNORECASE) if gaps else None
-        return cls(types, re.compile("|".join(map(re.escape, words))) if words else None, gap)
+        return cls(types, re.compile("|".join(map(re.escape, words))) if words else None, gap, named)
 
     def states_gap(self, sentence: str) -> bool:
         """The sentence says our sources lack something (`gap_statements`)."""
         return self.gap is not None and _gives(self.gap, sentence)
+
+    def lacks(self, sentence: str, question: str) -> bool:
+        """The sentence says our sources lack a kind of answer the question asks ("Our sources give no
+        phone number for KDDI's block" for "KDDI's number?"): a gap statement naming that kind."""
+        if not self.states_gap(sentence):
+            return False
+        low = unicodedata.normalize("NFKC", sentence).lower()
+        return any(n in self.named and _gives(self.named[n], low) for n in self.asked(question))
 
     def asked(self, question: str) -> list[str]:
         return list(self._asked(question))
@@ -257,6 +271,16 @@ class Answerer:
         kept = [p for p in pieces if carrier in (named := self.carriers_in(p.text)) or not named]
         return kept or pieces
 
+    def _lacking(self, pieces: list[composer.Piece], shown: list[composer.Piece], question: str,
+                 carrier: str | None, missing: bool) -> list[composer.Piece]:
+        """The sentences saying the sources lack what the question asks: of the carrier it names, among
+        every composed sentence; with no carrier named, among the shown ones when none gives the asked kind."""
+        if carrier and self.carriers_in is not None:
+            return [p for p in pieces if carrier in self.carriers_in(p.text) and self.answer_types.lacks(p.text, question)][:1]
+        if missing:
+            return [p for p in shown if self.answer_types.lacks(p.text, question)][:1]
+        return []
+
     def answer(self, result: SearchResult, lang: str, *, query: str, focus: str | None, budget: int,
                carrier: str | None = None, seen: frozenset[str] = frozenset(), judge_budget: int | None = None) -> Answer:
         """`judge_budget`: the room the gate judges by, when the reply shows the answer in less room
@@ -277,14 +301,14 @@ class Answerer:
         # A retriever without sentence vectors (test doubles) leaves only its confidence to go by.
         score = self.gate.score(features) if with_sims else float(result.confidence)
         covered = bool(shown) and score >= (self.gate.threshold if with_sims else self.min_confidence)
-        gaps = [p for p in shown if self.answer_types.states_gap(p.text)]
-        lacking = bool(gaps) and features["missing"] > 0
+        gaps = self._lacking(pieces, shown, focus or query, carrier, features["missing"] > 0)
+        lacking = bool(gaps)
         if lacking:
-            # A kind of answer asked for (a phone number, a fee, a duration) that no shown sentence gives,
-            # and the sources saying they lack it ("Our sources give no phone number for KDDI's block"):
-            # not an answer. The reply says the sources do not cover the question and shows that sentence
-            # first, among the closest facts. (Whether a scheme exists is answered by "none was found":
-            # a yes-or-no question asks no kind, so such a sentence still answers it.)
+            # A kind of answer asked for (a phone number, a fee, a duration) that the sources say they lack
+            # ("Our sources give no phone number for KDDI's block"): not an answer, even when a sentence
+            # about something else gives that kind ("SoftBank's mobile barring is free" for the fee of its
+            # fixed-line block). The reply says the sources do not cover the question and shows that
+            # sentence first, among the closest facts.
             covered = False
             shown = gaps + [p for p in shown if p not in gaps]
         return Answer(query, result, passages, other_language, shown, rest, features, round(score, 4), covered,

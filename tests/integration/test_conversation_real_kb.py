@@ -482,3 +482,14 @@ def test_a_longer_follow_up_pointing_back_is_read_with_the_last_question(real_re
         address=address, text="Our sales reps use it when they're on the road. So what should we do about it?"))[0]
     assert reply.kind == "answer", reply.answer
     assert re.search(r"caller-number authentication|remove", reply.answer), reply.answer
+
+
+
+def test_a_fee_the_sources_say_they_lack_for_that_carrier_is_not_covered_even_beside_another_free_service(real_retriever):
+    """SoftBank's fixed-line block: the SoftBank guide says its fee is not in our sources; a sentence that
+    SoftBank's *mobile* barring is free gives "free", but not for what was asked (development twin dq-ja-069)."""
+    service = new_service(real_retriever)
+    reply = service.handle(InboundMessage(address=Address("eval", "softbank-fee"),
+                                          text="ソフトバンクの固定電話で国際発信規制を申し込むと手数料かかりますか？"))[0]
+    assert reply.kind == "not_covered" and reply.escalation is None, reply.answer
+    assert "手元の資料には、ソフトバンクの国際発信規制" in reply.answer.splitlines()[2], reply.answer

@@ -116,3 +116,15 @@ def test_a_sentence_saying_the_sources_lack_something_is_known_as_such(types, se
 ])
 def test_a_phone_number_is_asked_in_the_ways_people_ask_for_one(types, question, asks_number):
     assert ("number" in types.asked(question)) is asks_number
+
+
+@pytest.mark.parametrize("sentence,question,lacks", [
+    ("Our sources give no phone number for KDDI's international block.", "What about KDDI's number?", True),
+    ("手元の資料には、ソフトバンクの国際発信規制の申込み方法、電話番号、料金、有効になるまでの時間が書かれていません。",
+     "ソフトバンクの国際発信規制って手数料かかる？", True),
+    # whether a scheme exists: "none was found" answers it
+    ("KDDIの不正利用分の返金方針も、手元の資料には見つかっていません。", "KDDIには返金の制度ある？", False),
+    ("KDDI can bar international outgoing calls on request.", "What about KDDI's number?", False),
+])
+def test_a_gap_statement_lacks_what_a_question_asks_only_when_it_names_that_kind(types, sentence, question, lacks):
+    assert types.lacks(sentence, question) is lacks
