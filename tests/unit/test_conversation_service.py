@@ -338,6 +338,13 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.parametrize("text", ["？？？", "...", "あ", "x", "。"])
+def test_a_message_with_no_word_in_it_is_asked_what_happened(text):
+    """Punctuation or one stray letter: "could you tell me a little more?", not "you're welcome"."""
+    service, _, _ = make_service()
+    assert one(say(service, text)).kind == "clarify"
+
+
 @pytest.mark.parametrize("text", BAD_INPUTS)
 def test_bad_input_gets_a_polite_reply_never_an_exception(text):
     service, store, _ = make_service()

@@ -29,16 +29,17 @@ class Empty:
 
 
 class Unreadable:
-    """Only punctuation ("？？？", "!!!", "..."): no words to understand, so ask what happened, instead
-    of whatever a model reads into it ("nothing more on that", "you're welcome"). Emoji are left to
-    the model (👍 is thanks)."""
+    """Only punctuation ("？？？", "!!!", "...") or a single letter ("あ", "x": a slip of the thumb): no
+    words to understand, so ask what happened, instead of whatever a model reads into it ("nothing
+    more on that", "you're welcome" for 「あ」). Emoji are left to the model (👍 is thanks)."""
 
     claims = frozenset()
 
     def applies(self, turn: Turn) -> bool:
         text = turn.text
-        return bool(text) and not turn.requested_human and not any(
-            c.isalnum() or unicodedata.category(c) == "So" for c in text)
+        if not text or turn.requested_human or any(unicodedata.category(c) == "So" for c in text):
+            return False
+        return sum(1 for c in text if c.isalnum()) <= 1
 
     def respond(self, turn: Turn, kit: Toolkit) -> list[Reply]:
         return [kit.reply(turn, _in_known_language(turn, "clarify"), kind="clarify")]
