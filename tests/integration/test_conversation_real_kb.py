@@ -493,3 +493,18 @@ def test_a_fee_the_sources_say_they_lack_for_that_carrier_is_not_covered_even_be
                                           text="ソフトバンクの固定電話で国際発信規制を申し込むと手数料かかりますか？"))[0]
     assert reply.kind == "not_covered" and reply.escalation is None, reply.answer
     assert "手元の資料には、ソフトバンクの国際発信規制" in reply.answer.splitlines()[2], reply.answer
+
+
+@pytest.mark.parametrize("text", [
+    "Bill arrived this morning: 350 pages of international calls. We never call abroad. what now??",
+    "ＰＢＸが乗っ取られたかもしれません。まず何をすればいいですか",
+])
+def test_an_incident_asking_only_what_to_do_hears_the_steps_without_a_second_answer(real_retriever, text):
+    """"What now?" is what the steps answer: no "On your question:" block repeating a step, or adding a
+    sentence about firmware updates (development scripted cases c-022 and r-ja-001)."""
+    from bot.conversation.texts import t
+
+    service = new_service(real_retriever)
+    reply = service.handle(InboundMessage(address=Address("eval", "what-now-" + text[:6]), text=text))[0]
+    assert reply.kind == "incident", reply.answer
+    assert t("also_asked", "en") not in reply.answer and t("also_asked", "ja") not in reply.answer, reply.answer

@@ -7,7 +7,7 @@ block takes...), and opens an urgent ticket."""
 from __future__ import annotations
 
 from bot.conversation import composer
-from bot.conversation.answering import Answerer
+from bot.conversation.answering import WEAK_TYPES, Answerer
 from bot.conversation.containment import containment
 from bot.conversation.escalation import TurnSignals
 from bot.conversation.skills.base import PLACEHOLDER_TICKET, Toolkit, Turn
@@ -21,6 +21,7 @@ from bot.messages import Reply
 _QUESTION_LABELS = frozenset({"billing_question", "dispute", "question", "incoming_scam"})
 _QUESTION_TYPES = ("payment", "duration", "cost", "number")
 WHO_PAYS_SENTENCES = 2  # the who-pays guide's opening: the general rule, then the one relief found
+WHAT_NOW_MAX = {"ja": 12, "en": 4}  # a question this short that asks no kind of answer asks what to do
 
 
 class Incident:
@@ -35,13 +36,20 @@ class Incident:
 
     def second_question(self, turn: Turn) -> str:
         """What the message asks besides "what do I do": its question sentences, or the whole message
-        when it is one sentence that also asks (who pays, how long, which number); "" when none."""
+        when it is one sentence that also asks (who pays, how long, which number); "" when none. A short
+        question asking no kind of answer ("What now?", 「どうする？」, "What should we do?") asks what to
+        do: the steps answer it (it had "On your question:" repeat the first step)."""
+        questions = [q for q in turn.meaning.questions if not self._what_now(q, turn.lang)]
         if turn.meaning.questions:
-            return " ".join(turn.meaning.questions)
+            return " ".join(questions)
         if turn.meaning.intents & _QUESTION_LABELS or any(
                 a in _QUESTION_TYPES for a in self.answerer.answer_types.asked(turn.text)):
             return turn.text
         return ""
+
+    def _what_now(self, question: str, lang: str) -> bool:
+        return composer.measure(question, lang) <= WHAT_NOW_MAX[lang] and not (
+            set(self.answerer.answer_types.asked(question)) - set(WEAK_TYPES))
 
     def asks_who_pays(self, turn: Turn, question: str) -> bool:
         """The other question is who pays, and only that: the classifier reads a who-pays question in
