@@ -43,12 +43,20 @@ def _gives(pattern: re.Pattern[str], sentence: str) -> bool:
     return pattern.search(sentence) is not None
 
 
+def _words_pattern(words: Sequence[object]) -> re.Pattern[str] | None:
+    """A table's words as one pattern over NFKC lower-case text, the longest first; ASCII ones as whole
+    words ("fee" not in "coffee"), others as substrings (Japanese has no spaces)."""
+    forms = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in words}, key=len, reverse=True)
+    parts = [rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w) for w in forms]
+    return re.compile("|".join(parts)) if parts else None
+
+
 class AnswerTypes:
     """The kinds of answer a question asks for (knowledge/lexicon/answer_types.yaml)."""
 
     def __init__(self, types: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str], float]],
                  not_asking: re.Pattern[str] | None = None, gap: re.Pattern[str] | None = None,
-                 named: dict[str, re.Pattern[str]] | None = None):
+                 named: dict[str, re.Pattern[str] | None] | None = None):
         self.types = types
         self.not_asking = not_asking  # words holding a question word that do not ask ("いつも")
         self.gap = gap  # a sentence saying our sources lack something ("Our sources give no phone number for…")
@@ -72,16 +80,12 @@ class AnswerTypes:
         types, named = {}, {}
         for name, spec in (data.get("types") or {}).items():
             if spec.get("named"):
-                named[name] = re.compile("|".join(
-                    rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w)
-                    for w in sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in spec["named"]}, key=len, reverse=True)))
-            words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in spec.get("question") or []}, key=len, reverse=True)
-            parts = [rf"(?<![a-z]){re.escape(w)}(?![a-z])" if w.isascii() else re.escape(w) for w in words]
+                named[name] = _words_pattern(spec["named"])
             try:
                 answer = re.compile(spec["answer"], re.IGNORECASE)
             except (KeyError, re.error) as exc:
                 raise ConfigError(f"{path}: type '{name}', field 'answer': {type(exc).__name__}: {exc}") from None
-            types[name] = (re.compile("|".join(parts)) if parts else None, answer, float(spec.get("strength", 1.0)))
+            types[name] = (_words_pattern(spec.get("question") or []), answer, float(spec.get("strength", 1.0)))
         words = sorted({unicodedata.normalize("NFKC", str(w)).lower() for w in data.get("not_asking") or []}, key=len, reverse=True)
         try:
             gaps = [re.compile(str(x)) for x in data.get("gap_statements") or []]
@@ -100,7 +104,7 @@ class AnswerTypes:
         if not self.states_gap(sentence):
             return False
         low = unicodedata.normalize("NFKC", sentence).lower()
-        return any(n in self.named and _gives(self.named[n], low) for n in self.asked(question))
+        return any((rx := self.named.get(n)) is not None and _gives(rx, low) for n in self.asked(question))
 
     def asked(self, question: str) -> list[str]:
         return list(self._asked(question))

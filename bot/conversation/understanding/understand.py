@@ -46,8 +46,8 @@ class Understander:
                 parts = self.classifier.predict_many(segments)
                 asking = [asks(seg) for seg in segments]
                 pred = combine(pred, parts, ongoing=stated is True, asking=asking)
-                questions = tuple(seg for seg, part, asks in zip(segments, parts, asking)
-                                  if (part.labels & QUESTION_LABELS or asks) and not part.labels & {"fraud_now", "fraud_bill"})
+                questions = tuple(seg for seg, part, asked in zip(segments, parts, asking)
+                                  if (part.labels & QUESTION_LABELS or asked) and not part.labels & {"fraud_now", "fraud_bill"})
             intents, scores = decide(pred, over=stated is False), pred.scores
             # the tables are read only when their rule could change the labels
             intents = _call_log(intents, pred, lambda: self.extractor.dialled_abroad(text), over=stated is False)
