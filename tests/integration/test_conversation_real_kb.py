@@ -508,3 +508,14 @@ def test_an_incident_asking_only_what_to_do_hears_the_steps_without_a_second_ans
     reply = service.handle(InboundMessage(address=Address("eval", "what-now-" + text[:6]), text=text))[0]
     assert reply.kind == "incident", reply.answer
     assert t("also_asked", "en") not in reply.answer and t("also_asked", "ja") not in reply.answer, reply.answer
+
+
+def test_a_follow_up_asking_again_about_what_the_last_answer_said_hears_it(real_retriever):
+    """「うちみたいな小さい店でも？」 after an answer that said small offices are targeted too: that sentence
+    still answers it, however recently shown (second development set, case dfc-002)."""
+    service = new_service(real_retriever)
+    address = Address("eval", "asked-again")
+    service.handle(InboundMessage(address=address, text="PBXの乗っ取りって、だいたいどうやってやられるもんなん？"))
+    reply = service.handle(InboundMessage(address=address, text="うちみたいな小さい店でも？"))[0]
+    assert reply.kind == "answer", reply.answer
+    assert re.search(r"無差別|小さな事業所|中小企業", reply.answer), reply.answer
