@@ -42,6 +42,9 @@ class Passage:
     # Share of the query's words (weighted by rarity) each sentence contains, as the search analyses
     # words (Japanese inflections and synonyms included); same order as sentence_scores.
     sentence_coverage: tuple[float, ...] = ()
+    # The learned question-sentence match of each sentence (retrieval/hybrid.py SentenceMatch), when
+    # the retriever has one; same order.
+    sentence_match: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ STRONG_CUE = 2.0  # a sentence this strongly of the asked kind is looked for in 
 # (2026-12-08): development twin 178 -> 179, second set 98 -> 98 (one gained, one lost), third set 84 -> 85;
 # 0.6, 0.5 and 0 (every retrieved section) measured the same as 0.7, so the smallest change was kept.
 STANDING_POOL = 0.7
-SENTENCE_FEATURES = ("similarity", "coverage", "overlap", "typed", "standing", "rank", "first", "question", "lead", "length")
+SENTENCE_FEATURES = ("similarity", "coverage", "overlap", "typed", "standing", "rank", "first", "question", "lead", "length",
+                     "match")
 SCORER_PATH = Path(__file__).with_name("sentence_scorer.json")
 
 
@@ -208,6 +209,18 @@ SAME_SECTION_SLACK = 0.35
 SEEN_PENALTY = 0.15
 
 
+def reading_order(passages: Sequence[Passage]) -> list[Passage]:
+    """The passages in the order their sentences are read (a Piece's `rank` indexes this list): each
+    chunk once; a document's one-line summary passage (chunk id "<doc>#s", see retrieval/chunking.py)
+    lists topics rather than saying what to do, so it goes after the sections, and is left out when a
+    section of the same document was retrieved (it would repeat it)."""
+    sections = {p.doc_id for p in passages if not p.chunk_id.endswith("#s")}
+    ordered = sorted((p for p in passages if not (p.chunk_id.endswith("#s") and p.doc_id in sections)),
+                     key=lambda p: p.chunk_id.endswith("#s"))
+    seen: set[str] = set()
+    return [p for p in ordered if not (p.chunk_id in seen or seen.add(p.chunk_id))]
+
+
 def pieces_of(
     passages: Sequence[Passage],
     query: str = "",
@@ -226,19 +239,9 @@ def pieces_of(
     q = terms(query)
     fq = terms(focus) if focus and focus != query else frozenset()
     out: list[Piece] = []
-    seen: set[str] = set()
     rank = 0
-    # A document's one-line summary passage (chunk id "<doc>#s", see retrieval/chunking.py) lists
-    # topics rather than saying what to do: it goes after the sections, and is left out when a
-    # section of the same document was retrieved (it would repeat it).
     top_score = max((p.score for p in passages), default=0.0)
-    sections = {p.doc_id for p in passages if not p.chunk_id.endswith("#s")}
-    passages = sorted((p for p in passages if not (p.chunk_id.endswith("#s") and p.doc_id in sections)),
-                      key=lambda p: p.chunk_id.endswith("#s"))
-    for p in passages:
-        if p.chunk_id in seen:
-            continue
-        seen.add(p.chunk_id)
+    for p in reading_order(passages):
         behind = bool(p.sentence_scores and rank > 0 and top_score > 0 and p.score < STANDING_POOL * top_score)
         src = Source.of(p)
         lead_section = not p.heading and not p.chunk_id.endswith("#s")
@@ -247,6 +250,7 @@ def pieces_of(
         units = split_units(p.text)
         sims = p.sentence_scores if len(p.sentence_scores) == len(units) else ()
         covers = p.sentence_coverage if len(p.sentence_coverage) == len(units) else ()
+        matches = p.sentence_match if len(p.sentence_match) == len(units) else ()
         for i, (sentence, leans_on) in enumerate(units):
             if leans_on < 0 and i > 0 and _leans_back(sentence):
                 leans_on = i - 1
@@ -265,7 +269,8 @@ def pieces_of(
                 # section leads unless another section has a clearly closer one
                 standing = p.score / top_score if top_score > 0 else 0.0
                 features = (sim, coverage, min(overlap, 1.5), strength, standing, 1.0 / (1 + rank),
-                            float(i == 0), p.question_score, float(lead_section), min(measure(sentence, p.language), 120) / 120)
+                            float(i == 0), p.question_score, float(lead_section), min(measure(sentence, p.language), 120) / 120,
+                            float(matches[i]) if matches else 0.0)
                 score = SENTENCE_SCORER(features)
             else:
                 sim = None

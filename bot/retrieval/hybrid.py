@@ -103,11 +103,44 @@ class _Store:
 
 class _SentenceTarget(NamedTuple):
     """What a search's passages score their sentences against: a vector (cosine per sentence, cached
-    per search in `sims`) and words with their rarity (the share of them each sentence holds)."""
+    per search in `sims`), words with their rarity (the share of them each sentence holds), and the
+    vector weighted by the learned question-sentence match (SentenceMatch; None without one)."""
 
     vector: np.ndarray | None
     sims: dict[str, np.ndarray]
     weights: dict[str, float]
+    match: np.ndarray | None = None
+
+
+SENTENCE_MATCH_PATH = Path(__file__).with_name("sentence_match.json")
+
+
+class SentenceMatch:
+    """A learned question-sentence match over the embedder's vectors: sum_k w_k q_k s_k, one weight a
+    dimension (a diagonal bilinear form; the cosine is the same form with every w_k = 1). Fitted by
+    scripts/fit_sentence_scorer.py with the composer's sentence scorer, on the development questions
+    labelled with what their answer contains: which dimensions of a question and a sentence agreeing
+    make the sentence answer it, where the plain cosine also rewards a sentence on the same topic that
+    answers something else. Only for the embedder it was fitted with (its vectors' dimensions)."""
+
+    def __init__(self, weights: np.ndarray, embedder: str) -> None:
+        self.weights = weights.astype(np.float32)
+        self.embedder = embedder
+
+    @classmethod
+    def load(cls, embedder: str, path: Path = SENTENCE_MATCH_PATH) -> "SentenceMatch | None":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if data.get("embedder") != embedder or not data.get("weights"):
+            return None
+        return cls(np.array(data["weights"], dtype=np.float32), embedder)
+
+    def target(self, vector: np.ndarray | None) -> np.ndarray | None:
+        if vector is None or vector.shape[-1] != self.weights.shape[0]:
+            return None
+        return vector * self.weights
 
 
 @dataclass(frozen=True)
@@ -142,6 +175,7 @@ class HybridRetriever:
         self.question_dense_weight = QUESTION_DENSE_WEIGHT
         self.question_lexical_weight = QUESTION_LEXICAL_WEIGHT
         self.reranker = Reranker.load()  # None: the fused order stands (bot/retrieval/rerank.py)
+        self.sentence_match = SentenceMatch.load(self.encoder_name)  # None: no learned match for this embedder
         self.last_candidates: tuple[list[str], np.ndarray] | None = None  # for scripts/fit_reranker.py
         self._section_cache: dict[str, _SectionInfo] = {}
         # The build's vectors in memory: the exact dense search while Chroma opens (defer_chroma), and
@@ -330,11 +364,12 @@ class HybridRetriever:
             ranked = _give_way(ranked, self.store.sections)
 
         # what the returned passages' sentences are scored against: the query, or `sentences_for`
-        target = _SentenceTarget(qv, sentence_sims, self._word_weights(tokens))
+        target = _SentenceTarget(qv, sentence_sims, self._word_weights(tokens), self._match_target(qv))
         fq = clean_query(sentences_for) if sentences_for else ""
         if fq and fq != q and _searchable(fq):
-            target = _SentenceTarget(self.embedder.embed_query_np(_dense_text(fq)), {},
-                                     self._word_weights(self.analyzer.analyze(fq, query=True)[0]))
+            fv = self.embedder.embed_query_np(_dense_text(fq))
+            target = _SentenceTarget(fv, {}, self._word_weights(self.analyzer.analyze(fq, query=True)[0]),
+                                     self._match_target(fv))
         passages: list[Passage] = []
         per_doc: dict[str, int] = {}
         doc_order: list[str] = []
@@ -499,6 +534,16 @@ class HybridRetriever:
                       float(specific and not (carriers & named)), float(bool(carriers & named)), unasked)
         return out
 
+    def query_vector(self, query: str) -> np.ndarray:
+        """The vector a search scores sentences against, for a query as the search cleaned it
+        (SearchResult.query): scripts/fit_sentence_scorer.py learns the sentence match on it."""
+        return self.embedder.embed_query_np(_dense_text(query))
+
+    def _match_target(self, vector: np.ndarray | None) -> np.ndarray | None:
+        if self.sentence_match is None:
+            return None
+        return self.sentence_match.target(vector)
+
     def _word_weights(self, tokens: list[str]) -> dict[str, float]:
         """A text's words with their rarity (words no document has weigh like the rarest)."""
         max_idf = self.store.max_idf
@@ -516,6 +561,10 @@ class HybridRetriever:
                          for toks in info.token_sets) if total > 0 else ()
         d = info.doc
         sims = self._sentence_sims(key, sentences.vector, sentences.sims) if sentences is not None else np.zeros(0)
+        match = np.zeros(0)
+        if sentences is not None and sentences.match is not None and len(sims):
+            start = int(sec.get("sentence_offset", 0))
+            match = self.store.sentence_vectors[start:start + len(sims)] @ sentences.match
         return Passage(
             chunk_id=key, doc_id=sec["doc_id"], text=sec["text"], score=round(float(score), 6),
             title=d.get("title", ""), publisher=d.get("publisher", ""), url=d.get("url", ""),
@@ -524,6 +573,7 @@ class HybridRetriever:
             counterpart=d.get("counterpart"), facts=tuple(d.get("facts", ())), section=key,
             section_facts=tuple(sec.get("facts") or ()), question_score=round(q_score, 4),
             sentence_scores=tuple(round(float(x), 4) for x in sims), sentence_coverage=coverage,
+            sentence_match=tuple(round(float(x), 4) for x in match),
         )
 
 def encode_queries(embedder, texts: list[str]) -> np.ndarray:

@@ -439,17 +439,23 @@ def test_a_short_message_naming_another_carrier_asks_the_last_question_for_it(re
         reply.answer
 
 
-def test_a_general_question_about_who_pays_that_the_search_misses_hears_the_general_rule(real_retriever):
-    """"Who pays for the gap between asking for a block and the block?" asks who pays and nothing
-    more specific; its own search found no sentence about paying (the gate refused it): the who-pays
-    guide's opening answers, as a dispute hears it, without a ticket."""
+@pytest.mark.parametrize("text,rule", [
+    # (third development set, case db3-ja-022: its own search is refused by the gate, so the who-pays
+    # guide's opening answers, as a dispute hears it)
+    ("一般論としてお伺いします。第三者に勝手に使われた国際電話の料金は、法律上も支払わなければならないものなのでしょうか。",
+     r"原則として契約者"),
+    # (second development set, case df-en-033: the search itself now finds the relief for exactly that gap;
+    # before the learned sentence match it found nothing about paying and heard the general rule)
+    ("Say a customer asks for a block and the hackers keep calling until the block is actually in place. "
+     "Who pays for that gap?", r"subscriber generally pays|block request and the completion"),
+])
+def test_a_general_question_about_who_pays_hears_the_rule_or_the_relief_without_a_ticket(real_retriever, text, rule):
+    """A question that asks who pays and nothing more specific: the general rule (the who-pays guide's
+    opening when the search has nothing about paying) or the relief that answers it, never a ticket."""
     service = new_service(real_retriever)
-    # (second development set, case df-en-033)
-    text = ("Say a customer asks for a block and the hackers keep calling until the block is actually in place. "
-            "Who pays for that gap?")
-    reply = service.handle(InboundMessage(address=Address("eval", "who-pays-general"), text=text))[0]
+    reply = service.handle(InboundMessage(address=Address("eval", "who-pays-general-" + text[:6]), text=text))[0]
     assert reply.kind == "answer" and reply.escalation is None, reply.answer
-    assert re.search(r"subscriber generally pays", reply.answer), reply.answer
+    assert re.search(rule, reply.answer), reply.answer
 
 
 @pytest.mark.parametrize("first,switch,lacking", [
@@ -519,3 +525,18 @@ def test_a_follow_up_asking_again_about_what_the_last_answer_said_hears_it(real_
     reply = service.handle(InboundMessage(address=address, text="うちみたいな小さい店でも？"))[0]
     assert reply.kind == "answer", reply.answer
     assert re.search(r"無差別|小さな事業所|中小企業", reply.answer), reply.answer
+
+
+@pytest.mark.parametrize("text,answer", [
+    # (development twin dq-ja-002; third development set db3-ja-036)
+    ("今月の電話代がいつもの倍くらいになってて焦った。明細みたら国内の携帯あてばっかりで、国際電話は1件もなし。これも乗っ取りなん？",
+     r"家族|課金システム|無料通話アプリ"),
+    ("電話会社にも責任あるんちゃうの?って思うんやけど、そういうこと言うてる専門家とかおらんの?", r"野村|設置業者|ルール作り"),
+])
+def test_the_sentence_that_answers_leads_rather_than_one_on_the_same_topic(real_retriever, text, answer):
+    """A domestic bill heard "US carriers bill the owner"-like sentences on high bills, and the question for an
+    expert's view heard what US carriers say: the learned question-sentence match (SentenceMatch) puts the
+    sentence that answers among those shown."""
+    service = new_service(real_retriever)
+    reply = service.handle(InboundMessage(address=Address("eval", "match-" + text[:6]), text=text))[0]
+    assert reply.kind == "answer" and re.search(answer, reply.answer), reply.answer
