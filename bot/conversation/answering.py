@@ -139,9 +139,9 @@ _JA_CONDITION = re.compile(r"^.*(?:たら|れば|なら|場合は?|ときは?|�
 
 
 def asking_part(question: str) -> str:
-    """The part of a question that asks: its sentences that end in a question mark when it has others
-    too ("I got a letter that mentions a web page. Are they the same service?" does not ask for a web
-    page), without a leading Japanese condition clause."""
+    """The part of a question that asks: its sentences that ask (a question mark, or a Japanese final
+    か: understanding.text.asks) when it has others too ("I got a letter that mentions a web page. Are
+    they the same service?" does not ask for a web page), without a leading Japanese condition clause."""
     sentences = message_sentences(question)
     asking = [x for x in sentences if asks(x)]
     if asking and len(asking) < len(sentences):

@@ -123,19 +123,18 @@ class SentenceMatch:
     make the sentence answer it, where the plain cosine also rewards a sentence on the same topic that
     answers something else. Only for the embedder it was fitted with (its vectors' dimensions)."""
 
-    def __init__(self, weights: np.ndarray, embedder: str) -> None:
+    def __init__(self, weights: np.ndarray) -> None:
         self.weights = weights.astype(np.float32)
-        self.embedder = embedder
 
     @classmethod
-    def load(cls, embedder: str, path: Path = SENTENCE_MATCH_PATH) -> "SentenceMatch | None":
+    def load(cls, embedder: str, path: Path = SENTENCE_MATCH_PATH) -> SentenceMatch | None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if data.get("embedder") != embedder or not data.get("weights"):
             return None
-        return cls(np.array(data["weights"], dtype=np.float32), embedder)
+        return cls(np.array(data["weights"], dtype=np.float32))
 
     def target(self, vector: np.ndarray | None) -> np.ndarray | None:
         if vector is None or vector.shape[-1] != self.weights.shape[0]:
@@ -325,7 +324,7 @@ class HybridRetriever:
         lex_score = {self.store.chunk_ids[i]: s for i, s in lex_text + lex_questions}
         lex_ids = [self.store.chunk_ids[i] for i, _ in sorted(lex_text + lex_questions, key=lambda h: -h[1])]
 
-        qv = self.embedder.embed_query_np(_dense_text(q))
+        qv = self.query_vector(q)
         dense_text, dense_questions = self._dense_hits(qv, mask & self.store.text_rows[pref], mask & questions,
                                                        language=pref, strict_language=strict_language, carrier=carrier)
         dense_hits = sorted(dense_text + dense_questions, key=lambda h: -h[1])
@@ -367,7 +366,7 @@ class HybridRetriever:
         target = _SentenceTarget(qv, sentence_sims, self._word_weights(tokens), self._match_target(qv))
         fq = clean_query(sentences_for) if sentences_for else ""
         if fq and fq != q and _searchable(fq):
-            fv = self.embedder.embed_query_np(_dense_text(fq))
+            fv = self.query_vector(fq)
             target = _SentenceTarget(fv, {}, self._word_weights(self.analyzer.analyze(fq, query=True)[0]),
                                      self._match_target(fv))
         passages: list[Passage] = []
@@ -535,8 +534,8 @@ class HybridRetriever:
         return out
 
     def query_vector(self, query: str) -> np.ndarray:
-        """The vector a search scores sentences against, for a query as the search cleaned it
-        (SearchResult.query): scripts/fit_sentence_scorer.py learns the sentence match on it."""
+        """The dense vector of a query as a search cleaned it (SearchResult.query): what the search ranks
+        with and scores sentences against; scripts/fit_sentence_scorer.py learns the sentence match on it."""
         return self.embedder.embed_query_np(_dense_text(query))
 
     def _match_target(self, vector: np.ndarray | None) -> np.ndarray | None:

@@ -26,7 +26,7 @@ def test_another_embedder_or_no_file_gets_no_match(tmp_path):
 
 
 def test_the_match_weighs_each_dimension_and_refuses_vectors_of_another_size():
-    match = SentenceMatch(np.array([2.0, 0.0, -1.0]), "test")
+    match = SentenceMatch(np.array([2.0, 0.0, -1.0]))
     q = np.array([1.0, 1.0, 1.0], dtype=np.float32)
     s = np.array([0.5, 3.0, 1.0], dtype=np.float32)
     assert float(s @ match.target(q)) == 2.0 * 0.5 + 0.0 * 3.0 - 1.0 * 1.0

@@ -39,9 +39,8 @@ class Incident:
         when it is one sentence that also asks (who pays, how long, which number); "" when none. A short
         question asking no kind of answer ("What now?", 「どうする？」, "What should we do?") asks what to
         do: the steps answer it (it had "On your question:" repeat the first step)."""
-        questions = [q for q in turn.meaning.questions if not self._what_now(q, turn.lang)]
         if turn.meaning.questions:
-            return " ".join(questions)
+            return " ".join(q for q in turn.meaning.questions if not self._what_now(q, turn.lang))
         if turn.meaning.intents & _QUESTION_LABELS or any(
                 a in _QUESTION_TYPES for a in self.answerer.answer_types.asked(turn.text)):
             return turn.text

@@ -183,8 +183,7 @@ class Question:
             # about it?"), or that its own reading does not answer ("and the Fujitsu FENICS IP phone
             # service at our other site?"), may still lean on the last question; read with it, it is
             # taken only when the gate prefers that reading: a longer message more often has a topic of its own.
-            joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen,
-                                  sentences_for=query)
+            joined = self._with_last(kit, turn, query, carrier, budget, seen)
             if joined.covered and (not own.covered or joined.answerability > own.answerability):
                 joined.followup = True
                 return joined
@@ -194,8 +193,7 @@ class Question:
             # with a topic of its own that its own reading answers is not searched a second time.
             leans = not own.result.expanded_terms or bool(_REFERS_BACK.search(turn.text))
             if leans or not own.covered:
-                joined = self._answer(kit, f"{last} {query}", turn.text, lang, carrier, budget, seen,
-                                      sentences_for=query)
+                joined = self._with_last(kit, turn, query, carrier, budget, seen)
                 # A follow-up that asks a kind of answer ("how long does it take?", 「無料？」) is answered
                 # when the conversation's topic holds a sentence of that kind: on a known topic, the
                 # kind of answer found is the evidence the gate's general features lack.
@@ -209,6 +207,13 @@ class Question:
             if hinted is not None:
                 return hinted
         return own
+
+    def _with_last(self, kit: Toolkit, turn: Turn, query: str, carrier: str | None, budget: int,
+                   seen: frozenset[str]) -> Answer:
+        """The message searched together with the conversation's last question: the pair finds the
+        sections, the message alone scores their sentences."""
+        return self._answer(kit, f"{turn.state.last_query} {query}", turn.text, turn.lang, carrier, budget, seen,
+                            sentences_for=query)
 
     def _hinted(self, turn: Turn, kit: Toolkit, query: str, focus: str, carrier: str | None, budget: int,
                 seen: frozenset[str]) -> Answer | None:

@@ -86,7 +86,7 @@ def combine(whole: Prediction, parts: list[Prediction], *, ongoing: bool = False
     vector mixes them and may pass neither threshold. A label that one of its sentences passes
     counts too, as long as the whole message gives it some weight (SEGMENT_FLOOR): the whole
     message keeps the context a single sentence lacks ("last year... now it is fine"). `asking`:
-    which of the sentences end in a question mark."""
+    which of the sentences ask (understanding.text.asks: a question mark, or a Japanese final か)."""
     ratios = dict(whole.ratios)
     # A bill the whole message contests as over ("blocked since Tuesday; I dispute invoice #123")
     # stays a dispute: its sentence about the charges alone reads like a bill just found.
